@@ -1,0 +1,616 @@
+//! Typed configuration: TOML file, `GIFTD_` environment overrides, documented defaults, and one
+//! validation pass at start.
+//!
+//! Every field has a default that runs out of the box on 127.0.0.1, so `giftd serve` needs no
+//! file. Every bound carries its unit in its name. [`Config::validate`] returns every problem at
+//! once, so `giftd check-config` can print them all rather than the first.
+//!
+//! Environment overrides use `GIFTD_<SECTION>__<FIELD>`, for example
+//! `GIFTD_SERVER__LISTEN=0.0.0.0:8080` or `GIFTD_LEDGER__PATH=/data/giftd.db`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::gift::catalog::Sticker;
+use crate::gift::Channel;
+
+/// The secrets that ship as defaults. They are fine on loopback and refused anywhere else.
+pub const DEV_JWT_SECRET: &str = "giftd-dev-jwt-secret-change-me";
+pub const DEV_ADMIN_TOKEN: &str = "giftd-dev-admin-token";
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub auth: AuthConfig,
+    pub rooms: RoomsConfig,
+    pub ledger: LedgerConfig,
+    pub split: SplitConfig,
+    pub limits: LimitsConfig,
+    pub log: LogConfig,
+    /// The sticker catalog. Empty means the built-in catalog.
+    pub stickers: Vec<Sticker>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on for HTTP and WebSocket.
+    pub listen: SocketAddr,
+    /// Time allowed for in-flight work after SIGTERM/SIGINT before giftd exits anyway.
+    pub shutdown_grace_ms: u64,
+    /// Open TCP connections accepted at once; the rest are closed on accept.
+    pub connections_max: usize,
+    /// Time a client has to finish the HTTP upgrade and authenticate.
+    pub handshake_timeout_ms: u64,
+    /// Allowed `Origin` header values for WebSocket upgrades. Empty allows all.
+    pub origins_allowed: Vec<String>,
+    /// Largest WebSocket message (and frame) accepted, in bytes.
+    pub message_bytes_max: usize,
+    /// Private frames (acks, receipts, thank-yous) queued per connection before it is dropped as
+    /// a slow consumer.
+    pub outbox_frames_max: usize,
+    /// Initial WebSocket read buffer per connection; it grows only while a large message arrives.
+    pub ws_read_buffer_bytes: usize,
+    /// Bytes buffered per connection before a write is pushed to the socket.
+    pub ws_write_buffer_bytes: usize,
+    /// Protocol errors (bad JSON, unknown types...) tolerated per connection before it is closed.
+    pub protocol_errors_max: u32,
+    /// Serve `/echo`, a plain WebSocket echo with the production WebSocket limits, for
+    /// conformance testing. Off in production.
+    pub echo_endpoint: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8080".parse().expect("valid default address"),
+            shutdown_grace_ms: 10_000,
+            connections_max: 19_000,
+            handshake_timeout_ms: 5_000,
+            origins_allowed: Vec::new(),
+            message_bytes_max: 16 * 1024,
+            outbox_frames_max: 256,
+            ws_read_buffer_bytes: 1024,
+            ws_write_buffer_bytes: 16 * 1024,
+            protocol_errors_max: 20,
+            echo_endpoint: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HS256 secret for client tokens. The default is refused on non-loopback addresses.
+    pub jwt_secret: String,
+    /// Required `aud` claim.
+    pub jwt_audience: String,
+    /// Bearer token for the admin HTTP endpoints. The default is refused on non-loopback addresses.
+    pub admin_token: String,
+    /// Lifetime of tokens minted by `giftd token`.
+    pub token_ttl_secs: u64,
+    /// Clock skew tolerated when checking `exp`.
+    pub leeway_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            jwt_secret: DEV_JWT_SECRET.to_owned(),
+            jwt_audience: "giftd".to_owned(),
+            admin_token: DEV_ADMIN_TOKEN.to_owned(),
+            token_ttl_secs: 3600,
+            leeway_secs: 5,
+        }
+    }
+}
+
+/// One step of the paid-question pin ladder: a question paid with at least `price_coins_min`
+/// stays pinned for `pinned_secs`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PinTier {
+    pub price_coins_min: u64,
+    pub pinned_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoomsConfig {
+    /// Viewer counts are published at most this often per room.
+    pub viewer_count_interval_ms: u64,
+    /// Room events buffered for viewers; a viewer further behind is dropped as slow.
+    pub room_ring_frames: usize,
+    /// Members (streamer and viewer connections) per room.
+    pub members_max: usize,
+    /// Live rooms per node.
+    pub rooms_max: usize,
+    pub title_chars_max: usize,
+    pub question_chars_max: usize,
+    pub answer_chars_max: usize,
+    pub thanks_chars_max: usize,
+    /// Unanswered questions kept per room; the oldest unpinned one is dropped beyond this.
+    pub questions_open_max: usize,
+    /// Gifts remembered per room so the streamer can thank them.
+    pub recent_gifts_max: usize,
+    /// Template for automatic thank-yous, sent for each gift at once. `{sender}` and
+    /// `{sticker}` are replaced. Empty disables it.
+    pub auto_thanks: String,
+    /// Pin time by price for paid questions, ascending by price.
+    pub pin_tiers: Vec<PinTier>,
+}
+
+impl Default for RoomsConfig {
+    fn default() -> Self {
+        RoomsConfig {
+            viewer_count_interval_ms: 500,
+            room_ring_frames: 1024,
+            members_max: 50_000,
+            rooms_max: 10_000,
+            title_chars_max: 120,
+            question_chars_max: 300,
+            answer_chars_max: 1000,
+            thanks_chars_max: 200,
+            questions_open_max: 200,
+            recent_gifts_max: 4096,
+            auto_thanks: String::new(),
+            pin_tiers: vec![
+                PinTier {
+                    price_coins_min: 100,
+                    pinned_secs: 60,
+                },
+                PinTier {
+                    price_coins_min: 500,
+                    pinned_secs: 120,
+                },
+                PinTier {
+                    price_coins_min: 1_000,
+                    pinned_secs: 300,
+                },
+                PinTier {
+                    price_coins_min: 2_000,
+                    pinned_secs: 600,
+                },
+                PinTier {
+                    price_coins_min: 5_000,
+                    pinned_secs: 1_800,
+                },
+                PinTier {
+                    price_coins_min: 10_000,
+                    pinned_secs: 3_600,
+                },
+                PinTier {
+                    price_coins_min: 50_000,
+                    pinned_secs: 18_000,
+                },
+            ],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LedgerConfig {
+    /// SQLite database file. Created if missing.
+    pub path: PathBuf,
+    /// Requests folded into one group commit at most.
+    pub batch_max: usize,
+    /// Requests waiting for the ledger writer; beyond this, callers wait.
+    pub queue_max: usize,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig {
+            path: PathBuf::from("giftd.db"),
+            batch_max: 1024,
+            queue_max: 16_384,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SplitConfig {
+    /// Store fee per purchase channel, in basis points (1/100 of a percent).
+    pub store_fee_bps: StoreFees,
+    /// Streamer's share of what remains after the store fee, in basis points.
+    pub streamer_share_bps_default: u32,
+    /// Per-streamer overrides of the share, by user id.
+    pub streamer_share_bps: BTreeMap<String, u32>,
+    /// The order in which a wallet's per-channel coins are spent. Must list each channel once.
+    pub spend_order: Vec<Channel>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StoreFees {
+    pub ios: u32,
+    pub android: u32,
+    pub web: u32,
+}
+
+impl StoreFees {
+    pub fn bps(&self, channel: Channel) -> u32 {
+        match channel {
+            Channel::Ios => self.ios,
+            Channel::Android => self.android,
+            Channel::Web => self.web,
+        }
+    }
+}
+
+impl Default for SplitConfig {
+    fn default() -> Self {
+        SplitConfig {
+            store_fee_bps: StoreFees {
+                ios: 3000,
+                android: 3000,
+                web: 0,
+            },
+            streamer_share_bps_default: 5000,
+            streamer_share_bps: BTreeMap::new(),
+            spend_order: vec![Channel::Web, Channel::Android, Channel::Ios],
+        }
+    }
+}
+
+/// A token bucket: refills at `per_sec`, holds at most `burst`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    pub per_sec: f64,
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateSet {
+    pub gifts: Rate,
+    pub questions: Rate,
+    pub commands: Rate,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Buckets for each connection.
+    pub connection: RateSet,
+    /// Buckets shared by all connections of one user on this node.
+    pub user: RateSet,
+}
+
+impl Default for RateSet {
+    fn default() -> Self {
+        RateSet {
+            gifts: Rate {
+                per_sec: 20.0,
+                burst: 40,
+            },
+            questions: Rate {
+                per_sec: 1.0,
+                burst: 5,
+            },
+            commands: Rate {
+                per_sec: 50.0,
+                burst: 100,
+            },
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let user = RateSet {
+            gifts: Rate {
+                per_sec: 40.0,
+                burst: 80,
+            },
+            questions: Rate {
+                per_sec: 2.0,
+                burst: 10,
+            },
+            commands: Rate {
+                per_sec: 100.0,
+                burst: 200,
+            },
+        };
+        LimitsConfig {
+            connection: RateSet::default(),
+            user,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`. The level comes from `RUST_LOG` (default `info`).
+    pub format: LogFormat,
+}
+
+impl Config {
+    /// Loads defaults, then the file (if any), then `GIFTD_` environment overrides.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError(vec![format!(
+                    "config file {} does not exist",
+                    path.display()
+                )]));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(Env::prefixed("GIFTD_").split("__"));
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError(e.into_iter().map(|e| e.to_string()).collect()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text alone (no environment), for tests and fuzzing.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|e| ConfigError(e.into_iter().map(|e| e.to_string()).collect()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The catalog in force: the configured stickers, or the built-in ones.
+    pub fn catalog(&self) -> Vec<Sticker> {
+        if self.stickers.is_empty() {
+            crate::gift::catalog::builtin()
+        } else {
+            self.stickers.clone()
+        }
+    }
+
+    /// Checks every rule and returns all violations.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let mut need = |ok: bool, msg: String| {
+            if !ok {
+                problems.push(msg);
+            }
+        };
+        let s = &self.server;
+        need(
+            s.connections_max >= 1,
+            "server.connections_max must be at least 1".into(),
+        );
+        need(
+            s.handshake_timeout_ms >= 100,
+            "server.handshake_timeout_ms must be at least 100".into(),
+        );
+        need(
+            (256..=16 << 20).contains(&s.message_bytes_max),
+            "server.message_bytes_max must be between 256 and 16777216".into(),
+        );
+        need(
+            s.outbox_frames_max >= 8,
+            "server.outbox_frames_max must be at least 8".into(),
+        );
+        need(
+            s.ws_read_buffer_bytes >= 256,
+            "server.ws_read_buffer_bytes must be at least 256".into(),
+        );
+        need(
+            s.ws_write_buffer_bytes >= 1024,
+            "server.ws_write_buffer_bytes must be at least 1024".into(),
+        );
+        for origin in &s.origins_allowed {
+            need(
+                origin.starts_with("http://") || origin.starts_with("https://"),
+                format!(
+                    "server.origins_allowed entry `{origin}` must start with http:// or https://"
+                ),
+            );
+        }
+
+        let a = &self.auth;
+        need(
+            a.jwt_secret.len() >= 16,
+            "auth.jwt_secret must be at least 16 bytes".into(),
+        );
+        need(
+            a.admin_token.len() >= 16,
+            "auth.admin_token must be at least 16 bytes".into(),
+        );
+        need(
+            !a.jwt_audience.is_empty(),
+            "auth.jwt_audience must not be empty".into(),
+        );
+        if !s.listen.ip().is_loopback() {
+            need(
+                a.jwt_secret != DEV_JWT_SECRET,
+                format!("auth.jwt_secret is the development default but server.listen {} is not loopback", s.listen),
+            );
+            need(
+                a.admin_token != DEV_ADMIN_TOKEN,
+                format!("auth.admin_token is the development default but server.listen {} is not loopback", s.listen),
+            );
+        }
+
+        let r = &self.rooms;
+        need(
+            r.viewer_count_interval_ms >= 50,
+            "rooms.viewer_count_interval_ms must be at least 50".into(),
+        );
+        need(
+            (16..=1 << 20).contains(&r.room_ring_frames),
+            "rooms.room_ring_frames must be between 16 and 1048576".into(),
+        );
+        need(
+            r.members_max >= 1,
+            "rooms.members_max must be at least 1".into(),
+        );
+        need(
+            r.rooms_max >= 1,
+            "rooms.rooms_max must be at least 1".into(),
+        );
+        for (name, v) in [
+            ("title_chars_max", r.title_chars_max),
+            ("question_chars_max", r.question_chars_max),
+            ("answer_chars_max", r.answer_chars_max),
+            ("thanks_chars_max", r.thanks_chars_max),
+            ("questions_open_max", r.questions_open_max),
+            ("recent_gifts_max", r.recent_gifts_max),
+        ] {
+            need(v >= 1, format!("rooms.{name} must be at least 1"));
+        }
+        need(
+            r.pin_tiers
+                .windows(2)
+                .all(|w| w[0].price_coins_min < w[1].price_coins_min),
+            "rooms.pin_tiers must be sorted by ascending price_coins_min".into(),
+        );
+
+        need(
+            self.ledger.batch_max >= 1,
+            "ledger.batch_max must be at least 1".into(),
+        );
+        need(
+            self.ledger.queue_max >= 1,
+            "ledger.queue_max must be at least 1".into(),
+        );
+
+        let sp = &self.split;
+        for ch in Channel::ALL {
+            need(
+                sp.store_fee_bps.bps(ch) <= 10_000,
+                format!("split.store_fee_bps.{ch} must be at most 10000"),
+            );
+        }
+        need(
+            sp.streamer_share_bps_default <= 10_000,
+            "split.streamer_share_bps_default must be at most 10000".into(),
+        );
+        for (user, bps) in &sp.streamer_share_bps {
+            need(
+                *bps <= 10_000,
+                format!("split.streamer_share_bps.{user} must be at most 10000"),
+            );
+        }
+        let mut order = sp.spend_order.clone();
+        order.sort();
+        order.dedup();
+        need(
+            order.len() == Channel::ALL.len() && sp.spend_order.len() == Channel::ALL.len(),
+            "split.spend_order must list ios, android and web exactly once each".into(),
+        );
+
+        for (level, set) in [
+            ("connection", &self.limits.connection),
+            ("user", &self.limits.user),
+        ] {
+            for (class, rate) in [
+                ("gifts", set.gifts),
+                ("questions", set.questions),
+                ("commands", set.commands),
+            ] {
+                need(
+                    rate.per_sec > 0.0 && rate.per_sec.is_finite() && rate.burst >= 1,
+                    format!("limits.{level}.{class} needs per_sec > 0 and burst >= 1"),
+                );
+            }
+        }
+
+        if let Err(e) = crate::gift::catalog::Catalog::new(self.catalog()) {
+            problems.push(format!("stickers: {e}"));
+        }
+
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError(problems))
+        }
+    }
+}
+
+/// Every problem found in a configuration, one per line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub Vec<String>);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "- {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().expect("defaults validate");
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let err = Config::from_toml(
+            r#"
+            [server]
+            listen = "0.0.0.0:8080"
+            message_bytes_max = 10
+            [split]
+            spend_order = ["web", "web", "ios"]
+            store_fee_bps = { ios = 20000, android = 3000, web = 0 }
+            "#,
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("message_bytes_max"), "{text}");
+        assert!(
+            text.contains("jwt_secret is the development default"),
+            "{text}"
+        );
+        assert!(
+            text.contains("admin_token is the development default"),
+            "{text}"
+        );
+        assert!(text.contains("spend_order"), "{text}");
+        assert!(text.contains("store_fee_bps.ios"), "{text}");
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let err = Config::from_toml("[server]\nlisten_port = 3\n").unwrap_err();
+        assert!(err.to_string().contains("listen_port"), "{err}");
+    }
+
+    #[test]
+    fn stickers_replace_the_builtin_catalog() {
+        let c =
+            Config::from_toml("[[stickers]]\nid = \"star\"\nname = \"Star\"\nprice_coins = 7\n")
+                .unwrap();
+        assert_eq!(c.catalog().len(), 1);
+        assert_eq!(c.catalog()[0].price_coins, 7);
+    }
+}

@@ -1,0 +1,315 @@
+//! One WebSocket connection's life, from upgrade to close, in one place.
+//!
+//! A connection is two tasks:
+//! - the **reader** (this task) reads frames, enforces the auth deadline and hands text frames to
+//!   its [`Session`];
+//! - the **writer** drains the connection's bounded [`Outbox`] (private frames) and its room's
+//!   event ring, feeding every frame that is ready and flushing once per batch, so a burst of room
+//!   events costs one socket write rather than one per event.
+//!
+//! Whoever decides the connection must end (the reader, the writer, a room, shutdown) kicks the
+//! outbox with a close code. The writer then writes what was already queued (such as the error
+//! that explains the close), sends the close frame, and stops. A writer stuck on a client that
+//! does not read is abandoned after `write_timeout`, and a reader on shutdown finishes the command
+//! in progress first, so a gift being committed still gets its receipt.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{broadcast, mpsc};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::WebSocketStream;
+use tracing::Instrument;
+
+use crate::app::App;
+use crate::auth::Identity;
+use crate::config::ServerConfig;
+use crate::error::{CloseCode, Error};
+use crate::metrics::{Metrics, OutKind};
+use crate::outbox::{Kick, Outbound, Outbox};
+use crate::protocol::server::{self, ServerMessage};
+use crate::protocol::Frame;
+use crate::session::Session;
+
+/// Frames written per batch before a flush, so one busy room cannot starve a connection's private
+/// replies for long.
+const BATCH_FRAMES_MAX: usize = 256;
+/// Time allowed to write queued frames and the close frame when a connection ends.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// A write that makes no progress for this long marks the client as not reading.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The WebSocket settings every connection (and the conformance echo endpoint) uses.
+pub fn ws_config(server: &ServerConfig) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(server.ws_read_buffer_bytes)
+        .write_buffer_size(server.ws_write_buffer_bytes)
+        .max_write_buffer_size(
+            server.ws_write_buffer_bytes + server.message_bytes_max.max(64 * 1024) * 4,
+        )
+        .max_message_size(Some(server.message_bytes_max))
+        .max_frame_size(Some(server.message_bytes_max))
+}
+
+/// Serves one upgraded WebSocket until it closes.
+pub async fn serve<S>(
+    ws: WebSocketStream<S>,
+    app: Arc<App>,
+    identity: Option<Identity>,
+    peer: SocketAddr,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = app.next_conn_id();
+    let span = tracing::info_span!("conn", id = conn, %peer, user = tracing::field::Empty, room = tracing::field::Empty);
+    run(ws, app, identity, conn).instrument(span).await
+}
+
+async fn run<S>(ws: WebSocketStream<S>, app: Arc<App>, identity: Option<Identity>, conn: u64)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let metrics = app.metrics.clone();
+    metrics.connections.inc();
+    metrics.connections_accepted.inc();
+    let (outbox, rx) = Outbox::new(app.config.server.outbox_frames_max);
+    let kick = outbox.kick_handle();
+    let (sink, mut stream) = ws.split();
+    let writer =
+        tokio::spawn(write_loop(sink, rx, kick.clone(), metrics.clone()).in_current_span());
+
+    let mut session = Session::new(app.clone(), conn, outbox.clone());
+    if let Some(identity) = identity {
+        let welcome = server::encode(&ServerMessage::Welcome {
+            user: &identity.user,
+            role: identity.role,
+            server_time_ms: crate::ledger::now_ms(),
+        });
+        session.authenticate(identity);
+        outbox.push(OutKind::Welcome, welcome);
+    }
+    let code = read_loop(&mut stream, &mut session, &app, &outbox, &kick).await;
+    outbox.kick(code);
+    session.end();
+    drop(session);
+    drop(outbox);
+    let _ = writer.await;
+    let code = kick.code();
+    tracing::debug!(close = %code, "connection closed");
+    if code == CloseCode::SlowConsumer {
+        metrics.slow_consumers.inc();
+    }
+    metrics
+        .connections_closed
+        .with_label_values(&[code.reason()])
+        .inc();
+    metrics.connections.dec();
+}
+
+async fn read_loop<S>(
+    stream: &mut SplitStream<WebSocketStream<S>>,
+    session: &mut Session,
+    app: &App,
+    outbox: &Outbox,
+    kick: &Kick,
+) -> CloseCode
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let auth_deadline = tokio::time::sleep(Duration::from_millis(
+        app.config.server.handshake_timeout_ms,
+    ));
+    tokio::pin!(auth_deadline);
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = kick.token().cancelled() => return kick.code(),
+            _ = app.shutdown.cancelled() => return CloseCode::GoingAway,
+            _ = &mut auth_deadline, if session.identity().is_none() => return CloseCode::AuthTimeout,
+            next = stream.next() => next,
+        };
+        let verdict = match next {
+            None => Some(CloseCode::Normal),
+            Some(Ok(Message::Text(text))) => session.handle_text(text.as_str()).await,
+            Some(Ok(Message::Binary(_))) => session.reject_binary(),
+            Some(Ok(Message::Close(_))) => Some(CloseCode::Normal),
+            Some(Ok(_)) => None,
+            Some(Err(e)) => Some(read_error(e, outbox, app)),
+        };
+        if let Some(code) = verdict {
+            return code;
+        }
+    }
+}
+
+/// Maps a WebSocket read failure to a close code, telling the client why where it can still hear.
+fn read_error(e: tungstenite::Error, outbox: &Outbox, app: &App) -> CloseCode {
+    use tungstenite::error::{CapacityError, Error as WsError};
+    match e {
+        WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
+            let err = Error::MessageTooLarge {
+                limit_bytes: app.config.server.message_bytes_max,
+            };
+            outbox.push(OutKind::Error, server::error(None, &err));
+            app.metrics.errors.with_label_values(&[err.reason()]).inc();
+            CloseCode::TooBig
+        }
+        WsError::Utf8(_) => CloseCode::InvalidPayload,
+        WsError::ConnectionClosed | WsError::AlreadyClosed | WsError::Io(_) => CloseCode::Normal,
+        other => {
+            tracing::debug!(error = %other, "protocol error from client");
+            CloseCode::PolicyViolation
+        }
+    }
+}
+
+type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
+
+enum Step {
+    Private(Option<Outbound>),
+    Ring(Result<Frame, broadcast::error::RecvError>),
+}
+
+async fn next_ring(
+    ring: &mut Option<broadcast::Receiver<Frame>>,
+) -> Result<Frame, broadcast::error::RecvError> {
+    match ring {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn write_loop<S>(
+    mut sink: Sink<S>,
+    mut rx: mpsc::Receiver<Outbound>,
+    kick: Arc<Kick>,
+    metrics: Arc<Metrics>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut ring: Option<broadcast::Receiver<Frame>> = None;
+    let mut events: u64 = 0;
+    loop {
+        let step = tokio::select! {
+            biased;
+            _ = kick.token().cancelled() => break,
+            item = rx.recv() => Step::Private(item),
+            r = next_ring(&mut ring) => Step::Ring(r),
+        };
+        let write = async {
+            match step {
+                Step::Private(None) => return Ok(false),
+                Step::Private(Some(Outbound::Frame(kind, frame))) => {
+                    metrics.out(kind, 1);
+                    sink.feed(Message::Text(frame)).await?;
+                }
+                Step::Private(Some(Outbound::Subscribe(r))) => ring = Some(r),
+                Step::Private(Some(Outbound::Unsubscribe)) => {
+                    // Forward what the room sent before it let go of us (such as room_closed).
+                    if let Some(mut r) = ring.take() {
+                        while let Ok(frame) = r.try_recv() {
+                            events += 1;
+                            sink.feed(Message::Text(frame)).await?;
+                        }
+                    }
+                }
+                Step::Ring(Ok(frame)) => {
+                    events += 1;
+                    sink.feed(Message::Text(frame)).await?;
+                    if let Some(r) = ring.as_mut() {
+                        for _ in 1..BATCH_FRAMES_MAX {
+                            match r.try_recv() {
+                                Ok(frame) => {
+                                    events += 1;
+                                    sink.feed(Message::Text(frame)).await?;
+                                }
+                                Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                                    return Err(WriteFail::Slow);
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                }
+                Step::Ring(Err(broadcast::error::RecvError::Lagged(_))) => {
+                    return Err(WriteFail::Slow)
+                }
+                Step::Ring(Err(broadcast::error::RecvError::Closed)) => ring = None,
+            }
+            sink.flush().await?;
+            Ok::<bool, WriteFail>(true)
+        };
+        let outcome = tokio::select! {
+            r = tokio::time::timeout(WRITE_TIMEOUT, write) => r.unwrap_or(Err(WriteFail::Slow)),
+            _ = kick.token().cancelled() => Ok(true),
+        };
+        if events > 0 {
+            metrics.fanout_deliveries.inc_by(events);
+            metrics.out(OutKind::Event, events);
+            events = 0;
+        }
+        match outcome {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(WriteFail::Slow) => {
+                kick.kick(CloseCode::SlowConsumer);
+                break;
+            }
+            // The peer is gone; nothing more can be written.
+            Err(WriteFail::Socket) => return,
+        }
+    }
+    let code = kick.code();
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        // Frames queued before the close (the error that explains it, a receipt) go out first.
+        while let Ok(item) = rx.try_recv() {
+            if let Outbound::Frame(kind, frame) = item {
+                metrics.out(kind, 1);
+                sink.feed(Message::Text(frame)).await?;
+            }
+        }
+        let frame = CloseFrame {
+            code: WsCloseCode::from(code.code()),
+            reason: code.reason().into(),
+        };
+        sink.send(Message::Close(Some(frame))).await?;
+        sink.close().await
+    })
+    .await;
+}
+
+enum WriteFail {
+    Slow,
+    Socket,
+}
+
+impl From<tungstenite::Error> for WriteFail {
+    fn from(_: tungstenite::Error) -> Self {
+        WriteFail::Socket
+    }
+}
+
+/// Serves the conformance echo endpoint: every text or binary message comes back unchanged. It
+/// runs with exactly the production WebSocket configuration and touches no room or money.
+pub async fn echo<S>(mut ws: WebSocketStream<S>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    while let Some(Ok(msg)) = ws.next().await {
+        let reply = match msg {
+            Message::Text(_) | Message::Binary(_) => msg,
+            Message::Close(_) => break,
+            _ => continue,
+        };
+        if ws.send(reply).await.is_err() {
+            return;
+        }
+    }
+    let _ = ws.close(None).await;
+}

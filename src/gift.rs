@@ -1,0 +1,48 @@
+//! Gifts: the sticker catalog and the revenue split.
+//!
+//! Everything here is pure and synchronous. The ledger calls it inside its write transaction, so
+//! the arithmetic that decides who gets which coin lives in one place with property tests
+//! (`gift/split.rs`), apart from any I/O.
+
+pub mod catalog;
+pub mod split;
+
+use serde::{Deserialize, Serialize};
+
+/// The store channel through which coins were bought. Each channel has its own store fee.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Channel {
+    Ios,
+    Android,
+    Web,
+}
+
+impl Channel {
+    pub const ALL: [Channel; 3] = [Channel::Ios, Channel::Android, Channel::Web];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Ios => "ios",
+            Channel::Android => "android",
+            Channel::Web => "web",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn parse(s: &str) -> Option<Channel> {
+        Channel::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Coins per channel, indexed by [`Channel::index`].
+pub type ChannelCoins = [u64; 3];

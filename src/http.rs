@@ -1,0 +1,356 @@
+//! The HTTP surface: the WebSocket upgrade, room listing, health, metrics and the admin API.
+//!
+//! The upgrade is done by hand on hyper's connection so that the socket goes straight into
+//! `tokio-tungstenite` with giftd's own [`crate::connection::ws_config`], and so the handshake can
+//! refuse a foreign `Origin` or a bad token with a plain HTTP status before any WebSocket exists.
+//! HTTP errors use the same JSON shape and codes as WebSocket errors.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role as WsRole;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::app::App;
+use crate::auth::check_user_id;
+use crate::connection;
+use crate::error::Error;
+use crate::gift::Channel;
+use crate::ledger::TopUpRequest;
+use crate::server::Tracker;
+
+/// The TCP connection's slot under `connections_max`. An upgraded WebSocket takes it over from
+/// the HTTP connection, so the slot is held until the WebSocket closes.
+#[derive(Clone, Default)]
+pub struct ConnSlot(pub Arc<Mutex<Option<OwnedSemaphorePermit>>>);
+
+pub fn router(app: Arc<App>, tracker: Tracker) -> Router {
+    let mut router = Router::new()
+        .route("/ws", get(ws_upgrade))
+        .route("/rooms", get(rooms))
+        .route("/stickers", get(stickers))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/admin/topup", post(top_up))
+        .route("/admin/wallets/{user}", get(wallet));
+    if app.config.server.echo_endpoint {
+        router = router.route("/echo", get(echo_upgrade));
+    }
+    router.with_state((app, tracker))
+}
+
+type AppState = State<(Arc<App>, Tracker)>;
+
+/// An error as an HTTP response with the wire error body.
+fn error_response(e: &Error) -> Response {
+    let status = match e {
+        Error::InvalidToken(_) | Error::TokenExpired => StatusCode::UNAUTHORIZED,
+        Error::WrongRole { .. }
+        | Error::NotRoomOwner
+        | Error::TokenRoomMismatch
+        | Error::OriginNotAllowed => StatusCode::FORBIDDEN,
+        Error::IdempotencyConflict(_) => StatusCode::CONFLICT,
+        Error::RoomNotFound(_) => StatusCode::NOT_FOUND,
+        Error::LedgerUnavailable(_) | Error::ShuttingDown | Error::TooManyConnections => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    let body = json!({ "code": e.code(), "reason": e.reason(), "message": e.client_message() });
+    (status, Json(body)).into_response()
+}
+
+#[derive(Deserialize)]
+struct WsQuery {
+    token: Option<String>,
+}
+
+/// Checks the RFC 6455 upgrade headers and returns the client's key.
+fn upgrade_key(headers: &HeaderMap) -> Result<&HeaderValue, &'static str> {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    if !has_token(header::CONNECTION, "upgrade") || !has_token(header::UPGRADE, "websocket") {
+        return Err("expected a WebSocket upgrade");
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
+        return Err("Sec-WebSocket-Version must be 13");
+    }
+    headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .ok_or("missing Sec-WebSocket-Key")
+}
+
+fn switching_protocols(key: &HeaderValue) -> Response {
+    let accept = derive_accept_key(key.as_bytes());
+    let mut res = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let h = res.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&accept).expect("base64 is a valid header"),
+    );
+    res
+}
+
+fn bad_upgrade(msg: &str) -> Response {
+    let e = Error::InvalidMessage(msg.to_owned());
+    error_response(&e)
+}
+
+fn origin_allowed(app: &App, headers: &HeaderMap) -> bool {
+    let allowed = &app.config.server.origins_allowed;
+    if allowed.is_empty() {
+        return true;
+    }
+    // Browsers always send Origin; a client without one is not a browser page and is not the
+    // cross-site threat the allow-list exists for.
+    match headers.get(header::ORIGIN).map(|o| o.to_str()) {
+        None => true,
+        Some(Ok(origin)) => allowed.iter().any(|a| a == origin),
+        Some(Err(_)) => false,
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+}
+
+async fn ws_upgrade(
+    State((app, tracker)): AppState,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(query): Query<WsQuery>,
+    mut req: Request,
+) -> Response {
+    let key = match upgrade_key(req.headers()) {
+        Ok(key) => key.clone(),
+        Err(msg) => return bad_upgrade(msg),
+    };
+    if !origin_allowed(&app, req.headers()) {
+        app.metrics
+            .connections_rejected
+            .with_label_values(&["origin"])
+            .inc();
+        return error_response(&Error::OriginNotAllowed);
+    }
+    if app.shutdown.is_cancelled() {
+        return error_response(&Error::ShuttingDown);
+    }
+    let token = bearer(req.headers()).map(str::to_owned).or(query.token);
+    let identity = match token.map(|t| app.auth.verify(&t)).transpose() {
+        Ok(identity) => identity,
+        Err(e) => {
+            app.metrics
+                .connections_rejected
+                .with_label_values(&["auth"])
+                .inc();
+            return error_response(&e);
+        }
+    };
+    let slot = req
+        .extensions()
+        .get::<ConnSlot>()
+        .and_then(|s| s.0.lock().ok()?.take());
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let config = connection::ws_config(&app.config.server);
+    tracker.spawn(async move {
+        let _slot = slot;
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    WsRole::Server,
+                    Some(config),
+                )
+                .await;
+                connection::serve(ws, app, identity, peer).await;
+            }
+            Err(e) => tracing::debug!(error = %e, %peer, "upgrade failed"),
+        }
+    });
+    switching_protocols(&key)
+}
+
+async fn echo_upgrade(State((app, tracker)): AppState, mut req: Request) -> Response {
+    let key = match upgrade_key(req.headers()) {
+        Ok(key) => key.clone(),
+        Err(msg) => return bad_upgrade(msg),
+    };
+    let slot = req
+        .extensions()
+        .get::<ConnSlot>()
+        .and_then(|s| s.0.lock().ok()?.take());
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let config = connection::ws_config(&app.config.server);
+    tracker.spawn(async move {
+        let _slot = slot;
+        if let Ok(upgraded) = on_upgrade.await {
+            let ws = WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                WsRole::Server,
+                Some(config),
+            )
+            .await;
+            connection::echo(ws).await;
+        }
+    });
+    switching_protocols(&key)
+}
+
+async fn rooms(State((app, _)): AppState) -> Response {
+    Json(json!({ "rooms": app.rooms.summaries() })).into_response()
+}
+
+async fn stickers(State((app, _)): AppState) -> Response {
+    Json(json!({ "stickers": app.catalog.all() })).into_response()
+}
+
+async fn readyz(State((app, _)): AppState) -> Response {
+    let ledger = app.ledger.is_ready();
+    app.metrics.ledger_ready.set(ledger as i64);
+    let ready = app.is_ready();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body =
+        json!({ "ready": ready, "ledger": ledger, "shutting_down": app.shutdown.is_cancelled() });
+    (status, Json(body)).into_response()
+}
+
+async fn metrics(State((app, _)): AppState) -> Response {
+    app.metrics.ledger_ready.set(app.ledger.is_ready() as i64);
+    let mut res = app.metrics.render().into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    res
+}
+
+/// Compares in time independent of where the strings differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn check_admin(app: &App, headers: &HeaderMap) -> Result<(), Response> {
+    match bearer(headers) {
+        Some(t) if constant_time_eq(t.as_bytes(), app.config.auth.admin_token.as_bytes()) => Ok(()),
+        _ => Err(error_response(&Error::InvalidToken(
+            "admin endpoints need `Authorization: Bearer <admin_token>`".into(),
+        ))),
+    }
+}
+
+/// Largest admin request body accepted.
+const ADMIN_BODY_BYTES_MAX: usize = 4096;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopUpBody {
+    user: String,
+    channel: String,
+    coins: u64,
+    purchase_id: String,
+}
+
+async fn top_up(State((app, _)): AppState, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(res) = check_admin(&app, &headers) {
+        return res;
+    }
+    if body.len() > ADMIN_BODY_BYTES_MAX {
+        return error_response(&Error::MessageTooLarge {
+            limit_bytes: ADMIN_BODY_BYTES_MAX,
+        });
+    }
+    let parsed: TopUpBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) if e.is_syntax() || e.is_eof() => {
+            return error_response(&Error::BadJson(e.to_string()))
+        }
+        Err(e) => return error_response(&Error::InvalidMessage(e.to_string())),
+    };
+    if let Err(e) = check_user_id(&parsed.user) {
+        return error_response(&Error::InvalidMessage(e.client_message()));
+    }
+    let Some(channel) = Channel::parse(&parsed.channel) else {
+        return error_response(&Error::InvalidMessage(
+            "channel must be ios, android or web".into(),
+        ));
+    };
+    let req = TopUpRequest {
+        user: parsed.user,
+        channel,
+        coins: parsed.coins,
+        purchase_id: parsed.purchase_id,
+    };
+    match app.ledger.top_up(req).await {
+        Ok(receipt) => {
+            if !receipt.replayed {
+                app.metrics
+                    .topup_coins
+                    .with_label_values(&[channel.as_str()])
+                    .inc_by(receipt.coins);
+            }
+            Json(receipt).into_response()
+        }
+        Err(e) => error_response(&e),
+    }
+}
+
+async fn wallet(
+    State((app, _)): AppState,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+) -> Response {
+    if let Err(res) = check_admin(&app, &headers) {
+        return res;
+    }
+    if check_user_id(&user).is_err() {
+        return error_response(&Error::InvalidMessage("bad user id".into()));
+    }
+    let wallet = match app.ledger.wallet(&user).await {
+        Ok(w) => w,
+        Err(e) => return error_response(&e),
+    };
+    let earnings = match app.ledger.earnings(&user).await {
+        Ok(e) => e,
+        Err(e) => return error_response(&e),
+    };
+    Json(json!({
+        "user": user,
+        "balance_coins": wallet.total_coins(),
+        "ios_coins": wallet.ios_coins,
+        "android_coins": wallet.android_coins,
+        "web_coins": wallet.web_coins,
+        "earnings_coins": earnings,
+    }))
+    .into_response()
+}

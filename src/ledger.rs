@@ -1,0 +1,198 @@
+//! The ledger: the durable record of every coin, behind a small trait.
+//!
+//! The rest of giftd talks to [`Ledger`] only, so a PostgreSQL backend can replace the embedded
+//! SQLite one (`ledger/sqlite.rs`) without touching rooms or connections. The contract every
+//! backend keeps:
+//!
+//! - **Nothing is acknowledged before it is committed.** A method returns `Ok` only after the
+//!   write is durable.
+//! - **Double entry.** Every transaction posts entries that sum to zero. Viewer wallets, streamer
+//!   earnings, the platform and the stores are accounts; money enters through one external account
+//!   per store channel, so the sum of all balances is always zero.
+//! - **No balance below zero** except the external accounts.
+//! - **Idempotency.** A `(kind, actor, key)` is applied at most once. A repeat with the same
+//!   payload returns the original receipt; a repeat with another payload is
+//!   [`Error::IdempotencyConflict`].
+
+pub mod audit;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::StoreFees;
+use crate::error::Result;
+use crate::gift::split::Split;
+use crate::gift::{Channel, ChannelCoins};
+
+/// Longest idempotency key or purchase id accepted, in bytes.
+pub const KEY_BYTES_MAX: usize = 128;
+
+/// A confirmed store purchase that adds coins to a wallet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopUpRequest {
+    pub user: String,
+    pub channel: Channel,
+    pub coins: u64,
+    /// The store's transaction id; the idempotency key of the top-up.
+    pub purchase_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopUpReceipt {
+    pub txn_id: u64,
+    pub user: String,
+    pub channel: Channel,
+    pub coins: u64,
+    pub purchase_id: String,
+    pub balance_coins: u64,
+    /// True when this purchase id had already been applied and this is the original result.
+    pub replayed: bool,
+}
+
+/// What a gift buys: a plain sticker or a paid question.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GiftPurpose {
+    Sticker,
+    Question { text: String },
+}
+
+/// Everything the ledger needs to apply one gift. The split policy travels with the request so
+/// the ledger stays free of config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GiftRequest {
+    pub sender: String,
+    pub streamer: String,
+    pub room: String,
+    pub sticker: String,
+    pub price_coins: u64,
+    pub idempotency_key: String,
+    pub purpose: GiftPurpose,
+    pub store_fees: StoreFees,
+    pub streamer_share_bps: u32,
+    pub spend_order: Vec<Channel>,
+}
+
+impl GiftRequest {
+    /// Digest of what the sender asked for. A retried key must carry the same digest.
+    pub fn payload_digest(&self) -> String {
+        let mut h = Sha256::new();
+        for part in [&self.room, &self.streamer, &self.sticker] {
+            h.update(part.as_bytes());
+            h.update([0]);
+        }
+        h.update(self.price_coins.to_be_bytes());
+        if let GiftPurpose::Question { text } = &self.purpose {
+            h.update(b"question\0");
+            h.update(text.as_bytes());
+        }
+        hex(&h.finalize())
+    }
+}
+
+/// The committed record of a gift, as the sender's receipt shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GiftReceipt {
+    pub gift_id: String,
+    pub room: String,
+    pub sender: String,
+    pub streamer: String,
+    pub sticker: String,
+    pub price_coins: u64,
+    pub store_coins: u64,
+    pub streamer_coins: u64,
+    pub platform_coins: u64,
+    /// Coins drawn from each channel: `[ios, android, web]`.
+    pub funding_coins: ChannelCoins,
+    /// The sender's total balance right after this gift.
+    pub balance_coins: u64,
+    /// The room event sequence number of the gift, once published.
+    pub seq: Option<u64>,
+    pub created_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GiftOutcome {
+    pub receipt: GiftReceipt,
+    /// True when the key had been applied before and this is the original receipt.
+    pub replayed: bool,
+    /// The split by party and channel, for a gift applied by this call (not for a replay).
+    pub split: Option<Split>,
+}
+
+/// A wallet's balance per channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Wallet {
+    pub ios_coins: u64,
+    pub android_coins: u64,
+    pub web_coins: u64,
+}
+
+impl Wallet {
+    pub fn from_channels(c: ChannelCoins) -> Wallet {
+        Wallet {
+            ios_coins: c[0],
+            android_coins: c[1],
+            web_coins: c[2],
+        }
+    }
+
+    pub fn total_coins(&self) -> u64 {
+        self.ios_coins + self.android_coins + self.web_coins
+    }
+}
+
+#[async_trait]
+pub trait Ledger: Send + Sync + 'static {
+    /// Credits a wallet for a confirmed store purchase. Idempotent on `purchase_id`.
+    async fn top_up(&self, req: TopUpRequest) -> Result<TopUpReceipt>;
+
+    /// Debits the sender, splits the price, credits store, streamer and platform. Idempotent on
+    /// `(sender, idempotency_key)`.
+    async fn gift(&self, req: GiftRequest) -> Result<GiftOutcome>;
+
+    /// Records the room sequence number a committed gift was published with, so that a replayed
+    /// receipt carries it. Best effort and non-blocking: it rides along with the next group commit,
+    /// and is dropped if the queue is full or the node crashes first (the replayed receipt then
+    /// has no `seq`).
+    fn note_gift_seq(&self, gift_id: &str, seq: u64);
+
+    /// The user's wallet as committed.
+    async fn wallet(&self, user: &str) -> Result<Wallet>;
+
+    /// A streamer's committed earnings in coins.
+    async fn earnings(&self, streamer: &str) -> Result<u64>;
+
+    /// Whether the last write succeeded; `/readyz` reports it.
+    fn is_ready(&self) -> bool;
+
+    /// Finishes every request already queued, commits, and stops. Later calls fail with
+    /// [`crate::error::Error::ShuttingDown`].
+    async fn close(&self);
+}
+
+/// Validates a client-chosen key: non-empty, bounded, printable ASCII.
+pub fn check_key(key: &str, what: &str) -> Result<()> {
+    let ok =
+        !key.is_empty() && key.len() <= KEY_BYTES_MAX && key.bytes().all(|b| b.is_ascii_graphic());
+    if ok {
+        Ok(())
+    } else {
+        Err(crate::error::Error::InvalidMessage(format!(
+            "{what} must be 1 to {KEY_BYTES_MAX} printable ASCII characters"
+        )))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,764 @@
+//! The embedded SQLite ledger: one writer thread, group commit, WAL with `synchronous=FULL`.
+//!
+//! Callers send requests over a bounded queue and await a oneshot reply. The writer thread takes
+//! the first waiting request plus whatever else is queued (up to `batch_max`), applies each inside
+//! its own savepoint of one `BEGIN IMMEDIATE` transaction, commits once, and only then replies to
+//! all of them. One fsync thus covers a whole batch, and no reply leaves before its commit. A
+//! request that fails (insufficient funds, a key conflict) rolls back its savepoint alone; a failed
+//! commit fails the whole batch and nothing in it is acknowledged.
+//!
+//! A single writer also makes idempotency simple: a repeated key later in the same batch sees the
+//! first application through the open transaction.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use prometheus::Histogram;
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    now_ms, GiftOutcome, GiftReceipt, GiftRequest, Ledger, TopUpReceipt, TopUpRequest, Wallet,
+};
+use crate::error::{Error, Result};
+use crate::gift::split::{draw, split};
+use crate::gift::{Channel, ChannelCoins};
+
+pub(crate) const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS accounts (
+    account       TEXT PRIMARY KEY,
+    balance_coins INTEGER NOT NULL,
+    external      INTEGER NOT NULL,
+    CHECK (external = 1 OR balance_coins >= 0)
+);
+CREATE TABLE IF NOT EXISTS txns (
+    txn_id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind           TEXT NOT NULL,
+    actor          TEXT NOT NULL,
+    idem_key       TEXT NOT NULL,
+    payload_sha256 TEXT NOT NULL,
+    created_ms     INTEGER NOT NULL,
+    UNIQUE (kind, actor, idem_key)
+);
+CREATE TABLE IF NOT EXISTS entries (
+    entry_id     INTEGER PRIMARY KEY,
+    txn_id       INTEGER NOT NULL REFERENCES txns(txn_id),
+    account      TEXT NOT NULL REFERENCES accounts(account),
+    amount_coins INTEGER NOT NULL,
+    channel      TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS entries_by_txn ON entries(txn_id);
+CREATE TABLE IF NOT EXISTS topups (
+    txn_id        INTEGER PRIMARY KEY REFERENCES txns(txn_id),
+    user          TEXT NOT NULL,
+    channel       TEXT NOT NULL,
+    coins         INTEGER NOT NULL CHECK (coins > 0),
+    balance_coins INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS gifts (
+    gift_id        TEXT PRIMARY KEY,
+    txn_id         INTEGER NOT NULL UNIQUE REFERENCES txns(txn_id),
+    room           TEXT NOT NULL,
+    sender         TEXT NOT NULL,
+    streamer       TEXT NOT NULL,
+    sticker        TEXT NOT NULL,
+    price_coins    INTEGER NOT NULL CHECK (price_coins > 0),
+    store_coins    INTEGER NOT NULL,
+    streamer_coins INTEGER NOT NULL,
+    platform_coins INTEGER NOT NULL,
+    funding_ios    INTEGER NOT NULL,
+    funding_android INTEGER NOT NULL,
+    funding_web    INTEGER NOT NULL,
+    balance_coins  INTEGER NOT NULL,
+    room_seq       INTEGER,
+    created_ms     INTEGER NOT NULL,
+    CHECK (store_coins + streamer_coins + platform_coins = price_coins)
+);
+"#;
+
+type Reply<T> = oneshot::Sender<Result<T>>;
+
+enum Op {
+    TopUp(TopUpRequest, Reply<TopUpReceipt>),
+    Gift(Box<GiftRequest>, Reply<GiftOutcome>),
+    GiftSeq(String, u64),
+    Wallet(String, Reply<Wallet>),
+    Earnings(String, Reply<u64>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Options for [`SqliteLedger::open`].
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    pub path: PathBuf,
+    pub batch_max: usize,
+    pub queue_max: usize,
+}
+
+pub struct SqliteLedger {
+    tx: mpsc::Sender<Op>,
+    ready: Arc<AtomicBool>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl SqliteLedger {
+    /// Opens (creating if needed) the database and starts the writer thread.
+    pub fn open(options: SqliteOptions, commit_seconds: Histogram) -> Result<SqliteLedger> {
+        assert!(options.batch_max >= 1 && options.queue_max >= 1);
+        let conn = open_connection(&options.path)?;
+        let (tx, rx) = mpsc::channel(options.queue_max);
+        let ready = Arc::new(AtomicBool::new(true));
+        let writer = Writer {
+            conn,
+            rx,
+            batch_max: options.batch_max,
+            ready: ready.clone(),
+            commit_seconds,
+        };
+        let handle = std::thread::Builder::new()
+            .name("giftd-ledger".into())
+            .spawn(move || writer.run())
+            .map_err(|e| Error::Internal(format!("spawning ledger writer: {e}")))?;
+        Ok(SqliteLedger {
+            tx,
+            ready,
+            writer: Mutex::new(Some(handle)),
+        })
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> Result<T> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        rx.await.map_err(|_| Error::ShuttingDown)?
+    }
+}
+
+/// Opens a connection with the durability settings every ledger connection uses.
+pub fn open_connection(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(Error::LedgerUnavailable(format!(
+            "could not enable WAL (got {mode})"
+        )));
+    }
+    conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")?;
+    conn.execute_batch(SCHEMA)?;
+    Ok(conn)
+}
+
+#[async_trait]
+impl Ledger for SqliteLedger {
+    async fn top_up(&self, req: TopUpRequest) -> Result<TopUpReceipt> {
+        if req.coins == 0 || req.coins > i64::MAX as u64 / 4 {
+            return Err(Error::InvalidAmount(
+                "coins must be positive and reasonable".into(),
+            ));
+        }
+        super::check_key(&req.purchase_id, "purchase_id")?;
+        self.call(|r| Op::TopUp(req, r)).await
+    }
+
+    async fn gift(&self, req: GiftRequest) -> Result<GiftOutcome> {
+        super::check_key(&req.idempotency_key, "key")?;
+        self.call(|r| Op::Gift(Box::new(req), r)).await
+    }
+
+    fn note_gift_seq(&self, gift_id: &str, seq: u64) {
+        let _ = self.tx.try_send(Op::GiftSeq(gift_id.to_owned(), seq));
+    }
+
+    async fn wallet(&self, user: &str) -> Result<Wallet> {
+        let user = user.to_owned();
+        self.call(|r| Op::Wallet(user, r)).await
+    }
+
+    async fn earnings(&self, streamer: &str) -> Result<u64> {
+        let streamer = streamer.to_owned();
+        self.call(|r| Op::Earnings(streamer, r)).await
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed) && !self.tx.is_closed()
+    }
+
+    async fn close(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Op::Shutdown(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+        let handle = self.writer.lock().expect("writer handle lock").take();
+        if let Some(handle) = handle {
+            // The writer has replied to Shutdown and is returning; joining is immediate.
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+}
+
+struct Writer {
+    conn: Connection,
+    rx: mpsc::Receiver<Op>,
+    batch_max: usize,
+    ready: Arc<AtomicBool>,
+    commit_seconds: Histogram,
+}
+
+/// The reply owed for one request, held until the batch commits.
+enum Pending {
+    TopUp(Reply<TopUpReceipt>, Result<TopUpReceipt>),
+    Gift(Reply<GiftOutcome>, Result<GiftOutcome>),
+    Wallet(Reply<Wallet>, Result<Wallet>),
+    Earnings(Reply<u64>, Result<u64>),
+}
+
+impl Pending {
+    fn fail(self, e: &Error) -> Pending {
+        match self {
+            Pending::TopUp(r, _) => Pending::TopUp(r, Err(e.clone())),
+            Pending::Gift(r, _) => Pending::Gift(r, Err(e.clone())),
+            Pending::Wallet(r, _) => Pending::Wallet(r, Err(e.clone())),
+            Pending::Earnings(r, _) => Pending::Earnings(r, Err(e.clone())),
+        }
+    }
+
+    fn send(self) {
+        // A caller that gave up (its connection closed) simply does not hear the answer; the
+        // write stands and a retry with the same key replays it.
+        match self {
+            Pending::TopUp(r, v) => drop(r.send(v)),
+            Pending::Gift(r, v) => drop(r.send(v)),
+            Pending::Wallet(r, v) => drop(r.send(v)),
+            Pending::Earnings(r, v) => drop(r.send(v)),
+        }
+    }
+}
+
+impl Writer {
+    fn run(mut self) {
+        let mut batch = Vec::with_capacity(self.batch_max);
+        while let Some(first) = self.rx.blocking_recv() {
+            batch.push(first);
+            while batch.len() < self.batch_max {
+                match self.rx.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            let shutdown = self.process(&mut batch);
+            if let Some(done) = shutdown {
+                // Anything that raced in behind Shutdown is refused by dropping its reply.
+                self.rx.close();
+                while let Ok(op) = self.rx.try_recv() {
+                    drop(op);
+                }
+                let _ = done.send(());
+                return;
+            }
+        }
+    }
+
+    /// Applies and commits one batch, then replies. Returns the shutdown signal if the batch held
+    /// one; requests after it in the batch are still applied, since they were queued before it
+    /// was seen.
+    fn process(&mut self, batch: &mut Vec<Op>) -> Option<oneshot::Sender<()>> {
+        let started = Instant::now();
+        let mut shutdown = None;
+        let mut pending = Vec::with_capacity(batch.len());
+        let outcome = (|| -> Result<()> {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            for op in batch.drain(..) {
+                match op {
+                    Op::Shutdown(done) => shutdown = Some(done),
+                    Op::TopUp(req, r) => {
+                        pending.push(Pending::TopUp(r, savepoint(&tx, |t| apply_top_up(t, &req))))
+                    }
+                    Op::Gift(req, r) => {
+                        pending.push(Pending::Gift(r, savepoint(&tx, |t| apply_gift(t, &req))))
+                    }
+                    Op::GiftSeq(id, seq) => {
+                        if let Err(e) = savepoint(&tx, |t| apply_gift_seq(t, &id, seq)) {
+                            tracing::warn!(gift_id = %id, error = %e, "could not record a gift's room seq");
+                        }
+                    }
+                    Op::Wallet(user, r) => pending.push(Pending::Wallet(r, wallet(&tx, &user))),
+                    Op::Earnings(s, r) => pending.push(Pending::Earnings(r, earnings(&tx, &s))),
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })();
+        match outcome {
+            Ok(()) => {
+                self.ready.store(true, Ordering::Relaxed);
+                self.commit_seconds.observe(started.elapsed().as_secs_f64());
+                pending.into_iter().for_each(Pending::send);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, requests = pending.len(), "ledger commit failed; batch refused");
+                self.ready.store(false, Ordering::Relaxed);
+                let e = match e {
+                    Error::LedgerUnavailable(_) => e,
+                    other => Error::LedgerUnavailable(other.to_string()),
+                };
+                // Requests the failed transaction never reached are refused as well.
+                for op in batch.drain(..) {
+                    match op {
+                        Op::Shutdown(done) => shutdown = Some(done),
+                        other => drop(other),
+                    }
+                }
+                pending.into_iter().for_each(|p| p.fail(&e).send());
+            }
+        }
+        shutdown
+    }
+}
+
+/// Runs `f` in a savepoint, rolling back only its own writes if it fails.
+fn savepoint<T>(tx: &Transaction<'_>, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+    tx.execute_batch("SAVEPOINT op")?;
+    match f(tx) {
+        Ok(v) => {
+            tx.execute_batch("RELEASE op")?;
+            Ok(v)
+        }
+        Err(e) => {
+            tx.execute_batch("ROLLBACK TO op; RELEASE op")?;
+            Err(e)
+        }
+    }
+}
+
+fn wallet_account(user: &str, ch: Channel) -> String {
+    format!("wallet:{user}:{ch}")
+}
+
+fn post(
+    conn: &Connection,
+    txn_id: i64,
+    account: &str,
+    external: bool,
+    amount_coins: i64,
+    ch: Channel,
+) -> Result<()> {
+    if amount_coins == 0 {
+        return Ok(());
+    }
+    // Update first: the account usually exists. (An upsert would check the CHECK constraint
+    // against the would-be inserted row, which is negative for every debit.)
+    let updated = conn
+        .prepare_cached(
+            "UPDATE accounts SET balance_coins = balance_coins + ?2 WHERE account = ?1",
+        )?
+        .execute(params![account, amount_coins])?;
+    if updated == 0 {
+        conn.prepare_cached(
+            "INSERT INTO accounts(account, balance_coins, external) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![account, amount_coins, external as i64])?;
+    }
+    conn.prepare_cached(
+        "INSERT INTO entries(txn_id, account, amount_coins, channel) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![txn_id, account, amount_coins, ch.as_str()])?;
+    Ok(())
+}
+
+fn balance_of(conn: &Connection, account: &str) -> Result<u64> {
+    let v: Option<i64> = conn
+        .prepare_cached("SELECT balance_coins FROM accounts WHERE account = ?1")?
+        .query_row([account], |r| r.get(0))
+        .optional()?;
+    Ok(v.unwrap_or(0).max(0) as u64)
+}
+
+fn channels(conn: &Connection, user: &str) -> Result<ChannelCoins> {
+    let mut c = [0u64; 3];
+    for ch in Channel::ALL {
+        c[ch.index()] = balance_of(conn, &wallet_account(user, ch))?;
+    }
+    Ok(c)
+}
+
+fn wallet(conn: &Connection, user: &str) -> Result<Wallet> {
+    Ok(Wallet::from_channels(channels(conn, user)?))
+}
+
+fn earnings(conn: &Connection, streamer: &str) -> Result<u64> {
+    balance_of(conn, &format!("streamer:{streamer}"))
+}
+
+/// Looks up a prior application of `(kind, actor, key)`: its txn id, if its payload matches.
+fn prior(
+    conn: &Connection,
+    kind: &str,
+    actor: &str,
+    key: &str,
+    digest: &str,
+) -> Result<Option<i64>> {
+    let row: Option<(i64, String)> = conn
+        .prepare_cached("SELECT txn_id, payload_sha256 FROM txns WHERE kind = ?1 AND actor = ?2 AND idem_key = ?3")?
+        .query_row(params![kind, actor, key], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    match row {
+        Some((_, d)) if d != digest => Err(Error::IdempotencyConflict(key.to_owned())),
+        Some((id, _)) => Ok(Some(id)),
+        None => Ok(None),
+    }
+}
+
+fn open_txn(
+    conn: &Connection,
+    kind: &str,
+    actor: &str,
+    key: &str,
+    digest: &str,
+    created_ms: u64,
+) -> Result<i64> {
+    conn.prepare_cached(
+        "INSERT INTO txns(kind, actor, idem_key, payload_sha256, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![kind, actor, key, digest, created_ms as i64])?;
+    Ok(conn.last_insert_rowid())
+}
+
+fn apply_top_up(conn: &Connection, req: &TopUpRequest) -> Result<TopUpReceipt> {
+    let digest = format!("{}:{}:{}", req.user, req.channel, req.coins);
+    if let Some(txn_id) = prior(conn, "topup", "store", &req.purchase_id, &digest)? {
+        let (user, channel, coins, balance): (String, String, i64, i64) = conn
+            .prepare_cached(
+                "SELECT user, channel, coins, balance_coins FROM topups WHERE txn_id = ?1",
+            )?
+            .query_row([txn_id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?;
+        return Ok(TopUpReceipt {
+            txn_id: txn_id as u64,
+            user,
+            channel: Channel::parse(&channel)
+                .ok_or_else(|| Error::Internal("bad channel in ledger".into()))?,
+            coins: coins as u64,
+            purchase_id: req.purchase_id.clone(),
+            balance_coins: balance as u64,
+            replayed: true,
+        });
+    }
+    // Purchase ids are the store's, unique across users, so the idempotency scope is the store.
+    let txn_id = open_txn(conn, "topup", "store", &req.purchase_id, &digest, now_ms())?;
+    let coins = req.coins as i64;
+    post(
+        conn,
+        txn_id,
+        &format!("external:{}", req.channel),
+        true,
+        -coins,
+        req.channel,
+    )?;
+    post(
+        conn,
+        txn_id,
+        &wallet_account(&req.user, req.channel),
+        false,
+        coins,
+        req.channel,
+    )?;
+    let balance_coins = wallet(conn, &req.user)?.total_coins();
+    conn.prepare_cached("INSERT INTO topups(txn_id, user, channel, coins, balance_coins) VALUES (?1, ?2, ?3, ?4, ?5)")?
+        .execute(params![txn_id, req.user, req.channel.as_str(), coins, balance_coins as i64])?;
+    Ok(TopUpReceipt {
+        txn_id: txn_id as u64,
+        user: req.user.clone(),
+        channel: req.channel,
+        coins: req.coins,
+        purchase_id: req.purchase_id.clone(),
+        balance_coins,
+        replayed: false,
+    })
+}
+
+fn apply_gift(conn: &Connection, req: &GiftRequest) -> Result<GiftOutcome> {
+    let digest = req.payload_digest();
+    if let Some(txn_id) = prior(conn, "gift", &req.sender, &req.idempotency_key, &digest)? {
+        let receipt = load_gift(conn, txn_id)?;
+        return Ok(GiftOutcome {
+            receipt,
+            replayed: true,
+            split: None,
+        });
+    }
+    let balances = channels(conn, &req.sender)?;
+    let Some(funding) = draw(balances, req.price_coins, &req.spend_order) else {
+        return Err(Error::InsufficientFunds {
+            balance_coins: balances.iter().sum(),
+            price_coins: req.price_coins,
+        });
+    };
+    let parts = split(funding, req.store_fees, req.streamer_share_bps);
+    assert_eq!(
+        parts.total_coins(),
+        req.price_coins,
+        "split lost or made coins"
+    );
+
+    let created_ms = now_ms();
+    let txn_id = open_txn(
+        conn,
+        "gift",
+        &req.sender,
+        &req.idempotency_key,
+        &digest,
+        created_ms,
+    )?;
+    let streamer_account = format!("streamer:{}", req.streamer);
+    for ch in Channel::ALL {
+        let i = ch.index();
+        post(
+            conn,
+            txn_id,
+            &wallet_account(&req.sender, ch),
+            false,
+            -(funding[i] as i64),
+            ch,
+        )?;
+        post(
+            conn,
+            txn_id,
+            &format!("store:{ch}"),
+            false,
+            parts.store_by_channel[i] as i64,
+            ch,
+        )?;
+        post(
+            conn,
+            txn_id,
+            &streamer_account,
+            false,
+            parts.streamer_by_channel[i] as i64,
+            ch,
+        )?;
+        post(
+            conn,
+            txn_id,
+            "platform",
+            false,
+            parts.platform_by_channel[i] as i64,
+            ch,
+        )?;
+    }
+    let balance_coins = balances.iter().sum::<u64>() - req.price_coins;
+    let receipt = GiftReceipt {
+        gift_id: format!("g{txn_id}"),
+        room: req.room.clone(),
+        sender: req.sender.clone(),
+        streamer: req.streamer.clone(),
+        sticker: req.sticker.clone(),
+        price_coins: req.price_coins,
+        store_coins: parts.store_coins,
+        streamer_coins: parts.streamer_coins,
+        platform_coins: parts.platform_coins,
+        funding_coins: funding,
+        balance_coins,
+        seq: None,
+        created_ms,
+    };
+    conn.prepare_cached(
+        "INSERT INTO gifts(gift_id, txn_id, room, sender, streamer, sticker, price_coins, store_coins,
+             streamer_coins, platform_coins, funding_ios, funding_android, funding_web, balance_coins, created_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+    )?
+    .execute(params![
+        receipt.gift_id,
+        txn_id,
+        receipt.room,
+        receipt.sender,
+        receipt.streamer,
+        receipt.sticker,
+        receipt.price_coins as i64,
+        receipt.store_coins as i64,
+        receipt.streamer_coins as i64,
+        receipt.platform_coins as i64,
+        funding[0] as i64,
+        funding[1] as i64,
+        funding[2] as i64,
+        balance_coins as i64,
+        created_ms as i64,
+    ])?;
+    Ok(GiftOutcome {
+        receipt,
+        replayed: false,
+        split: Some(parts),
+    })
+}
+
+fn load_gift(conn: &Connection, txn_id: i64) -> Result<GiftReceipt> {
+    let receipt = conn
+        .prepare_cached(
+            "SELECT gift_id, room, sender, streamer, sticker, price_coins, store_coins, streamer_coins,
+                    platform_coins, funding_ios, funding_android, funding_web, balance_coins, room_seq, created_ms
+             FROM gifts WHERE txn_id = ?1",
+        )?
+        .query_row([txn_id], |r| {
+            let u = |i: usize| r.get::<_, i64>(i).map(|v| v as u64);
+            Ok(GiftReceipt {
+                gift_id: r.get(0)?,
+                room: r.get(1)?,
+                sender: r.get(2)?,
+                streamer: r.get(3)?,
+                sticker: r.get(4)?,
+                price_coins: u(5)?,
+                store_coins: u(6)?,
+                streamer_coins: u(7)?,
+                platform_coins: u(8)?,
+                funding_coins: [u(9)?, u(10)?, u(11)?],
+                balance_coins: u(12)?,
+                seq: r.get::<_, Option<i64>>(13)?.map(|v| v as u64),
+                created_ms: u(14)?,
+            })
+        })?;
+    Ok(receipt)
+}
+
+fn apply_gift_seq(conn: &Connection, gift_id: &str, seq: u64) -> Result<()> {
+    conn.prepare_cached("UPDATE gifts SET room_seq = ?2 WHERE gift_id = ?1 AND room_seq IS NULL")?
+        .execute(params![gift_id, seq as i64])?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StoreFees;
+    use crate::ledger::GiftPurpose;
+
+    fn histogram() -> Histogram {
+        Histogram::with_opts(prometheus::HistogramOpts::new("t", "t")).unwrap()
+    }
+
+    fn open(dir: &tempfile::TempDir) -> SqliteLedger {
+        let options = SqliteOptions {
+            path: dir.path().join("l.db"),
+            batch_max: 64,
+            queue_max: 256,
+        };
+        SqliteLedger::open(options, histogram()).unwrap()
+    }
+
+    fn gift(sender: &str, key: &str, price: u64) -> GiftRequest {
+        GiftRequest {
+            sender: sender.into(),
+            streamer: "star".into(),
+            room: "r1".into(),
+            sticker: "s".into(),
+            price_coins: price,
+            idempotency_key: key.into(),
+            purpose: GiftPurpose::Sticker,
+            store_fees: StoreFees {
+                ios: 3000,
+                android: 3000,
+                web: 0,
+            },
+            streamer_share_bps: 5000,
+            spend_order: vec![Channel::Web, Channel::Android, Channel::Ios],
+        }
+    }
+
+    fn top_up(user: &str, ch: Channel, coins: u64, id: &str) -> TopUpRequest {
+        TopUpRequest {
+            user: user.into(),
+            channel: ch,
+            coins,
+            purchase_id: id.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn gift_debits_once_and_replays() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = open(&dir);
+        l.top_up(top_up("v", Channel::Ios, 100, "p1"))
+            .await
+            .unwrap();
+        let a = l.gift(gift("v", "k1", 60)).await.unwrap();
+        assert!(!a.replayed);
+        assert_eq!(a.receipt.balance_coins, 40);
+        let b = l.gift(gift("v", "k1", 60)).await.unwrap();
+        assert!(b.replayed);
+        assert_eq!(a.receipt.gift_id, b.receipt.gift_id);
+        assert_eq!(l.wallet("v").await.unwrap().total_coins(), 40);
+        let mut other = gift("v", "k1", 60);
+        other.sticker = "other".into();
+        assert!(matches!(
+            l.gift(other).await,
+            Err(Error::IdempotencyConflict(_))
+        ));
+        l.close().await;
+        assert!(audit_ok(&dir.path().join("l.db")));
+    }
+
+    #[tokio::test]
+    async fn insufficient_funds_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = open(&dir);
+        l.top_up(top_up("v", Channel::Web, 5, "p1")).await.unwrap();
+        let err = l.gift(gift("v", "k", 6)).await.unwrap_err();
+        assert_eq!(
+            err,
+            Error::InsufficientFunds {
+                balance_coins: 5,
+                price_coins: 6
+            }
+        );
+        assert_eq!(l.wallet("v").await.unwrap().total_coins(), 5);
+        // The failed key was not consumed: a later funded retry goes through.
+        l.top_up(top_up("v", Channel::Web, 1, "p2")).await.unwrap();
+        assert!(!l.gift(gift("v", "k", 6)).await.unwrap().replayed);
+        l.close().await;
+    }
+
+    #[tokio::test]
+    async fn top_up_is_idempotent_on_purchase_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = open(&dir);
+        let a = l
+            .top_up(top_up("v", Channel::Android, 10, "p1"))
+            .await
+            .unwrap();
+        let b = l
+            .top_up(top_up("v", Channel::Android, 10, "p1"))
+            .await
+            .unwrap();
+        assert!(b.replayed && !a.replayed);
+        assert_eq!(l.wallet("v").await.unwrap().android_coins, 10);
+        assert!(matches!(
+            l.top_up(top_up("v", Channel::Android, 11, "p1")).await,
+            Err(Error::IdempotencyConflict(_))
+        ));
+        l.close().await;
+    }
+
+    #[tokio::test]
+    async fn closed_ledger_refuses_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = open(&dir);
+        l.close().await;
+        assert_eq!(l.wallet("v").await.unwrap_err(), Error::ShuttingDown);
+        assert!(!l.is_ready());
+    }
+
+    fn audit_ok(path: &Path) -> bool {
+        crate::ledger::audit::audit(path)
+            .unwrap()
+            .violations
+            .is_empty()
+    }
+}

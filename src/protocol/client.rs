@@ -1,0 +1,148 @@
+//! Messages clients send. Each carries a client-chosen `id` that giftd echoes in its `ack` or
+//! `error`, so clients can pipeline commands.
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// One decoded client message with its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub id: u64,
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Command {
+    /// Authenticate with a JWT, when the handshake carried none.
+    Auth { token: String },
+    /// Streamer: open a live room and enter it.
+    OpenRoom { room: String, title: String },
+    /// Streamer: close the room this connection opened.
+    CloseRoom {},
+    /// Enter a room and receive its snapshot, then its events.
+    Join { room: String },
+    /// Leave the current room.
+    Leave {},
+    /// Viewer: send a sticker to the current room's streamer. `key` is the idempotency key.
+    SendGift { sticker: String, key: String },
+    /// Viewer: ask a public question, optionally paid with a sticker (then `key` is required).
+    Ask {
+        text: String,
+        #[serde(default)]
+        sticker: Option<String>,
+        #[serde(default)]
+        key: Option<String>,
+    },
+    /// Streamer: answer a question in the current room.
+    Answer { question_id: u64, text: String },
+    /// Streamer: thank the sender of a gift in the current room.
+    Thank {
+        gift_id: String,
+        #[serde(default)]
+        text: Option<String>,
+    },
+    /// The caller's wallet.
+    Balance {},
+    /// Liveness and clock check.
+    Ping {},
+}
+
+const KNOWN: &[&str] = &[
+    "auth",
+    "open_room",
+    "close_room",
+    "join",
+    "leave",
+    "send_gift",
+    "ask",
+    "answer",
+    "thank",
+    "balance",
+    "ping",
+];
+
+/// Which rate-limit bucket a command draws from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateClass {
+    Gifts,
+    Questions,
+    Commands,
+}
+
+impl Command {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Auth { .. } => "auth",
+            Command::OpenRoom { .. } => "open_room",
+            Command::CloseRoom {} => "close_room",
+            Command::Join { .. } => "join",
+            Command::Leave {} => "leave",
+            Command::SendGift { .. } => "send_gift",
+            Command::Ask { .. } => "ask",
+            Command::Answer { .. } => "answer",
+            Command::Thank { .. } => "thank",
+            Command::Balance {} => "balance",
+            Command::Ping {} => "ping",
+        }
+    }
+
+    pub fn rate_class(&self) -> RateClass {
+        match self {
+            Command::SendGift { .. } => RateClass::Gifts,
+            Command::Ask {
+                sticker: Some(_), ..
+            } => RateClass::Gifts,
+            Command::Ask { .. } => RateClass::Questions,
+            _ => RateClass::Commands,
+        }
+    }
+}
+
+/// Parses the body of a message whose `type` is `kind`.
+pub(super) fn parse(
+    kind: &str,
+    mut map: serde_json::Map<String, serde_json::Value>,
+) -> Result<Command> {
+    if !KNOWN.contains(&kind) {
+        let shown: String = kind.chars().take(40).collect();
+        return Err(Error::UnknownType(shown));
+    }
+    map.insert("type".into(), serde_json::Value::String(kind.to_owned()));
+    serde_json::from_value(serde_json::Value::Object(map))
+        .map_err(|e| Error::InvalidMessage(e.to_string()))
+}
+
+/// Room ids are `[A-Za-z0-9_-]{1,64}`.
+pub fn check_room_id(room: &str) -> Result<()> {
+    let ok = !room.is_empty()
+        && room.len() <= 64
+        && room
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidMessage(
+            "room must match [A-Za-z0-9_-]{1,64}".into(),
+        ))
+    }
+}
+
+/// Checks free text: not blank, at most `limit_chars` characters, no control characters other
+/// than newline.
+pub fn check_text(text: &str, limit_chars: usize) -> Result<()> {
+    if text.trim().is_empty() {
+        return Err(Error::InvalidMessage("text must not be empty".into()));
+    }
+    if text.chars().count() > limit_chars {
+        return Err(Error::TextTooLong { limit_chars });
+    }
+    if text.chars().any(|c| c.is_control() && c != '\n') {
+        return Err(Error::InvalidMessage(
+            "text must not contain control characters".into(),
+        ));
+    }
+    Ok(())
+}

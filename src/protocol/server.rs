@@ -1,0 +1,245 @@
+//! Messages giftd sends: replies to one client (`ack`, `error`, `welcome`, `thanks`, `answered`)
+//! and room events (`event`), which carry the room's sequence number.
+//!
+//! Every message is encoded exactly once into a [`Frame`]. For room events that single frame is
+//! what every member receives.
+
+use serde::Serialize;
+
+use super::Frame;
+use crate::auth::Role;
+use crate::error::Error;
+use crate::ledger::GiftReceipt;
+
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage<'a> {
+    /// Sent once when the handshake carried a valid token.
+    Welcome {
+        user: &'a str,
+        role: Role,
+        server_time_ms: u64,
+    },
+    /// The failure of the client message with the same `id` (absent if the id was unreadable).
+    Error {
+        id: Option<u64>,
+        code: u16,
+        reason: &'static str,
+        message: String,
+    },
+    /// Private: the streamer thanked your gift.
+    Thanks {
+        room: &'a str,
+        gift_id: &'a str,
+        from: &'a str,
+        text: &'a str,
+    },
+    /// Private: the streamer answered your question.
+    Answered {
+        room: &'a str,
+        question_id: u64,
+        text: &'a str,
+    },
+}
+
+/// Encodes any server message once.
+pub fn encode<T: Serialize>(msg: &T) -> Frame {
+    // Serializing plain structs of strings and integers cannot fail.
+    Frame::from(serde_json::to_string(msg).expect("server messages always serialize"))
+}
+
+/// The result of the client message with the same `id`: `{"type":"ack","id":..,"result":..}`.
+#[derive(Debug, Serialize)]
+struct Ack<'a, T> {
+    #[serde(rename = "type")]
+    message_type: &'static str,
+    id: u64,
+    result: &'a T,
+}
+
+pub fn ack<T: Serialize>(id: u64, result: &T) -> Frame {
+    encode(&Ack {
+        message_type: "ack",
+        id,
+        result,
+    })
+}
+
+pub fn error(id: Option<u64>, e: &Error) -> Frame {
+    encode(&ServerMessage::Error {
+        id,
+        code: e.code(),
+        reason: e.reason(),
+        message: e.client_message(),
+    })
+}
+
+/// A room event as sent: `{"type":"event","room":..,"seq":..,"kind":..,...}`.
+#[derive(Debug, Serialize)]
+pub struct Event<'a> {
+    #[serde(rename = "type")]
+    pub message_type: &'static str,
+    pub room: &'a str,
+    pub seq: u64,
+    #[serde(flatten)]
+    pub kind: &'a EventKind,
+}
+
+impl Event<'_> {
+    pub fn encode(room: &str, seq: u64, kind: &EventKind) -> Frame {
+        encode(&Event {
+            message_type: "event",
+            room,
+            seq,
+            kind,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EventKind {
+    /// The number of viewers, published at most once per `viewer_count_interval_ms`.
+    Viewers {
+        count: u64,
+    },
+    Gift {
+        gift_id: String,
+        from: String,
+        sticker: String,
+        sticker_name: String,
+        price_coins: u64,
+    },
+    Question(QuestionView),
+    Answer {
+        question_id: u64,
+        asker: String,
+        text: String,
+    },
+    Thanks {
+        gift_id: String,
+        to: String,
+        text: String,
+    },
+    /// The room closed; members are out of it and may join another.
+    RoomClosed {
+        reason: String,
+    },
+}
+
+impl EventKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::Viewers { .. } => "viewers",
+            EventKind::Gift { .. } => "gift",
+            EventKind::Question(_) => "question",
+            EventKind::Answer { .. } => "answer",
+            EventKind::Thanks { .. } => "thanks",
+            EventKind::RoomClosed { .. } => "room_closed",
+        }
+    }
+}
+
+/// A question as rooms and snapshots show it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct QuestionView {
+    pub question_id: u64,
+    pub from: String,
+    pub text: String,
+    pub created_ms: u64,
+    /// Present for paid questions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paid: Option<PaidView>,
+    /// Present while a paid question is pinned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pinned_until_ms: Option<u64>,
+    pub answered: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PaidView {
+    pub gift_id: String,
+    pub sticker: String,
+    pub price_coins: u64,
+}
+
+/// What a member sees on entering a room.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Snapshot {
+    pub room: String,
+    pub title: String,
+    pub streamer: String,
+    pub viewers: u64,
+    /// The last event sequence number included in this snapshot; events follow from `seq + 1`.
+    pub seq: u64,
+    pub questions_open: Vec<QuestionView>,
+    pub questions_pinned: Vec<QuestionView>,
+}
+
+/// The receipt acknowledging a gift, sent only after the ledger committed it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ReceiptView<'a> {
+    pub gift_id: &'a str,
+    pub room: &'a str,
+    pub sticker: &'a str,
+    pub price_coins: u64,
+    pub store_coins: u64,
+    pub streamer_coins: u64,
+    pub platform_coins: u64,
+    pub funding: FundingView,
+    pub balance_coins: u64,
+    pub seq: Option<u64>,
+    pub replayed: bool,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct FundingView {
+    pub ios_coins: u64,
+    pub android_coins: u64,
+    pub web_coins: u64,
+}
+
+impl<'a> ReceiptView<'a> {
+    pub fn new(r: &'a GiftReceipt, replayed: bool) -> Self {
+        ReceiptView {
+            gift_id: &r.gift_id,
+            room: &r.room,
+            sticker: &r.sticker,
+            price_coins: r.price_coins,
+            store_coins: r.store_coins,
+            streamer_coins: r.streamer_coins,
+            platform_coins: r.platform_coins,
+            funding: FundingView {
+                ios_coins: r.funding_coins[0],
+                android_coins: r.funding_coins[1],
+                web_coins: r.funding_coins[2],
+            },
+            balance_coins: r.balance_coins,
+            seq: r.seq,
+            replayed,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_flat() {
+        let f = Event::encode("r1", 9, &EventKind::Viewers { count: 3 });
+        assert_eq!(
+            f.as_str(),
+            r#"{"type":"event","room":"r1","seq":9,"kind":"viewers","count":3}"#
+        );
+    }
+
+    #[test]
+    fn errors_carry_code_and_reason() {
+        let f = error(Some(4), &Error::NotInRoom);
+        assert_eq!(
+            f.as_str(),
+            r#"{"type":"error","id":4,"code":3003,"reason":"not_in_room","message":"join a room first"}"#
+        );
+    }
+}

@@ -1,0 +1,106 @@
+//! The room registry: room id -> `Arc<Room>` in a sharded concurrent map.
+//!
+//! Lookups clone the `Arc` and drop the shard guard at once, so no guard is ever held across an
+//! `.await` and the send path never contends on a global lock.
+
+use std::sync::Arc;
+
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+
+use super::{Room, RoomSummary};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+
+pub struct Registry {
+    rooms: DashMap<String, Arc<Room>>,
+    rooms_max: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl Registry {
+    pub fn new(rooms_max: usize, metrics: Arc<Metrics>) -> Registry {
+        Registry {
+            rooms: DashMap::new(),
+            rooms_max,
+            metrics,
+        }
+    }
+
+    /// Registers a new live room; fails if the id is taken or the node is full.
+    pub fn open(&self, room: Room) -> Result<Arc<Room>> {
+        if self.rooms.len() >= self.rooms_max {
+            return Err(Error::RoomFull);
+        }
+        match self.rooms.entry(room.id.clone()) {
+            Entry::Occupied(_) => Err(Error::RoomExists(room.id)),
+            Entry::Vacant(v) => {
+                let room = Arc::new(room);
+                v.insert(room.clone());
+                self.metrics.rooms.inc();
+                Ok(room)
+            }
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Room>> {
+        self.rooms.get(id).map(|r| r.value().clone())
+    }
+
+    /// Removes `room` if it is still the one registered under its id.
+    pub fn remove(&self, room: &Arc<Room>) {
+        if self
+            .rooms
+            .remove_if(&room.id, |_, r| Arc::ptr_eq(r, room))
+            .is_some()
+        {
+            self.metrics.rooms.dec();
+        }
+    }
+
+    /// Every live room, cloned out of the map so callers may take their time.
+    pub fn all(&self) -> Vec<Arc<Room>> {
+        self.rooms.iter().map(|r| r.value().clone()).collect()
+    }
+
+    pub fn summaries(&self) -> Vec<RoomSummary> {
+        let mut list: Vec<RoomSummary> = self.all().iter().map(|r| r.summary()).collect();
+        list.sort_by(|a, b| b.viewers.cmp(&a.viewers).then_with(|| a.room.cmp(&b.room)));
+        list
+    }
+
+    pub fn len(&self) -> usize {
+        self.rooms.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rooms.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RoomsConfig;
+
+    #[test]
+    fn open_get_remove() {
+        let m = Arc::new(Metrics::new());
+        let reg = Registry::new(2, m.clone());
+        let cfg = RoomsConfig::default();
+        let a = reg.open(Room::new("a", "s", "t", &cfg, m.clone())).unwrap();
+        assert!(matches!(
+            reg.open(Room::new("a", "s", "t", &cfg, m.clone())),
+            Err(Error::RoomExists(_))
+        ));
+        reg.open(Room::new("b", "s", "t", &cfg, m.clone())).unwrap();
+        assert_eq!(
+            reg.open(Room::new("c", "s", "t", &cfg, m.clone())).err(),
+            Some(Error::RoomFull)
+        );
+        assert!(Arc::ptr_eq(&reg.get("a").unwrap(), &a));
+        reg.remove(&a);
+        assert!(reg.get("a").is_none());
+        assert_eq!(m.rooms.get(), 1);
+    }
+}
