@@ -59,6 +59,8 @@ pub struct ServerConfig {
     pub ws_read_buffer_bytes: usize,
     /// Bytes buffered per connection before a write is pushed to the socket.
     pub ws_write_buffer_bytes: usize,
+    /// A write to a client that makes no progress for this long drops it as a slow consumer.
+    pub write_timeout_ms: u64,
     /// Protocol errors (bad JSON, unknown types...) tolerated per connection before it is closed.
     pub protocol_errors_max: u32,
     /// Serve `/echo`, a plain WebSocket echo with the production WebSocket limits, for
@@ -78,6 +80,7 @@ impl Default for ServerConfig {
             outbox_frames_max: 256,
             ws_read_buffer_bytes: 1024,
             ws_write_buffer_bytes: 16 * 1024,
+            write_timeout_ms: 10_000,
             protocol_errors_max: 20,
             echo_endpoint: false,
         }

@@ -42,8 +42,8 @@ use crate::session::Session;
 const BATCH_FRAMES_MAX: usize = 256;
 /// Time allowed to write queued frames and the close frame when a connection ends.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
-/// A write that makes no progress for this long marks the client as not reading.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a stalled write checks whether its client fell a whole ring behind.
+const STALL_CHECK: Duration = Duration::from_millis(50);
 
 /// The WebSocket settings every connection (and the conformance echo endpoint) uses.
 pub fn ws_config(server: &ServerConfig) -> WebSocketConfig {
@@ -81,8 +81,12 @@ where
     let (outbox, rx) = Outbox::new(app.config.server.outbox_frames_max);
     let kick = outbox.kick_handle();
     let (sink, mut stream) = ws.split();
+    let limits = WriterLimits {
+        ring_frames: app.config.rooms.room_ring_frames,
+        write_timeout: Duration::from_millis(app.config.server.write_timeout_ms),
+    };
     let writer =
-        tokio::spawn(write_loop(sink, rx, kick.clone(), metrics.clone()).in_current_span());
+        tokio::spawn(write_loop(sink, rx, kick.clone(), metrics.clone(), limits).in_current_span());
 
     let mut session = Session::new(app.clone(), conn, outbox.clone());
     if let Some(identity) = identity {
@@ -185,16 +189,94 @@ async fn next_ring(
     }
 }
 
+/// Resolves once the room ring is about to overwrite events this writer has not sent: the
+/// client is a slow consumer. Checked while a write is stalled on a client that does not read.
+async fn ring_overrun(ring: &Option<broadcast::Receiver<Frame>>, ring_frames: usize) {
+    loop {
+        tokio::time::sleep(STALL_CHECK).await;
+        if ring.as_ref().is_some_and(|r| r.len() >= ring_frames) {
+            return;
+        }
+    }
+}
+
+/// Why a writer stopped before being kicked.
+enum WriteFail {
+    /// The client cannot keep up.
+    Slow,
+    /// The socket failed; the peer is gone.
+    Socket,
+}
+
+impl From<tungstenite::Error> for WriteFail {
+    fn from(e: tungstenite::Error) -> Self {
+        match e {
+            tungstenite::Error::WriteBufferFull(_) => WriteFail::Slow,
+            _ => WriteFail::Socket,
+        }
+    }
+}
+
+/// Takes what is ready from the outbox or ring into `batch`. Returns `Ok(false)` when the
+/// outbox is closed (the reader is gone).
+fn collect(
+    step: Step,
+    ring: &mut Option<broadcast::Receiver<Frame>>,
+    batch: &mut Vec<Frame>,
+    events: &mut u64,
+    metrics: &Metrics,
+) -> Result<bool, WriteFail> {
+    match step {
+        Step::Private(None) => return Ok(false),
+        Step::Private(Some(Outbound::Frame(kind, frame))) => {
+            metrics.out(kind, 1);
+            batch.push(frame);
+        }
+        Step::Private(Some(Outbound::Subscribe(r))) => *ring = Some(r),
+        Step::Private(Some(Outbound::Unsubscribe)) => {
+            // Forward what the room sent before it let go of us (such as room_closed).
+            if let Some(mut r) = ring.take() {
+                while let Ok(frame) = r.try_recv() {
+                    *events += 1;
+                    batch.push(frame);
+                }
+            }
+        }
+        Step::Ring(Ok(frame)) => {
+            *events += 1;
+            batch.push(frame);
+            if let Some(r) = ring.as_mut() {
+                while batch.len() < BATCH_FRAMES_MAX {
+                    match r.try_recv() {
+                        Ok(frame) => {
+                            *events += 1;
+                            batch.push(frame);
+                        }
+                        Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                            return Err(WriteFail::Slow)
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
+        Step::Ring(Err(broadcast::error::RecvError::Lagged(_))) => return Err(WriteFail::Slow),
+        Step::Ring(Err(broadcast::error::RecvError::Closed)) => *ring = None,
+    }
+    Ok(true)
+}
+
 async fn write_loop<S>(
     mut sink: Sink<S>,
     mut rx: mpsc::Receiver<Outbound>,
     kick: Arc<Kick>,
     metrics: Arc<Metrics>,
+    limits: WriterLimits,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut ring: Option<broadcast::Receiver<Frame>> = None;
-    let mut events: u64 = 0;
+    let mut batch: Vec<Frame> = Vec::new();
     loop {
         let step = tokio::select! {
             biased;
@@ -202,67 +284,44 @@ async fn write_loop<S>(
             item = rx.recv() => Step::Private(item),
             r = next_ring(&mut ring) => Step::Ring(r),
         };
-        let write = async {
-            match step {
-                Step::Private(None) => return Ok(false),
-                Step::Private(Some(Outbound::Frame(kind, frame))) => {
-                    metrics.out(kind, 1);
-                    sink.feed(Message::Text(frame)).await?;
-                }
-                Step::Private(Some(Outbound::Subscribe(r))) => ring = Some(r),
-                Step::Private(Some(Outbound::Unsubscribe)) => {
-                    // Forward what the room sent before it let go of us (such as room_closed).
-                    if let Some(mut r) = ring.take() {
-                        while let Ok(frame) = r.try_recv() {
-                            events += 1;
-                            sink.feed(Message::Text(frame)).await?;
-                        }
-                    }
-                }
-                Step::Ring(Ok(frame)) => {
-                    events += 1;
-                    sink.feed(Message::Text(frame)).await?;
-                    if let Some(r) = ring.as_mut() {
-                        for _ in 1..BATCH_FRAMES_MAX {
-                            match r.try_recv() {
-                                Ok(frame) => {
-                                    events += 1;
-                                    sink.feed(Message::Text(frame)).await?;
-                                }
-                                Err(broadcast::error::TryRecvError::Lagged(_)) => {
-                                    return Err(WriteFail::Slow);
-                                }
-                                Err(_) => break,
-                            }
-                        }
-                    }
-                }
-                Step::Ring(Err(broadcast::error::RecvError::Lagged(_))) => {
-                    return Err(WriteFail::Slow)
-                }
-                Step::Ring(Err(broadcast::error::RecvError::Closed)) => ring = None,
-            }
-            sink.flush().await?;
-            Ok::<bool, WriteFail>(true)
-        };
-        let outcome = tokio::select! {
-            r = tokio::time::timeout(WRITE_TIMEOUT, write) => r.unwrap_or(Err(WriteFail::Slow)),
-            _ = kick.token().cancelled() => Ok(true),
-        };
+        let mut events = 0;
+        let collected = collect(step, &mut ring, &mut batch, &mut events, &metrics);
         if events > 0 {
             metrics.fanout_deliveries.inc_by(events);
             metrics.out(OutKind::Event, events);
-            events = 0;
         }
-        match outcome {
+        match collected {
             Ok(true) => {}
             Ok(false) => break,
-            Err(WriteFail::Slow) => {
-                kick.kick(CloseCode::SlowConsumer);
+            Err(fail) => {
+                finish(fail, &kick);
                 break;
             }
-            // The peer is gone; nothing more can be written.
-            Err(WriteFail::Socket) => return,
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        // Feed the whole batch, then flush once: one socket write for a burst of events.
+        let write = async {
+            for frame in batch.drain(..) {
+                sink.feed(Message::Text(frame)).await?;
+            }
+            sink.flush().await
+        };
+        let outcome = tokio::select! {
+            r = write => r.map_err(WriteFail::from),
+            _ = ring_overrun(&ring, limits.ring_frames) => Err(WriteFail::Slow),
+            _ = tokio::time::sleep(limits.write_timeout) => Err(WriteFail::Slow),
+            _ = kick.token().cancelled() => Ok(()),
+        };
+        batch.clear();
+        if let Err(fail) = outcome {
+            let socket_gone = matches!(fail, WriteFail::Socket);
+            finish(fail, &kick);
+            if socket_gone {
+                return;
+            }
+            break;
         }
     }
     let code = kick.code();
@@ -284,15 +343,18 @@ async fn write_loop<S>(
     .await;
 }
 
-enum WriteFail {
-    Slow,
-    Socket,
+fn finish(fail: WriteFail, kick: &Kick) {
+    match fail {
+        WriteFail::Slow => kick.kick(CloseCode::SlowConsumer),
+        WriteFail::Socket => kick.kick(CloseCode::Normal),
+    }
 }
 
-impl From<tungstenite::Error> for WriteFail {
-    fn from(_: tungstenite::Error) -> Self {
-        WriteFail::Socket
-    }
+/// The writer's bounds, from config.
+#[derive(Clone, Copy)]
+struct WriterLimits {
+    ring_frames: usize,
+    write_timeout: Duration,
 }
 
 /// Serves the conformance echo endpoint: every text or binary message comes back unchanged. It

@@ -260,12 +260,12 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn check_admin(app: &App, headers: &HeaderMap) -> Result<(), Response> {
+fn check_admin(app: &App, headers: &HeaderMap) -> Result<(), Error> {
     match bearer(headers) {
         Some(t) if constant_time_eq(t.as_bytes(), app.config.auth.admin_token.as_bytes()) => Ok(()),
-        _ => Err(error_response(&Error::InvalidToken(
+        _ => Err(Error::InvalidToken(
             "admin endpoints need `Authorization: Bearer <admin_token>`".into(),
-        ))),
+        )),
     }
 }
 
@@ -282,8 +282,8 @@ struct TopUpBody {
 }
 
 async fn top_up(State((app, _)): AppState, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(res) = check_admin(&app, &headers) {
-        return res;
+    if let Err(e) = check_admin(&app, &headers) {
+        return error_response(&e);
     }
     if body.len() > ADMIN_BODY_BYTES_MAX {
         return error_response(&Error::MessageTooLarge {
@@ -330,8 +330,8 @@ async fn wallet(
     headers: HeaderMap,
     Path(user): Path<String>,
 ) -> Response {
-    if let Err(res) = check_admin(&app, &headers) {
-        return res;
+    if let Err(e) = check_admin(&app, &headers) {
+        return error_response(&e);
     }
     if check_user_id(&user).is_err() {
         return error_response(&Error::InvalidMessage("bad user id".into()));

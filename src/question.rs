@@ -125,7 +125,7 @@ impl Questions {
             .filter(|q| Self::is_pinned(q, now_ms))
             .map(|q| q.view.clone())
             .collect();
-        pinned.sort_by(|a, b| b.pinned_until_ms.cmp(&a.pinned_until_ms));
+        pinned.sort_by_key(|q| std::cmp::Reverse(q.pinned_until_ms));
         (open, pinned)
     }
 }

@@ -214,7 +214,7 @@ struct Writer {
 /// The reply owed for one request, held until the batch commits.
 enum Pending {
     TopUp(Reply<TopUpReceipt>, Result<TopUpReceipt>),
-    Gift(Reply<GiftOutcome>, Result<GiftOutcome>),
+    Gift(Reply<GiftOutcome>, Box<Result<GiftOutcome>>),
     Wallet(Reply<Wallet>, Result<Wallet>),
     Earnings(Reply<u64>, Result<u64>),
 }
@@ -223,7 +223,7 @@ impl Pending {
     fn fail(self, e: &Error) -> Pending {
         match self {
             Pending::TopUp(r, _) => Pending::TopUp(r, Err(e.clone())),
-            Pending::Gift(r, _) => Pending::Gift(r, Err(e.clone())),
+            Pending::Gift(r, _) => Pending::Gift(r, Box::new(Err(e.clone()))),
             Pending::Wallet(r, _) => Pending::Wallet(r, Err(e.clone())),
             Pending::Earnings(r, _) => Pending::Earnings(r, Err(e.clone())),
         }
@@ -234,7 +234,7 @@ impl Pending {
         // write stands and a retry with the same key replays it.
         match self {
             Pending::TopUp(r, v) => drop(r.send(v)),
-            Pending::Gift(r, v) => drop(r.send(v)),
+            Pending::Gift(r, v) => drop(r.send(*v)),
             Pending::Wallet(r, v) => drop(r.send(v)),
             Pending::Earnings(r, v) => drop(r.send(v)),
         }
@@ -282,9 +282,10 @@ impl Writer {
                     Op::TopUp(req, r) => {
                         pending.push(Pending::TopUp(r, savepoint(&tx, |t| apply_top_up(t, &req))))
                     }
-                    Op::Gift(req, r) => {
-                        pending.push(Pending::Gift(r, savepoint(&tx, |t| apply_gift(t, &req))))
-                    }
+                    Op::Gift(req, r) => pending.push(Pending::Gift(
+                        r,
+                        Box::new(savepoint(&tx, |t| apply_gift(t, &req))),
+                    )),
                     Op::GiftSeq(id, seq) => {
                         if let Err(e) = savepoint(&tx, |t| apply_gift_seq(t, &id, seq)) {
                             tracing::warn!(gift_id = %id, error = %e, "could not record a gift's room seq");

@@ -1,0 +1,490 @@
+//! Test support: a real giftd on an ephemeral port, and typed WebSocket and HTTP clients.
+//!
+//! Every test gets its own server (bound to `127.0.0.1:0`) and its own ledger file in a temp
+//! directory, so tests run in parallel. The clients speak the protocol exactly as
+//! `docs/PROTOCOL.md` describes it, so tests read like the protocol.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use giftd::auth::{Authenticator, Role};
+use giftd::config::{Config, Rate, RateSet};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long a test waits for any single expected frame before failing.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub const ADMIN_TOKEN: &str = giftd::config::DEV_ADMIN_TOKEN;
+
+/// A config for tests: ephemeral port, generous rate limits, fast viewer counts.
+pub fn test_config(db: PathBuf) -> Config {
+    let mut c = Config::default();
+    c.server.listen = "127.0.0.1:0".parse().unwrap();
+    c.server.shutdown_grace_ms = 5_000;
+    c.ledger.path = db;
+    c.rooms.viewer_count_interval_ms = 50;
+    let lots = Rate {
+        per_sec: 10_000.0,
+        burst: 10_000,
+    };
+    let set = RateSet {
+        gifts: lots,
+        questions: lots,
+        commands: lots,
+    };
+    c.limits.connection = set;
+    c.limits.user = set;
+    c
+}
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub config: Config,
+    pub dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<giftd::error::Result<()>>>,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let config = test_config(dir.path().join("giftd.db"));
+        TestServer::start_in(dir, config).await
+    }
+
+    /// Starts with a config adjusted by `tweak`.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(dir.path().join("giftd.db"));
+        tweak(&mut config);
+        TestServer::start_in(dir, config).await
+    }
+
+    pub async fn start_in(dir: tempfile::TempDir, config: Config) -> TestServer {
+        let listener = tokio::net::TcpListener::bind(config.server.listen)
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let run_config = config.clone();
+        let task = tokio::spawn(async move {
+            giftd::server::run(listener, run_config, async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        TestServer {
+            addr,
+            config,
+            dir,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Triggers a graceful shutdown and waits for the server to return.
+    pub async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("server stops within 30 s")
+                .unwrap()
+                .unwrap();
+        }
+    }
+
+    /// Stops the server and starts a new one on the same ledger file (on a new port).
+    pub async fn restart(mut self) -> TestServer {
+        self.shutdown().await;
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        TestServer::start_in(dir, self.config.clone()).await
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.config.ledger.path.clone()
+    }
+
+    pub fn token(&self, user: &str, role: Role) -> String {
+        Authenticator::new(&self.config.auth)
+            .mint(user, role, None, 3600)
+            .unwrap()
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// Connects with a token in the handshake and consumes the welcome.
+    pub async fn connect(&self, user: &str, role: Role) -> Client {
+        let mut client = Client::connect(&self.url(), Some(&self.token(user, role)))
+            .await
+            .unwrap();
+        let welcome = client.next_message().await;
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        assert_eq!(welcome["user"], user);
+        client
+    }
+
+    pub async fn viewer(&self, user: &str) -> Client {
+        self.connect(user, Role::Viewer).await
+    }
+
+    pub async fn streamer(&self, user: &str) -> Client {
+        self.connect(user, Role::Streamer).await
+    }
+
+    /// Connects without a token (authenticate with an `auth` message).
+    pub async fn anonymous(&self) -> Client {
+        Client::connect(&self.url(), None).await.unwrap()
+    }
+
+    pub async fn http(
+        &self,
+        method: &str,
+        path: &str,
+        auth: Option<&str>,
+        body: Option<&Value>,
+    ) -> (u16, String) {
+        http(self.addr, method, path, auth, body.map(|b| b.to_string())).await
+    }
+
+    /// Tops up a wallet through the admin API and returns the JSON receipt.
+    pub async fn top_up(&self, user: &str, channel: &str, coins: u64, purchase_id: &str) -> Value {
+        let body =
+            json!({ "user": user, "channel": channel, "coins": coins, "purchase_id": purchase_id });
+        let (status, text) = self
+            .http("POST", "/admin/topup", Some(ADMIN_TOKEN), Some(&body))
+            .await;
+        assert_eq!(status, 200, "{text}");
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// The wallet and earnings of `user` through the admin API.
+    pub async fn wallet(&self, user: &str) -> Value {
+        let (status, text) = self
+            .http(
+                "GET",
+                &format!("/admin/wallets/{user}"),
+                Some(ADMIN_TOKEN),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{text}");
+        serde_json::from_str(&text).unwrap()
+    }
+
+    pub async fn balance(&self, user: &str) -> u64 {
+        self.wallet(user).await["balance_coins"].as_u64().unwrap()
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.http("GET", "/metrics", None, None).await.1
+    }
+
+    /// The value of one sample line of `/metrics`, e.g. `giftd_gifts_total`.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 client: one request per connection.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    auth: Option<&str>,
+    body: Option<String>,
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let body = body.unwrap_or_default();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
+    if let Some(token) = auth {
+        req.push_str(&format!("authorization: Bearer {token}\r\n"));
+    }
+    if !body.is_empty() {
+        req.push_str(&format!(
+            "content-type: application/json\r\ncontent-length: {}\r\n",
+            body.len()
+        ));
+    }
+    req.push_str("\r\n");
+    req.push_str(&body);
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut raw))
+        .await
+        .expect("http response in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, decode_chunked(&text, body))
+}
+
+fn decode_chunked(head: &str, body: String) -> String {
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return body;
+    }
+    let mut out = String::new();
+    let mut rest = body.as_str();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = &after[n + 2..];
+    }
+    out
+}
+
+/// A WebSocket client that speaks giftd's protocol.
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    next_id: u64,
+    /// Frames received while waiting for something else, in arrival order.
+    backlog: VecDeque<Value>,
+}
+
+/// How a connection ended, as the client saw it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Closed {
+    pub code: u16,
+    pub reason: String,
+}
+
+impl Client {
+    pub async fn connect(
+        url: &str,
+        token: Option<&str>,
+    ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+        let mut request = url.into_client_request()?;
+        if let Some(token) = token {
+            request
+                .headers_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        let (ws, _) = tokio_tungstenite::connect_async(request).await?;
+        Ok(Client {
+            ws,
+            next_id: 1,
+            backlog: VecDeque::new(),
+        })
+    }
+
+    pub fn from_stream(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Client {
+        Client {
+            ws,
+            next_id: 1,
+            backlog: VecDeque::new(),
+        }
+    }
+
+    pub async fn send_raw(&mut self, msg: Message) {
+        self.ws.send(msg).await.unwrap();
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.send_raw(Message::text(text)).await;
+    }
+
+    /// Sends `body` (a JSON object without `id`) with a fresh id and returns the id.
+    pub async fn send(&mut self, mut body: Value) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        body["id"] = json!(id);
+        self.send_text(&body.to_string()).await;
+        id
+    }
+
+    /// Reads the next frame from the socket (not the backlog) as JSON.
+    async fn read(&mut self) -> Option<Value> {
+        loop {
+            let frame = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("a frame in time")?;
+            match frame {
+                Ok(Message::Text(t)) => return Some(serde_json::from_str(t.as_str()).unwrap()),
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => continue,
+            }
+        }
+    }
+
+    /// The next message of any type.
+    pub async fn next_message(&mut self) -> Value {
+        if let Some(v) = self.backlog.pop_front() {
+            return v;
+        }
+        self.read().await.expect("connection open")
+    }
+
+    /// The next message of `kind` (`type`), keeping others in the backlog.
+    pub async fn next_of(&mut self, kind: &str) -> Value {
+        if let Some(pos) = self.backlog.iter().position(|v| v["type"] == kind) {
+            return self.backlog.remove(pos).unwrap();
+        }
+        loop {
+            let v = self
+                .read()
+                .await
+                .unwrap_or_else(|| panic!("connection closed while waiting for {kind}"));
+            if v["type"] == kind {
+                return v;
+            }
+            self.backlog.push_back(v);
+        }
+    }
+
+    /// The next room event.
+    pub async fn next_event(&mut self) -> Value {
+        self.next_of("event").await
+    }
+
+    /// The next room event of `kind`, skipping (and dropping) viewer counts.
+    pub async fn next_event_of(&mut self, kind: &str) -> Value {
+        loop {
+            let e = self.next_event().await;
+            if e["kind"] == kind {
+                return e;
+            }
+            assert_eq!(e["kind"], "viewers", "expected {kind}, got {e}");
+        }
+    }
+
+    /// Sends a command and waits for its ack (`Ok(result)`) or error (`Err(error)`).
+    pub async fn request(&mut self, body: Value) -> Result<Value, Value> {
+        let id = self.send(body).await;
+        self.reply(id).await
+    }
+
+    /// Waits for the ack or error of request `id`.
+    pub async fn reply(&mut self, id: u64) -> Result<Value, Value> {
+        let matches =
+            |v: &Value| (v["type"] == "ack" || v["type"] == "error") && v["id"] == json!(id);
+        if let Some(pos) = self.backlog.iter().position(matches) {
+            return unpack(self.backlog.remove(pos).unwrap());
+        }
+        loop {
+            let v = self
+                .read()
+                .await
+                .unwrap_or_else(|| panic!("connection closed while waiting for reply {id}"));
+            if matches(&v) {
+                return unpack(v);
+            }
+            self.backlog.push_back(v);
+        }
+    }
+
+    pub async fn ok(&mut self, body: Value) -> Value {
+        let what = body.to_string();
+        self.request(body)
+            .await
+            .unwrap_or_else(|e| panic!("{what} failed: {e}"))
+    }
+
+    pub async fn open_room(&mut self, room: &str, title: &str) -> Value {
+        self.ok(json!({ "type": "open_room", "room": room, "title": title }))
+            .await
+    }
+
+    pub async fn join(&mut self, room: &str) -> Value {
+        self.ok(json!({ "type": "join", "room": room })).await
+    }
+
+    pub async fn send_gift(&mut self, sticker: &str, key: &str) -> Result<Value, Value> {
+        self.request(json!({ "type": "send_gift", "sticker": sticker, "key": key }))
+            .await
+    }
+
+    /// Waits for the server to close the connection and returns its close frame.
+    pub async fn closed(&mut self) -> Closed {
+        loop {
+            let frame = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("close in time");
+            match frame {
+                Some(Ok(Message::Close(Some(f)))) => {
+                    return Closed {
+                        code: u16::from(f.code),
+                        reason: f.reason.to_string(),
+                    };
+                }
+                Some(Ok(Message::Close(None))) => {
+                    return Closed {
+                        code: 1005,
+                        reason: String::new(),
+                    }
+                }
+                Some(Ok(Message::Text(t))) => self
+                    .backlog
+                    .push_back(serde_json::from_str(t.as_str()).unwrap()),
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => {
+                    return Closed {
+                        code: 1006,
+                        reason: String::new(),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gives back the raw stream (for tests that stop reading).
+    pub fn into_inner(self) -> WebSocketStream<MaybeTlsStream<TcpStream>> {
+        self.ws
+    }
+
+    /// Messages received but not yet consumed.
+    pub fn backlog(&self) -> &VecDeque<Value> {
+        &self.backlog
+    }
+}
+
+fn unpack(v: Value) -> Result<Value, Value> {
+    if v["type"] == "ack" {
+        Ok(v["result"].clone())
+    } else {
+        Err(v)
+    }
+}
