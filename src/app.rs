@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
@@ -38,6 +39,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     pub inflight: Inflight,
     pub shutdown: CancellationToken,
+    /// One permit per open WebSocket, `connections_max` in all.
+    pub ws_permits: Arc<Semaphore>,
     users: DashMap<String, UserEntry>,
     next_conn: AtomicU64,
 }
@@ -59,6 +62,7 @@ impl App {
             metrics,
             inflight: Inflight::default(),
             shutdown,
+            ws_permits: Arc::new(Semaphore::new(config.server.connections_max)),
             users: DashMap::new(),
             next_conn: AtomicU64::new(1),
             config,

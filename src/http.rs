@@ -30,7 +30,7 @@ use crate::gift::Channel;
 use crate::ledger::TopUpRequest;
 use crate::server::Tracker;
 
-/// The TCP connection's slot under `connections_max`. An upgraded WebSocket takes it over from
+/// The TCP connection's slot under the accept limit. An upgraded WebSocket takes it over from
 /// the HTTP connection, so the slot is held until the WebSocket closes.
 #[derive(Clone, Default)]
 pub struct ConnSlot(pub Arc<Mutex<Option<OwnedSemaphorePermit>>>);
@@ -162,6 +162,13 @@ async fn ws_upgrade(
     if app.shutdown.is_cancelled() {
         return error_response(&Error::ShuttingDown);
     }
+    let Ok(ws_permit) = app.ws_permits.clone().try_acquire_owned() else {
+        app.metrics
+            .connections_rejected
+            .with_label_values(&["connections_max"])
+            .inc();
+        return error_response(&Error::TooManyConnections);
+    };
     let token = bearer(req.headers()).map(str::to_owned).or(query.token);
     let identity = match token.map(|t| app.auth.verify(&t)).transpose() {
         Ok(identity) => identity,
@@ -180,7 +187,7 @@ async fn ws_upgrade(
     let on_upgrade = hyper::upgrade::on(&mut req);
     let config = connection::ws_config(&app.config.server);
     tracker.spawn(async move {
-        let _slot = slot;
+        let _slots = (slot, ws_permit);
         match on_upgrade.await {
             Ok(upgraded) => {
                 let ws = WebSocketStream::from_raw_socket(

@@ -1,9 +1,10 @@
 //! The accept loop and the node's lifecycle: start, serve, drain, stop.
 //!
 //! [`run`] takes a bound listener, so tests bind `127.0.0.1:0` and run many servers in parallel.
-//! Each TCP connection takes a slot under `connections_max` (beyond it, giftd answers 503 and
-//! closes) and is served by hyper with a header read timeout against slow handshakes; `/ws`
-//! upgrades hand the socket to `connection.rs`.
+//! Each TCP connection takes a slot under `connections_max` plus a small HTTP headroom (beyond
+//! it, giftd answers 503 and closes) and is served by hyper with a header read timeout against
+//! slow handshakes; `/ws` upgrades take one of `connections_max` WebSocket slots (or get 503) and
+//! hand the socket to `connection.rs`.
 //!
 //! Shutdown, when the `shutdown` future resolves: stop accepting, tell every connection to finish
 //! (WebSockets close with 1001 after the command in progress), wait for them up to
@@ -37,6 +38,10 @@ use crate::metrics::Metrics;
 /// Tracks every connection task, so shutdown can wait for them.
 pub type Tracker = tokio_util::task::TaskTracker;
 
+/// TCP connections allowed beyond `connections_max` (which bounds WebSockets), so that health
+/// checks, metrics scrapes and the admin API still get through when WebSockets are at the limit.
+pub const HTTP_HEADROOM_CONNECTIONS: usize = 256;
+
 /// What the ledger gets to finish after the grace period, at least.
 const LEDGER_CLOSE_MIN: Duration = Duration::from_secs(2);
 
@@ -65,7 +70,9 @@ pub async fn run(
     let tracker = Tracker::new();
     let router = http::router(app.clone(), tracker.clone());
     let ticker = tokio::spawn(viewer_ticker(app.clone()));
-    let permits = Arc::new(Semaphore::new(app.config.server.connections_max));
+    let permits = Arc::new(Semaphore::new(
+        app.config.server.connections_max + HTTP_HEADROOM_CONNECTIONS,
+    ));
     let local = listener.local_addr().ok();
     tracing::info!(listen = ?local, ledger = %app.config.ledger.path.display(), "giftd serving");
 

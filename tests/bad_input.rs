@@ -1,0 +1,230 @@
+//! Bad input gets a clear error with a stable code, the connection survives unless the input is
+//! abusive, and no money moves.
+
+mod support;
+
+use serde_json::json;
+use support::TestServer;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn malformed_messages_get_codes_and_the_connection_survives() {
+    let server = TestServer::start().await;
+    server.top_up("bob", "web", 100, "w").await;
+    let mut star = server.streamer("star").await;
+    star.open_room("r", "t").await;
+    let mut bob = server.viewer("bob").await;
+    bob.join("r").await;
+
+    bob.send_text("{not json").await;
+    let e = bob.next_of("error").await;
+    assert_eq!(
+        (e["code"].as_u64(), e["reason"].as_str(), e["id"].is_null()),
+        (Some(1001), Some("bad_json"), true)
+    );
+
+    let cases = [
+        (json!({ "type": "fly" }), 1002, "unknown_type"),
+        (
+            json!({ "type": "send_gift", "sticker": "rose" }),
+            1003,
+            "invalid_message",
+        ),
+        (
+            json!({ "type": "send_gift", "sticker": 5, "key": "k" }),
+            1003,
+            "invalid_message",
+        ),
+        (
+            json!({ "type": "join", "room": "bad room id!" }),
+            1003,
+            "invalid_message",
+        ),
+        (
+            json!({ "type": "ask", "text": "   " }),
+            1003,
+            "invalid_message",
+        ),
+        (
+            json!({ "type": "ask", "text": "x".repeat(301) }),
+            5002,
+            "text_too_long",
+        ),
+        (
+            json!({ "type": "send_gift", "sticker": "rose", "key": "k", "extra": 1 }),
+            1003,
+            "invalid_message",
+        ),
+    ];
+    for (body, code, reason) in cases {
+        let e = bob.request(body.clone()).await.unwrap_err();
+        assert_eq!(
+            (e["code"].as_u64(), e["reason"].as_str()),
+            (Some(code), Some(reason)),
+            "{body}"
+        );
+    }
+    bob.send_raw(Message::binary(vec![1, 2, 3])).await;
+    let e = bob.next_of("error").await;
+    assert_eq!(e["reason"], "binary_frame");
+
+    // Still connected, and nothing was charged.
+    assert!(bob.send_gift("rose", "real").await.is_ok());
+    assert_eq!(server.balance("bob").await, 99);
+}
+
+#[tokio::test]
+async fn repeated_protocol_errors_close_the_connection() {
+    let server = TestServer::start_with(|c| c.server.protocol_errors_max = 5).await;
+    let mut bob = server.viewer("bob").await;
+    for _ in 0..6 {
+        bob.send_text("nope").await;
+    }
+    assert_eq!(bob.closed().await.code, 4003);
+}
+
+#[tokio::test]
+async fn an_oversized_message_is_refused_with_1009() {
+    let server = TestServer::start_with(|c| c.server.message_bytes_max = 1024).await;
+    server.top_up("bob", "web", 100, "w").await;
+    let mut bob = server.viewer("bob").await;
+    bob.send_text(&format!(
+        r#"{{"type":"ping","id":1,"pad":"{}"}}"#,
+        "x".repeat(2000)
+    ))
+    .await;
+    let closed = bob.closed().await;
+    assert_eq!(closed.code, 1009);
+    let e = bob
+        .backlog()
+        .iter()
+        .find(|v| v["type"] == "error")
+        .cloned()
+        .expect("an error before the close");
+    assert_eq!(
+        (e["code"].as_u64(), e["reason"].as_str()),
+        (Some(1007), Some("message_too_large"))
+    );
+    assert_eq!(server.balance("bob").await, 100);
+}
+
+#[tokio::test]
+async fn gifts_over_the_rate_limit_are_refused_before_any_debit() {
+    let server = TestServer::start_with(|c| {
+        c.limits.connection.gifts = giftd::config::Rate {
+            per_sec: 0.001,
+            burst: 3,
+        };
+    })
+    .await;
+    server.top_up("bob", "web", 100, "w").await;
+    let mut star = server.streamer("star").await;
+    star.open_room("r", "t").await;
+    let mut bob = server.viewer("bob").await;
+    bob.join("r").await;
+    let mut refused = 0;
+    for i in 0..10 {
+        match bob.send_gift("rose", &format!("k{i}")).await {
+            Ok(_) => {}
+            Err(e) => {
+                assert_eq!(
+                    (e["code"].as_u64(), e["reason"].as_str()),
+                    (Some(5001), Some("rate_limited"))
+                );
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(refused, 7);
+    assert_eq!(server.balance("bob").await, 97);
+    // Other commands have their own bucket.
+    bob.ok(json!({ "type": "ping" })).await;
+}
+
+#[tokio::test]
+async fn foreign_origins_are_refused_when_an_allow_list_is_set() {
+    let server =
+        TestServer::start_with(|c| c.server.origins_allowed = vec!["https://app.example".into()])
+            .await;
+    let connect = |origin: &'static str| {
+        let url = server.url();
+        let token = server.token("bob", giftd::auth::Role::Viewer);
+        async move {
+            use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+            let mut req = url.into_client_request().unwrap();
+            req.headers_mut().insert("origin", origin.parse().unwrap());
+            req.headers_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            tokio_tungstenite::connect_async(req).await
+        }
+    };
+    match connect("https://evil.example").await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+            assert_eq!(r.status(), 403);
+            let body: serde_json::Value =
+                serde_json::from_slice(r.body().as_deref().unwrap()).unwrap();
+            assert_eq!(body["reason"], "origin_not_allowed");
+        }
+        other => panic!("foreign origin accepted: {:?}", other.map(|_| ())),
+    }
+    assert!(connect("https://app.example").await.is_ok());
+}
+
+#[tokio::test]
+async fn connections_over_the_maximum_get_503() {
+    let server = TestServer::start_with(|c| c.server.connections_max = 2).await;
+    let _a = server.viewer("a").await;
+    let _b = server.viewer("b").await;
+    let err = support::Client::connect(
+        &server.url(),
+        Some(&server.token("c", giftd::auth::Role::Viewer)),
+    )
+    .await
+    .err();
+    match err {
+        Some(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 503),
+        other => panic!("expected a 503, got {other:?}"),
+    }
+    let text = server.metrics().await;
+    assert!(
+        text.contains(r#"giftd_connections_rejected_total{reason="connections_max"} 1"#),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn admin_api_refuses_bad_requests() {
+    let server = TestServer::start().await;
+    let topup = |body: serde_json::Value, token: Option<&'static str>| {
+        let server = &server;
+        async move {
+            server
+                .http("POST", "/admin/topup", token, Some(&body))
+                .await
+        }
+    };
+    let ok = json!({ "user": "bob", "channel": "web", "coins": 5, "purchase_id": "p" });
+    assert_eq!(topup(ok.clone(), None).await.0, 401);
+    assert_eq!(
+        topup(ok.clone(), Some("wrong-token-wrong-token")).await.0,
+        401
+    );
+    let (status, body) = topup(
+        json!({ "user": "bob", "channel": "mars", "coins": 5, "purchase_id": "p" }),
+        Some(support::ADMIN_TOKEN),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = topup(
+        json!({ "user": "bob", "channel": "web", "coins": 0, "purchase_id": "p" }),
+        Some(support::ADMIN_TOKEN),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, body) = server
+        .http("POST", "/admin/topup", Some(support::ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("bad_json"), "{body}");
+    assert_eq!(server.balance("bob").await, 0);
+}
