@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::fanout::Fanout;
 use crate::gift::catalog::Catalog;
 use crate::gifting::Inflight;
 use crate::ledger::Ledger;
@@ -36,6 +37,7 @@ pub struct App {
     pub catalog: Catalog,
     pub rooms: Registry,
     pub ledger: Arc<dyn Ledger>,
+    pub fanout: Arc<dyn Fanout>,
     pub metrics: Arc<Metrics>,
     pub inflight: Inflight,
     pub shutdown: CancellationToken,
@@ -49,6 +51,7 @@ impl App {
     pub fn new(
         config: Config,
         ledger: Arc<dyn Ledger>,
+        fanout: Arc<dyn Fanout>,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> App {
@@ -59,6 +62,7 @@ impl App {
             catalog,
             rooms: Registry::new(config.rooms.rooms_max, metrics.clone()),
             ledger,
+            fanout,
             metrics,
             inflight: Inflight::default(),
             shutdown,

@@ -617,3 +617,21 @@ mod tests {
         assert_eq!(c.catalog()[0].price_coins, 7);
     }
 }
+
+#[cfg(test)]
+mod example_file {
+    use super::*;
+
+    /// `giftd.example.toml` documents every default; it must parse and say exactly what the code does.
+    #[test]
+    fn example_config_matches_the_defaults() {
+        let text = include_str!("../giftd.example.toml");
+        let parsed = Config::from_toml(text).expect("the example config validates");
+        let defaults = Config::default();
+        assert_eq!(
+            serde_json::to_value(&parsed).unwrap(),
+            serde_json::to_value(&defaults).unwrap(),
+            "giftd.example.toml drifted from Config::default()"
+        );
+    }
+}

@@ -13,6 +13,7 @@ pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod error;
+pub mod fanout;
 pub mod gift;
 pub mod gifting;
 pub mod http;

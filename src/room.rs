@@ -1,9 +1,9 @@
 //! A live room: its members, its event sequence and its ring of encoded events.
 //!
-//! Every room event is numbered and encoded once, under the room's lock, then pushed into a
-//! bounded broadcast ring. Each member's writer reads the ring at its own pace; a writer that
-//! falls more than `room_ring_frames` behind is dropped as a slow consumer, and neither the room
-//! nor the other members ever wait for it. Publishing is O(1) under the lock: numbering, encoding
+//! Every room event is numbered and encoded once, under the room's lock, then pushed into the
+//! room's event channel (`fanout.rs`; on one node, a bounded broadcast ring). Each member's
+//! writer reads the ring at its own pace; a writer that falls more than `room_ring_frames` behind
+//! is dropped as a slow consumer, and neither the room nor the other members ever wait for it. Publishing is O(1) under the lock: numbering, encoding
 //! and one ring push. Because numbering and pushing happen under the same lock, every member sees
 //! events in sequence order with no gaps.
 //!
@@ -21,6 +21,7 @@ use tokio::sync::broadcast;
 use crate::auth::Role;
 use crate::config::RoomsConfig;
 use crate::error::{Error, Result};
+use crate::fanout::{Fanout, RoomChannel};
 use crate::ledger::now_ms;
 use crate::metrics::Metrics;
 use crate::outbox::{Outbound, Outbox};
@@ -52,7 +53,7 @@ pub struct Room {
     pub streamer: String,
     pub title: String,
     pub opened_ms: u64,
-    ring: broadcast::Sender<Frame>,
+    events: Box<dyn RoomChannel>,
     state: Mutex<State>,
     closed: AtomicBool,
     members_max: usize,
@@ -78,14 +79,14 @@ impl Room {
         title: &str,
         config: &RoomsConfig,
         metrics: Arc<Metrics>,
+        fanout: &dyn Fanout,
     ) -> Room {
-        let (ring, _) = broadcast::channel(config.room_ring_frames);
         Room {
             id: id.to_owned(),
             streamer: streamer.to_owned(),
             title: title.to_owned(),
             opened_ms: now_ms(),
-            ring,
+            events: fanout.channel(id, config.room_ring_frames),
             state: Mutex::new(State {
                 seq: 0,
                 members: HashMap::new(),
@@ -118,9 +119,7 @@ impl Room {
     /// Numbers, encodes and pushes one event. Must be called with the lock held.
     fn publish(&self, state: &mut State, kind: &EventKind) -> u64 {
         state.seq += 1;
-        let frame = Event::encode(&self.id, state.seq, kind);
-        // No receivers is fine: an empty room still numbers its events.
-        let _ = self.ring.send(frame);
+        self.events.send(Event::encode(&self.id, state.seq, kind));
         self.metrics
             .room_events
             .with_label_values(&[kind.name()])
@@ -158,7 +157,7 @@ impl Room {
         }
         state.members.insert(conn, Member { role, outbox });
         let snapshot = self.snapshot(&mut state);
-        Ok((snapshot, self.ring.subscribe()))
+        Ok((snapshot, self.events.subscribe()))
     }
 
     pub fn leave(&self, conn: ConnId) {
@@ -302,6 +301,7 @@ impl Room {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fanout::LocalFanout;
 
     fn room() -> Room {
         Room::new(
@@ -310,6 +310,7 @@ mod tests {
             "Hello",
             &RoomsConfig::default(),
             Arc::new(Metrics::new()),
+            &LocalFanout,
         )
     }
 

@@ -30,6 +30,7 @@ use tower::ServiceExt;
 use crate::app::App;
 use crate::config::Config;
 use crate::error::Result;
+use crate::fanout::{Fanout, LocalFanout};
 use crate::http::{self, ConnSlot};
 use crate::ledger::sqlite::{SqliteLedger, SqliteOptions};
 use crate::ledger::Ledger;
@@ -66,7 +67,14 @@ pub async fn run(
     )?);
     let token = CancellationToken::new();
     let grace = Duration::from_millis(config.server.shutdown_grace_ms);
-    let app = Arc::new(App::new(config, ledger.clone(), metrics, token.clone()));
+    let fanout: Arc<dyn Fanout> = Arc::new(LocalFanout);
+    let app = Arc::new(App::new(
+        config,
+        ledger.clone(),
+        fanout,
+        metrics,
+        token.clone(),
+    ));
     let tracker = Tracker::new();
     let router = http::router(app.clone(), tracker.clone());
     let ticker = tokio::spawn(viewer_ticker(app.clone()));

@@ -317,6 +317,7 @@ impl Session {
             title,
             &self.app.config.rooms,
             self.app.metrics.clone(),
+            self.app.fanout.as_ref(),
         );
         let room = self.app.rooms.open(room)?;
         self.enter(id, room)

@@ -82,20 +82,25 @@ impl Registry {
 mod tests {
     use super::*;
     use crate::config::RoomsConfig;
+    use crate::fanout::LocalFanout;
 
     #[test]
     fn open_get_remove() {
         let m = Arc::new(Metrics::new());
         let reg = Registry::new(2, m.clone());
         let cfg = RoomsConfig::default();
-        let a = reg.open(Room::new("a", "s", "t", &cfg, m.clone())).unwrap();
+        let a = reg
+            .open(Room::new("a", "s", "t", &cfg, m.clone(), &LocalFanout))
+            .unwrap();
         assert!(matches!(
-            reg.open(Room::new("a", "s", "t", &cfg, m.clone())),
+            reg.open(Room::new("a", "s", "t", &cfg, m.clone(), &LocalFanout)),
             Err(Error::RoomExists(_))
         ));
-        reg.open(Room::new("b", "s", "t", &cfg, m.clone())).unwrap();
+        reg.open(Room::new("b", "s", "t", &cfg, m.clone(), &LocalFanout))
+            .unwrap();
         assert_eq!(
-            reg.open(Room::new("c", "s", "t", &cfg, m.clone())).err(),
+            reg.open(Room::new("c", "s", "t", &cfg, m.clone(), &LocalFanout))
+                .err(),
             Some(Error::RoomFull)
         );
         assert!(Arc::ptr_eq(&reg.get("a").unwrap(), &a));
