@@ -239,6 +239,11 @@ async fn stickers(State((app, _)): AppState) -> Response {
 }
 
 async fn readyz(State((app, _)): AppState) -> Response {
+    // While unready, each readiness check probes storage, so the node comes back by itself once
+    // storage recovers.
+    if !app.ledger.is_ready() && !app.shutdown.is_cancelled() {
+        let _ = app.ledger.probe().await;
+    }
     let ledger = app.ledger.is_ready();
     app.metrics.ledger_ready.set(ledger as i64);
     let ready = app.is_ready();

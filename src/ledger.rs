@@ -165,6 +165,9 @@ pub trait Ledger: Send + Sync + 'static {
     /// A streamer's committed earnings in coins.
     async fn earnings(&self, streamer: &str) -> Result<u64>;
 
+    /// Makes a trivial durable write to learn whether storage works; updates [`Ledger::is_ready`].
+    async fn probe(&self) -> Result<()>;
+
     /// Whether the last write succeeded; `/readyz` reports it.
     fn is_ready(&self) -> bool;
 

@@ -46,7 +46,8 @@ pub const HTTP_HEADROOM_CONNECTIONS: usize = 256;
 /// What the ledger gets to finish after the grace period, at least.
 const LEDGER_CLOSE_MIN: Duration = Duration::from_secs(2);
 
-/// Serves on `listener` until `shutdown` resolves, then drains and returns.
+/// Serves on `listener` until `shutdown` resolves, then drains and returns. Opens the SQLite
+/// ledger named in the config.
 pub async fn run(
     listener: TcpListener,
     config: Config,
@@ -56,15 +57,31 @@ pub async fn run(
         .validate()
         .map_err(|e| crate::error::Error::Internal(format!("invalid config:\n{e}")))?;
     let metrics = Arc::new(Metrics::new());
+    let ledger = open_ledger(&config, &metrics)?;
+    serve(listener, config, ledger, metrics, shutdown).await
+}
+
+/// Opens the SQLite ledger named in `config`, reporting commit latency to `metrics`.
+pub fn open_ledger(config: &Config, metrics: &Metrics) -> Result<Arc<SqliteLedger>> {
     let options = SqliteOptions {
         path: config.ledger.path.clone(),
         batch_max: config.ledger.batch_max,
         queue_max: config.ledger.queue_max,
     };
-    let ledger: Arc<dyn Ledger> = Arc::new(SqliteLedger::open(
+    Ok(Arc::new(SqliteLedger::open(
         options,
         metrics.ledger_commit_seconds.clone(),
-    )?);
+    )?))
+}
+
+/// Like [`run`], with a ledger the caller opened (another backend, or one it keeps a handle to).
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    ledger: Arc<dyn Ledger>,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
     let token = CancellationToken::new();
     let grace = Duration::from_millis(config.server.shutdown_grace_ms);
     let fanout: Arc<dyn Fanout> = Arc::new(LocalFanout);

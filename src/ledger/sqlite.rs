@@ -52,6 +52,10 @@ CREATE TABLE IF NOT EXISTS entries (
     channel      TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS entries_by_txn ON entries(txn_id);
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS topups (
     txn_id        INTEGER PRIMARY KEY REFERENCES txns(txn_id),
     user          TEXT NOT NULL,
@@ -88,7 +92,18 @@ enum Op {
     GiftSeq(String, u64),
     Wallet(String, Reply<Wallet>),
     Earnings(String, Reply<u64>),
+    Probe(Reply<()>),
+    Fault(Option<StorageFault>),
     Shutdown(oneshot::Sender<()>),
+}
+
+/// Storage failures that can be switched on in a running ledger, for fault-injection tests and
+/// drills. They act on the writer's own connection, so every write fails the way the real fault
+/// would: `ReadOnly` as on a read-only file (SQLITE_READONLY). (A full disk needs no hook: the
+/// tests fill a small filesystem.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageFault {
+    ReadOnly,
 }
 
 /// Options for [`SqliteLedger::open`].
@@ -128,6 +143,13 @@ impl SqliteLedger {
             ready,
             writer: Mutex::new(Some(handle)),
         })
+    }
+
+    /// Switches an injected storage fault on (`Some`) or off (`None`). Takes effect in queue order.
+    pub async fn inject_fault(&self, fault: Option<StorageFault>) {
+        let _ = self.tx.send(Op::Fault(fault)).await;
+        // A probe behind it confirms the fault is in place (or gone) before returning.
+        let _ = self.probe().await;
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> Result<T> {
@@ -186,6 +208,10 @@ impl Ledger for SqliteLedger {
         self.call(|r| Op::Earnings(streamer, r)).await
     }
 
+    async fn probe(&self) -> Result<()> {
+        self.call(Op::Probe).await
+    }
+
     fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed) && !self.tx.is_closed()
     }
@@ -217,6 +243,7 @@ enum Pending {
     Gift(Reply<GiftOutcome>, Box<Result<GiftOutcome>>),
     Wallet(Reply<Wallet>, Result<Wallet>),
     Earnings(Reply<u64>, Result<u64>),
+    Probe(Reply<()>, Result<()>),
 }
 
 impl Pending {
@@ -226,6 +253,19 @@ impl Pending {
             Pending::Gift(r, _) => Pending::Gift(r, Box::new(Err(e.clone()))),
             Pending::Wallet(r, _) => Pending::Wallet(r, Err(e.clone())),
             Pending::Earnings(r, _) => Pending::Earnings(r, Err(e.clone())),
+            Pending::Probe(r, _) => Pending::Probe(r, Err(e.clone())),
+        }
+    }
+
+    /// Whether this request failed because storage did (not because of the request itself).
+    fn storage_failed(&self) -> bool {
+        let unavailable = |e: Option<&Error>| matches!(e, Some(Error::LedgerUnavailable(_)));
+        match self {
+            Pending::TopUp(_, v) => unavailable(v.as_ref().err()),
+            Pending::Gift(_, v) => unavailable(v.as_ref().as_ref().err()),
+            Pending::Wallet(_, v) => unavailable(v.as_ref().err()),
+            Pending::Earnings(_, v) => unavailable(v.as_ref().err()),
+            Pending::Probe(_, v) => unavailable(v.as_ref().err()),
         }
     }
 
@@ -237,6 +277,7 @@ impl Pending {
             Pending::Gift(r, v) => drop(r.send(*v)),
             Pending::Wallet(r, v) => drop(r.send(v)),
             Pending::Earnings(r, v) => drop(r.send(v)),
+            Pending::Probe(r, v) => drop(r.send(v)),
         }
     }
 }
@@ -272,6 +313,17 @@ impl Writer {
         let started = Instant::now();
         let mut shutdown = None;
         let mut pending = Vec::with_capacity(batch.len());
+        // Fault switches act on the connection itself, ahead of the batch: switching a read-only
+        // fault off must not depend on a transaction that the fault prevents.
+        batch.retain(|op| match op {
+            Op::Fault(fault) => {
+                if let Err(e) = apply_fault(&self.conn, *fault) {
+                    tracing::error!(error = %e, "could not change the storage fault");
+                }
+                false
+            }
+            _ => true,
+        });
         let outcome = (|| -> Result<()> {
             let tx = self
                 .conn
@@ -293,6 +345,8 @@ impl Writer {
                     }
                     Op::Wallet(user, r) => pending.push(Pending::Wallet(r, wallet(&tx, &user))),
                     Op::Earnings(s, r) => pending.push(Pending::Earnings(r, earnings(&tx, &s))),
+                    Op::Probe(r) => pending.push(Pending::Probe(r, savepoint(&tx, apply_probe))),
+                    Op::Fault(_) => unreachable!("faults are applied before the batch"),
                 }
             }
             tx.commit()?;
@@ -300,7 +354,13 @@ impl Writer {
         })();
         match outcome {
             Ok(()) => {
-                self.ready.store(true, Ordering::Relaxed);
+                // The batch committed, but a request inside it may have failed on storage (a
+                // read-only file, a full disk): then the ledger is not ready either.
+                let storage_ok = !pending.iter().any(Pending::storage_failed);
+                if !storage_ok {
+                    tracing::error!("ledger writes are failing; refusing money movements until storage recovers");
+                }
+                self.ready.store(storage_ok, Ordering::Relaxed);
                 self.commit_seconds.observe(started.elapsed().as_secs_f64());
                 pending.into_iter().for_each(Pending::send);
             }
@@ -315,7 +375,12 @@ impl Writer {
                 for op in batch.drain(..) {
                     match op {
                         Op::Shutdown(done) => shutdown = Some(done),
-                        other => drop(other),
+                        Op::TopUp(_, r) => drop(r.send(Err(e.clone()))),
+                        Op::Gift(_, r) => drop(r.send(Err(e.clone()))),
+                        Op::Wallet(_, r) => drop(r.send(Err(e.clone()))),
+                        Op::Earnings(_, r) => drop(r.send(Err(e.clone()))),
+                        Op::Probe(r) => drop(r.send(Err(e.clone()))),
+                        Op::GiftSeq(..) | Op::Fault(_) => {}
                     }
                 }
                 pending.into_iter().for_each(|p| p.fail(&e).send());
@@ -627,6 +692,21 @@ fn load_gift(conn: &Connection, txn_id: i64) -> Result<GiftReceipt> {
             })
         })?;
     Ok(receipt)
+}
+
+fn apply_probe(conn: &Connection) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO meta(key, value) VALUES ('probe_ms', ?1)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute([now_ms().to_string()])?;
+    Ok(())
+}
+
+fn apply_fault(conn: &Connection, fault: Option<StorageFault>) -> Result<()> {
+    conn.pragma_update(None, "query_only", fault == Some(StorageFault::ReadOnly))?;
+    tracing::warn!(?fault, "storage fault injection changed");
+    Ok(())
 }
 
 fn apply_gift_seq(conn: &Connection, gift_id: &str, seq: u64) -> Result<()> {

@@ -71,6 +71,42 @@ impl TestServer {
         TestServer::start_in(dir, config).await
     }
 
+    /// Starts with a ledger handle kept by the test, for fault injection.
+    pub async fn start_with_ledger(
+        tweak: impl FnOnce(&mut Config),
+    ) -> (
+        TestServer,
+        std::sync::Arc<giftd::ledger::sqlite::SqliteLedger>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(dir.path().join("giftd.db"));
+        tweak(&mut config);
+        let metrics = std::sync::Arc::new(giftd::metrics::Metrics::new());
+        let ledger = giftd::server::open_ledger(&config, &metrics).unwrap();
+        let listener = tokio::net::TcpListener::bind(config.server.listen)
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (run_config, run_ledger) = (config.clone(), ledger.clone());
+        let task = tokio::spawn(async move {
+            giftd::server::serve(listener, run_config, run_ledger, metrics, async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        (
+            TestServer {
+                addr,
+                config,
+                dir,
+                stop: Some(stop),
+                task: Some(task),
+            },
+            ledger,
+        )
+    }
+
     pub async fn start_in(dir: tempfile::TempDir, config: Config) -> TestServer {
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await

@@ -1,0 +1,68 @@
+//! The operator commands, run as a user would: `check-config`, `token`, and configuration errors.
+
+use std::process::Command;
+
+fn giftd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_giftd"))
+}
+
+#[test]
+fn check_config_lists_every_problem_and_exits_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[server]\nlisten = \"0.0.0.0:80\"\nmessage_bytes_max = 1\n[split]\nstreamer_share_bps_default = 20000\n").unwrap();
+    let out = giftd().arg("check-config").arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "message_bytes_max",
+        "jwt_secret",
+        "admin_token",
+        "streamer_share_bps_default",
+    ] {
+        assert!(err.contains(needle), "{needle} missing from:\n{err}");
+    }
+
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/giftd.example.toml");
+    let out = giftd().args(["check-config", example]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn serve_refuses_an_invalid_config() {
+    let out = giftd()
+        .arg("serve")
+        .env("GIFTD_SERVER__CONNECTIONS_MAX", "0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("connections_max"));
+}
+
+#[test]
+fn minted_tokens_verify_with_the_same_config() {
+    let out = giftd()
+        .args([
+            "token", "--user", "alice", "--role", "viewer", "--room", "r1",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let token = String::from_utf8(out.stdout).unwrap();
+    let auth = giftd::auth::Authenticator::new(&giftd::config::Config::default().auth);
+    let id = auth.verify(token.trim()).unwrap();
+    assert_eq!(
+        (id.user.as_str(), id.role, id.room.as_deref()),
+        ("alice", giftd::auth::Role::Viewer, Some("r1"))
+    );
+
+    let out = giftd()
+        .args(["token", "--user", "bad user!", "--role", "viewer"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
