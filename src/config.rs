@@ -130,6 +130,8 @@ pub struct RoomsConfig {
     pub viewer_count_interval_ms: u64,
     /// Room events buffered for viewers; a viewer further behind is dropped as slow.
     pub room_ring_frames: usize,
+    /// A room whose streamer has had no connection in it for this long is closed.
+    pub streamer_away_close_ms: u64,
     /// Members (streamer and viewer connections) per room.
     pub members_max: usize,
     /// Live rooms per node.
@@ -154,6 +156,7 @@ impl Default for RoomsConfig {
         RoomsConfig {
             viewer_count_interval_ms: 500,
             room_ring_frames: 1024,
+            streamer_away_close_ms: 300_000,
             members_max: 50_000,
             rooms_max: 10_000,
             title_chars_max: 120,

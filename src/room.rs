@@ -42,6 +42,9 @@ struct State {
     members: HashMap<ConnId, Member>,
     viewers: u64,
     viewers_published: u64,
+    /// The streamer's connections in the room, and since when there have been none.
+    streamer_conns: u64,
+    streamer_away_since_ms: Option<u64>,
     questions: Questions,
     /// Recent gift id -> sender, so the streamer can thank them; oldest dropped first.
     recent_gifts: HashMap<String, String>,
@@ -92,6 +95,8 @@ impl Room {
                 members: HashMap::new(),
                 viewers: 0,
                 viewers_published: 0,
+                streamer_conns: 0,
+                streamer_away_since_ms: Some(now_ms()),
                 questions: Questions::new(config.questions_open_max),
                 recent_gifts: HashMap::new(),
                 recent_order: VecDeque::new(),
@@ -152,8 +157,12 @@ impl Room {
         if state.members.len() >= self.members_max {
             return Err(Error::RoomFull);
         }
-        if role == Role::Viewer {
-            state.viewers += 1;
+        match role {
+            Role::Viewer => state.viewers += 1,
+            Role::Streamer => {
+                state.streamer_conns += 1;
+                state.streamer_away_since_ms = None;
+            }
         }
         state.members.insert(conn, Member { role, outbox });
         let snapshot = self.snapshot(&mut state);
@@ -163,10 +172,24 @@ impl Room {
     pub fn leave(&self, conn: ConnId) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(m) = state.members.remove(&conn) {
-            if m.role == Role::Viewer {
-                state.viewers -= 1;
+            match m.role {
+                Role::Viewer => state.viewers -= 1,
+                Role::Streamer => {
+                    state.streamer_conns -= 1;
+                    if state.streamer_conns == 0 {
+                        state.streamer_away_since_ms = Some(now_ms());
+                    }
+                }
             }
         }
+    }
+
+    /// Whether the streamer has had no connection in the room for at least `away_ms`.
+    pub fn streamer_away_for(&self, away_ms: u64, now_ms: u64) -> bool {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state
+            .streamer_away_since_ms
+            .is_some_and(|since| now_ms.saturating_sub(since) >= away_ms)
     }
 
     /// Closes the room: publishes `room_closed` and tells every member's writer to finish with

@@ -94,7 +94,7 @@ pub async fn serve(
     ));
     let tracker = Tracker::new();
     let router = http::router(app.clone(), tracker.clone());
-    let ticker = tokio::spawn(viewer_ticker(app.clone()));
+    let ticker = tokio::spawn(room_ticker(app.clone()));
     let permits = Arc::new(Semaphore::new(
         app.config.server.connections_max + HTTP_HEADROOM_CONNECTIONS,
     ));
@@ -208,19 +208,28 @@ async fn serve_http(
     }
 }
 
-/// Publishes each room's viewer count when it changed, once per interval.
-async fn viewer_ticker(app: Arc<App>) {
-    let mut interval = tokio::time::interval(Duration::from_millis(
-        app.config.rooms.viewer_count_interval_ms,
-    ));
+/// Once per interval: publishes each room's viewer count if it changed, and closes rooms whose
+/// streamer has been away longer than `streamer_away_close_ms` (a crashed streamer app must not
+/// leave its room open forever).
+async fn room_ticker(app: Arc<App>) {
+    let rooms = &app.config.rooms;
+    let mut interval = tokio::time::interval(Duration::from_millis(rooms.viewer_count_interval_ms));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = interval.tick() => {}
             _ = app.shutdown.cancelled() => return,
         }
+        let now_ms = crate::ledger::now_ms();
         for room in app.rooms.all() {
-            room.publish_viewers_if_changed();
+            if room.streamer_away_for(rooms.streamer_away_close_ms, now_ms) {
+                if room.close("the streamer left").is_ok() {
+                    tracing::info!(room = %room.id, "closed a room its streamer left");
+                }
+                app.rooms.remove(&room);
+            } else {
+                room.publish_viewers_if_changed();
+            }
         }
     }
 }

@@ -225,3 +225,20 @@ async fn stickers_and_health_endpoints() {
     let (status, body) = server.http("GET", "/readyz", None, None).await;
     assert_eq!(status, 200, "{body}");
 }
+
+#[tokio::test]
+async fn a_room_whose_streamer_left_is_closed_after_the_grace() {
+    let server = TestServer::start_with(|c| c.rooms.streamer_away_close_ms = 1_000).await;
+    let mut star = server.streamer("star").await;
+    star.open_room("r", "t").await;
+    let mut bob = server.viewer("bob").await;
+    bob.join("r").await;
+    drop(star);
+    let closed = bob.next_event_of("room_closed").await;
+    assert_eq!(closed["reason"], "the streamer left");
+    let (_, rooms) = server.http("GET", "/rooms", None, None).await;
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&rooms).unwrap()["rooms"],
+        json!([])
+    );
+}
