@@ -7,7 +7,8 @@
 //! 2. Every transaction has entries, and its entries sum to zero (double entry).
 //! 3. All balances sum to zero (money is conserved: what left the external accounts is in
 //!    wallets, stores, streamers or the platform).
-//! 4. Every account's balance equals the sum of its entries.
+//! 4. Every account's balance equals the sum of its entries, and every entry names an existing
+//!    account and transaction.
 //! 5. No balance other than an external account's is negative.
 //! 6. No idempotency key was applied twice.
 //! 7. Every gift's shares sum to its price, and its entries match its shares: the sender was
@@ -95,6 +96,11 @@ pub fn audit(path: &Path) -> Result<AuditReport> {
         "SELECT a.account, a.balance_coins, COALESCE(SUM(e.amount_coins), 0) FROM accounts a
          LEFT JOIN entries e ON e.account = a.account GROUP BY a.account
          HAVING a.balance_coins != COALESCE(SUM(e.amount_coins), 0)",
+    )?;
+    rows(
+        "entry names no existing account or transaction",
+        "SELECT entry_id, account FROM entries e WHERE NOT EXISTS (SELECT 1 FROM accounts a WHERE a.account = e.account)
+            OR NOT EXISTS (SELECT 1 FROM txns t WHERE t.txn_id = e.txn_id)",
     )?;
     rows(
         "negative balance",
