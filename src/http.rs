@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role as WsRole;
+use tokio_tungstenite::tungstenite::protocol::{Role as WsRole, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::app::App;
@@ -102,6 +102,40 @@ fn upgrade_key(headers: &HeaderMap) -> Result<&HeaderValue, &'static str> {
         .ok_or("missing Sec-WebSocket-Key")
 }
 
+/// Takes the socket from hyper once the 101 response is out and runs `serve` on it as a
+/// WebSocket, holding the connection's slots (`held`) until it ends.
+fn upgrade<F, Fut>(
+    mut req: Request,
+    tracker: &Tracker,
+    config: WebSocketConfig,
+    held: impl Send + 'static,
+    serve: F,
+) where
+    F: FnOnce(WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let slot = req
+        .extensions()
+        .get::<ConnSlot>()
+        .and_then(|s| s.0.lock().ok()?.take());
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tracker.spawn(async move {
+        let _held = (slot, held);
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    WsRole::Server,
+                    Some(config),
+                )
+                .await;
+                serve(ws).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+        }
+    });
+}
+
 fn switching_protocols(key: &HeaderValue) -> Response {
     let accept = derive_accept_key(key.as_bytes());
     let mut res = StatusCode::SWITCHING_PROTOCOLS.into_response();
@@ -146,7 +180,7 @@ async fn ws_upgrade(
     State((app, tracker)): AppState,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(query): Query<WsQuery>,
-    mut req: Request,
+    req: Request,
 ) -> Response {
     let key = match upgrade_key(req.headers()) {
         Ok(key) => key.clone(),
@@ -180,53 +214,20 @@ async fn ws_upgrade(
             return error_response(&e);
         }
     };
-    let slot = req
-        .extensions()
-        .get::<ConnSlot>()
-        .and_then(|s| s.0.lock().ok()?.take());
-    let on_upgrade = hyper::upgrade::on(&mut req);
     let config = connection::ws_config(&app.config.server);
-    tracker.spawn(async move {
-        let _slots = (slot, ws_permit);
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    WsRole::Server,
-                    Some(config),
-                )
-                .await;
-                connection::serve(ws, app, identity, peer).await;
-            }
-            Err(e) => tracing::debug!(error = %e, %peer, "upgrade failed"),
-        }
+    upgrade(req, &tracker, config, ws_permit, move |ws| {
+        connection::serve(ws, app, identity, peer)
     });
     switching_protocols(&key)
 }
 
-async fn echo_upgrade(State((app, tracker)): AppState, mut req: Request) -> Response {
+async fn echo_upgrade(State((app, tracker)): AppState, req: Request) -> Response {
     let key = match upgrade_key(req.headers()) {
         Ok(key) => key.clone(),
         Err(msg) => return bad_upgrade(msg),
     };
-    let slot = req
-        .extensions()
-        .get::<ConnSlot>()
-        .and_then(|s| s.0.lock().ok()?.take());
-    let on_upgrade = hyper::upgrade::on(&mut req);
     let config = connection::ws_config(&app.config.server);
-    tracker.spawn(async move {
-        let _slot = slot;
-        if let Ok(upgraded) = on_upgrade.await {
-            let ws = WebSocketStream::from_raw_socket(
-                TokioIo::new(upgraded),
-                WsRole::Server,
-                Some(config),
-            )
-            .await;
-            connection::echo(ws).await;
-        }
-    });
+    upgrade(req, &tracker, config, (), connection::echo);
     switching_protocols(&key)
 }
 

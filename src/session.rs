@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use crate::app::App;
 use crate::auth::{Identity, Role};
 use crate::error::{CloseCode, Error, Result};
+use crate::gift::catalog::Sticker;
 use crate::gifting;
 use crate::metrics::OutKind;
 use crate::outbox::{Outbound, Outbox};
@@ -198,6 +199,14 @@ impl Session {
         }
     }
 
+    fn sticker(&self, id: String) -> Result<Sticker> {
+        self.app
+            .catalog
+            .get(&id)
+            .cloned()
+            .ok_or(Error::UnknownSticker(id))
+    }
+
     /// The current room, which the caller must own as its streamer.
     fn owned_room(&mut self) -> Result<Arc<Room>> {
         self.who().require(Role::Streamer)?;
@@ -239,12 +248,7 @@ impl Session {
             Command::SendGift { sticker, key } => {
                 self.who().require(Role::Viewer)?;
                 let room = self.current_room()?;
-                let sticker = self
-                    .app
-                    .catalog
-                    .get(&sticker)
-                    .ok_or(Error::UnknownSticker(sticker))?
-                    .clone();
+                let sticker = self.sticker(sticker)?;
                 let user = self.who().user.clone();
                 let done = gifting::send(&self.app, &room, &user, &sticker, &key, None).await?;
                 self::ack(
@@ -363,12 +367,7 @@ impl Session {
             return ack(id, &json!({ "question_id": view.question_id, "seq": seq }));
         };
         let key = key.ok_or_else(|| Error::InvalidMessage("a paid question needs `key`".into()))?;
-        let sticker = self
-            .app
-            .catalog
-            .get(&sticker)
-            .ok_or(Error::UnknownSticker(sticker))?
-            .clone();
+        let sticker = self.sticker(sticker)?;
         let done = gifting::send(&self.app, &room, &user, &sticker, &key, Some(&text)).await?;
         #[derive(Serialize)]
         struct PaidAck<'a> {
