@@ -59,6 +59,11 @@ pub struct ServerConfig {
     pub ws_read_buffer_bytes: usize,
     /// Bytes buffered per connection before a write is pushed to the socket.
     pub ws_write_buffer_bytes: usize,
+    /// Average bytes per second read from one WebSocket; reads beyond it wait. Bounds the work
+    /// any one client can cause, whatever its framing (floods of pings or empty fragments).
+    pub inbound_bytes_per_sec: u64,
+    /// Bytes one WebSocket may send in a burst above that rate. At least `message_bytes_max`.
+    pub inbound_burst_bytes: u64,
     /// A write to a client that makes no progress for this long drops it as a slow consumer.
     pub write_timeout_ms: u64,
     /// Protocol errors (bad JSON, unknown types...) tolerated per connection before it is closed.
@@ -80,6 +85,8 @@ impl Default for ServerConfig {
             outbox_frames_max: 256,
             ws_read_buffer_bytes: 1024,
             ws_write_buffer_bytes: 16 * 1024,
+            inbound_bytes_per_sec: 64 * 1024,
+            inbound_burst_bytes: 256 * 1024,
             write_timeout_ms: 10_000,
             protocol_errors_max: 20,
             echo_endpoint: false,
@@ -362,7 +369,13 @@ impl Config {
             }
             figment = figment.merge(Toml::file(path));
         }
-        figment = figment.merge(Env::prefixed("GIFTD_").split("__"));
+        // Only `GIFTD_<SECTION>__<FIELD>` variables are configuration; other `GIFTD_*` variables
+        // (a test's knobs, a wrapper script's) are none of the server's business.
+        figment = figment.merge(
+            Env::prefixed("GIFTD_")
+                .filter(|k| k.as_str().contains("__"))
+                .split("__"),
+        );
         let config: Config = figment
             .extract()
             .map_err(|e| ConfigError(e.into_iter().map(|e| e.to_string()).collect()))?;

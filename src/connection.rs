@@ -21,6 +21,7 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{broadcast, mpsc};
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -337,7 +338,12 @@ async fn write_loop<S>(
             code: WsCloseCode::from(code.code()),
             reason: code.reason().into(),
         };
-        sink.send(Message::Close(Some(frame))).await?;
+        // If the client closed first, tungstenite has already queued the echo of its close
+        // frame and refuses a second one; closing the sink then flushes that echo.
+        match sink.send(Message::Close(Some(frame))).await {
+            Ok(()) | Err(tungstenite::Error::Protocol(ProtocolError::SendAfterClosing)) => {}
+            Err(e) => return Err(e),
+        }
         sink.close().await
     })
     .await;
@@ -373,5 +379,7 @@ where
             return;
         }
     }
-    let _ = ws.close(None).await;
+    // Flushes the echo of the client's close frame that tungstenite queued (`close(None)` would
+    // fail with SendAfterClosing and drop it).
+    let _ = SinkExt::close(&mut ws).await;
 }

@@ -19,16 +19,19 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role as WsRole, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::Role as WsRole;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::app::App;
 use crate::auth::check_user_id;
+
+use crate::config::ServerConfig;
 use crate::connection;
 use crate::error::Error;
 use crate::gift::Channel;
 use crate::ledger::TopUpRequest;
 use crate::server::Tracker;
+use crate::throttle::Throttled;
 
 /// The TCP connection's slot under the accept limit. An upgraded WebSocket takes it over from
 /// the HTTP connection, so the slot is held until the WebSocket closes.
@@ -107,11 +110,13 @@ fn upgrade_key(headers: &HeaderMap) -> Result<&HeaderValue, &'static str> {
 fn upgrade<F, Fut>(
     mut req: Request,
     tracker: &Tracker,
-    config: WebSocketConfig,
+    server: &ServerConfig,
     held: impl Send + 'static,
     serve: F,
 ) where
-    F: FnOnce(WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>) -> Fut + Send + 'static,
+    F: FnOnce(WebSocketStream<Throttled<TokioIo<hyper::upgrade::Upgraded>>>) -> Fut
+        + Send
+        + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
     let slot = req
@@ -119,16 +124,14 @@ fn upgrade<F, Fut>(
         .get::<ConnSlot>()
         .and_then(|s| s.0.lock().ok()?.take());
     let on_upgrade = hyper::upgrade::on(&mut req);
+    let inbound = (server.inbound_bytes_per_sec, server.inbound_burst_bytes);
+    let config = connection::ws_config(server);
     tracker.spawn(async move {
         let _held = (slot, held);
         match on_upgrade.await {
             Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    WsRole::Server,
-                    Some(config),
-                )
-                .await;
+                let io = Throttled::new(TokioIo::new(upgraded), inbound.0, inbound.1);
+                let ws = WebSocketStream::from_raw_socket(io, WsRole::Server, Some(config)).await;
                 serve(ws).await;
             }
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
@@ -214,8 +217,8 @@ async fn ws_upgrade(
             return error_response(&e);
         }
     };
-    let config = connection::ws_config(&app.config.server);
-    upgrade(req, &tracker, config, ws_permit, move |ws| {
+    let server = app.config.server.clone();
+    upgrade(req, &tracker, &server, ws_permit, move |ws| {
         connection::serve(ws, app, identity, peer)
     });
     switching_protocols(&key)
@@ -226,8 +229,7 @@ async fn echo_upgrade(State((app, tracker)): AppState, req: Request) -> Response
         Ok(key) => key.clone(),
         Err(msg) => return bad_upgrade(msg),
     };
-    let config = connection::ws_config(&app.config.server);
-    upgrade(req, &tracker, config, (), connection::echo);
+    upgrade(req, &tracker, &app.config.server, (), connection::echo);
     switching_protocols(&key)
 }
 

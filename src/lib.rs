@@ -28,3 +28,4 @@ pub mod server;
 pub mod session;
 pub mod shutdown;
 pub mod telemetry;
+pub mod throttle;

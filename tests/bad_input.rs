@@ -228,3 +228,39 @@ async fn admin_api_refuses_bad_requests() {
     assert!(body.contains("bad_json"), "{body}");
     assert_eq!(server.balance("bob").await, 0);
 }
+
+#[tokio::test]
+async fn a_flood_of_tiny_frames_is_throttled_to_the_inbound_budget() {
+    let (rate, burst) = (1024u64, 16 * 1024u64);
+    let server = TestServer::start_with(|c| {
+        c.server.inbound_bytes_per_sec = rate;
+        c.server.inbound_burst_bytes = burst;
+    })
+    .await;
+    let mut ws = server.viewer("bob").await.into_inner();
+    use futures_util::{SinkExt, StreamExt};
+    // 20,000 empty pings: 6 bytes each on the wire (header and mask), 120 KB in all, each of
+    // which the server would answer with a pong if it read them all.
+    let started = std::time::Instant::now();
+    for _ in 0..20_000 {
+        ws.feed(Message::Ping(Default::default())).await.unwrap();
+    }
+    ws.flush().await.unwrap();
+    let mut pongs = 0u64;
+    let window = std::time::Duration::from_secs(2);
+    while let Ok(Some(Ok(msg))) =
+        tokio::time::timeout_at((started + window).into(), ws.next()).await
+    {
+        if matches!(msg, Message::Pong(_)) {
+            pongs += 1;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // The server cannot have read more than its budget (plus one read buffer of overdraft).
+    let read_max = burst as f64 + rate as f64 * elapsed + 1024.0;
+    assert!(pongs >= 1, "the connection works");
+    assert!(
+        (pongs * 6) as f64 <= read_max,
+        "{pongs} pongs: the server read past its budget ({read_max} bytes)"
+    );
+}

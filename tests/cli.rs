@@ -66,3 +66,29 @@ fn minted_tokens_verify_with_the_same_config() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+#[test]
+fn unrelated_giftd_variables_are_not_configuration() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/giftd.example.toml");
+    let out = giftd()
+        .args(["check-config", example])
+        .env("GIFTD_CRASH_CYCLES", "5")
+        .env("GIFTD_SERVER__SHUTDOWN_GRACE_MS", "2000")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = giftd()
+        .args(["check-config", example])
+        .env("GIFTD_SERVER__NO_SUCH_FIELD", "1")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "a misspelt section variable is still an error"
+    );
+}

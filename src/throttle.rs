@@ -1,0 +1,130 @@
+//! An inbound byte budget for each WebSocket: a token bucket on the bytes read from its socket.
+//!
+//! Message and frame size limits bound memory, but not work: a client can stream endless empty
+//! continuation frames or pings, each cheap on its own, and keep a reader (and, for pings, a
+//! writer) busy forever. Throttling the socket's reads bounds what any one connection can make
+//! the server do, whatever the framing. Honest clients send a few small commands a second and
+//! never notice it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// Wraps a socket so that reads stay within `bytes_per_sec`, with bursts up to `burst_bytes`.
+pub struct Throttled<S> {
+    inner: S,
+    tokens: f64,
+    last: Instant,
+    bytes_per_sec: f64,
+    burst_bytes: f64,
+    /// Allocated only while the connection is over its budget.
+    wait: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S> Throttled<S> {
+    pub fn new(inner: S, bytes_per_sec: u64, burst_bytes: u64) -> Throttled<S> {
+        assert!(bytes_per_sec > 0 && burst_bytes > 0);
+        Throttled {
+            inner,
+            tokens: burst_bytes as f64,
+            last: Instant::now(),
+            bytes_per_sec: bytes_per_sec as f64,
+            burst_bytes: burst_bytes as f64,
+            wait: None,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.bytes_per_sec).min(self.burst_bytes);
+        self.last = now;
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Throttled<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            if let Some(wait) = this.wait.as_mut() {
+                ready!(wait.as_mut().poll(cx));
+                this.wait = None;
+            }
+            this.refill(Instant::now());
+            if this.tokens >= 1.0 {
+                break;
+            }
+            let short = (1.0 - this.tokens) / this.bytes_per_sec;
+            this.wait = Some(Box::pin(tokio::time::sleep(Duration::from_secs_f64(short))));
+        }
+        // A read may overdraw the budget by up to one buffer; the debt delays the next read, so
+        // the average rate holds.
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        this.tokens -= (buf.filled().len() - before) as f64;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Throttled<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test(start_paused = true)]
+    async fn reads_stay_within_the_budget() {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        client.write_all(&vec![7u8; 10_000]).await.unwrap();
+        let mut throttled = Throttled::new(server, 1_000, 2_000);
+        let mut buf = vec![0u8; 10_000];
+        // Reads of 500 bytes, like a WebSocket's small read buffer.
+        let started = Instant::now();
+        let mut total = 0;
+        while total < 10_000 {
+            let end = (total + 500).min(buf.len());
+            total += throttled.read(&mut buf[total..end]).await.unwrap();
+        }
+        // 2,000 bytes of burst, then 8,000 at 1,000 bytes per second, less the last read's
+        // overdraft (at most one 500-byte read).
+        let elapsed = started.elapsed();
+        assert!(elapsed >= Duration::from_millis(7_400), "{elapsed:?}");
+        assert!(elapsed <= Duration::from_millis(8_200), "{elapsed:?}");
+    }
+}

@@ -1,0 +1,323 @@
+//! The bank invariant under concurrency.
+//!
+//! Many viewers gift at once in two rooms while top-ups (some of them replayed) land, and a
+//! checker reads the ledger file read-only, over and over, in its own connection (WAL lets it
+//! read while the writer commits). At every read, in one consistent snapshot:
+//!
+//!   wallets + streamer earnings + stores + platform == sum of top-ups == -(external accounts)
+//!
+//! and no non-external balance is negative. At the end, with everything quiet, the same totals
+//! are checked through the admin API, every client receipt is matched against the ledger, and
+//! `giftd::ledger::audit::audit` must report no violation.
+//!
+//! Seeded: set `GIFTD_BANK_SEED` to replay a run; the seed in use is printed.
+
+#[rustfmt::skip]
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use support::TestServer;
+
+const VIEWERS: usize = 20;
+const GIFTS_PER_VIEWER: usize = 50;
+const EXTRA_TOPUPS: usize = 60;
+const STICKERS: [(&str, u64); 5] = [
+    ("rose", 1),
+    ("heart", 5),
+    ("clap", 10),
+    ("coffee", 100),
+    ("star", 500),
+];
+
+/// One snapshot of the ledger's totals, read in a single statement (one read transaction).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Totals {
+    topups: i64,
+    wallets: i64,
+    streamers: i64,
+    stores: i64,
+    platform: i64,
+    external: i64,
+    negative: i64,
+    gifts: i64,
+    gifted: i64,
+}
+
+fn read_totals(conn: &rusqlite::Connection) -> rusqlite::Result<Totals> {
+    conn.query_row(
+        "SELECT
+            (SELECT COALESCE(SUM(coins), 0) FROM topups),
+            (SELECT COALESCE(SUM(balance_coins), 0) FROM accounts WHERE account LIKE 'wallet:%'),
+            (SELECT COALESCE(SUM(balance_coins), 0) FROM accounts WHERE account LIKE 'streamer:%'),
+            (SELECT COALESCE(SUM(balance_coins), 0) FROM accounts WHERE account LIKE 'store:%'),
+            (SELECT COALESCE(SUM(balance_coins), 0) FROM accounts WHERE account = 'platform'),
+            (SELECT COALESCE(SUM(balance_coins), 0) FROM accounts WHERE external = 1),
+            (SELECT COUNT(*) FROM accounts WHERE external = 0 AND balance_coins < 0),
+            (SELECT COUNT(*) FROM gifts),
+            (SELECT COALESCE(SUM(price_coins), 0) FROM gifts)",
+        [],
+        |r| {
+            Ok(Totals {
+                topups: r.get(0)?,
+                wallets: r.get(1)?,
+                streamers: r.get(2)?,
+                stores: r.get(3)?,
+                platform: r.get(4)?,
+                external: r.get(5)?,
+                negative: r.get(6)?,
+                gifts: r.get(7)?,
+                gifted: r.get(8)?,
+            })
+        },
+    )
+}
+
+fn check(t: &Totals) {
+    assert_eq!(
+        t.wallets + t.streamers + t.stores + t.platform,
+        t.topups,
+        "money not conserved: {t:?}"
+    );
+    assert_eq!(t.external, -t.topups, "external accounts disagree: {t:?}");
+    assert_eq!(t.negative, 0, "negative balance: {t:?}");
+    assert_eq!(
+        t.streamers + t.stores + t.platform,
+        t.gifted,
+        "shares do not add up to gifts: {t:?}"
+    );
+}
+
+/// Reads the ledger in a loop until `stop`, checking every snapshot. Bounded by count and time.
+fn checker(db: PathBuf, stop: Arc<AtomicBool>) -> (u64, Totals) {
+    let conn = loop {
+        // The server creates the file; wait for it (bounded).
+        match rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        {
+            Ok(c) => break c,
+            Err(e) => {
+                assert!(!stop.load(Ordering::Relaxed), "ledger never appeared: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    };
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    let started = Instant::now();
+    let mut reads = 0u64;
+    let mut last = read_totals(&conn).unwrap();
+    while !stop.load(Ordering::Relaxed)
+        && reads < 200_000
+        && started.elapsed() < Duration::from_secs(120)
+    {
+        let t = read_totals(&conn).unwrap();
+        check(&t);
+        assert!(
+            t.topups >= last.topups && t.gifts >= last.gifts,
+            "{t:?} after {last:?}"
+        );
+        last = t;
+        reads += 1;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    (reads, last)
+}
+
+/// What a viewer's client saw: receipts of gifts it was charged for, and coins refused.
+#[derive(Default)]
+struct Seen {
+    receipts: Vec<Value>,
+    insufficient: u64,
+    replays: u64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn money_is_conserved_at_every_read_under_concurrent_gifts_and_top_ups() {
+    let seed: u64 = std::env::var("GIFTD_BANK_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("bank: seed {seed} (GIFTD_BANK_SEED={seed} replays this run)");
+    let mut rng = StdRng::seed_from_u64(seed);
+
+    let server = Arc::new(TestServer::start().await);
+    let mut star = server.streamer("star").await;
+    star.open_room("bank-a", "a").await;
+    let mut nova = server.streamer("nova").await;
+    nova.open_room("bank-b", "b").await;
+
+    // Initial top-ups, spread over channels, so spend order and store fees differ per gift.
+    let channels = ["ios", "android", "web"];
+    let mut topped: HashMap<String, u64> = HashMap::new();
+    let mut topup_total = 0u64;
+    for v in 0..VIEWERS {
+        let user = format!("viewer{v}");
+        let coins = rng.random_range(500..5_000);
+        let ch = channels[rng.random_range(0..3)];
+        server.top_up(&user, ch, coins, &format!("init-{v}")).await;
+        *topped.entry(user).or_default() += coins;
+        topup_total += coins;
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let checker = {
+        let (db, stop) = (server.db(), stop.clone());
+        std::thread::spawn(move || checker(db, stop))
+    };
+
+    // Top-ups landing while gifts run; every third one is sent twice (a store retry).
+    let topups = {
+        let server = server.clone();
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x70b0);
+        tokio::spawn(async move {
+            let mut credited: Vec<(String, u64)> = Vec::new();
+            for i in 0..EXTRA_TOPUPS {
+                let user = format!("viewer{}", rng.random_range(0..VIEWERS));
+                let coins = rng.random_range(1..500);
+                let ch = ["ios", "android", "web"][rng.random_range(0..3)];
+                let pid = format!("extra-{i}");
+                let r = server.top_up(&user, ch, coins, &pid).await;
+                assert_eq!(r["replayed"], false);
+                if i % 3 == 0 {
+                    let again = server.top_up(&user, ch, coins, &pid).await;
+                    assert_eq!(again["replayed"], true);
+                    assert_eq!(again["txn_id"], r["txn_id"]);
+                }
+                credited.push((user, coins));
+                tokio::time::sleep(Duration::from_millis(rng.random_range(0..5))).await;
+            }
+            credited
+        })
+    };
+
+    let mut viewers = Vec::new();
+    for v in 0..VIEWERS {
+        let server = server.clone();
+        let mut rng = StdRng::seed_from_u64(seed.wrapping_add(v as u64 + 1));
+        viewers.push(tokio::spawn(async move {
+            let user = format!("viewer{v}");
+            let room = if v % 2 == 0 { "bank-a" } else { "bank-b" };
+            let mut c = server.viewer(&user).await;
+            c.join(room).await;
+            let mut seen = Seen::default();
+            // Pipeline a few gifts at a time; some keys are resent while still in flight.
+            let mut sent = 0;
+            while sent < GIFTS_PER_VIEWER {
+                let n = rng.random_range(1..=4).min(GIFTS_PER_VIEWER - sent);
+                let mut ids = Vec::new();
+                for k in 0..n {
+                    let (sticker, _) = STICKERS[rng.random_range(0..STICKERS.len())];
+                    let key = format!("{user}-g{}", sent + k);
+                    let body = json!({ "type": "send_gift", "sticker": sticker, "key": key });
+                    ids.push(c.send(body.clone()).await);
+                    if rng.random_bool(0.1) {
+                        ids.push(c.send(body).await);
+                    }
+                }
+                for id in ids {
+                    match c.reply(id).await {
+                        Ok(r) if r["replayed"] == true => seen.replays += 1,
+                        Ok(r) => seen.receipts.push(r),
+                        Err(e) if e["reason"] == "insufficient_funds" => seen.insufficient += 1,
+                        Err(e) => panic!("{user}: unexpected error {e}"),
+                    }
+                }
+                sent += n;
+            }
+            (user, seen)
+        }));
+    }
+
+    let mut all: HashMap<String, Seen> = HashMap::new();
+    for v in viewers {
+        let (user, seen) = v.await.unwrap();
+        all.insert(user, seen);
+    }
+    for (user, coins) in topups.await.unwrap() {
+        *topped.entry(user).or_default() += coins;
+        topup_total += coins;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (reads, last) = checker.join().unwrap();
+
+    // Quiet now: the final snapshot, the admin API and the client receipts must all agree.
+    let conn = rusqlite::Connection::open_with_flags(
+        server.db(),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let end = read_totals(&conn).unwrap();
+    check(&end);
+    assert_eq!(end.topups as u64, topup_total);
+    assert!(end.gifts >= last.gifts);
+
+    let mut wallets_api = 0u64;
+    let mut gift_ids = HashSet::new();
+    let mut receipts = 0u64;
+    let mut replays = 0u64;
+    for (user, seen) in &all {
+        let spent: u64 = seen
+            .receipts
+            .iter()
+            .map(|r| r["price_coins"].as_u64().unwrap())
+            .sum();
+        let balance = server.balance(user).await;
+        assert_eq!(
+            balance,
+            topped[user] - spent,
+            "{user}: balance disagrees with its receipts"
+        );
+        wallets_api += balance;
+        for r in &seen.receipts {
+            let id = r["gift_id"].as_str().unwrap().to_owned();
+            let (sender, price): (String, i64) = conn
+                .query_row(
+                    "SELECT sender, price_coins FROM gifts WHERE gift_id = ?1",
+                    [&id],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .unwrap_or_else(|e| panic!("receipt {id} not in the ledger: {e}"));
+            assert_eq!(
+                (sender.as_str(), price as u64),
+                (user.as_str(), r["price_coins"].as_u64().unwrap())
+            );
+            assert!(gift_ids.insert(id), "a gift id was issued twice");
+        }
+        receipts += seen.receipts.len() as u64;
+        replays += seen.replays;
+    }
+    assert_eq!(
+        end.gifts as u64, receipts,
+        "gifts in the ledger without a receipt"
+    );
+    let earnings = server.wallet("star").await["earnings_coins"]
+        .as_u64()
+        .unwrap()
+        + server.wallet("nova").await["earnings_coins"]
+            .as_u64()
+            .unwrap();
+    assert_eq!(earnings as i64, end.streamers);
+    assert_eq!(wallets_api as i64, end.wallets);
+    assert_eq!(
+        wallets_api + earnings + end.stores as u64 + end.platform as u64,
+        topup_total
+    );
+
+    let report = giftd::ledger::audit::audit(&server.db()).unwrap();
+    assert!(report.violations.is_empty(), "{:#?}", report.violations);
+    assert_eq!(report.gifts, receipts);
+    let insufficient: u64 = all.values().map(|s| s.insufficient).sum();
+    eprintln!(
+        "bank: {reads} consistent reads during the run; {receipts} gifts ({} coins), {replays} key replays, \
+         {insufficient} refused for funds, {} top-ups ({topup_total} coins)",
+        end.gifted,
+        report.topups
+    );
+    assert!(reads > 0, "the checker never read the ledger");
+}
