@@ -1,0 +1,536 @@
+//! What every scenario shares: the run context (target, spawned server, tokens, run id), worker
+//! planning, progress bars, and the rooms harness used by `fanout` and `mixed` (streamers open
+//! rooms, workers fill them with viewers, senders send, viewers verify and time every event).
+
+pub(crate) mod fanout;
+pub(crate) mod gifts;
+pub(crate) mod idle;
+pub(crate) mod mixed;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tokio::sync::mpsc;
+
+use crate::actors::{
+    Mix, Sender, SenderOut, SenderPlan, SentGift, Streamer, StreamerOut, StreamerPlan,
+};
+use crate::cli::{AuditArgs, Common};
+use crate::net::{self, wall_us, SourcePlan};
+use crate::pool::{shares, Pool};
+use crate::server::{self, SpawnOptions, Spawned};
+use crate::stats::{add_counts, Counts, Hist, Report};
+use crate::tokens::Minter;
+use crate::worker::{Ready, WorkerResult, WorkerSpec};
+
+/// Coins credited to each sender: enough for any run (the ledger caps a top-up at i64::MAX / 4).
+const SENDER_COINS: u64 = 1_000_000_000_000;
+
+pub(crate) struct Ctx {
+    pub(crate) common: Common,
+    pub(crate) target: SocketAddr,
+    pub(crate) run_id: String,
+    pub(crate) minter: Arc<Minter>,
+    pub(crate) spawned: Option<Spawned>,
+    pub(crate) server_pid: Option<u32>,
+    /// First source address octet of this run (rotated between runs, away from TIME_WAITs).
+    source_octet: u8,
+}
+
+impl Ctx {
+    /// Resolves (or spawns) the target. `connections` sizes a spawned server's limit.
+    pub(crate) async fn new(common: Common, connections: usize) -> Result<Ctx> {
+        let nonce = wall_us() ^ u64::from(std::process::id()) << 20;
+        let run_id = format!("{:08x}", nonce & 0xffff_ffff);
+        let spawned = match &common.spawn_server {
+            Some(bin) => Some(
+                Spawned::start(SpawnOptions {
+                    bin,
+                    connections_max: (connections + 200).max(1_000),
+                    env: &common.server_env,
+                    keep_dir: common.keep_server_dir,
+                    run_id: &run_id,
+                })
+                .await?,
+            ),
+            None => None,
+        };
+        let target = match &spawned {
+            Some(s) => s.addr,
+            None => net::resolve_loopback(&common.target).await?,
+        };
+        let server_pid = common
+            .server_pid
+            .or(spawned.as_ref().map(|s| s.pid))
+            .or_else(|| server::pid_listening_on(target.port()));
+        Ok(Ctx {
+            minter: Arc::new(Minter::new(&common.jwt_secret)),
+            source_octet: 2 + (nonce % 200) as u8,
+            common,
+            target,
+            run_id,
+            spawned,
+            server_pid,
+        })
+    }
+
+    pub(crate) fn report(&self, scenario: &str, params: serde_json::Value) -> Report {
+        let mut r = Report::new(scenario, &self.run_id, self.target.to_string());
+        r.server_pid = self.server_pid;
+        r.params = params;
+        r
+    }
+
+    pub(crate) fn bar(&self, len: u64, prefix: &str) -> ProgressBar {
+        let bar = ProgressBar::new(len);
+        if self.common.quiet {
+            bar.set_draw_target(ProgressDrawTarget::hidden());
+        }
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix:>10} [{bar:40.cyan/blue}] {pos:>7}/{len:7} {elapsed:>4} {msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(prefix.to_owned());
+        bar
+    }
+
+    /// Worker specs for `total` passive connections named `<prefix><n>`.
+    pub(crate) fn worker_specs(
+        &self,
+        total: usize,
+        role: &str,
+        rooms: &[String],
+    ) -> Vec<WorkerSpec> {
+        let sources = SourcePlan::for_target(
+            self.target,
+            total,
+            self.common.conns_per_source_ip,
+            self.source_octet,
+        );
+        shares(total, self.common.conns_per_worker)
+            .into_iter()
+            .enumerate()
+            .map(|(worker, (first, count))| WorkerSpec {
+                worker,
+                target: self.target,
+                jwt_secret: self.common.jwt_secret.clone(),
+                sources: sources.clone(),
+                first,
+                count,
+                user_prefix: format!("{role}-{}-", self.run_id),
+                rooms: rooms.to_vec(),
+                connect_concurrency: self.common.connect_concurrency,
+                connect_timeout_ms: self.common.connect_timeout_ms,
+            })
+            .collect()
+    }
+
+    /// Stops a spawned server (cleanly, so its ledger is complete).
+    pub(crate) fn stop_server(&mut self) -> bool {
+        match &mut self.spawned {
+            Some(s) => s.stop(Duration::from_secs(30)),
+            None => true,
+        }
+    }
+
+    /// The ledger and binary to audit, from the spawned server or the audit flags.
+    pub(crate) fn audit_paths(&self, audit: &AuditArgs) -> Result<Option<(PathBuf, PathBuf)>> {
+        if !audit.audit && audit.audit_db.is_none() {
+            return Ok(None);
+        }
+        let db = audit
+            .audit_db
+            .clone()
+            .or(self.spawned.as_ref().map(|s| s.db.clone()))
+            .context("--audit needs --spawn-server or --audit-db")?;
+        let bin = audit
+            .giftd_bin
+            .clone()
+            .or(self.spawned.as_ref().map(|s| s.bin.clone()))
+            .context("--audit-db needs --giftd-bin")?;
+        Ok(Some((db, bin)))
+    }
+}
+
+/// Audits the ledger if asked, adding the result to `report`.
+pub(crate) fn audit_into(
+    ctx: &mut Ctx,
+    audit: &AuditArgs,
+    gift_ids: &[String],
+    report: &mut Report,
+) -> Result<()> {
+    let Some((db, bin)) = ctx.audit_paths(audit)? else {
+        return Ok(());
+    };
+    if ctx.spawned.is_some() && !ctx.stop_server() {
+        report.problem("the spawned server did not exit cleanly on SIGTERM".into());
+    }
+    let (problems, gifts_in_ledger) = server::audit(&bin, &db, gift_ids)?;
+    report.metric("audit_gifts_in_ledger", gifts_in_ledger as f64);
+    report.metric("audit_receipts_checked", gift_ids.len() as f64);
+    report.metric("audit_ok", problems.is_empty() as u8 as f64);
+    for p in problems {
+        report.problem(p);
+    }
+    Ok(())
+}
+
+/// Credits every sender through the admin API, a few at a time.
+pub(crate) async fn top_up_all(ctx: &Ctx, users: &[String]) -> Result<()> {
+    let mut set = tokio::task::JoinSet::new();
+    for chunk in users.chunks(32) {
+        for user in chunk {
+            let (target, token, user) = (ctx.target, ctx.common.admin_token.clone(), user.clone());
+            let purchase = format!("load-{}-{user}", ctx.run_id);
+            set.spawn(
+                async move { net::top_up(target, &token, &user, SENDER_COINS, &purchase).await },
+            );
+        }
+        while let Some(r) = set.join_next().await {
+            r??;
+        }
+    }
+    Ok(())
+}
+
+/// What the rooms harness runs.
+pub(crate) struct RoomsPlan {
+    pub(crate) rooms: usize,
+    pub(crate) viewers: usize,
+    pub(crate) senders_per_room: usize,
+    pub(crate) rate_per_sec: f64,
+    pub(crate) pipeline: usize,
+    pub(crate) duration: Duration,
+    pub(crate) catch_up: Duration,
+    pub(crate) mix: Mix,
+    pub(crate) sticker: String,
+    pub(crate) thank_every: u64,
+}
+
+/// What the rooms harness saw.
+pub(crate) struct RoomsRun {
+    pub(crate) ready: Vec<Ready>,
+    pub(crate) workers: Vec<WorkerResult>,
+    pub(crate) senders: SenderOut,
+    pub(crate) streamers: Vec<StreamerOut>,
+    /// Committed gifts: id -> (send time, receipt time, room).
+    pub(crate) sent: HashMap<String, (u64, u64, String)>,
+    pub(crate) final_seq: BTreeMap<String, u64>,
+}
+
+pub(crate) async fn run_rooms(ctx: &Ctx, plan: &RoomsPlan) -> Result<RoomsRun> {
+    let rooms: Vec<String> = (0..plan.rooms)
+        .map(|r| format!("load-{}-r{r}", ctx.run_id))
+        .collect();
+    let mut streamers = Vec::new();
+    for (r, room) in rooms.iter().enumerate() {
+        let plan = StreamerPlan {
+            target: ctx.target,
+            user: format!("st-{}-{r}", ctx.run_id),
+            room: room.clone(),
+            answer_questions: plan.mix == Mix::Mixed,
+            thank_every: plan.thank_every,
+        };
+        streamers.push(Streamer::open(plan, &ctx.minter).await?);
+    }
+
+    let bar = ctx.bar(plan.viewers as u64, "viewers");
+    let mut pool = Pool::spawn(ctx.worker_specs(plan.viewers, "v", &rooms)).await?;
+    let ready = pool
+        .wait_ready(
+            &bar,
+            Duration::from_millis(ctx.common.connect_timeout_ms) * 4 + Duration::from_secs(60),
+        )
+        .await?;
+    bar.finish();
+
+    // Senders: credited, connected and in their rooms before the clock starts.
+    let sender_count = plan.rooms * plan.senders_per_room;
+    let users: Vec<String> = (0..sender_count)
+        .map(|i| format!("s-{}-{i}", ctx.run_id))
+        .collect();
+    top_up_all(ctx, &users).await?;
+    let acked = Arc::new(AtomicU64::new(0));
+    let mut senders = Vec::new();
+    for (i, user) in users.iter().enumerate() {
+        let sp = SenderPlan {
+            target: ctx.target,
+            index: i,
+            user: user.clone(),
+            room: rooms[i % plan.rooms].clone(),
+            rate_per_sec: plan.rate_per_sec / sender_count as f64,
+            pipeline: plan.pipeline,
+            duration: plan.duration,
+            commands_max: u64::MAX,
+            sticker: plan.sticker.clone(),
+            mix: plan.mix,
+            key_prefix: format!("k-{}", ctx.run_id),
+            drain: Duration::from_secs(10),
+            acked: acked.clone(),
+        };
+        senders.push(Sender::connect(sp, &ctx.minter).await?);
+    }
+
+    // Forward each committed gift's send time to the workers, and keep it.
+    let broadcaster = pool.broadcaster();
+    let (tx, mut rx) = mpsc::unbounded_channel::<SentGift>();
+    let coordinator = tokio::spawn(async move {
+        let mut sent = HashMap::new();
+        while let Some(g) = rx.recv().await {
+            broadcaster.send(&crate::worker::Control::Sent {
+                gift_id: g.gift_id.clone(),
+                send_us: g.send_us,
+            });
+            sent.insert(g.gift_id, (g.send_us, g.ack_us, g.room));
+        }
+        sent
+    });
+
+    let bar = ctx.bar(plan.duration.as_secs().max(1), "sending");
+    let started = Instant::now();
+    let tasks: Vec<_> = senders
+        .into_iter()
+        .map(|s| tokio::spawn(s.run(tx.clone())))
+        .collect();
+    drop(tx);
+    let ticker = {
+        let bar = bar.clone();
+        let acked = acked.clone();
+        let duration = plan.duration;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(200));
+            loop {
+                tick.tick().await;
+                let secs = started.elapsed().min(duration).as_secs();
+                bar.set_position(secs);
+                bar.set_message(format!("acked {}", acked.load(Ordering::Relaxed)));
+            }
+        })
+    };
+    let mut out = SenderOut::default();
+    for t in tasks {
+        out.merge(&t.await?);
+    }
+    ticker.abort();
+    bar.finish();
+    let sent = coordinator.await?;
+
+    // Let the last events reach the streamers, then take each room's final seq.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let final_seq: BTreeMap<String, u64> = streamers
+        .iter()
+        .map(|s| (s.room.clone(), s.last_seq.load(Ordering::Relaxed)))
+        .collect();
+    let workers = pool.finish(final_seq.clone(), plan.catch_up).await?;
+    let mut streamer_outs = Vec::new();
+    for s in streamers {
+        streamer_outs.push(s.close().await?);
+    }
+    Ok(RoomsRun {
+        ready,
+        workers,
+        senders: out,
+        streamers: streamer_outs,
+        sent,
+        final_seq,
+    })
+}
+
+/// Viewer-side findings of a rooms run: delivery latency, loss, throughput.
+pub(crate) struct Deliveries {
+    pub(crate) delivery: Hist,
+    pub(crate) last_viewer: Hist,
+    /// From the sender's receipt to the last viewer: the fan-out alone, without the commit.
+    pub(crate) receipt_to_last_viewer: Hist,
+    pub(crate) connect: Hist,
+}
+
+/// Turns a rooms run into report metrics and integrity problems.
+pub(crate) fn analyse_rooms(run: &RoomsRun, report: &mut Report) -> Deliveries {
+    let mut joined: BTreeMap<String, u64> = BTreeMap::new();
+    let mut connect_errors = Counts::new();
+    let (mut connected, mut failed) = (0, 0);
+    for r in &run.ready {
+        connected += r.connected;
+        failed += r.failed;
+        for (room, n) in &r.joined {
+            *joined.entry(room.clone()).or_default() += n;
+        }
+        add_counts(&mut connect_errors, &r.connect_errors);
+    }
+    let mut d = Deliveries {
+        delivery: Hist::default(),
+        last_viewer: Hist::default(),
+        receipt_to_last_viewer: Hist::default(),
+        connect: Hist::default(),
+    };
+    let mut per_gift: HashMap<&str, (u64, u64)> = HashMap::new();
+    let (mut events, mut gift_events, mut gaps, mut repeats, mut behind, mut closed, mut unmatched) =
+        (0, 0, 0, 0, 0, 0, 0);
+    let mut close_codes = Counts::new();
+    for w in &run.workers {
+        d.delivery.merge(&Hist::from_pairs(&w.delivery_us));
+        d.connect.merge(&Hist::from_pairs(&w.connect_us));
+        events += w.events;
+        gift_events += w.gift_events;
+        gaps += w.gaps;
+        repeats += w.repeats;
+        behind += w.behind;
+        closed += w.closed_early;
+        unmatched += w.unmatched;
+        add_counts(&mut close_codes, &w.close_codes);
+        for g in &w.gifts {
+            let e = per_gift.entry(g.gift_id.as_str()).or_default();
+            e.0 += g.deliveries;
+            e.1 = e.1.max(g.last_recv_us);
+        }
+    }
+    let mut missing = 0u64;
+    let mut gifts_short = 0u64;
+    let mut last_recv_us = 0u64;
+    for (gift_id, (send_us, ack_us, room)) in &run.sent {
+        let want = joined.get(room).copied().unwrap_or(0);
+        let (got, last) = per_gift.get(gift_id.as_str()).copied().unwrap_or((0, 0));
+        if got < want {
+            missing += want - got;
+            gifts_short += 1;
+        }
+        if got > 0 {
+            d.last_viewer.record_us(last.saturating_sub(*send_us));
+            d.receipt_to_last_viewer
+                .record_us(last.saturating_sub(*ack_us));
+            last_recv_us = last_recv_us.max(last);
+        }
+    }
+    let window_secs = if run.senders.first_send_us > 0 && last_recv_us > run.senders.first_send_us {
+        (last_recv_us - run.senders.first_send_us) as f64 / 1e6
+    } else {
+        0.0
+    };
+    let s = &run.senders;
+    let gifts_acked = s.commands.get("send_gift").map_or(0, Hist::len);
+    let send_secs = if s.last_ack_us > s.first_send_us {
+        (s.last_ack_us - s.first_send_us) as f64 / 1e6
+    } else {
+        0.0
+    };
+    report.metric("viewers_connected", connected as f64);
+    report.metric("viewers_failed", failed as f64);
+    report.metric("worker_processes", run.workers.len() as f64);
+    report.metric("commands_sent", s.sent as f64);
+    report.metric("commands_acked", s.acked as f64);
+    report.metric("gifts_committed", gifts_acked as f64);
+    report.metric(
+        "gifts_per_sec",
+        if send_secs > 0.0 {
+            gifts_acked as f64 / send_secs
+        } else {
+            0.0
+        },
+    );
+    report.metric("viewer_events", events as f64);
+    report.metric("gift_deliveries", gift_events as f64);
+    report.metric(
+        "gift_deliveries_per_sec",
+        if window_secs > 0.0 {
+            gift_events as f64 / window_secs
+        } else {
+            0.0
+        },
+    );
+    report.metric("gift_deliveries_missing", missing as f64);
+    report.metric("viewer_seq_gaps", gaps as f64);
+    report.metric("viewer_seq_repeats", repeats as f64);
+    report.metric("viewers_behind_at_end", behind as f64);
+    report.metric("viewers_closed_early", closed as f64);
+
+    if failed > 0 {
+        report.problem(format!(
+            "{failed} viewer(s) failed to connect or join: {connect_errors:?}"
+        ));
+    }
+    if missing > 0 {
+        report.problem(format!(
+            "{missing} gift deliveries missing over {gifts_short} gift(s)"
+        ));
+    }
+    if gaps > 0 || repeats > 0 {
+        report.problem(format!(
+            "viewers saw {gaps} missing seq(s) and {repeats} repeated/out-of-order"
+        ));
+    }
+    if behind > 0 {
+        report.problem(format!(
+            "{behind} viewer(s) had not reached the final seq {:?}",
+            run.final_seq
+        ));
+    }
+    if closed > 0 {
+        report.problem(format!(
+            "{closed} viewer connection(s) closed early: {close_codes:?}"
+        ));
+    }
+    if unmatched > 0 {
+        report.problem(format!(
+            "{unmatched} gift deliveries for gifts no sender committed"
+        ));
+    }
+    sender_problems(s, report);
+    for (i, st) in run.streamers.iter().enumerate() {
+        if st.seq.gaps > 0 || st.seq.repeats > 0 {
+            report.problem(format!(
+                "streamer {i} saw {} gap(s), {} repeat(s)",
+                st.seq.gaps, st.seq.repeats
+            ));
+        }
+        if let Some(c) = &st.closed_early {
+            report.problem(format!("streamer {i} disconnected: {c}"));
+        }
+        if !st.errors.is_empty() {
+            report.problem(format!("streamer {i} errors: {:?}", st.errors));
+        }
+    }
+    d
+}
+
+/// Integrity problems seen by senders.
+pub(crate) fn sender_problems(s: &SenderOut, report: &mut Report) {
+    if !s.errors.is_empty() {
+        report.problem(format!("command errors: {:?}", s.errors));
+    }
+    if s.unanswered > 0 {
+        report.problem(format!("{} command(s) never answered", s.unanswered));
+    }
+    if s.replayed > 0 {
+        report.problem(format!(
+            "{} receipt(s) marked replayed for fresh keys",
+            s.replayed
+        ));
+    }
+    if s.seq.gaps > 0 || s.seq.repeats > 0 {
+        report.problem(format!(
+            "senders saw {} missing seq(s) and {} repeated",
+            s.seq.gaps, s.seq.repeats
+        ));
+    }
+    if let Some(c) = &s.closed_early {
+        report.problem(format!("a sender's connection failed: {c}"));
+    }
+}
+
+/// Fails early on arguments that cannot work.
+pub(crate) fn check_positive(name: &str, v: usize) -> Result<()> {
+    if v == 0 {
+        bail!("--{name} must be at least 1");
+    }
+    Ok(())
+}

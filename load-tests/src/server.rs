@@ -1,0 +1,276 @@
+//! The giftd process under test: spawning one (`--spawn-server`), finding the pid of one already
+//! running (from its listening port), reading its resident memory, stopping it, and auditing its
+//! ledger afterwards.
+//!
+//! A spawned server gets a generated config in a fresh temp directory: a free loopback port
+//! (found by binding 127.0.0.1:0 and releasing it), its own ledger file, and rate limits raised so
+//! that the generator, not the per-user token buckets, sets the pace. `--server-env` adds
+//! `GIFTD_...` overrides on top.
+
+use std::collections::HashSet;
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// A giftd child process started by the generator.
+pub(crate) struct Spawned {
+    child: Child,
+    pub(crate) pid: u32,
+    pub(crate) addr: SocketAddr,
+    pub(crate) dir: PathBuf,
+    pub(crate) db: PathBuf,
+    pub(crate) bin: PathBuf,
+    keep_dir: bool,
+}
+
+/// What the generated config must accommodate.
+pub(crate) struct SpawnOptions<'a> {
+    pub(crate) bin: &'a Path,
+    pub(crate) connections_max: usize,
+    pub(crate) env: &'a [String],
+    pub(crate) keep_dir: bool,
+    pub(crate) run_id: &'a str,
+}
+
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn config_text(addr: SocketAddr, db: &Path, connections_max: usize) -> String {
+    // Generous limits: the generator controls the rates. 1e9 tokens per second is "unlimited".
+    let unlimited = "{ per_sec = 1000000000.0, burst = 1000000000 }";
+    format!(
+        r#"[server]
+listen = "{addr}"
+connections_max = {connections_max}
+shutdown_grace_ms = 5000
+handshake_timeout_ms = 30000
+
+[ledger]
+path = "{db}"
+
+[limits.connection]
+gifts = {unlimited}
+questions = {unlimited}
+commands = {unlimited}
+
+[limits.user]
+gifts = {unlimited}
+questions = {unlimited}
+commands = {unlimited}
+"#,
+        db = db.display()
+    )
+}
+
+impl Spawned {
+    pub(crate) async fn start(opts: SpawnOptions<'_>) -> Result<Spawned> {
+        let bin = fs::canonicalize(opts.bin)
+            .with_context(|| format!("giftd binary {}", opts.bin.display()))?;
+        let dir = std::env::temp_dir().join(format!("giftd-load-{}", opts.run_id));
+        fs::create_dir_all(&dir)?;
+        let db = dir.join("giftd.db");
+        let port = free_port()?;
+        let addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], port));
+        let config = dir.join("giftd.toml");
+        fs::write(&config, config_text(addr, &db, opts.connections_max))?;
+        let log = fs::File::create(dir.join("giftd.log"))?;
+        let mut cmd = Command::new(&bin);
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .env(
+                "RUST_LOG",
+                std::env::var("GIFTD_LOAD_SERVER_LOG").unwrap_or("warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        for kv in opts.env {
+            let (k, v) = kv
+                .split_once('=')
+                .with_context(|| format!("--server-env {kv}: expected NAME=VALUE"))?;
+            if !k.starts_with("GIFTD_") {
+                bail!("--server-env {kv}: only GIFTD_ variables are passed");
+            }
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let mut spawned = Spawned {
+            pid: child.id(),
+            child,
+            addr,
+            dir,
+            db,
+            bin,
+            keep_dir: opts.keep_dir,
+        };
+        if let Err(e) = crate::net::wait_healthy(addr, Duration::from_secs(20)).await {
+            let log = fs::read_to_string(spawned.dir.join("giftd.log")).unwrap_or_default();
+            spawned.stop(Duration::from_secs(1));
+            bail!("{e}\n--- giftd log ---\n{log}");
+        }
+        Ok(spawned)
+    }
+
+    /// SIGTERM, then up to `grace` for a clean drain (the ledger commits what is queued), then
+    /// SIGKILL. Returns whether it exited by itself.
+    pub(crate) fn stop(&mut self, grace: Duration) -> bool {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return true;
+        }
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid.to_string())
+            .status();
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        false
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(10));
+        if !self.keep_dir {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Resident set size of `pid`, in bytes (VmRSS of /proc/<pid>/status).
+pub(crate) fn rss_bytes(pid: u32) -> Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("no VmRSS line")?;
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .context("bad VmRSS line")?;
+    Ok(kib * 1024)
+}
+
+/// The pid of the process listening on `port`, from /proc/net/tcp{,6} and /proc/*/fd.
+pub(crate) fn pid_listening_on(port: u16) -> Option<u32> {
+    let mut inodes = HashSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() < 10 || cols[3] != "0A" {
+                continue;
+            }
+            let local_port = cols[1]
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            if local_port == Some(port) {
+                inodes.insert(format!("socket:[{}]", cols[9]));
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return None;
+    }
+    for proc_entry in fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = proc_entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(fds) = fs::read_dir(proc_entry.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Ok(link) = fs::read_link(fd.path()) {
+                if inodes.contains(link.to_string_lossy().as_ref()) {
+                    return Some(pid);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Runs `giftd audit --db` and checks every receipted gift id is in the ledger's `gifts` table.
+/// Returns the problems found (empty when clean) and the number of gifts in the ledger.
+pub(crate) fn audit(bin: &Path, db: &Path, receipted: &[String]) -> Result<(Vec<String>, u64)> {
+    let mut problems = Vec::new();
+    let out = Command::new(bin)
+        .arg("audit")
+        .arg("--db")
+        .arg(db)
+        .output()
+        .with_context(|| format!("running {} audit", bin.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        problems.push(format!(
+            "giftd audit failed ({}): {}{}",
+            out.status,
+            text.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let conn = rusqlite::Connection::open_with_flags(
+        db,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("opening {} read-only", db.display()))?;
+    let mut stmt = conn.prepare("SELECT gift_id FROM gifts")?;
+    let in_ledger: HashSet<String> = stmt
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let missing: Vec<&String> = receipted
+        .iter()
+        .filter(|g| !in_ledger.contains(*g))
+        .collect();
+    if !missing.is_empty() {
+        problems.push(format!(
+            "{} receipted gift(s) missing from the ledger, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        ));
+    }
+    Ok((problems, in_ledger.len() as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_config_is_valid() {
+        let text = config_text(
+            "127.0.0.1:9999".parse().unwrap(),
+            Path::new("/tmp/x.db"),
+            19_500,
+        );
+        giftd::config::Config::from_toml(&text).unwrap();
+    }
+
+    #[test]
+    fn reads_own_rss() {
+        assert!(rss_bytes(std::process::id()).unwrap() > 0);
+    }
+}
