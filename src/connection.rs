@@ -20,7 +20,7 @@ use std::time::Duration;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
@@ -33,7 +33,7 @@ use crate::auth::Identity;
 use crate::config::ServerConfig;
 use crate::error::{CloseCode, Error};
 use crate::metrics::{Metrics, OutKind};
-use crate::outbox::{Kick, Outbound, Outbox};
+use crate::outbox::{Kick, Outbound, Outbox, OutboxReceiver};
 use crate::protocol::server::{self, ServerMessage};
 use crate::protocol::Frame;
 use crate::session::Session;
@@ -127,21 +127,33 @@ async fn read_loop<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let auth_deadline = tokio::time::sleep(Duration::from_millis(
-        app.config.server.handshake_timeout_ms,
-    ));
-    tokio::pin!(auth_deadline);
+    // Registered once: a fresh `cancelled()` per iteration would take the token's lock each time.
+    let kicked = kick.token().cancelled();
+    let shutdown = app.shutdown.cancelled();
+    tokio::pin!(kicked, shutdown);
+    // The auth deadline exists only until the connection authenticates.
+    let timeout = Duration::from_millis(app.config.server.handshake_timeout_ms);
+    let mut auth_deadline = session
+        .identity()
+        .is_none()
+        .then(|| Box::pin(tokio::time::sleep(timeout)));
     loop {
+        if session.identity().is_some() {
+            auth_deadline = None;
+        }
         let next = tokio::select! {
             biased;
-            _ = kick.token().cancelled() => return kick.code(),
-            _ = app.shutdown.cancelled() => return CloseCode::GoingAway,
-            _ = &mut auth_deadline, if session.identity().is_none() => return CloseCode::AuthTimeout,
+            _ = &mut kicked => return kick.code(),
+            _ = &mut shutdown => return CloseCode::GoingAway,
+            _ = async { auth_deadline.as_mut().expect("checked by the guard").await }, if auth_deadline.is_some() => {
+                return CloseCode::AuthTimeout
+            }
             next = stream.next() => next,
         };
         let verdict = match next {
             None => Some(CloseCode::Normal),
-            Some(Ok(Message::Text(text))) => session.handle_text(text.as_str()).await,
+            // Boxed so the idle connection's future does not carry the largest command's state.
+            Some(Ok(Message::Text(text))) => Box::pin(session.handle_text(text.as_str())).await,
             Some(Ok(Message::Binary(_))) => session.reject_binary(),
             Some(Ok(Message::Close(_))) => Some(CloseCode::Normal),
             Some(Ok(_)) => None,
@@ -177,7 +189,7 @@ fn read_error(e: tungstenite::Error, outbox: &Outbox, app: &App) -> CloseCode {
 type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
 
 enum Step {
-    Private(Option<Outbound>),
+    Private(Outbound),
     Ring(Result<Frame, broadcast::error::RecvError>),
 }
 
@@ -218,23 +230,21 @@ impl From<tungstenite::Error> for WriteFail {
     }
 }
 
-/// Takes what is ready from the outbox or ring into `batch`. Returns `Ok(false)` when the
-/// outbox is closed (the reader is gone).
+/// Takes what is ready from the outbox or ring into `batch`.
 fn collect(
     step: Step,
     ring: &mut Option<broadcast::Receiver<Frame>>,
     batch: &mut Vec<Frame>,
     events: &mut u64,
     metrics: &Metrics,
-) -> Result<bool, WriteFail> {
+) -> Result<(), WriteFail> {
     match step {
-        Step::Private(None) => return Ok(false),
-        Step::Private(Some(Outbound::Frame(kind, frame))) => {
+        Step::Private(Outbound::Frame(kind, frame)) => {
             metrics.out(kind, 1);
             batch.push(frame);
         }
-        Step::Private(Some(Outbound::Subscribe(r))) => *ring = Some(r),
-        Step::Private(Some(Outbound::Unsubscribe)) => {
+        Step::Private(Outbound::Subscribe(r)) => *ring = Some(r),
+        Step::Private(Outbound::Unsubscribe) => {
             // Forward what the room sent before it let go of us (such as room_closed).
             if let Some(mut r) = ring.take() {
                 while let Ok(frame) = r.try_recv() {
@@ -264,12 +274,12 @@ fn collect(
         Step::Ring(Err(broadcast::error::RecvError::Lagged(_))) => return Err(WriteFail::Slow),
         Step::Ring(Err(broadcast::error::RecvError::Closed)) => *ring = None,
     }
-    Ok(true)
+    Ok(())
 }
 
 async fn write_loop<S>(
     mut sink: Sink<S>,
-    mut rx: mpsc::Receiver<Outbound>,
+    rx: OutboxReceiver,
     kick: Arc<Kick>,
     metrics: Arc<Metrics>,
     limits: WriterLimits,
@@ -278,10 +288,13 @@ async fn write_loop<S>(
 {
     let mut ring: Option<broadcast::Receiver<Frame>> = None;
     let mut batch: Vec<Frame> = Vec::new();
+    // Registered once: a fresh `cancelled()` per iteration would take the token's lock each time.
+    let kicked = kick.token().cancelled();
+    tokio::pin!(kicked);
     loop {
         let step = tokio::select! {
             biased;
-            _ = kick.token().cancelled() => break,
+            _ = &mut kicked => break,
             item = rx.recv() => Step::Private(item),
             r = next_ring(&mut ring) => Step::Ring(r),
         };
@@ -292,8 +305,7 @@ async fn write_loop<S>(
             metrics.out(OutKind::Event, events);
         }
         match collected {
-            Ok(true) => {}
-            Ok(false) => break,
+            Ok(()) => {}
             Err(fail) => {
                 finish(fail, &kick);
                 break;
@@ -313,7 +325,7 @@ async fn write_loop<S>(
             r = write => r.map_err(WriteFail::from),
             _ = ring_overrun(&ring, limits.ring_frames) => Err(WriteFail::Slow),
             _ = tokio::time::sleep(limits.write_timeout) => Err(WriteFail::Slow),
-            _ = kick.token().cancelled() => Ok(()),
+            _ = &mut kicked => Ok(()),
         };
         batch.clear();
         if let Err(fail) = outcome {
@@ -328,7 +340,7 @@ async fn write_loop<S>(
     let code = kick.code();
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
         // Frames queued before the close (the error that explains it, a receipt) go out first.
-        while let Ok(item) = rx.try_recv() {
+        while let Some(item) = rx.try_recv() {
             if let Outbound::Frame(kind, frame) = item {
                 metrics.out(kind, 1);
                 sink.feed(Message::Text(frame)).await?;

@@ -5,11 +5,16 @@
 //! means the client is not reading, so the connection is kicked as a slow consumer and the pusher
 //! (another client's command, a room) carries on. Any task holding an `Outbox` can close the
 //! connection with a close code; the first code set wins.
+//!
+//! The queue is a `VecDeque` that allocates only when something is queued, rather than a channel
+//! that allocates a block of slots up front: most of a viewer's life is idle, and thousands of
+//! idle connections should cost as little as possible.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::CloseCode;
@@ -28,9 +33,47 @@ pub enum Outbound {
 
 #[derive(Clone)]
 pub struct Outbox {
-    tx: mpsc::Sender<Outbound>,
+    queue: Arc<Queue>,
     kick: Arc<Kick>,
 }
+
+struct Queue {
+    /// Held only to push or pop one item; never across `.await`.
+    items: Mutex<VecDeque<Outbound>>,
+    ready: Notify,
+    frames_max: usize,
+}
+
+/// The writer's end of an [`Outbox`].
+pub struct OutboxReceiver {
+    queue: Arc<Queue>,
+}
+
+impl OutboxReceiver {
+    /// The next queued item, waiting for one if there is none.
+    pub async fn recv(&self) -> Outbound {
+        loop {
+            if let Some(item) = self.try_recv() {
+                return item;
+            }
+            // A push between `try_recv` and here leaves a permit, so this cannot miss it.
+            self.queue.ready.notified().await;
+        }
+    }
+
+    pub fn try_recv(&self) -> Option<Outbound> {
+        let mut items = self.queue.items.lock().unwrap_or_else(|p| p.into_inner());
+        let item = items.pop_front();
+        if items.is_empty() && items.capacity() > SHRINK_ABOVE {
+            // A burst is over: give its memory back.
+            items.shrink_to(SHRINK_ABOVE);
+        }
+        item
+    }
+}
+
+/// Queue capacity kept after a burst drains.
+const SHRINK_ABOVE: usize = 8;
 
 pub struct Kick {
     token: CancellationToken,
@@ -75,13 +118,24 @@ const ALL_CODES: [CloseCode; 10] = [
 
 impl Outbox {
     /// A new outbox of `frames_max` entries and the receiving end for the writer.
-    pub fn new(frames_max: usize) -> (Outbox, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(frames_max);
+    pub fn new(frames_max: usize) -> (Outbox, OutboxReceiver) {
+        assert!(frames_max >= 1);
+        let queue = Arc::new(Queue {
+            items: Mutex::new(VecDeque::new()),
+            ready: Notify::new(),
+            frames_max,
+        });
         let kick = Arc::new(Kick {
             token: CancellationToken::new(),
             code: AtomicU16::new(0),
         });
-        (Outbox { tx, kick }, rx)
+        (
+            Outbox {
+                queue: queue.clone(),
+                kick,
+            },
+            OutboxReceiver { queue },
+        )
     }
 
     pub fn kick_handle(&self) -> Arc<Kick> {
@@ -94,14 +148,20 @@ impl Outbox {
     }
 
     pub fn send(&self, item: Outbound) -> bool {
-        match self.tx.try_send(item) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.kick(CloseCode::SlowConsumer);
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        if self.is_kicked() {
+            return false;
         }
+        {
+            let mut items = self.queue.items.lock().unwrap_or_else(|p| p.into_inner());
+            if items.len() >= self.queue.frames_max {
+                drop(items);
+                self.kick(CloseCode::SlowConsumer);
+                return false;
+            }
+            items.push_back(item);
+        }
+        self.queue.ready.notify_one();
+        true
     }
 
     /// Asks the connection to close with `code`. Only the first call chooses the code.

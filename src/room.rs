@@ -360,10 +360,10 @@ mod tests {
     #[test]
     fn closed_room_refuses_everything() {
         let r = room();
-        let (outbox, mut rx) = Outbox::new(8);
+        let (outbox, rx) = Outbox::new(8);
         r.join(1, Role::Viewer, outbox).unwrap();
         assert_eq!(r.close("bye").unwrap(), 1);
-        assert!(matches!(rx.try_recv(), Ok(Outbound::Unsubscribe)));
+        assert!(matches!(rx.try_recv(), Some(Outbound::Unsubscribe)));
         assert!(matches!(
             r.gift("g", "v", "s", "S", 1),
             Err(Error::RoomNotFound(_))
