@@ -40,7 +40,7 @@ CREATE TABLE IF NOT EXISTS accounts (
     CHECK (external = 1 OR balance_coins >= 0)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS txns (
-    txn_id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    txn_id         INTEGER PRIMARY KEY,
     kind           TEXT NOT NULL,
     actor          TEXT NOT NULL,
     idem_key       TEXT NOT NULL,
@@ -55,7 +55,6 @@ CREATE TABLE IF NOT EXISTS entries (
     amount_coins INTEGER NOT NULL,
     channel      TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS entries_by_txn ON entries(txn_id);
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
