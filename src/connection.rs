@@ -59,21 +59,31 @@ pub fn ws_config(server: &ServerConfig) -> WebSocketConfig {
 }
 
 /// Serves one upgraded WebSocket until it closes.
-pub async fn serve<S>(
+///
+/// Not an `async fn`: it splits the socket before the connection's long-lived future exists, so
+/// that future holds two small handles rather than the whole WebSocket by value.
+pub fn serve<S>(
     ws: WebSocketStream<S>,
     app: Arc<App>,
     identity: Option<Identity>,
     peer: SocketAddr,
-) where
+) -> impl std::future::Future<Output = ()> + Send
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let conn = app.next_conn_id();
     let span = tracing::info_span!("conn", id = conn, %peer, user = tracing::field::Empty, room = tracing::field::Empty);
-    run(ws, app, identity, conn).instrument(span).await
+    let (sink, stream) = ws.split();
+    run(sink, stream, app, identity, conn).instrument(span)
 }
 
-async fn run<S>(ws: WebSocketStream<S>, app: Arc<App>, identity: Option<Identity>, conn: u64)
-where
+async fn run<S>(
+    sink: Sink<S>,
+    mut stream: SplitStream<WebSocketStream<S>>,
+    app: Arc<App>,
+    identity: Option<Identity>,
+    conn: u64,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let metrics = app.metrics.clone();
@@ -81,7 +91,6 @@ where
     metrics.connections_accepted.inc();
     let (outbox, rx) = Outbox::new(app.config.server.outbox_frames_max);
     let kick = outbox.kick_handle();
-    let (sink, mut stream) = ws.split();
     let limits = WriterLimits {
         ring_frames: app.config.rooms.room_ring_frames,
         write_timeout: Duration::from_millis(app.config.server.write_timeout_ms),
@@ -315,18 +324,23 @@ async fn write_loop<S>(
             continue;
         }
         // Feed the whole batch, then flush once: one socket write for a burst of events.
-        let write = async {
-            for frame in batch.drain(..) {
-                sink.feed(Message::Text(frame)).await?;
+        // Boxed: the timers and sink futures of a write in progress need not weigh on every idle
+        // connection's task.
+        let outcome = Box::pin(async {
+            let write = async {
+                for frame in batch.drain(..) {
+                    sink.feed(Message::Text(frame)).await?;
+                }
+                sink.flush().await
+            };
+            tokio::select! {
+                r = write => r.map_err(WriteFail::from),
+                _ = ring_overrun(&ring, limits.ring_frames) => Err(WriteFail::Slow),
+                _ = tokio::time::sleep(limits.write_timeout) => Err(WriteFail::Slow),
+                _ = &mut kicked => Ok(()),
             }
-            sink.flush().await
-        };
-        let outcome = tokio::select! {
-            r = write => r.map_err(WriteFail::from),
-            _ = ring_overrun(&ring, limits.ring_frames) => Err(WriteFail::Slow),
-            _ = tokio::time::sleep(limits.write_timeout) => Err(WriteFail::Slow),
-            _ = &mut kicked => Ok(()),
-        };
+        })
+        .await;
         batch.clear();
         if let Err(fail) = outcome {
             let socket_gone = matches!(fail, WriteFail::Socket);
