@@ -27,7 +27,7 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 pub const ADMIN_TOKEN: &str = giftd::config::DEV_ADMIN_TOKEN;
 
-/// A config for tests: ephemeral port, generous rate limits, fast viewer counts.
+/// A config for tests: ephemeral port, generous rate and byte limits, fast viewer counts.
 pub fn test_config(db: PathBuf) -> Config {
     let mut c = Config::default();
     c.server.listen = "127.0.0.1:0".parse().unwrap();
@@ -45,6 +45,9 @@ pub fn test_config(db: PathBuf) -> Config {
     };
     c.limits.connection = set;
     c.limits.user = set;
+    // Tests drive connections far harder than people do; the inbound budget has its own test.
+    c.server.inbound_bytes_per_sec = 64 << 20;
+    c.server.inbound_burst_bytes = 64 << 20;
     c
 }
 
