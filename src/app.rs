@@ -83,7 +83,8 @@ impl App {
             .users
             .entry(user.to_owned())
             .or_insert_with(|| UserEntry {
-                conns: Vec::new(),
+                // Most users have one connection on a node.
+                conns: Vec::with_capacity(1),
                 buckets: Arc::new(Mutex::new(Buckets::new(&self.config.limits.user))),
             });
         entry.conns.push((conn, outbox));

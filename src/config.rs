@@ -83,7 +83,7 @@ impl Default for ServerConfig {
             origins_allowed: Vec::new(),
             message_bytes_max: 16 * 1024,
             outbox_frames_max: 256,
-            ws_read_buffer_bytes: 256,
+            ws_read_buffer_bytes: 128,
             ws_write_buffer_bytes: 16 * 1024,
             inbound_bytes_per_sec: 64 * 1024,
             inbound_burst_bytes: 256 * 1024,
@@ -428,8 +428,8 @@ impl Config {
             "server.outbox_frames_max must be at least 8".into(),
         );
         need(
-            s.ws_read_buffer_bytes >= 256,
-            "server.ws_read_buffer_bytes must be at least 256".into(),
+            s.ws_read_buffer_bytes >= 64,
+            "server.ws_read_buffer_bytes must be at least 64".into(),
         );
         need(
             s.ws_write_buffer_bytes >= 1024,

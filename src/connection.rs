@@ -65,7 +65,7 @@ pub fn ws_config(server: &ServerConfig) -> WebSocketConfig {
 pub fn serve<S>(
     ws: WebSocketStream<S>,
     app: Arc<App>,
-    identity: Option<Identity>,
+    identity: Option<Box<Identity>>,
     peer: SocketAddr,
 ) -> impl std::future::Future<Output = ()> + Send
 where
@@ -81,7 +81,7 @@ async fn run<S>(
     sink: Sink<S>,
     mut stream: SplitStream<WebSocketStream<S>>,
     app: Arc<App>,
-    identity: Option<Identity>,
+    identity: Option<Box<Identity>>,
     conn: u64,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -105,7 +105,7 @@ async fn run<S>(
             role: identity.role,
             server_time_ms: crate::ledger::now_ms(),
         });
-        session.authenticate(identity);
+        session.authenticate(*identity);
         outbox.push(OutKind::Welcome, welcome);
     }
     let code = read_loop(&mut stream, &mut session, &app, &outbox, &kick).await;
@@ -341,7 +341,8 @@ async fn write_loop<S>(
             }
         })
         .await;
-        batch.clear();
+        // Idle connections keep no batch buffer; a busy one allocates one per write.
+        batch = Vec::new();
         if let Err(fail) = outcome {
             let socket_gone = matches!(fail, WriteFail::Socket);
             finish(fail, &kick);

@@ -208,7 +208,8 @@ async fn ws_upgrade(
     };
     let token = bearer(req.headers()).map(str::to_owned).or(query.token);
     let identity = match token.map(|t| app.auth.verify(&t)).transpose() {
-        Ok(identity) => identity,
+        // Boxed: the upgrade task keeps its captures for the connection's whole life.
+        Ok(identity) => identity.map(Box::new),
         Err(e) => {
             app.metrics
                 .connections_rejected

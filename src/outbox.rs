@@ -64,16 +64,14 @@ impl OutboxReceiver {
     pub fn try_recv(&self) -> Option<Outbound> {
         let mut items = self.queue.items.lock().unwrap_or_else(|p| p.into_inner());
         let item = items.pop_front();
-        if items.is_empty() && items.capacity() > SHRINK_ABOVE {
-            // A burst is over: give its memory back.
-            items.shrink_to(SHRINK_ABOVE);
+        if items.is_empty() && items.capacity() > 0 {
+            // Idle connections hold no queue memory; private frames are rare enough that
+            // allocating again for the next one costs nothing that matters.
+            *items = VecDeque::new();
         }
         item
     }
 }
-
-/// Queue capacity kept after a burst drains.
-const SHRINK_ABOVE: usize = 8;
 
 pub struct Kick {
     token: CancellationToken,

@@ -11,73 +11,71 @@ use crate::config::{Rate, RateSet};
 use crate::error::{Error, Result};
 use crate::protocol::client::RateClass;
 
-#[derive(Debug, Clone)]
-pub struct TokenBucket {
-    tokens: f64,
-    last: Instant,
-    rate: Rate,
-}
-
-impl TokenBucket {
-    pub fn new(rate: Rate) -> TokenBucket {
-        TokenBucket {
-            tokens: rate.burst as f64,
-            last: Instant::now(),
-            rate,
-        }
-    }
-
-    fn refill(&mut self, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.rate.per_sec).min(self.rate.burst as f64);
-        self.last = now;
-    }
-
-    fn has_token(&mut self, now: Instant) -> bool {
-        self.refill(now);
-        self.tokens >= 1.0
-    }
-
-    fn take(&mut self) {
-        debug_assert!(self.tokens >= 1.0);
-        self.tokens -= 1.0;
-    }
-}
-
-/// One bucket per rate class.
+/// The token buckets of one connection or one user: one per rate class, refilled together. The
+/// rates live in config and are passed in, so each set costs 40 bytes, paid per connection and
+/// per user.
 #[derive(Debug, Clone)]
 pub struct Buckets {
-    gifts: TokenBucket,
-    questions: TokenBucket,
-    commands: TokenBucket,
+    tokens: [f64; 3],
+    last: Instant,
+}
+
+fn index(class: RateClass) -> usize {
+    match class {
+        RateClass::Gifts => 0,
+        RateClass::Questions => 1,
+        RateClass::Commands => 2,
+    }
+}
+
+fn rate(set: &RateSet, class: RateClass) -> Rate {
+    match class {
+        RateClass::Gifts => set.gifts,
+        RateClass::Questions => set.questions,
+        RateClass::Commands => set.commands,
+    }
 }
 
 impl Buckets {
+    /// Full buckets at `set`'s bursts.
     pub fn new(set: &RateSet) -> Buckets {
+        let burst = |c| rate(set, c).burst as f64;
         Buckets {
-            gifts: TokenBucket::new(set.gifts),
-            questions: TokenBucket::new(set.questions),
-            commands: TokenBucket::new(set.commands),
+            tokens: [
+                burst(RateClass::Gifts),
+                burst(RateClass::Questions),
+                burst(RateClass::Commands),
+            ],
+            last: Instant::now(),
         }
     }
 
-    fn bucket(&mut self, class: RateClass) -> &mut TokenBucket {
-        match class {
-            RateClass::Gifts => &mut self.gifts,
-            RateClass::Questions => &mut self.questions,
-            RateClass::Commands => &mut self.commands,
+    fn refill(&mut self, set: &RateSet, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        for class in [RateClass::Gifts, RateClass::Questions, RateClass::Commands] {
+            let r = rate(set, class);
+            let t = &mut self.tokens[index(class)];
+            *t = (*t + elapsed * r.per_sec).min(r.burst as f64);
         }
+        self.last = now;
     }
 }
 
 /// Admits one command of `class` if both the connection's and the user's buckets allow it, and
 /// spends a token from each.
-pub fn admit(connection: &mut Buckets, user: &mut Buckets, class: RateClass) -> Result<()> {
+pub fn admit(
+    connection: (&mut Buckets, &RateSet),
+    user: (&mut Buckets, &RateSet),
+    class: RateClass,
+) -> Result<()> {
     let now = Instant::now();
-    let (c, u) = (connection.bucket(class), user.bucket(class));
-    if c.has_token(now) && u.has_token(now) {
-        c.take();
-        u.take();
+    let ((c, c_rates), (u, u_rates)) = (connection, user);
+    c.refill(c_rates, now);
+    u.refill(u_rates, now);
+    let i = index(class);
+    if c.tokens[i] >= 1.0 && u.tokens[i] >= 1.0 {
+        c.tokens[i] -= 1.0;
+        u.tokens[i] -= 1.0;
         Ok(())
     } else {
         Err(Error::RateLimited(match class {
@@ -103,30 +101,32 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn burst_then_refill() {
-        let mut conn = Buckets::new(&set(2.0, 3));
-        let mut user = Buckets::new(&set(100.0, 100));
+        let (conn_rates, user_rates) = (set(2.0, 3), set(100.0, 100));
+        let mut conn = Buckets::new(&conn_rates);
+        let mut user = Buckets::new(&user_rates);
+        let mut go = |class| admit((&mut conn, &conn_rates), (&mut user, &user_rates), class);
         for _ in 0..3 {
-            admit(&mut conn, &mut user, RateClass::Gifts).unwrap();
+            go(RateClass::Gifts).unwrap();
         }
-        assert_eq!(
-            admit(&mut conn, &mut user, RateClass::Gifts),
-            Err(Error::RateLimited("gifts"))
-        );
+        assert_eq!(go(RateClass::Gifts), Err(Error::RateLimited("gifts")));
         // Other classes have their own buckets.
-        admit(&mut conn, &mut user, RateClass::Commands).unwrap();
+        go(RateClass::Commands).unwrap();
         tokio::time::advance(std::time::Duration::from_millis(500)).await;
-        admit(&mut conn, &mut user, RateClass::Gifts).unwrap();
-        assert!(admit(&mut conn, &mut user, RateClass::Gifts).is_err());
+        let mut go = |class| admit((&mut conn, &conn_rates), (&mut user, &user_rates), class);
+        go(RateClass::Gifts).unwrap();
+        assert!(go(RateClass::Gifts).is_err());
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_user_bucket_is_shared_and_a_refusal_spends_nothing() {
-        let mut a = Buckets::new(&set(100.0, 100));
-        let mut b = Buckets::new(&set(100.0, 100));
-        let mut user = Buckets::new(&set(1.0, 2));
-        admit(&mut a, &mut user, RateClass::Questions).unwrap();
-        admit(&mut b, &mut user, RateClass::Questions).unwrap();
-        assert!(admit(&mut a, &mut user, RateClass::Questions).is_err());
-        assert!(a.questions.tokens >= 99.0 - 1e-9);
+        let (conn_rates, user_rates) = (set(100.0, 100), set(1.0, 2));
+        let mut a = Buckets::new(&conn_rates);
+        let mut b = Buckets::new(&conn_rates);
+        let mut user = Buckets::new(&user_rates);
+        let q = RateClass::Questions;
+        admit((&mut a, &conn_rates), (&mut user, &user_rates), q).unwrap();
+        admit((&mut b, &conn_rates), (&mut user, &user_rates), q).unwrap();
+        assert!(admit((&mut a, &conn_rates), (&mut user, &user_rates), q).is_err());
+        assert!(a.tokens[index(q)] >= 99.0 - 1e-9);
     }
 }

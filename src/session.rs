@@ -47,8 +47,8 @@ pub struct Session {
     identity: Option<Identity>,
     user_buckets: Option<Arc<Mutex<Buckets>>>,
     conn_buckets: Buckets,
-    /// Stands in for the user bucket before authentication.
-    anonymous_buckets: Buckets,
+    /// Stands in for the user bucket before authentication; dropped after it.
+    anonymous_buckets: Option<Box<Buckets>>,
     room: Option<Arc<Room>>,
     protocol_errors: u32,
 }
@@ -56,7 +56,7 @@ pub struct Session {
 impl Session {
     pub fn new(app: Arc<App>, conn: ConnId, outbox: Outbox) -> Session {
         let conn_buckets = Buckets::new(&app.config.limits.connection);
-        let anonymous_buckets = Buckets::new(&app.config.limits.connection);
+        let anonymous_buckets = Some(Box::new(Buckets::new(&app.config.limits.connection)));
         Session {
             app,
             conn,
@@ -82,6 +82,7 @@ impl Session {
             self.conn,
             self.outbox.clone(),
         ));
+        self.anonymous_buckets = None;
         tracing::Span::current().record("user", identity.user.as_str());
         self.identity = Some(identity);
     }
@@ -169,10 +170,20 @@ impl Session {
         match &self.user_buckets {
             Some(user) => {
                 let mut user = user.lock().unwrap_or_else(|p| p.into_inner());
-                ratelimit::admit(&mut self.conn_buckets, &mut user, class)
+                let limits = &self.app.config.limits;
+                ratelimit::admit(
+                    (&mut self.conn_buckets, &limits.connection),
+                    (&mut user, &limits.user),
+                    class,
+                )
             }
             None => {
-                ratelimit::admit(&mut self.conn_buckets, &mut self.anonymous_buckets, class)?;
+                let anonymous = self
+                    .anonymous_buckets
+                    .as_mut()
+                    .expect("kept until authentication");
+                let rates = &self.app.config.limits.connection;
+                ratelimit::admit((&mut self.conn_buckets, rates), (anonymous, rates), class)?;
                 match command {
                     Command::Auth { .. } => Ok(()),
                     _ => Err(Error::NotAuthenticated),
