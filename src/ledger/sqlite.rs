@@ -93,8 +93,6 @@ enum Op {
     TopUp(TopUpRequest, Reply<TopUpReceipt>),
     Gift(Box<GiftRequest>, Reply<GiftOutcome>),
     GiftSeq(String, u64),
-    Wallet(String, Reply<Wallet>),
-    Earnings(String, Reply<u64>),
     Probe(Reply<()>),
     Fault(Option<StorageFault>),
     Shutdown(oneshot::Sender<()>),
@@ -119,6 +117,9 @@ pub struct SqliteOptions {
 
 pub struct SqliteLedger {
     tx: mpsc::Sender<Op>,
+    /// Balance reads go to their own connection: in WAL mode they see the last commit without
+    /// waiting behind the writer's batches.
+    reader: Arc<Mutex<Connection>>,
     ready: Arc<AtomicBool>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
@@ -128,6 +129,8 @@ impl SqliteLedger {
     pub fn open(options: SqliteOptions, commit_seconds: Histogram) -> Result<SqliteLedger> {
         assert!(options.batch_max >= 1 && options.queue_max >= 1);
         let conn = open_connection(&options.path)?;
+        let reader = open_connection(&options.path)?;
+        reader.pragma_update(None, "query_only", true)?;
         let (tx, rx) = mpsc::channel(options.queue_max);
         let ready = Arc::new(AtomicBool::new(true));
         let writer = Writer {
@@ -143,6 +146,7 @@ impl SqliteLedger {
             .map_err(|e| Error::Internal(format!("spawning ledger writer: {e}")))?;
         Ok(SqliteLedger {
             tx,
+            reader: Arc::new(Mutex::new(reader)),
             ready,
             writer: Mutex::new(Some(handle)),
         })
@@ -153,6 +157,23 @@ impl SqliteLedger {
         let _ = self.tx.send(Op::Fault(fault)).await;
         // A probe behind it confirms the fault is in place (or gone) before returning.
         let _ = self.probe().await;
+    }
+
+    /// Runs a read on the reader connection, off the async workers.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        if self.tx.is_closed() {
+            return Err(Error::ShuttingDown);
+        }
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().unwrap_or_else(|p| p.into_inner());
+            f(&conn)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("ledger read task: {e}")))?
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> Result<T> {
@@ -210,12 +231,12 @@ impl Ledger for SqliteLedger {
 
     async fn wallet(&self, user: &str) -> Result<Wallet> {
         let user = user.to_owned();
-        self.call(|r| Op::Wallet(user, r)).await
+        self.read(move |conn| wallet(conn, &user)).await
     }
 
     async fn earnings(&self, streamer: &str) -> Result<u64> {
         let streamer = streamer.to_owned();
-        self.call(|r| Op::Earnings(streamer, r)).await
+        self.read(move |conn| earnings(conn, &streamer)).await
     }
 
     async fn probe(&self) -> Result<()> {
@@ -251,8 +272,6 @@ struct Writer {
 enum Pending {
     TopUp(Reply<TopUpReceipt>, Result<TopUpReceipt>),
     Gift(Reply<GiftOutcome>, Box<Result<GiftOutcome>>),
-    Wallet(Reply<Wallet>, Result<Wallet>),
-    Earnings(Reply<u64>, Result<u64>),
     Probe(Reply<()>, Result<()>),
 }
 
@@ -261,8 +280,6 @@ impl Pending {
         match self {
             Pending::TopUp(r, _) => Pending::TopUp(r, Err(e.clone())),
             Pending::Gift(r, _) => Pending::Gift(r, Box::new(Err(e.clone()))),
-            Pending::Wallet(r, _) => Pending::Wallet(r, Err(e.clone())),
-            Pending::Earnings(r, _) => Pending::Earnings(r, Err(e.clone())),
             Pending::Probe(r, _) => Pending::Probe(r, Err(e.clone())),
         }
     }
@@ -273,8 +290,6 @@ impl Pending {
         match self {
             Pending::TopUp(_, v) => unavailable(v.as_ref().err()),
             Pending::Gift(_, v) => unavailable(v.as_ref().as_ref().err()),
-            Pending::Wallet(_, v) => unavailable(v.as_ref().err()),
-            Pending::Earnings(_, v) => unavailable(v.as_ref().err()),
             Pending::Probe(_, v) => unavailable(v.as_ref().err()),
         }
     }
@@ -285,8 +300,6 @@ impl Pending {
         match self {
             Pending::TopUp(r, v) => drop(r.send(v)),
             Pending::Gift(r, v) => drop(r.send(*v)),
-            Pending::Wallet(r, v) => drop(r.send(v)),
-            Pending::Earnings(r, v) => drop(r.send(v)),
             Pending::Probe(r, v) => drop(r.send(v)),
         }
     }
@@ -358,16 +371,6 @@ impl Writer {
                         failed
                     }
                     Op::GiftSeq(id, seq) => storage_failure(&apply_gift_seq(&tx, &id, seq)),
-                    Op::Wallet(user, r) => {
-                        pending.push(Pending::Wallet(r, wallet(&tx, &user)));
-                        None
-                    }
-                    Op::Earnings(s, r) => {
-                        // Reads see every credit applied so far in this batch.
-                        credits.flush(&tx)?;
-                        pending.push(Pending::Earnings(r, earnings(&tx, &s)));
-                        None
-                    }
                     Op::Probe(r) => {
                         let result = apply_probe(&tx);
                         let failed = storage_failure(&result);
@@ -409,8 +412,6 @@ impl Writer {
                         Op::Shutdown(done) => shutdown = Some(done),
                         Op::TopUp(_, r) => drop(r.send(Err(e.clone()))),
                         Op::Gift(_, r) => drop(r.send(Err(e.clone()))),
-                        Op::Wallet(_, r) => drop(r.send(Err(e.clone()))),
-                        Op::Earnings(_, r) => drop(r.send(Err(e.clone()))),
                         Op::Probe(r) => drop(r.send(Err(e.clone()))),
                         Op::GiftSeq(..) | Op::Fault(_) => {}
                     }
@@ -474,7 +475,7 @@ fn record_entries(conn: &Connection, txn_id: i64, entries: &[(&str, i64, Channel
 const ENTRIES_PER_TXN_MAX: usize = 12;
 
 /// Credits to the accounts nearly every gift touches (platform, stores, streamers), summed over a
-/// batch and written once per account before anything reads balances and before the commit.
+/// batch and written once per account just before the commit.
 #[derive(Default)]
 struct Credits {
     by_account: HashMap<String, i64>,
