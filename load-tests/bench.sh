@@ -35,7 +35,7 @@ for s in "${@:-idle fanout-1k fanout-10k gifts mixed}"; do
       idle) run idle-19k idle --connections 19000 --hold-secs 5 ;;
       fanout-1k) run fanout-1k fanout --rooms 1 --viewers 1000 --gifts-per-sec 200 \
           --senders-per-room 8 --duration-secs 10 --target-p99-ms 10 ;;
-      fanout-10k) run fanout-10k fanout --rooms 1 --viewers 10000 --gifts-per-sec 50 \
+      fanout-10k) run fanout-10k fanout --rooms 1 --viewers 10000 --gifts-per-sec 55 \
           --senders-per-room 8 --duration-secs 10 --target-p99-ms 50 \
           --target-deliveries-per-sec 500000 ;;
       gifts) run gifts gifts --rooms 64 --senders-per-room 1 --duration-secs 10 --audit ;;
