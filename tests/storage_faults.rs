@@ -1,6 +1,6 @@
-//! Storage faults: with the ledger's file read-only or its disk full, giftd refuses money
-//! movements with a clear error, sends no receipt without a commit, reports unready, and recovers
-//! by itself when storage does.
+//! Storage faults: with the ledger's file read-only, its disk full or its commits failing, giftd
+//! refuses money movements with a clear error, sends no receipt without a commit, reports unready,
+//! and recovers by itself when storage does.
 
 mod support;
 
@@ -24,11 +24,15 @@ trait Fault {
     async fn mend_storage(&mut self);
 }
 
-struct ReadOnly(std::sync::Arc<giftd::ledger::sqlite::SqliteLedger>);
+/// A fault switched on the ledger's writer.
+struct Injected(
+    std::sync::Arc<giftd::ledger::sqlite::SqliteLedger>,
+    StorageFault,
+);
 
-impl Fault for ReadOnly {
+impl Fault for Injected {
     async fn break_storage(&mut self) {
-        self.0.inject_fault(Some(StorageFault::ReadOnly)).await;
+        self.0.inject_fault(Some(self.1)).await;
     }
     async fn mend_storage(&mut self) {
         self.0.inject_fault(None).await;
@@ -140,7 +144,13 @@ async fn run_fault(server: TestServer, fault: &mut impl Fault) {
 #[tokio::test]
 async fn read_only_storage_refuses_gifts_and_recovers() {
     let (server, ledger) = TestServer::start_with_ledger(|_| {}).await;
-    run_fault(server, &mut ReadOnly(ledger)).await;
+    run_fault(server, &mut Injected(ledger, StorageFault::ReadOnly)).await;
+}
+
+#[tokio::test]
+async fn a_failed_commit_acknowledges_nothing_in_its_batch_and_recovers() {
+    let (server, ledger) = TestServer::start_with_ledger(|_| {}).await;
+    run_fault(server, &mut Injected(ledger, StorageFault::CommitFails)).await;
 }
 
 #[tokio::test]

@@ -99,12 +99,14 @@ enum Op {
 }
 
 /// Storage failures that can be switched on in a running ledger, for fault-injection tests and
-/// drills. They act on the writer's own connection, so every write fails the way the real fault
-/// would: `ReadOnly` as on a read-only file (SQLITE_READONLY). (A full disk needs no hook: the
-/// tests fill a small filesystem.)
+/// drills. (A full disk needs no hook: the tests fill a small filesystem.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StorageFault {
+    /// Every write fails as on a read-only file (SQLITE_READONLY), on the writer's own connection.
     ReadOnly,
+    /// Every batch applies in full and then fails to commit, as when the WAL's fsync fails: the
+    /// transaction rolls back after all its requests were applied.
+    CommitFails,
 }
 
 /// Options for [`SqliteLedger::open`].
@@ -139,6 +141,7 @@ impl SqliteLedger {
             batch_max: options.batch_max,
             ready: ready.clone(),
             commit_seconds,
+            fault: None,
         };
         let handle = std::thread::Builder::new()
             .name("giftd-ledger".into())
@@ -266,6 +269,7 @@ struct Writer {
     batch_max: usize,
     ready: Arc<AtomicBool>,
     commit_seconds: Histogram,
+    fault: Option<StorageFault>,
 }
 
 /// The reply owed for one request, held until the batch commits.
@@ -340,14 +344,16 @@ impl Writer {
         // fault off must not depend on a transaction that the fault prevents.
         batch.retain(|op| match op {
             Op::Fault(fault) => {
-                if let Err(e) = apply_fault(&self.conn, *fault) {
-                    tracing::error!(error = %e, "could not change the storage fault");
+                match apply_fault(&self.conn, *fault) {
+                    Ok(()) => self.fault = *fault,
+                    Err(e) => tracing::error!(error = %e, "could not change the storage fault"),
                 }
                 false
             }
             _ => true,
         });
         let mut credits = Credits::default();
+        let commit_fails = self.fault == Some(StorageFault::CommitFails);
         let outcome = (|| -> Result<()> {
             let tx = self
                 .conn
@@ -384,6 +390,12 @@ impl Writer {
                 }
             }
             credits.flush(&tx)?;
+            if commit_fails {
+                // Dropping the transaction rolls it back, as a failed commit would.
+                return Err(Error::LedgerUnavailable(
+                    "injected fault: commit failed".into(),
+                ));
+            }
             tx.commit()?;
             Ok(())
         })();
