@@ -242,33 +242,6 @@ fn dashboard_covers_every_area() {
     let exprs: Vec<String> = all_queries(&d).into_iter().map(|(_, e)| e).collect();
     let used: BTreeSet<String> = exprs.iter().flat_map(|e| metric_names(e)).collect();
 
-    for required in [
-        // traffic
-        "giftd_connections",
-        "giftd_rooms",
-        "giftd_connections_accepted_total",
-        "giftd_connections_rejected_total",
-        "giftd_connections_closed_total",
-        "giftd_messages_in_total",
-        "giftd_messages_out_total",
-        // fan-out
-        "giftd_fanout_deliveries_total",
-        "giftd_room_events_total",
-        "giftd_slow_consumers_total",
-        // money
-        "giftd_gift_coins_total",
-        "giftd_gifts_total",
-        "giftd_topup_coins_total",
-        // ledger and latency
-        "giftd_ledger_ready",
-        "giftd_ledger_commit_seconds_bucket",
-        "giftd_ack_seconds_bucket",
-        // errors
-        "giftd_errors_total",
-    ] {
-        assert!(used.contains(required), "no query uses {required}");
-    }
-
     // Every exported family appears somewhere.
     let families: BTreeSet<&str> = used.iter().map(|n| family(n)).collect();
     for name in METRIC_NAMES {
