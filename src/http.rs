@@ -218,8 +218,8 @@ async fn ws_upgrade(
             return error_response(&e);
         }
     };
-    let server = app.config.server.clone();
-    upgrade(req, &tracker, &server, ws_permit, move |ws| {
+    let settings = app.clone();
+    upgrade(req, &tracker, &settings.config.server, ws_permit, move |ws| {
         connection::serve(ws, app, identity, peer)
     });
     switching_protocols(&key)
