@@ -14,6 +14,7 @@ use prometheus::{
 
 use crate::gift::split::Split;
 use crate::gift::Channel;
+use crate::protocol::server::EventKind;
 
 /// Every metric family giftd exports.
 pub const METRIC_NAMES: &[&str] = &[
@@ -79,7 +80,7 @@ pub struct Metrics {
     pub messages_in: IntCounterVec,
     messages_out: Vec<IntCounter>,
     pub fanout_deliveries: IntCounter,
-    pub room_events: IntCounterVec,
+    room_events: Vec<IntCounter>,
     pub slow_consumers: IntCounter,
     pub errors: IntCounterVec,
     pub gifts: IntCounter,
@@ -180,11 +181,17 @@ impl Metrics {
                 "giftd_fanout_deliveries_total",
                 "Room event frames written to member sockets.",
             ),
-            room_events: counter_vec(
-                "giftd_room_events_total",
-                "Room events published, by kind.",
-                &["kind"],
-            ),
+            room_events: {
+                let vec = counter_vec(
+                    "giftd_room_events_total",
+                    "Room events published, by kind.",
+                    &["kind"],
+                );
+                EventKind::NAMES
+                    .iter()
+                    .map(|k| vec.with_label_values(&[k]))
+                    .collect()
+            },
             slow_consumers: counter(
                 "giftd_slow_consumers_total",
                 "Connections dropped because they fell too far behind.",
@@ -213,6 +220,11 @@ impl Metrics {
             ),
             registry,
         }
+    }
+
+    /// Counts one published room event; resolved per kind once, since it runs under the room's lock.
+    pub fn room_event(&self, kind: &EventKind) {
+        self.room_events[kind.index()].inc();
     }
 
     pub fn out(&self, kind: OutKind, n: u64) {
@@ -265,7 +277,7 @@ mod tests {
         m.connections_rejected.with_label_values(&["x"]).inc();
         m.connections_closed.with_label_values(&["x"]).inc();
         m.messages_in.with_label_values(&["x"]).inc();
-        m.room_events.with_label_values(&["x"]).inc();
+        m.room_event(&EventKind::Viewers { count: 1 });
         m.errors.with_label_values(&["x"]).inc();
         m.topup_coins.with_label_values(&["web"]).inc();
         m.ack_seconds.with_label_values(&["x"]).observe(0.1);

@@ -125,10 +125,7 @@ impl Room {
     fn publish(&self, state: &mut State, kind: &EventKind) -> u64 {
         state.seq += 1;
         self.events.send(Event::encode(&self.id, state.seq, kind));
-        self.metrics
-            .room_events
-            .with_label_values(&[kind.name()])
-            .inc();
+        self.metrics.room_event(kind);
         state.seq
     }
 

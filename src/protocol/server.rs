@@ -128,6 +128,28 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// Every kind's name, in [`EventKind::index`] order.
+    pub const NAMES: [&'static str; 6] = [
+        "viewers",
+        "gift",
+        "question",
+        "answer",
+        "thanks",
+        "room_closed",
+    ];
+
+    /// A dense index, for per-kind counters resolved once.
+    pub fn index(&self) -> usize {
+        match self {
+            EventKind::Viewers { .. } => 0,
+            EventKind::Gift { .. } => 1,
+            EventKind::Question(_) => 2,
+            EventKind::Answer { .. } => 3,
+            EventKind::Thanks { .. } => 4,
+            EventKind::RoomClosed { .. } => 5,
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             EventKind::Viewers { .. } => "viewers",
@@ -224,6 +246,45 @@ impl<'a> ReceiptView<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kind_names_follow_their_index() {
+        let kinds = [
+            EventKind::Viewers { count: 0 },
+            EventKind::Gift {
+                gift_id: String::new(),
+                from: String::new(),
+                sticker: String::new(),
+                sticker_name: String::new(),
+                price_coins: 1,
+            },
+            EventKind::Question(QuestionView {
+                question_id: 1,
+                from: String::new(),
+                text: String::new(),
+                created_ms: 0,
+                paid: None,
+                pinned_until_ms: None,
+                answered: false,
+            }),
+            EventKind::Answer {
+                question_id: 1,
+                asker: String::new(),
+                text: String::new(),
+            },
+            EventKind::Thanks {
+                gift_id: String::new(),
+                to: String::new(),
+                text: String::new(),
+            },
+            EventKind::RoomClosed {
+                reason: String::new(),
+            },
+        ];
+        for k in kinds {
+            assert_eq!(EventKind::NAMES[k.index()], k.name());
+        }
+    }
 
     #[test]
     fn events_are_flat() {
