@@ -219,9 +219,13 @@ async fn ws_upgrade(
         }
     };
     let settings = app.clone();
-    upgrade(req, &tracker, &settings.config.server, ws_permit, move |ws| {
-        connection::serve(ws, app, identity, peer)
-    });
+    upgrade(
+        req,
+        &tracker,
+        &settings.config.server,
+        ws_permit,
+        move |ws| connection::serve(ws, app, identity, peer),
+    );
     switching_protocols(&key)
 }
 
