@@ -92,3 +92,28 @@ fn unrelated_giftd_variables_are_not_configuration() {
         "a misspelt section variable is still an error"
     );
 }
+
+#[test]
+fn logs_to_a_pipe_are_plain_text() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = giftd()
+        .arg("serve")
+        .env("GIFTD_SERVER__LISTEN", "127.0.0.1:0")
+        .env("GIFTD_LEDGER__PATH", dir.path().join("giftd.db"))
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stderr.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(first.contains("giftd serving"), "{first}");
+    assert!(
+        !first.contains('\u{1b}'),
+        "escape codes in a log that is not a terminal: {first:?}"
+    );
+}
