@@ -51,6 +51,9 @@ pub fn test_config(db: PathBuf) -> Config {
     c
 }
 
+/// The future that tells a test server to shut down.
+type Stopped = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 pub struct TestServer {
     pub addr: SocketAddr,
     pub config: Config,
@@ -86,43 +89,33 @@ impl TestServer {
         tweak(&mut config);
         let metrics = std::sync::Arc::new(giftd::metrics::Metrics::new());
         let ledger = giftd::server::open_ledger(&config, &metrics).unwrap();
-        let listener = tokio::net::TcpListener::bind(config.server.listen)
-            .await
-            .unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let (run_config, run_ledger) = (config.clone(), ledger.clone());
-        let task = tokio::spawn(async move {
-            giftd::server::serve(listener, run_config, run_ledger, metrics, async {
-                let _ = stopped.await;
-            })
-            .await
-        });
-        (
-            TestServer {
-                addr,
-                config,
-                dir,
-                stop: Some(stop),
-                task: Some(task),
-            },
-            ledger,
-        )
+        let run_ledger = ledger.clone();
+        let server = TestServer::launch(dir, config, move |listener, config, stopped| {
+            giftd::server::serve(listener, config, run_ledger, metrics, stopped)
+        })
+        .await;
+        (server, ledger)
     }
 
     pub async fn start_in(dir: tempfile::TempDir, config: Config) -> TestServer {
+        TestServer::launch(dir, config, giftd::server::run).await
+    }
+
+    /// Binds an ephemeral port and spawns `serve` on it with a shutdown trigger the test holds.
+    async fn launch<F, Fut>(dir: tempfile::TempDir, config: Config, serve: F) -> TestServer
+    where
+        F: FnOnce(tokio::net::TcpListener, Config, Stopped) -> Fut,
+        Fut: std::future::Future<Output = giftd::error::Result<()>> + Send + 'static,
+    {
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
             .unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let run_config = config.clone();
-        let task = tokio::spawn(async move {
-            giftd::server::run(listener, run_config, async {
-                let _ = stopped.await;
-            })
-            .await
+        let stopped: Stopped = Box::pin(async {
+            let _ = stopped.await;
         });
+        let task = tokio::spawn(serve(listener, config.clone(), stopped));
         TestServer {
             addr,
             config,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use tokio::sync::mpsc;
 
-use super::{audit_into, check_positive, sender_problems, top_up_all, Ctx};
+use super::{audit_into, check_positive, funded_senders, per_sec, sender_problems, Ctx};
 use crate::actors::{Mix, Sender, SenderOut, SenderPlan, Streamer, StreamerPlan};
 use crate::cli::GiftsArgs;
 use crate::stats::{Check, Hist};
@@ -45,10 +45,7 @@ pub(crate) async fn run(ctx: &mut Ctx, args: &GiftsArgs) -> Result<Outcome> {
         };
         streamers.push(Streamer::open(plan, &ctx.minter).await?);
     }
-    let users: Vec<String> = (0..senders_n)
-        .map(|i| format!("s-{}-{i}", ctx.run_id))
-        .collect();
-    top_up_all(ctx, &users).await?;
+    let users = funded_senders(ctx, senders_n).await?;
     let acked = Arc::new(AtomicU64::new(0));
     let per_sender_max = if args.gifts_max > 0 {
         args.gifts_max.div_ceil(senders_n as u64)
@@ -123,11 +120,7 @@ pub(crate) async fn run(ctx: &mut Ctx, args: &GiftsArgs) -> Result<Outcome> {
     } else {
         0.0
     };
-    let per_sec = if secs > 0.0 {
-        receipts.len() as f64 / secs
-    } else {
-        0.0
-    };
+    let per_sec = per_sec(receipts.len() as f64, secs);
     report.metric("senders", senders_n as f64);
     report.metric("gifts_sent", out.sent as f64);
     report.metric("gifts_committed", receipts.len() as f64);

@@ -94,11 +94,7 @@ pub(crate) async fn run(ctx: &mut Ctx, args: &IdleArgs) -> Result<Outcome> {
     report.metric("connections_closed_early", closed_early as f64);
     report.metric("worker_processes", results.len() as f64);
     report.metric("connect_secs", connect_secs);
-    let per_sec = if connect_secs > 0.0 {
-        connected as f64 / connect_secs
-    } else {
-        0.0
-    };
+    let per_sec = super::per_sec(connected as f64, connect_secs);
     report.metric("connections_per_sec", per_sec);
     report.latency("connect", &connect);
     report.checks.push(Check::at_least(

@@ -184,6 +184,22 @@ pub(crate) fn audit_into(
     Ok(())
 }
 
+/// `count` per second over `secs`, or 0 when no time passed.
+pub(crate) fn per_sec(count: f64, secs: f64) -> f64 {
+    if secs > 0.0 {
+        count / secs
+    } else {
+        0.0
+    }
+}
+
+/// The user ids of a run's `n` senders, each credited through the admin API.
+pub(crate) async fn funded_senders(ctx: &Ctx, n: usize) -> Result<Vec<String>> {
+    let users: Vec<String> = (0..n).map(|i| format!("s-{}-{i}", ctx.run_id)).collect();
+    top_up_all(ctx, &users).await?;
+    Ok(users)
+}
+
 /// Credits every sender through the admin API, a few at a time.
 pub(crate) async fn top_up_all(ctx: &Ctx, users: &[String]) -> Result<()> {
     let mut set = tokio::task::JoinSet::new();
@@ -255,10 +271,7 @@ pub(crate) async fn run_rooms(ctx: &Ctx, plan: &RoomsPlan) -> Result<RoomsRun> {
 
     // Senders: credited, connected and in their rooms before the clock starts.
     let sender_count = plan.rooms * plan.senders_per_room;
-    let users: Vec<String> = (0..sender_count)
-        .map(|i| format!("s-{}-{i}", ctx.run_id))
-        .collect();
-    top_up_all(ctx, &users).await?;
+    let users = funded_senders(ctx, sender_count).await?;
     let acked = Arc::new(AtomicU64::new(0));
     let mut senders = Vec::new();
     for (i, user) in users.iter().enumerate() {
@@ -429,23 +442,12 @@ pub(crate) fn analyse_rooms(run: &RoomsRun, report: &mut Report) -> Deliveries {
     report.metric("commands_sent", s.sent as f64);
     report.metric("commands_acked", s.acked as f64);
     report.metric("gifts_committed", gifts_acked as f64);
-    report.metric(
-        "gifts_per_sec",
-        if send_secs > 0.0 {
-            gifts_acked as f64 / send_secs
-        } else {
-            0.0
-        },
-    );
+    report.metric("gifts_per_sec", per_sec(gifts_acked as f64, send_secs));
     report.metric("viewer_events", events as f64);
     report.metric("gift_deliveries", gift_events as f64);
     report.metric(
         "gift_deliveries_per_sec",
-        if window_secs > 0.0 {
-            gift_events as f64 / window_secs
-        } else {
-            0.0
-        },
+        per_sec(gift_events as f64, window_secs),
     );
     report.metric("gift_deliveries_missing", missing as f64);
     report.metric("viewer_seq_gaps", gaps as f64);
