@@ -7,10 +7,11 @@
 #   docker build -t giftd .
 #
 # Run. The image bakes NO secrets. giftd refuses to start on a non-loopback listen address
-# (this image listens on 0.0.0.0:8080) while auth.jwt_secret or auth.admin_token still have
-# their development defaults, so both MUST be supplied at run time, each at least 16 bytes:
+# (this image listens on 0.0.0.0:8080 for clients and 0.0.0.0:9090 for operators) while
+# auth.jwt_secret or auth.admin_token still have their development defaults, so both MUST be
+# supplied at run time, each at least 16 bytes:
 #
-#   docker run -d --name giftd -p 8080:8080 \
+#   docker run -d --name giftd -p 8080:8080 -p 127.0.0.1:9090:9090 \
 #     -e GIFTD_AUTH__JWT_SECRET="$(openssl rand -hex 32)" \
 #     -e GIFTD_AUTH__ADMIN_TOKEN="$(openssl rand -hex 32)" \
 #     -v giftd-data:/var/lib/giftd \
@@ -29,10 +30,16 @@
 # 10 s), the same as `docker stop`'s default timeout, so give the container a little more
 # (`--stop-timeout 15`, or `stop_grace_period: 15s` in Compose) so it is not SIGKILLed mid-drain.
 #
-# Probes: GET /healthz (liveness, always 200 while the process serves HTTP) and GET /readyz
-# (readiness: 503 while the ledger's last write failed or shutdown has started). Kubernetes
-# and other orchestrators should probe those directly; the HEALTHCHECK below covers plain
-# Docker and assumes the default port 8080. Metrics: GET /metrics (Prometheus text format).
+# Ports: 8080 is the public listener (client WebSockets at /ws, /rooms, /stickers). 9090 is the
+# admin listener (GIFTD_SERVER__ADMIN_LISTEN): /healthz, /readyz, /metrics and /admin/*, with its
+# own connection limit so client load cannot starve probes. Publish 9090 only to your private
+# network (the example above binds it to the host's loopback).
+#
+# Probes, on 9090: GET /healthz (liveness, always 200 while the process serves HTTP) and
+# GET /readyz (readiness: 503 while the ledger's last write failed, its disk is below
+# ledger.disk_reserve_bytes free, or shutdown has started). Kubernetes and other orchestrators
+# should probe those directly; the HEALTHCHECK below covers plain Docker and assumes the default
+# admin port 9090. Metrics: GET /metrics on 9090 (Prometheus text format).
 
 ARG RUST_VERSION=1.95
 
@@ -80,15 +87,16 @@ WORKDIR /var/lib/giftd
 VOLUME ["/var/lib/giftd"]
 
 ENV GIFTD_SERVER__LISTEN=0.0.0.0:8080 \
+    GIFTD_SERVER__ADMIN_LISTEN=0.0.0.0:9090 \
     GIFTD_LEDGER__PATH=/var/lib/giftd/giftd.db
 
 USER 10001:10001
 
-EXPOSE 8080
+EXPOSE 8080 9090
 STOPSIGNAL SIGTERM
 
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
-    CMD ["curl", "-fsS", "-o", "/dev/null", "http://127.0.0.1:8080/healthz"]
+    CMD ["curl", "-fsS", "-o", "/dev/null", "http://127.0.0.1:9090/healthz"]
 
 # giftd installs its own SIGTERM/SIGINT handlers and spawns no children, so it runs fine as
 # PID 1 without an init; add `docker run --init` if you want one anyway.

@@ -78,7 +78,7 @@ fn bench_join_leave(c: &mut Criterion) {
     // A room that already holds 10,000 members, as in the big fanout benchmark.
     let mut keep = Vec::new();
     for conn in 0..10_000u64 {
-        let (outbox, rx) = Outbox::new(8);
+        let (outbox, rx) = Outbox::new(8, 1 << 20);
         let (_, ring) = room.join(conn, Role::Viewer, outbox).expect("join");
         keep.push((rx, ring));
     }
@@ -87,7 +87,7 @@ fn bench_join_leave(c: &mut Criterion) {
     g.bench_function("join_leave_10k_members", |b| {
         b.iter(|| {
             let conn = next.fetch_add(1, Ordering::Relaxed);
-            let (outbox, _rx) = Outbox::new(8);
+            let (outbox, _rx) = Outbox::new(8, 1 << 20);
             let joined = room.join(conn, Role::Viewer, outbox).expect("join");
             room.leave(conn);
             joined
@@ -100,7 +100,7 @@ fn bench_join_leave(c: &mut Criterion) {
                     let (room, next) = (room.clone(), next.clone());
                     move |_, _| {
                         let conn = next.fetch_add(1, Ordering::Relaxed);
-                        let (outbox, _rx) = Outbox::new(8);
+                        let (outbox, _rx) = Outbox::new(8, 1 << 20);
                         black_box(room.join(conn, Role::Viewer, outbox).expect("join"));
                         room.leave(conn);
                     }

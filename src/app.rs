@@ -23,6 +23,7 @@ use crate::metrics::{Metrics, OutKind};
 use crate::outbox::Outbox;
 use crate::protocol::Frame;
 use crate::ratelimit::Buckets;
+use crate::readiness::DiskReserve;
 use crate::room::registry::Registry;
 use crate::room::ConnId;
 
@@ -43,6 +44,7 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// One permit per open WebSocket, `connections_max` in all.
     pub ws_permits: Arc<Semaphore>,
+    pub disk_reserve: DiskReserve,
     users: DashMap<String, UserEntry>,
     next_conn: AtomicU64,
 }
@@ -67,6 +69,7 @@ impl App {
             inflight: Inflight::default(),
             shutdown,
             ws_permits: Arc::new(Semaphore::new(config.server.connections_max)),
+            disk_reserve: DiskReserve::new(&config.ledger.path, config.ledger.disk_reserve_bytes),
             users: DashMap::new(),
             next_conn: AtomicU64::new(1),
             config,
@@ -117,8 +120,9 @@ impl App {
             .unwrap_or(split.streamer_share_bps_default)
     }
 
-    /// Ready to serve: not shutting down and the ledger's last write succeeded.
+    /// Ready to serve: not shutting down, the ledger's last write succeeded, and its disk keeps
+    /// its reserve (see `readiness.rs`).
     pub fn is_ready(&self) -> bool {
-        !self.shutdown.is_cancelled() && self.ledger.is_ready()
+        !self.shutdown.is_cancelled() && self.ledger.is_ready() && self.disk_reserve.is_kept()
     }
 }

@@ -95,7 +95,7 @@ impl Authenticator {
     }
 
     pub fn verify(&self, token: &str) -> Result<Identity> {
-        if token.len() > 4096 {
+        if token.len() > crate::bounds::TOKEN_BYTES_MAX {
             return Err(Error::InvalidToken("token too long".into()));
         }
         let data =

@@ -40,33 +40,54 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
-    /// Address to listen on for HTTP and WebSocket.
+    /// Public address for client WebSockets (`/ws`) and the public HTTP endpoints (`/rooms`,
+    /// `/stickers`).
     pub listen: SocketAddr,
+    /// Operator address for `/metrics`, `/healthz`, `/readyz` and `/admin/*`, on its own
+    /// listener so that clients on the public port can never starve them. Loopback by default;
+    /// must differ from `listen`.
+    pub admin_listen: SocketAddr,
+    /// Open TCP connections on the admin listener at once; the rest are refused. At least 1.
+    pub admin_connections_max: usize,
     /// Time allowed for in-flight work after SIGTERM/SIGINT before giftd exits anyway.
     pub shutdown_grace_ms: u64,
-    /// Open TCP connections accepted at once; the rest are closed on accept.
+    /// Open WebSockets at once; beyond it upgrades get HTTP 503. At least 1.
     pub connections_max: usize,
-    /// Time a client has to finish the HTTP upgrade and authenticate.
+    /// Time a client has to finish the HTTP upgrade and authenticate. At least 100.
     pub handshake_timeout_ms: u64,
-    /// Allowed `Origin` header values for WebSocket upgrades. Empty allows all.
+    /// Allowed `Origin` header values for WebSocket upgrades, each `http://…` or `https://…`.
+    /// Empty allows all.
     pub origins_allowed: Vec<String>,
-    /// Largest WebSocket message (and frame) accepted, in bytes.
+    /// Largest WebSocket message (and frame) accepted, in bytes. 256 to 16777216.
     pub message_bytes_max: usize,
     /// Private frames (acks, receipts, thank-yous) queued per connection before it is dropped as
-    /// a slow consumer.
+    /// a slow consumer. At least 8.
     pub outbox_frames_max: usize,
+    /// Bytes of private frames queued per connection before it is dropped as a slow consumer
+    /// (one frame is always accepted into an empty queue). At least 4096.
+    pub outbox_bytes_max: usize,
     /// Initial WebSocket read buffer per connection; it grows only while a large message arrives.
+    /// At least 64.
     pub ws_read_buffer_bytes: usize,
-    /// Bytes buffered per connection before a write is pushed to the socket.
+    /// Bytes buffered per connection before a write is pushed to the socket. At least 1024.
     pub ws_write_buffer_bytes: usize,
+    /// Kernel send buffer of each client socket (`SO_SNDBUF`), in bytes: what the kernel may hold
+    /// for a client that stopped reading before giftd's writer stalls. 4096 to 16777216.
+    pub socket_send_buffer_bytes: usize,
     /// Average bytes per second read from one WebSocket; reads beyond it wait. Bounds the work
     /// any one client can cause, whatever its framing (floods of pings or empty fragments).
+    /// At least 1024.
     pub inbound_bytes_per_sec: u64,
     /// Bytes one WebSocket may send in a burst above that rate. At least `message_bytes_max`.
     pub inbound_burst_bytes: u64,
     /// A write to a client that makes no progress for this long drops it as a slow consumer.
+    /// At least 100.
     pub write_timeout_ms: u64,
-    /// Protocol errors (bad JSON, unknown types...) tolerated per connection before it is closed.
+    /// Time a closing connection's client has to read the rest of the frame in progress and the
+    /// close frame; after it the socket is reset. At least 100.
+    pub close_timeout_ms: u64,
+    /// Protocol errors (bad JSON, unknown types...) tolerated per connection; the next one closes
+    /// it with 4503.
     pub protocol_errors_max: u32,
     /// Serve `/echo`, a plain WebSocket echo with the production WebSocket limits, for
     /// conformance testing. Off in production.
@@ -77,17 +98,22 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: "127.0.0.1:8080".parse().expect("valid default address"),
+            admin_listen: "127.0.0.1:9090".parse().expect("valid default address"),
+            admin_connections_max: 64,
             shutdown_grace_ms: 10_000,
             connections_max: 19_000,
             handshake_timeout_ms: 5_000,
             origins_allowed: Vec::new(),
             message_bytes_max: 16 * 1024,
             outbox_frames_max: 256,
+            outbox_bytes_max: 1 << 20,
             ws_read_buffer_bytes: 128,
             ws_write_buffer_bytes: 16 * 1024,
+            socket_send_buffer_bytes: 64 * 1024,
             inbound_bytes_per_sec: 64 * 1024,
             inbound_burst_bytes: 256 * 1024,
-            write_timeout_ms: 10_000,
+            write_timeout_ms: 5_000,
+            close_timeout_ms: 5_000,
             protocol_errors_max: 20,
             echo_endpoint: false,
         }
@@ -216,6 +242,9 @@ pub struct LedgerConfig {
     pub batch_max: usize,
     /// Requests waiting for the ledger writer; beyond this, callers wait.
     pub queue_max: usize,
+    /// Free space the ledger's file system must keep, in bytes. Below it the node reports itself
+    /// unready (`/readyz` 503) before gifts start failing for want of space. 0 disables the check.
+    pub disk_reserve_bytes: u64,
 }
 
 impl Default for LedgerConfig {
@@ -224,6 +253,7 @@ impl Default for LedgerConfig {
             path: PathBuf::from("giftd.db"),
             batch_max: 1024,
             queue_max: 16_384,
+            disk_reserve_bytes: 64 << 20,
         }
     }
 }
@@ -404,162 +434,236 @@ impl Config {
 
     /// Checks every rule and returns all violations.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let mut problems = Vec::new();
-        let mut need = |ok: bool, msg: String| {
-            if !ok {
-                problems.push(msg);
-            }
-        };
-        let s = &self.server;
-        need(
-            s.connections_max >= 1,
-            "server.connections_max must be at least 1".into(),
+        let mut checks = Checks::default();
+        self.server.check(&mut checks);
+        self.auth.check(&self.server, &mut checks);
+        self.rooms.check(&mut checks);
+        self.ledger.check(&mut checks);
+        self.split.check(&mut checks);
+        self.limits.check(&mut checks);
+        if let Err(e) = crate::gift::catalog::Catalog::new(self.catalog()) {
+            checks.0.push(format!("stickers: {e}"));
+        }
+        if checks.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError(checks.0))
+        }
+    }
+}
+
+/// The problems found so far.
+#[derive(Default)]
+struct Checks(Vec<String>);
+
+impl Checks {
+    fn need(&mut self, ok: bool, problem: impl FnOnce() -> String) {
+        if !ok {
+            self.0.push(problem());
+        }
+    }
+
+    /// `section.name` must be at least `min`.
+    fn at_least<T: PartialOrd + std::fmt::Display>(&mut self, name: &str, value: T, min: T) {
+        self.need(value >= min, || format!("{name} must be at least {min}"));
+    }
+
+    /// `section.name` must be within `min..=max`.
+    fn between<T: PartialOrd + std::fmt::Display>(&mut self, name: &str, value: T, min: T, max: T) {
+        self.need(value >= min && value <= max, || {
+            format!("{name} must be between {min} and {max}")
+        });
+    }
+}
+
+impl ServerConfig {
+    fn check(&self, c: &mut Checks) {
+        // Port 0 (an ephemeral port, as tests use) never collides.
+        c.need(
+            self.admin_listen != self.listen || self.listen.port() == 0,
+            || "server.admin_listen must differ from server.listen".into(),
         );
-        need(
-            s.handshake_timeout_ms >= 100,
-            "server.handshake_timeout_ms must be at least 100".into(),
+        c.at_least(
+            "server.admin_connections_max",
+            self.admin_connections_max,
+            1,
         );
-        need(
-            (256..=16 << 20).contains(&s.message_bytes_max),
-            "server.message_bytes_max must be between 256 and 16777216".into(),
+        c.at_least("server.connections_max", self.connections_max, 1);
+        c.at_least(
+            "server.handshake_timeout_ms",
+            self.handshake_timeout_ms,
+            100,
         );
-        need(
-            s.outbox_frames_max >= 8,
-            "server.outbox_frames_max must be at least 8".into(),
+        c.between(
+            "server.message_bytes_max",
+            self.message_bytes_max,
+            256,
+            16 << 20,
         );
-        need(
-            s.ws_read_buffer_bytes >= 64,
-            "server.ws_read_buffer_bytes must be at least 64".into(),
+        c.at_least("server.outbox_frames_max", self.outbox_frames_max, 8);
+        c.at_least("server.outbox_bytes_max", self.outbox_bytes_max, 4096);
+        c.at_least("server.ws_read_buffer_bytes", self.ws_read_buffer_bytes, 64);
+        c.at_least(
+            "server.ws_write_buffer_bytes",
+            self.ws_write_buffer_bytes,
+            1024,
         );
-        need(
-            s.ws_write_buffer_bytes >= 1024,
-            "server.ws_write_buffer_bytes must be at least 1024".into(),
+        c.between(
+            "server.socket_send_buffer_bytes",
+            self.socket_send_buffer_bytes,
+            4096,
+            16 << 20,
         );
-        for origin in &s.origins_allowed {
-            need(
-                origin.starts_with("http://") || origin.starts_with("https://"),
+        c.at_least(
+            "server.inbound_bytes_per_sec",
+            self.inbound_bytes_per_sec,
+            1024,
+        );
+        c.need(
+            self.inbound_burst_bytes >= self.message_bytes_max as u64,
+            || {
                 format!(
-                    "server.origins_allowed entry `{origin}` must start with http:// or https://"
-                ),
+                    "server.inbound_burst_bytes must be at least server.message_bytes_max ({})",
+                    self.message_bytes_max
+                )
+            },
+        );
+        c.at_least("server.write_timeout_ms", self.write_timeout_ms, 100);
+        c.at_least("server.close_timeout_ms", self.close_timeout_ms, 100);
+        for origin in &self.origins_allowed {
+            c.need(
+                origin.starts_with("http://") || origin.starts_with("https://"),
+                || {
+                    format!(
+                        "server.origins_allowed entry `{origin}` must start with http:// or https://"
+                    )
+                },
             );
         }
+    }
 
-        let a = &self.auth;
-        need(
-            a.jwt_secret.len() >= 16,
-            "auth.jwt_secret must be at least 16 bytes".into(),
-        );
-        need(
-            a.admin_token.len() >= 16,
-            "auth.admin_token must be at least 16 bytes".into(),
-        );
-        need(
-            !a.jwt_audience.is_empty(),
-            "auth.jwt_audience must not be empty".into(),
-        );
-        if !s.listen.ip().is_loopback() {
-            need(
-                a.jwt_secret != DEV_JWT_SECRET,
-                format!("auth.jwt_secret is the development default but server.listen {} is not loopback", s.listen),
+    /// Whether every address giftd listens on is loopback, where the development secrets are fine.
+    fn loopback_only(&self) -> bool {
+        self.listen.ip().is_loopback() && self.admin_listen.ip().is_loopback()
+    }
+}
+
+impl AuthConfig {
+    fn check(&self, server: &ServerConfig, c: &mut Checks) {
+        c.need(self.jwt_secret.len() >= 16, || {
+            "auth.jwt_secret must be at least 16 bytes".into()
+        });
+        c.need(self.admin_token.len() >= 16, || {
+            "auth.admin_token must be at least 16 bytes".into()
+        });
+        c.need(!self.jwt_audience.is_empty(), || {
+            "auth.jwt_audience must not be empty".into()
+        });
+        c.at_least("auth.token_ttl_secs", self.token_ttl_secs, 1);
+        c.between("auth.leeway_secs", self.leeway_secs, 0, 300);
+        if !server.loopback_only() {
+            let listen = format!(
+                "server.listen {} or server.admin_listen {} is not loopback",
+                server.listen, server.admin_listen
             );
-            need(
-                a.admin_token != DEV_ADMIN_TOKEN,
-                format!("auth.admin_token is the development default but server.listen {} is not loopback", s.listen),
-            );
+            c.need(self.jwt_secret != DEV_JWT_SECRET, || {
+                format!("auth.jwt_secret is the development default but {listen}")
+            });
+            c.need(self.admin_token != DEV_ADMIN_TOKEN, || {
+                format!("auth.admin_token is the development default but {listen}")
+            });
         }
+    }
+}
 
-        let r = &self.rooms;
-        need(
-            r.viewer_count_interval_ms >= 50,
-            "rooms.viewer_count_interval_ms must be at least 50".into(),
+impl RoomsConfig {
+    fn check(&self, c: &mut Checks) {
+        c.at_least(
+            "rooms.viewer_count_interval_ms",
+            self.viewer_count_interval_ms,
+            50,
         );
-        need(
-            (16..=1 << 20).contains(&r.room_ring_frames),
-            "rooms.room_ring_frames must be between 16 and 1048576".into(),
+        c.between("rooms.room_ring_frames", self.room_ring_frames, 16, 1 << 20);
+        c.at_least(
+            "rooms.streamer_away_close_ms",
+            self.streamer_away_close_ms,
+            1000,
         );
-        need(
-            r.members_max >= 1,
-            "rooms.members_max must be at least 1".into(),
-        );
-        need(
-            r.rooms_max >= 1,
-            "rooms.rooms_max must be at least 1".into(),
-        );
+        c.at_least("rooms.members_max", self.members_max, 1);
+        c.at_least("rooms.rooms_max", self.rooms_max, 1);
         for (name, v) in [
-            ("title_chars_max", r.title_chars_max),
-            ("question_chars_max", r.question_chars_max),
-            ("answer_chars_max", r.answer_chars_max),
-            ("thanks_chars_max", r.thanks_chars_max),
-            ("questions_open_max", r.questions_open_max),
-            ("recent_gifts_max", r.recent_gifts_max),
+            ("rooms.title_chars_max", self.title_chars_max),
+            ("rooms.question_chars_max", self.question_chars_max),
+            ("rooms.answer_chars_max", self.answer_chars_max),
+            ("rooms.thanks_chars_max", self.thanks_chars_max),
+            ("rooms.questions_open_max", self.questions_open_max),
+            ("rooms.recent_gifts_max", self.recent_gifts_max),
         ] {
-            need(v >= 1, format!("rooms.{name} must be at least 1"));
+            c.at_least(name, v, 1);
         }
-        need(
-            r.pin_tiers
+        c.need(
+            self.pin_tiers
                 .windows(2)
                 .all(|w| w[0].price_coins_min < w[1].price_coins_min),
-            "rooms.pin_tiers must be sorted by ascending price_coins_min".into(),
+            || "rooms.pin_tiers must be sorted by ascending price_coins_min".into(),
         );
+        c.need(
+            self.pin_tiers
+                .iter()
+                .all(|t| t.price_coins_min >= 1 && t.pinned_secs >= 1),
+            || "rooms.pin_tiers entries need price_coins_min >= 1 and pinned_secs >= 1".into(),
+        );
+    }
+}
 
-        need(
-            self.ledger.batch_max >= 1,
-            "ledger.batch_max must be at least 1".into(),
-        );
-        need(
-            self.ledger.queue_max >= 1,
-            "ledger.queue_max must be at least 1".into(),
-        );
+impl LedgerConfig {
+    fn check(&self, c: &mut Checks) {
+        c.need(!self.path.as_os_str().is_empty(), || {
+            "ledger.path must not be empty".into()
+        });
+        c.at_least("ledger.batch_max", self.batch_max, 1);
+        c.at_least("ledger.queue_max", self.queue_max, 1);
+    }
+}
 
-        let sp = &self.split;
+impl SplitConfig {
+    fn check(&self, c: &mut Checks) {
         for ch in Channel::ALL {
-            need(
-                sp.store_fee_bps.bps(ch) <= 10_000,
-                format!("split.store_fee_bps.{ch} must be at most 10000"),
-            );
+            c.need(self.store_fee_bps.bps(ch) <= 10_000, || {
+                format!("split.store_fee_bps.{ch} must be at most 10000")
+            });
         }
-        need(
-            sp.streamer_share_bps_default <= 10_000,
-            "split.streamer_share_bps_default must be at most 10000".into(),
-        );
-        for (user, bps) in &sp.streamer_share_bps {
-            need(
-                *bps <= 10_000,
-                format!("split.streamer_share_bps.{user} must be at most 10000"),
-            );
+        c.need(self.streamer_share_bps_default <= 10_000, || {
+            "split.streamer_share_bps_default must be at most 10000".into()
+        });
+        for (user, bps) in &self.streamer_share_bps {
+            c.need(*bps <= 10_000, || {
+                format!("split.streamer_share_bps.{user} must be at most 10000")
+            });
         }
-        let mut order = sp.spend_order.clone();
+        let mut order = self.spend_order.clone();
         order.sort();
         order.dedup();
-        need(
-            order.len() == Channel::ALL.len() && sp.spend_order.len() == Channel::ALL.len(),
-            "split.spend_order must list ios, android and web exactly once each".into(),
+        c.need(
+            order.len() == Channel::ALL.len() && self.spend_order.len() == Channel::ALL.len(),
+            || "split.spend_order must list ios, android and web exactly once each".into(),
         );
+    }
+}
 
-        for (level, set) in [
-            ("connection", &self.limits.connection),
-            ("user", &self.limits.user),
-        ] {
+impl LimitsConfig {
+    fn check(&self, c: &mut Checks) {
+        for (level, set) in [("connection", &self.connection), ("user", &self.user)] {
             for (class, rate) in [
                 ("gifts", set.gifts),
                 ("questions", set.questions),
                 ("commands", set.commands),
             ] {
-                need(
+                c.need(
                     rate.per_sec > 0.0 && rate.per_sec.is_finite() && rate.burst >= 1,
-                    format!("limits.{level}.{class} needs per_sec > 0 and burst >= 1"),
+                    || format!("limits.{level}.{class} needs per_sec > 0 and burst >= 1"),
                 );
             }
-        }
-
-        if let Err(e) = crate::gift::catalog::Catalog::new(self.catalog()) {
-            problems.push(format!("stickers: {e}"));
-        }
-
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError(problems))
         }
     }
 }
@@ -616,6 +720,72 @@ mod tests {
         );
         assert!(text.contains("spend_order"), "{text}");
         assert!(text.contains("store_fee_bps.ios"), "{text}");
+    }
+
+    /// Every documented constraint is checked: each of these passes TOML parsing and must be
+    /// refused by `validate`, naming the field.
+    #[test]
+    fn every_documented_constraint_is_checked() {
+        let cases = [
+            ("[server]\nadmin_listen = \"127.0.0.1:8080\"", "server.admin_listen"),
+            ("[server]\nadmin_connections_max = 0", "server.admin_connections_max"),
+            ("[server]\nconnections_max = 0", "server.connections_max"),
+            ("[server]\nhandshake_timeout_ms = 99", "server.handshake_timeout_ms"),
+            ("[server]\nmessage_bytes_max = 255", "server.message_bytes_max"),
+            ("[server]\noutbox_frames_max = 7", "server.outbox_frames_max"),
+            ("[server]\noutbox_bytes_max = 4095", "server.outbox_bytes_max"),
+            ("[server]\nws_read_buffer_bytes = 63", "server.ws_read_buffer_bytes"),
+            ("[server]\nws_write_buffer_bytes = 1023", "server.ws_write_buffer_bytes"),
+            ("[server]\nsocket_send_buffer_bytes = 0", "server.socket_send_buffer_bytes"),
+            ("[server]\ninbound_bytes_per_sec = 0", "server.inbound_bytes_per_sec"),
+            ("[server]\ninbound_burst_bytes = 16383", "server.inbound_burst_bytes"),
+            ("[server]\nwrite_timeout_ms = 0", "server.write_timeout_ms"),
+            ("[server]\nclose_timeout_ms = 0", "server.close_timeout_ms"),
+            ("[server]\norigins_allowed = [\"example.com\"]", "server.origins_allowed"),
+            (
+                "[server]\nadmin_listen = \"0.0.0.0:9090\"\n[auth]\nadmin_token = \"a-production-admin-token\"",
+                "auth.jwt_secret is the development default",
+            ),
+            ("[auth]\njwt_secret = \"short\"", "auth.jwt_secret"),
+            ("[auth]\nadmin_token = \"short\"", "auth.admin_token"),
+            ("[auth]\njwt_audience = \"\"", "auth.jwt_audience"),
+            ("[auth]\ntoken_ttl_secs = 0", "auth.token_ttl_secs"),
+            ("[auth]\nleeway_secs = 301", "auth.leeway_secs"),
+            ("[rooms]\nviewer_count_interval_ms = 49", "rooms.viewer_count_interval_ms"),
+            ("[rooms]\nroom_ring_frames = 15", "rooms.room_ring_frames"),
+            ("[rooms]\nstreamer_away_close_ms = 999", "rooms.streamer_away_close_ms"),
+            ("[rooms]\nmembers_max = 0", "rooms.members_max"),
+            ("[rooms]\nrooms_max = 0", "rooms.rooms_max"),
+            ("[rooms]\ntitle_chars_max = 0", "rooms.title_chars_max"),
+            ("[rooms]\nquestion_chars_max = 0", "rooms.question_chars_max"),
+            ("[rooms]\nanswer_chars_max = 0", "rooms.answer_chars_max"),
+            ("[rooms]\nthanks_chars_max = 0", "rooms.thanks_chars_max"),
+            ("[rooms]\nquestions_open_max = 0", "rooms.questions_open_max"),
+            ("[rooms]\nrecent_gifts_max = 0", "rooms.recent_gifts_max"),
+            (
+                "[rooms]\npin_tiers = [{price_coins_min = 5, pinned_secs = 1}, {price_coins_min = 5, pinned_secs = 2}]",
+                "rooms.pin_tiers must be sorted",
+            ),
+            ("[rooms]\npin_tiers = [{price_coins_min = 5, pinned_secs = 0}]", "pinned_secs >= 1"),
+            ("[ledger]\npath = \"\"", "ledger.path"),
+            ("[ledger]\nbatch_max = 0", "ledger.batch_max"),
+            ("[ledger]\nqueue_max = 0", "ledger.queue_max"),
+            ("[split]\nstreamer_share_bps_default = 10001", "split.streamer_share_bps_default"),
+            ("[split.streamer_share_bps]\nstar = 10001", "split.streamer_share_bps.star"),
+            ("[limits.user.gifts]\nper_sec = 0.0\nburst = 1", "limits.user.gifts"),
+            ("[limits.connection.commands]\nper_sec = 1.0\nburst = 0", "limits.connection.commands"),
+        ];
+        for (toml, expected) in cases {
+            let err = Config::from_toml(toml)
+                .err()
+                .unwrap_or_else(|| panic!("accepted: {toml}"));
+            assert!(err.to_string().contains(expected), "{toml}: {err}");
+            assert_eq!(
+                err.0.len(),
+                1,
+                "{toml}: exactly one problem expected, got {err}"
+            );
+        }
     }
 
     #[test]

@@ -9,16 +9,24 @@
 //!
 //! Whoever decides the connection must end (the reader, the writer, a room, shutdown) kicks the
 //! outbox with a close code. The writer then writes what was already queued (such as the error
-//! that explains the close), sends the close frame, and stops. A writer stuck on a client that
-//! does not read is abandoned after `write_timeout`, and a reader on shutdown finishes the command
-//! in progress first, so a gift being committed still gets its receipt.
+//! that explains the close), sends the close frame, and stops. A reader on shutdown finishes the
+//! command in progress first, so a gift being committed still gets its receipt.
+//!
+//! **Slow consumers.** A client is slow when its write makes no progress for
+//! `server.write_timeout_ms`, when it falls a whole room ring behind, or when its private queue
+//! fills. Its writer then stops taking frames, skips what is still queued, and sends close 4000
+//! right after the frame in progress, so the byte stream stays whole frames. The client has
+//! `server.close_timeout_ms` to read that far; if it does not, the socket is reset (`socket.rs`)
+//! rather than closed, so a stream never ends cleanly inside a frame.
+//!
+//! The loops are generic over a `Sink` and a `Stream` of WebSocket messages, so unit tests drive
+//! them through channels under paused time.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::broadcast;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
@@ -30,6 +38,7 @@ use tracing::Instrument;
 
 use crate::app::App;
 use crate::auth::Identity;
+use crate::bounds::{STALL_CHECK, WRITE_BATCH_FRAMES_MAX};
 use crate::config::ServerConfig;
 use crate::error::{CloseCode, Error};
 use crate::metrics::{Metrics, OutKind};
@@ -37,14 +46,7 @@ use crate::outbox::{Kick, Outbound, Outbox, OutboxReceiver};
 use crate::protocol::server::{self, ServerMessage};
 use crate::protocol::Frame;
 use crate::session::Session;
-
-/// Frames written per batch before a flush, so one busy room cannot starve a connection's private
-/// replies for long.
-const BATCH_FRAMES_MAX: usize = 256;
-/// Time allowed to write queued frames and the close frame when a connection ends.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
-/// How often a stalled write checks whether its client fell a whole ring behind.
-const STALL_CHECK: Duration = Duration::from_millis(50);
+use crate::socket::ResetOnDrop;
 
 /// The WebSocket settings every connection (and the conformance echo endpoint) uses.
 pub fn ws_config(server: &ServerConfig) -> WebSocketConfig {
@@ -67,6 +69,7 @@ pub fn serve<S>(
     app: Arc<App>,
     identity: Option<Box<Identity>>,
     peer: SocketAddr,
+    reset: ResetOnDrop,
 ) -> impl std::future::Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -74,29 +77,38 @@ where
     let conn = app.next_conn_id();
     let span = tracing::info_span!("conn", id = conn, %peer, user = tracing::field::Empty, room = tracing::field::Empty);
     let (sink, stream) = ws.split();
-    run(sink, stream, app, identity, conn).instrument(span)
+    run(sink, stream, app, identity, conn, reset).instrument(span)
 }
 
-async fn run<S>(
-    sink: Sink<S>,
-    mut stream: SplitStream<WebSocketStream<S>>,
+/// Runs one connection over a sink and a stream of WebSocket messages until it closes.
+async fn run<Si, St>(
+    sink: Si,
+    mut stream: St,
     app: Arc<App>,
     identity: Option<Box<Identity>>,
     conn: u64,
+    reset: ResetOnDrop,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    Si: Sink<Message, Error = tungstenite::Error> + Unpin + Send + 'static,
+    St: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
 {
     let metrics = app.metrics.clone();
     metrics.connections.inc();
     metrics.connections_accepted.inc();
-    let (outbox, rx) = Outbox::new(app.config.server.outbox_frames_max);
+    let server_config = &app.config.server;
+    let (outbox, rx) = Outbox::new(
+        server_config.outbox_frames_max,
+        server_config.outbox_bytes_max,
+    );
     let kick = outbox.kick_handle();
     let limits = WriterLimits {
         ring_frames: app.config.rooms.room_ring_frames,
-        write_timeout: Duration::from_millis(app.config.server.write_timeout_ms),
+        write_timeout: Duration::from_millis(server_config.write_timeout_ms),
+        close_timeout: Duration::from_millis(server_config.close_timeout_ms),
     };
-    let writer =
-        tokio::spawn(write_loop(sink, rx, kick.clone(), metrics.clone(), limits).in_current_span());
+    let writer = tokio::spawn(
+        write_loop(sink, rx, kick.clone(), metrics.clone(), limits, reset).in_current_span(),
+    );
 
     let mut session = Session::new(app.clone(), conn, outbox.clone());
     if let Some(identity) = identity {
@@ -116,9 +128,6 @@ async fn run<S>(
     let _ = writer.await;
     let code = kick.code();
     tracing::debug!(close = %code, "connection closed");
-    if code == CloseCode::SlowConsumer {
-        metrics.slow_consumers.inc();
-    }
     metrics
         .connections_closed
         .with_label_values(&[code.reason()])
@@ -126,15 +135,15 @@ async fn run<S>(
     metrics.connections.dec();
 }
 
-async fn read_loop<S>(
-    stream: &mut SplitStream<WebSocketStream<S>>,
+async fn read_loop<St>(
+    stream: &mut St,
     session: &mut Session,
     app: &App,
     outbox: &Outbox,
     kick: &Kick,
 ) -> CloseCode
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    St: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
 {
     // Registered once: a fresh `cancelled()` per iteration would take the token's lock each time.
     let kicked = kick.token().cancelled();
@@ -194,8 +203,6 @@ fn read_error(e: tungstenite::Error, outbox: &Outbox, app: &App) -> CloseCode {
         }
     }
 }
-
-type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
 
 enum Step {
     Private(Outbound),
@@ -266,7 +273,7 @@ fn collect(
             *events += 1;
             batch.push(frame);
             if let Some(r) = ring.as_mut() {
-                while batch.len() < BATCH_FRAMES_MAX {
+                while batch.len() < WRITE_BATCH_FRAMES_MAX {
                     match r.try_recv() {
                         Ok(frame) => {
                             *events += 1;
@@ -286,14 +293,15 @@ fn collect(
     Ok(())
 }
 
-async fn write_loop<S>(
-    mut sink: Sink<S>,
+async fn write_loop<Si>(
+    mut sink: Si,
     rx: OutboxReceiver,
     kick: Arc<Kick>,
     metrics: Arc<Metrics>,
     limits: WriterLimits,
+    reset: ResetOnDrop,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin,
+    Si: Sink<Message, Error = tungstenite::Error> + Unpin,
 {
     let mut ring: Option<broadcast::Receiver<Frame>> = None;
     let mut batch: Vec<Frame> = Vec::new();
@@ -353,9 +361,18 @@ async fn write_loop<S>(
         }
     }
     let code = kick.code();
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-        // Frames queued before the close (the error that explains it, a receipt) go out first.
+    if code == CloseCode::SlowConsumer {
+        // Counted when detected, not when the close completes, which may take close_timeout.
+        metrics.slow_consumers.inc();
+    }
+    let closing = tokio::time::timeout(limits.close_timeout, async {
+        // Frames queued before the close (the error that explains it, a receipt) go out first,
+        // unless the client is too slow to read them: then the close frame is what it needs.
+        // (A receipt it misses is answered again by resending the gift with the same key.)
         while let Some(item) = rx.try_recv() {
+            if code == CloseCode::SlowConsumer {
+                continue;
+            }
             if let Outbound::Frame(kind, frame) = item {
                 metrics.out(kind, 1);
                 sink.feed(Message::Text(frame)).await?;
@@ -374,6 +391,12 @@ async fn write_loop<S>(
         sink.close().await
     })
     .await;
+    if closing.is_err() {
+        // The client read neither the rest of the frame in progress nor the close frame in time.
+        // Reset the socket rather than end the stream wherever the kernel had got to.
+        reset.request();
+        metrics.close_resets.inc();
+    }
 }
 
 fn finish(fail: WriteFail, kick: &Kick) {
@@ -388,6 +411,7 @@ fn finish(fail: WriteFail, kick: &Kick) {
 struct WriterLimits {
     ring_frames: usize,
     write_timeout: Duration,
+    close_timeout: Duration,
 }
 
 /// Serves the conformance echo endpoint: every text or binary message comes back unchanged. It

@@ -1,17 +1,21 @@
 //! The one error type of giftd, and its mapping to wire codes.
 //!
 //! Every failure a client can see is an [`Error`] variant. Each variant has a stable numeric code
-//! (grouped in reserved ranges) and a stable snake_case name; both are part of the protocol and are
-//! listed in `docs/PROTOCOL.md`. Codes are never reused or renumbered.
+//! (grouped in reserved ranges), a stable snake_case name and an HTTP status, all given by one
+//! exhaustive table, [`Error::wire`]. Codes and names are part of the protocol and are listed in
+//! `docs/PROTOCOL.md`; they are never reused or renumbered.
+//!
+//! Error codes live in 11000–19999, so they can never be mistaken for a WebSocket close code
+//! (1000–4999, see [`CloseCode`]):
 //!
 //! | range | family |
 //! |-------|--------|
-//! | 1000–1999 | protocol: framing, JSON, message shape |
-//! | 2000–2999 | authentication and authorization |
-//! | 3000–3999 | rooms, questions and gifts as room objects |
-//! | 4000–4999 | money: wallets, stickers, idempotency |
-//! | 5000–5999 | limits: rate, size, capacity |
-//! | 9000–9999 | server-side failures |
+//! | 11000–11999 | protocol: framing, JSON, message shape |
+//! | 12000–12999 | authentication and authorization |
+//! | 13000–13999 | rooms, questions and gifts as room objects |
+//! | 14000–14999 | money: wallets, stickers, idempotency |
+//! | 15000–15999 | limits: rate, size, capacity |
+//! | 19000–19999 | server-side failures |
 
 use std::fmt;
 
@@ -86,6 +90,8 @@ pub enum Error {
     TooManyConnections,
     #[error("room is full")]
     RoomFull,
+    #[error("this node is at its limit of live rooms")]
+    TooManyRooms,
 
     #[error("internal error")]
     Internal(String),
@@ -95,79 +101,76 @@ pub enum Error {
     ShuttingDown,
 }
 
+/// An error's place on the wire: its stable code and name, and the HTTP status it gets when it
+/// answers an HTTP request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wire {
+    pub code: u16,
+    pub reason: &'static str,
+    pub http_status: u16,
+}
+
+const fn wire(code: u16, reason: &'static str, http_status: u16) -> Wire {
+    Wire {
+        code,
+        reason,
+        http_status,
+    }
+}
+
 impl Error {
+    /// The one table of wire codes, names and HTTP statuses. Exhaustive on purpose: a new variant
+    /// does not compile until it is given all three.
+    pub fn wire(&self) -> Wire {
+        match self {
+            Error::BadJson(_) => wire(11001, "bad_json", 400),
+            Error::UnknownType(_) => wire(11002, "unknown_type", 400),
+            Error::InvalidMessage(_) => wire(11003, "invalid_message", 400),
+            Error::BinaryFrame => wire(11004, "binary_frame", 400),
+            Error::NotAuthenticated => wire(11005, "not_authenticated", 401),
+            Error::AlreadyAuthenticated => wire(11006, "already_authenticated", 400),
+            Error::MessageTooLarge { .. } => wire(11007, "message_too_large", 413),
+            Error::InvalidToken(_) => wire(12001, "invalid_token", 401),
+            Error::TokenExpired => wire(12002, "token_expired", 401),
+            Error::WrongRole { .. } => wire(12003, "wrong_role", 403),
+            Error::NotRoomOwner => wire(12004, "not_room_owner", 403),
+            Error::TokenRoomMismatch => wire(12005, "token_room_mismatch", 403),
+            Error::OriginNotAllowed => wire(12006, "origin_not_allowed", 403),
+            Error::RoomNotFound(_) => wire(13001, "room_not_found", 404),
+            Error::RoomExists(_) => wire(13002, "room_exists", 409),
+            Error::NotInRoom => wire(13003, "not_in_room", 409),
+            Error::AlreadyInRoom(_) => wire(13004, "already_in_room", 409),
+            Error::QuestionNotFound(_) => wire(13005, "question_not_found", 404),
+            Error::GiftNotFound(_) => wire(13006, "gift_not_found", 404),
+            Error::SelfGift => wire(13007, "self_gift", 403),
+            Error::InsufficientFunds { .. } => wire(14001, "insufficient_funds", 402),
+            Error::UnknownSticker(_) => wire(14002, "unknown_sticker", 404),
+            Error::IdempotencyConflict(_) => wire(14003, "idempotency_conflict", 409),
+            Error::InvalidAmount(_) => wire(14004, "invalid_amount", 400),
+            Error::RateLimited(_) => wire(15001, "rate_limited", 429),
+            Error::TextTooLong { .. } => wire(15002, "text_too_long", 400),
+            Error::TooManyConnections => wire(15003, "too_many_connections", 503),
+            Error::RoomFull => wire(15004, "room_full", 503),
+            Error::TooManyRooms => wire(15005, "too_many_rooms", 503),
+            Error::Internal(_) => wire(19001, "internal", 500),
+            Error::LedgerUnavailable(_) => wire(19002, "ledger_unavailable", 503),
+            Error::ShuttingDown => wire(19003, "shutting_down", 503),
+        }
+    }
+
     /// The stable numeric wire code.
     pub fn code(&self) -> u16 {
-        match self {
-            Error::BadJson(_) => 1001,
-            Error::UnknownType(_) => 1002,
-            Error::InvalidMessage(_) => 1003,
-            Error::BinaryFrame => 1004,
-            Error::NotAuthenticated => 1005,
-            Error::AlreadyAuthenticated => 1006,
-            Error::MessageTooLarge { .. } => 1007,
-            Error::InvalidToken(_) => 2001,
-            Error::TokenExpired => 2002,
-            Error::WrongRole { .. } => 2003,
-            Error::NotRoomOwner => 2004,
-            Error::TokenRoomMismatch => 2005,
-            Error::OriginNotAllowed => 2006,
-            Error::RoomNotFound(_) => 3001,
-            Error::RoomExists(_) => 3002,
-            Error::NotInRoom => 3003,
-            Error::AlreadyInRoom(_) => 3004,
-            Error::QuestionNotFound(_) => 3005,
-            Error::GiftNotFound(_) => 3006,
-            Error::SelfGift => 3007,
-            Error::InsufficientFunds { .. } => 4001,
-            Error::UnknownSticker(_) => 4002,
-            Error::IdempotencyConflict(_) => 4003,
-            Error::InvalidAmount(_) => 4004,
-            Error::RateLimited(_) => 5001,
-            Error::TextTooLong { .. } => 5002,
-            Error::TooManyConnections => 5003,
-            Error::RoomFull => 5004,
-            Error::Internal(_) => 9001,
-            Error::LedgerUnavailable(_) => 9002,
-            Error::ShuttingDown => 9003,
-        }
+        self.wire().code
     }
 
     /// The stable snake_case name that goes with [`Error::code`].
     pub fn reason(&self) -> &'static str {
-        match self {
-            Error::BadJson(_) => "bad_json",
-            Error::UnknownType(_) => "unknown_type",
-            Error::InvalidMessage(_) => "invalid_message",
-            Error::BinaryFrame => "binary_frame",
-            Error::NotAuthenticated => "not_authenticated",
-            Error::AlreadyAuthenticated => "already_authenticated",
-            Error::MessageTooLarge { .. } => "message_too_large",
-            Error::InvalidToken(_) => "invalid_token",
-            Error::TokenExpired => "token_expired",
-            Error::WrongRole { .. } => "wrong_role",
-            Error::NotRoomOwner => "not_room_owner",
-            Error::TokenRoomMismatch => "token_room_mismatch",
-            Error::OriginNotAllowed => "origin_not_allowed",
-            Error::RoomNotFound(_) => "room_not_found",
-            Error::RoomExists(_) => "room_exists",
-            Error::NotInRoom => "not_in_room",
-            Error::AlreadyInRoom(_) => "already_in_room",
-            Error::QuestionNotFound(_) => "question_not_found",
-            Error::GiftNotFound(_) => "gift_not_found",
-            Error::SelfGift => "self_gift",
-            Error::InsufficientFunds { .. } => "insufficient_funds",
-            Error::UnknownSticker(_) => "unknown_sticker",
-            Error::IdempotencyConflict(_) => "idempotency_conflict",
-            Error::InvalidAmount(_) => "invalid_amount",
-            Error::RateLimited(_) => "rate_limited",
-            Error::TextTooLong { .. } => "text_too_long",
-            Error::TooManyConnections => "too_many_connections",
-            Error::RoomFull => "room_full",
-            Error::Internal(_) => "internal",
-            Error::LedgerUnavailable(_) => "ledger_unavailable",
-            Error::ShuttingDown => "shutting_down",
-        }
+        self.wire().reason
+    }
+
+    /// The HTTP status of this error when it answers an HTTP request.
+    pub fn http_status(&self) -> u16 {
+        self.wire().http_status
     }
 
     /// The text shown to clients. Internal details stay in the logs.
@@ -179,15 +182,23 @@ impl Error {
         }
     }
 
+    /// The JSON body of this error, the same on WebSocket (plus `type` and `id`) and HTTP.
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({ "code": self.code(), "reason": self.reason(), "message": self.client_message() })
+    }
+
     /// Whether a connection that caused this error should count it as misbehaviour. Repeated
     /// misbehaviour closes the connection; honest failures (a closed room, low funds) never do.
     pub fn is_protocol_violation(&self) -> bool {
-        (1000..2000).contains(&self.code())
+        (11000..12000).contains(&self.code())
     }
 }
 
-/// WebSocket close codes giftd sends. The 4000–4999 range is reserved by RFC 6455 for
-/// applications.
+/// WebSocket close codes giftd sends, and what a client should do about each.
+///
+/// The application codes follow the range rule clients rely on: 4000–4499 mean "reconnect (with
+/// backoff) and re-join", 4500–4999 mean "do not reconnect until something is fixed" (a new token,
+/// a client bug). The RFC 6455 codes below 4000 keep their standard meanings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseCode {
     /// The client asked to close.
@@ -213,34 +224,34 @@ pub enum CloseCode {
 }
 
 impl CloseCode {
-    pub fn code(self) -> u16 {
+    /// The one table of close codes and their reason strings.
+    fn wire(self) -> (u16, &'static str) {
         match self {
-            CloseCode::Normal => 1000,
-            CloseCode::GoingAway => 1001,
-            CloseCode::InvalidPayload => 1007,
-            CloseCode::PolicyViolation => 1008,
-            CloseCode::TooBig => 1009,
-            CloseCode::InternalError => 1011,
-            CloseCode::SlowConsumer => 4000,
-            CloseCode::AuthTimeout => 4001,
-            CloseCode::AuthFailed => 4002,
-            CloseCode::TooManyErrors => 4003,
+            CloseCode::Normal => (1000, "normal"),
+            CloseCode::GoingAway => (1001, "going_away"),
+            CloseCode::InvalidPayload => (1007, "invalid_payload"),
+            CloseCode::PolicyViolation => (1008, "policy_violation"),
+            CloseCode::TooBig => (1009, "too_big"),
+            CloseCode::InternalError => (1011, "internal_error"),
+            CloseCode::SlowConsumer => (4000, "slow"),
+            CloseCode::AuthTimeout => (4001, "auth_timeout"),
+            CloseCode::AuthFailed => (4502, "auth_failed"),
+            CloseCode::TooManyErrors => (4503, "too_many_errors"),
         }
     }
 
+    pub fn code(self) -> u16 {
+        self.wire().0
+    }
+
     pub fn reason(self) -> &'static str {
-        match self {
-            CloseCode::Normal => "normal",
-            CloseCode::GoingAway => "going_away",
-            CloseCode::InvalidPayload => "invalid_payload",
-            CloseCode::PolicyViolation => "policy_violation",
-            CloseCode::TooBig => "too_big",
-            CloseCode::InternalError => "internal_error",
-            CloseCode::SlowConsumer => "slow",
-            CloseCode::AuthTimeout => "auth_timeout",
-            CloseCode::AuthFailed => "auth_failed",
-            CloseCode::TooManyErrors => "too_many_errors",
-        }
+        self.wire().1
+    }
+
+    /// Whether a client should reconnect and re-join after this close. Normal closes, protocol
+    /// violations and the 4500–4999 range are final: reconnecting unchanged would fail again.
+    pub fn reconnect(self) -> bool {
+        matches!(self.code(), 1001 | 1011 | 4000..=4499)
     }
 }
 
@@ -257,32 +268,173 @@ impl From<rusqlite::Error> for Error {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    #[test]
-    fn codes_sit_in_their_ranges() {
-        assert_eq!(Error::BadJson("x".into()).code() / 1000, 1);
-        assert_eq!(Error::TokenExpired.code() / 1000, 2);
-        assert_eq!(Error::NotInRoom.code() / 1000, 3);
-        assert_eq!(
+    /// One error of every variant. The `match` in `variant_index` does not compile without a new
+    /// variant, and `one_of_each_variant` fails until the variant is listed here.
+    pub(crate) fn one_of_each() -> Vec<Error> {
+        vec![
+            Error::BadJson("x".into()),
+            Error::UnknownType("x".into()),
+            Error::InvalidMessage("x".into()),
+            Error::BinaryFrame,
+            Error::NotAuthenticated,
+            Error::AlreadyAuthenticated,
+            Error::MessageTooLarge { limit_bytes: 1 },
+            Error::InvalidToken("x".into()),
+            Error::TokenExpired,
+            Error::WrongRole {
+                have: "viewer",
+                need: "streamer",
+            },
+            Error::NotRoomOwner,
+            Error::TokenRoomMismatch,
+            Error::OriginNotAllowed,
+            Error::RoomNotFound("r".into()),
+            Error::RoomExists("r".into()),
+            Error::NotInRoom,
+            Error::AlreadyInRoom("r".into()),
+            Error::QuestionNotFound(1),
+            Error::GiftNotFound("g".into()),
+            Error::SelfGift,
             Error::InsufficientFunds {
                 balance_coins: 0,
-                price_coins: 1
-            }
-            .code()
-                / 1000,
-            4
-        );
-        assert_eq!(Error::RateLimited("gifts").code() / 1000, 5);
-        assert_eq!(Error::Internal("x".into()).code() / 1000, 9);
+                price_coins: 1,
+            },
+            Error::UnknownSticker("s".into()),
+            Error::IdempotencyConflict("k".into()),
+            Error::InvalidAmount("x".into()),
+            Error::RateLimited("gifts"),
+            Error::TextTooLong { limit_chars: 1 },
+            Error::TooManyConnections,
+            Error::RoomFull,
+            Error::TooManyRooms,
+            Error::Internal("x".into()),
+            Error::LedgerUnavailable("x".into()),
+            Error::ShuttingDown,
+        ]
+    }
+
+    fn variant_index(e: &Error) -> usize {
+        match e {
+            Error::BadJson(_) => 0,
+            Error::UnknownType(_) => 1,
+            Error::InvalidMessage(_) => 2,
+            Error::BinaryFrame => 3,
+            Error::NotAuthenticated => 4,
+            Error::AlreadyAuthenticated => 5,
+            Error::MessageTooLarge { .. } => 6,
+            Error::InvalidToken(_) => 7,
+            Error::TokenExpired => 8,
+            Error::WrongRole { .. } => 9,
+            Error::NotRoomOwner => 10,
+            Error::TokenRoomMismatch => 11,
+            Error::OriginNotAllowed => 12,
+            Error::RoomNotFound(_) => 13,
+            Error::RoomExists(_) => 14,
+            Error::NotInRoom => 15,
+            Error::AlreadyInRoom(_) => 16,
+            Error::QuestionNotFound(_) => 17,
+            Error::GiftNotFound(_) => 18,
+            Error::SelfGift => 19,
+            Error::InsufficientFunds { .. } => 20,
+            Error::UnknownSticker(_) => 21,
+            Error::IdempotencyConflict(_) => 22,
+            Error::InvalidAmount(_) => 23,
+            Error::RateLimited(_) => 24,
+            Error::TextTooLong { .. } => 25,
+            Error::TooManyConnections => 26,
+            Error::RoomFull => 27,
+            Error::TooManyRooms => 28,
+            Error::Internal(_) => 29,
+            Error::LedgerUnavailable(_) => 30,
+            Error::ShuttingDown => 31,
+        }
+    }
+
+    pub(crate) const ALL_CLOSE_CODES: [CloseCode; 10] = [
+        CloseCode::Normal,
+        CloseCode::GoingAway,
+        CloseCode::InvalidPayload,
+        CloseCode::PolicyViolation,
+        CloseCode::TooBig,
+        CloseCode::InternalError,
+        CloseCode::SlowConsumer,
+        CloseCode::AuthTimeout,
+        CloseCode::AuthFailed,
+        CloseCode::TooManyErrors,
+    ];
+
+    #[test]
+    fn one_of_each_variant() {
+        let mut seen: Vec<usize> = one_of_each().iter().map(variant_index).collect();
+        seen.sort();
+        assert_eq!(seen, (0..32).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn codes_and_reasons_are_unique_and_in_their_ranges() {
+        let all = one_of_each();
+        let mut codes: Vec<u16> = all.iter().map(Error::code).collect();
+        let mut reasons: Vec<&str> = all.iter().map(Error::reason).collect();
+        codes.sort();
+        codes.dedup();
+        reasons.sort();
+        reasons.dedup();
+        assert_eq!(codes.len(), all.len(), "an error code is used twice");
+        assert_eq!(reasons.len(), all.len(), "an error reason is used twice");
+        for e in &all {
+            let family = e.code() / 1000;
+            assert!(
+                matches!(family, 11..=15 | 19),
+                "{e:?} has code {}",
+                e.code()
+            );
+            assert!((400..600).contains(&e.http_status()), "{e:?}");
+        }
+        assert_eq!(Error::TokenExpired.code() / 1000, 12);
+        assert_eq!(Error::NotInRoom.code() / 1000, 13);
+        assert_eq!(Error::RateLimited("gifts").code() / 1000, 15);
         assert!(Error::BadJson("x".into()).is_protocol_violation());
         assert!(!Error::RoomNotFound("r".into()).is_protocol_violation());
+    }
+
+    #[test]
+    fn error_codes_and_close_codes_never_share_a_number() {
+        for close in ALL_CLOSE_CODES {
+            // Every close code giftd sends is in the WebSocket close code space.
+            assert!((1000..5000).contains(&close.code()), "{close}");
+            for e in one_of_each() {
+                assert_ne!(e.code(), close.code(), "{e:?} and {close}");
+            }
+        }
+        let mut codes: Vec<u16> = ALL_CLOSE_CODES.iter().map(|c| c.code()).collect();
+        codes.sort();
+        codes.dedup();
+        assert_eq!(codes.len(), ALL_CLOSE_CODES.len());
+    }
+
+    #[test]
+    fn close_code_ranges_say_whether_to_reconnect() {
+        for close in ALL_CLOSE_CODES {
+            if (4000..4500).contains(&close.code()) {
+                assert!(close.reconnect(), "{close}");
+            }
+            if (4500..5000).contains(&close.code()) {
+                assert!(!close.reconnect(), "{close}");
+            }
+        }
+        assert!(CloseCode::SlowConsumer.reconnect());
+        assert!(CloseCode::GoingAway.reconnect());
+        assert!(!CloseCode::AuthFailed.reconnect());
+        assert!(!CloseCode::TooManyErrors.reconnect());
     }
 
     #[test]
     fn internal_details_do_not_leak() {
         let e = Error::Internal("disk /var/lib/secret failed".into());
         assert!(!e.client_message().contains("secret"));
+        assert!(!e.body().to_string().contains("secret"));
     }
 }

@@ -1,4 +1,6 @@
-//! The HTTP surface: the WebSocket upgrade, room listing, health, metrics and the admin API.
+//! The HTTP surface, as two routers: the public one (the WebSocket upgrade, room listing, the
+//! sticker catalog) and the admin one (health, readiness, metrics and the admin API), served on
+//! separate listeners by `server.rs`.
 //!
 //! The upgrade is done by hand on hyper's connection so that the socket goes straight into
 //! `tokio-tungstenite` with giftd's own [`crate::connection::ws_config`], and so the handshake can
@@ -24,6 +26,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::app::App;
 use crate::auth::check_user_id;
+use crate::bounds::{ADMIN_BODY_BYTES_MAX, TOPUP_COINS_MAX};
 
 use crate::config::ServerConfig;
 use crate::connection;
@@ -31,6 +34,7 @@ use crate::error::Error;
 use crate::gift::Channel;
 use crate::ledger::TopUpRequest;
 use crate::server::Tracker;
+use crate::socket::ResetOnDrop;
 use crate::throttle::Throttled;
 
 /// The TCP connection's slot under the accept limit. An upgraded WebSocket takes it over from
@@ -38,42 +42,36 @@ use crate::throttle::Throttled;
 #[derive(Clone, Default)]
 pub struct ConnSlot(pub Arc<Mutex<Option<OwnedSemaphorePermit>>>);
 
-pub fn router(app: Arc<App>, tracker: Tracker) -> Router {
+/// The public endpoints: client WebSockets, the room list and the sticker catalog.
+pub fn public_router(app: Arc<App>, tracker: Tracker) -> Router {
     let mut router = Router::new()
         .route("/ws", get(ws_upgrade))
         .route("/rooms", get(rooms))
-        .route("/stickers", get(stickers))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/admin/topup", post(top_up))
-        .route("/admin/wallets/{user}", get(wallet));
+        .route("/stickers", get(stickers));
     if app.config.server.echo_endpoint {
         router = router.route("/echo", get(echo_upgrade));
     }
     router.with_state((app, tracker))
 }
 
-type AppState = State<(Arc<App>, Tracker)>;
+/// The operator endpoints: liveness, readiness, metrics and the admin API.
+pub fn admin_router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/admin/topup", post(top_up))
+        .route("/admin/wallets/{user}", get(wallet))
+        .with_state(app)
+}
 
-/// An error as an HTTP response with the wire error body.
+type AppState = State<(Arc<App>, Tracker)>;
+type AdminState = State<Arc<App>>;
+
+/// An error as an HTTP response: its status from [`Error::wire`] and the wire error body.
 fn error_response(e: &Error) -> Response {
-    let status = match e {
-        Error::InvalidToken(_) | Error::TokenExpired => StatusCode::UNAUTHORIZED,
-        Error::WrongRole { .. }
-        | Error::NotRoomOwner
-        | Error::TokenRoomMismatch
-        | Error::OriginNotAllowed => StatusCode::FORBIDDEN,
-        Error::IdempotencyConflict(_) => StatusCode::CONFLICT,
-        Error::RoomNotFound(_) => StatusCode::NOT_FOUND,
-        Error::LedgerUnavailable(_) | Error::ShuttingDown | Error::TooManyConnections => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
-        Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        _ => StatusCode::BAD_REQUEST,
-    };
-    let body = json!({ "code": e.code(), "reason": e.reason(), "message": e.client_message() });
-    (status, Json(body)).into_response()
+    let status = StatusCode::from_u16(e.http_status()).expect("wire statuses are valid");
+    (status, Json(e.body())).into_response()
 }
 
 #[derive(Deserialize)]
@@ -219,12 +217,18 @@ async fn ws_upgrade(
         }
     };
     let settings = app.clone();
+    // Present on every socket the public listener accepted; absent only for in-process callers.
+    let reset = req
+        .extensions()
+        .get::<ResetOnDrop>()
+        .cloned()
+        .unwrap_or_default();
     upgrade(
         req,
         &tracker,
         &settings.config.server,
         ws_permit,
-        move |ws| connection::serve(ws, app, identity, peer),
+        move |ws| connection::serve(ws, app, identity, peer, reset),
     );
     switching_protocols(&key)
 }
@@ -246,7 +250,7 @@ async fn stickers(State((app, _)): AppState) -> Response {
     Json(json!({ "stickers": app.catalog.all() })).into_response()
 }
 
-async fn readyz(State((app, _)): AppState) -> Response {
+async fn readyz(State(app): AdminState) -> Response {
     // While unready, each readiness check probes storage, so the node comes back by itself once
     // storage recovers.
     if !app.ledger.is_ready() && !app.shutdown.is_cancelled() {
@@ -254,18 +258,23 @@ async fn readyz(State((app, _)): AppState) -> Response {
     }
     let ledger = app.ledger.is_ready();
     app.metrics.ledger_ready.set(ledger as i64);
+    let disk_reserve_kept = app.disk_reserve.is_kept();
     let ready = app.is_ready();
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body =
-        json!({ "ready": ready, "ledger": ledger, "shutting_down": app.shutdown.is_cancelled() });
+    let body = json!({
+        "ready": ready,
+        "ledger": ledger,
+        "disk_reserve": disk_reserve_kept,
+        "shutting_down": app.shutdown.is_cancelled(),
+    });
     (status, Json(body)).into_response()
 }
 
-async fn metrics(State((app, _)): AppState) -> Response {
+async fn metrics(State(app): AdminState) -> Response {
     app.metrics.ledger_ready.set(app.ledger.is_ready() as i64);
     let mut res = app.metrics.render().into_response();
     res.headers_mut().insert(
@@ -289,19 +298,28 @@ fn check_admin(app: &App, headers: &HeaderMap) -> Result<(), Error> {
     }
 }
 
-/// Largest admin request body accepted.
-const ADMIN_BODY_BYTES_MAX: usize = 4096;
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TopUpBody {
     user: String,
     channel: String,
-    coins: u64,
+    /// Any JSON value, so that a negative, fractional or non-numeric amount gets `invalid_amount`
+    /// rather than a generic shape error.
+    coins: serde_json::Value,
     purchase_id: String,
 }
 
-async fn top_up(State((app, _)): AppState, headers: HeaderMap, body: Bytes) -> Response {
+/// A top-up amount: a whole number of coins from 1 to [`TOPUP_COINS_MAX`].
+fn topup_coins(value: &serde_json::Value) -> Result<u64, Error> {
+    match value.as_u64() {
+        Some(coins) if (1..=TOPUP_COINS_MAX).contains(&coins) => Ok(coins),
+        _ => Err(Error::InvalidAmount(format!(
+            "coins must be a whole number from 1 to {TOPUP_COINS_MAX}, got {value}"
+        ))),
+    }
+}
+
+async fn top_up(State(app): AdminState, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(e) = check_admin(&app, &headers) {
         return error_response(&e);
     }
@@ -325,10 +343,14 @@ async fn top_up(State((app, _)): AppState, headers: HeaderMap, body: Bytes) -> R
             "channel must be ios, android or web".into(),
         ));
     };
+    let coins = match topup_coins(&parsed.coins) {
+        Ok(coins) => coins,
+        Err(e) => return error_response(&e),
+    };
     let req = TopUpRequest {
         user: parsed.user,
         channel,
-        coins: parsed.coins,
+        coins,
         purchase_id: parsed.purchase_id,
     };
     match app.ledger.top_up(req).await {
@@ -345,11 +367,7 @@ async fn top_up(State((app, _)): AppState, headers: HeaderMap, body: Bytes) -> R
     }
 }
 
-async fn wallet(
-    State((app, _)): AppState,
-    headers: HeaderMap,
-    Path(user): Path<String>,
-) -> Response {
+async fn wallet(State(app): AdminState, headers: HeaderMap, Path(user): Path<String>) -> Response {
     if let Err(e) = check_admin(&app, &headers) {
         return error_response(&e);
     }

@@ -10,6 +10,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod bounds;
 pub mod config;
 pub mod connection;
 pub mod error;
@@ -23,9 +24,11 @@ pub mod outbox;
 pub mod protocol;
 pub mod question;
 pub mod ratelimit;
+pub mod readiness;
 pub mod room;
 pub mod server;
 pub mod session;
 pub mod shutdown;
+pub mod socket;
 pub mod telemetry;
 pub mod throttle;

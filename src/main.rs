@@ -156,16 +156,16 @@ fn serve(config: Config) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let listener = bind(config.server.listen)
-            .with_context(|| format!("binding {}", config.server.listen))?;
-        giftd::server::run(listener, config, giftd::shutdown::signal()).await?;
+        let listeners = giftd::server::Listeners {
+            public: bind(config.server.listen)
+                .with_context(|| format!("binding {}", config.server.listen))?,
+            admin: bind(config.server.admin_listen)
+                .with_context(|| format!("binding {}", config.server.admin_listen))?,
+        };
+        giftd::server::run(listeners, config, giftd::shutdown::signal()).await?;
         Ok(())
     })
 }
-
-/// Listen backlog: a burst of thousands of connecting viewers (a popular stream starting) must
-/// queue in the kernel rather than be dropped and retried after a second.
-const LISTEN_BACKLOG: u32 = 4096;
 
 fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let socket = if addr.is_ipv4() {
@@ -175,7 +175,7 @@ fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
     };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
+    socket.listen(giftd::bounds::LISTEN_BACKLOG)
 }
 
 fn audit(db: &std::path::Path) -> ExitCode {

@@ -28,6 +28,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "giftd_fanout_deliveries_total",
     "giftd_room_events_total",
     "giftd_slow_consumers_total",
+    "giftd_close_resets_total",
     "giftd_errors_total",
     "giftd_gifts_total",
     "giftd_gift_coins_total",
@@ -82,6 +83,7 @@ pub struct Metrics {
     pub fanout_deliveries: IntCounter,
     room_events: Vec<IntCounter>,
     pub slow_consumers: IntCounter,
+    pub close_resets: IntCounter,
     pub errors: IntCounterVec,
     pub gifts: IntCounter,
     gift_coins: IntCounterVec,
@@ -195,6 +197,10 @@ impl Metrics {
             slow_consumers: counter(
                 "giftd_slow_consumers_total",
                 "Connections dropped because they fell too far behind.",
+            ),
+            close_resets: counter(
+                "giftd_close_resets_total",
+                "Connections reset because the client did not read its close frame within close_timeout_ms.",
             ),
             errors: counter_vec(
                 "giftd_errors_total",

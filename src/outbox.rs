@@ -1,9 +1,13 @@
 //! A connection's bounded private queue and its kill switch.
 //!
 //! Acks, receipts and private messages reach a connection's writer through its [`Outbox`]; room
-//! events reach it through the room's ring (see `room.rs`). Pushing never waits: a full outbox
-//! means the client is not reading, so the connection is kicked as a slow consumer and the pusher
-//! (another client's command, a room) carries on. Any task holding an `Outbox` can close the
+//! events reach it through the room's ring (see `room.rs`). The outbox is bounded twice: in
+//! frames (`server.outbox_frames_max`) and in bytes (`server.outbox_bytes_max`), so a few large
+//! frames (a join snapshot with hundreds of questions) cannot hold more memory than many small
+//! ones. One frame is always accepted into an empty outbox, whatever its size, so a large snapshot
+//! alone never counts as slowness. Pushing never waits: a full outbox means the client is not
+//! reading, so the connection is kicked as a slow consumer and the pusher (another client's
+//! command, a room) carries on. Any task holding an `Outbox` can close the
 //! connection with a close code; the first code set wins.
 //!
 //! The queue is a `VecDeque` that allocates only when something is queued, rather than a channel
@@ -11,8 +15,7 @@
 //! idle connections should cost as little as possible.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::{broadcast, Notify};
 use tokio_util::sync::CancellationToken;
@@ -39,9 +42,24 @@ pub struct Outbox {
 
 struct Queue {
     /// Held only to push or pop one item; never across `.await`.
-    items: Mutex<VecDeque<Outbound>>,
+    items: Mutex<Items>,
     ready: Notify,
     frames_max: usize,
+    bytes_max: usize,
+}
+
+#[derive(Default)]
+struct Items {
+    queue: VecDeque<Outbound>,
+    /// Bytes of the frames in `queue`.
+    bytes: usize,
+}
+
+fn frame_bytes(item: &Outbound) -> usize {
+    match item {
+        Outbound::Frame(_, frame) => frame.len(),
+        Outbound::Subscribe(_) | Outbound::Unsubscribe => 0,
+    }
 }
 
 /// The writer's end of an [`Outbox`].
@@ -63,19 +81,20 @@ impl OutboxReceiver {
 
     pub fn try_recv(&self) -> Option<Outbound> {
         let mut items = self.queue.items.lock().unwrap_or_else(|p| p.into_inner());
-        let item = items.pop_front();
-        if items.is_empty() && items.capacity() > 0 {
+        let item = items.queue.pop_front()?;
+        items.bytes -= frame_bytes(&item);
+        if items.queue.is_empty() && items.queue.capacity() > 0 {
             // Idle connections hold no queue memory; private frames are rare enough that
             // allocating again for the next one costs nothing that matters.
-            *items = VecDeque::new();
+            items.queue = VecDeque::new();
         }
-        item
+        Some(item)
     }
 }
 
 pub struct Kick {
     token: CancellationToken,
-    code: AtomicU16,
+    code: OnceLock<CloseCode>,
 }
 
 impl Kick {
@@ -85,47 +104,30 @@ impl Kick {
 
     /// Asks the connection to close with `code`. Only the first call chooses the code.
     pub fn kick(&self, code: CloseCode) {
-        let _ = self
-            .code
-            .compare_exchange(0, code.code(), Ordering::AcqRel, Ordering::Acquire);
+        let _ = self.code.set(code);
         self.token.cancel();
     }
 
-    /// The close code chosen by whoever kicked first.
+    /// The close code chosen by whoever kicked first (`Normal` if nobody did).
     pub fn code(&self) -> CloseCode {
-        let code = self.code.load(Ordering::Acquire);
-        ALL_CODES
-            .into_iter()
-            .find(|c| c.code() == code)
-            .unwrap_or(CloseCode::Normal)
+        self.code.get().copied().unwrap_or(CloseCode::Normal)
     }
 }
 
-const ALL_CODES: [CloseCode; 10] = [
-    CloseCode::Normal,
-    CloseCode::GoingAway,
-    CloseCode::InvalidPayload,
-    CloseCode::PolicyViolation,
-    CloseCode::TooBig,
-    CloseCode::InternalError,
-    CloseCode::SlowConsumer,
-    CloseCode::AuthTimeout,
-    CloseCode::AuthFailed,
-    CloseCode::TooManyErrors,
-];
-
 impl Outbox {
-    /// A new outbox of `frames_max` entries and the receiving end for the writer.
-    pub fn new(frames_max: usize) -> (Outbox, OutboxReceiver) {
-        assert!(frames_max >= 1);
+    /// A new outbox of at most `frames_max` entries and `bytes_max` bytes of frames, and the
+    /// receiving end for the writer.
+    pub fn new(frames_max: usize, bytes_max: usize) -> (Outbox, OutboxReceiver) {
+        assert!(frames_max >= 1 && bytes_max >= 1);
         let queue = Arc::new(Queue {
-            items: Mutex::new(VecDeque::new()),
+            items: Mutex::new(Items::default()),
             ready: Notify::new(),
             frames_max,
+            bytes_max,
         });
         let kick = Arc::new(Kick {
             token: CancellationToken::new(),
-            code: AtomicU16::new(0),
+            code: OnceLock::new(),
         });
         (
             Outbox {
@@ -151,12 +153,16 @@ impl Outbox {
         }
         {
             let mut items = self.queue.items.lock().unwrap_or_else(|p| p.into_inner());
-            if items.len() >= self.queue.frames_max {
+            let bytes = frame_bytes(&item);
+            let full = items.queue.len() >= self.queue.frames_max
+                || (!items.queue.is_empty() && items.bytes + bytes > self.queue.bytes_max);
+            if full {
                 drop(items);
                 self.kick(CloseCode::SlowConsumer);
                 return false;
             }
-            items.push_back(item);
+            items.bytes += bytes;
+            items.queue.push_back(item);
         }
         self.queue.ready.notify_one();
         true
@@ -169,5 +175,61 @@ impl Outbox {
 
     pub fn is_kicked(&self) -> bool {
         self.kick.token.is_cancelled()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::tests::ALL_CLOSE_CODES;
+
+    fn frame(bytes: usize) -> Frame {
+        Frame::from("x".repeat(bytes))
+    }
+
+    #[test]
+    fn frames_bound_kicks_as_slow() {
+        let (outbox, rx) = Outbox::new(2, 1 << 20);
+        assert!(outbox.push(OutKind::Ack, frame(1)));
+        assert!(outbox.push(OutKind::Ack, frame(1)));
+        assert!(!outbox.push(OutKind::Ack, frame(1)));
+        assert!(outbox.is_kicked());
+        assert_eq!(outbox.kick_handle().code(), CloseCode::SlowConsumer);
+        assert!(rx.try_recv().is_some());
+    }
+
+    #[test]
+    fn bytes_bound_kicks_as_slow_but_one_large_frame_fits() {
+        let (outbox, rx) = Outbox::new(100, 1000);
+        // A frame larger than the byte bound is accepted into an empty outbox.
+        assert!(outbox.push(OutKind::Ack, frame(5000)));
+        assert!(!outbox.is_kicked());
+        assert!(rx.try_recv().is_some());
+        assert!(outbox.push(OutKind::Ack, frame(600)));
+        assert!(outbox.push(OutKind::Ack, frame(400)));
+        assert!(!outbox.push(OutKind::Ack, frame(1)));
+        assert_eq!(outbox.kick_handle().code(), CloseCode::SlowConsumer);
+    }
+
+    #[test]
+    fn draining_frees_the_byte_budget() {
+        let (outbox, rx) = Outbox::new(100, 1000);
+        for _ in 0..10 {
+            assert!(outbox.push(OutKind::Ack, frame(900)));
+            assert!(rx.try_recv().is_some());
+        }
+        assert!(!outbox.is_kicked());
+    }
+
+    #[test]
+    fn the_first_kick_chooses_the_code() {
+        for code in ALL_CLOSE_CODES {
+            let (outbox, _rx) = Outbox::new(8, 1024);
+            assert_eq!(outbox.kick_handle().code(), CloseCode::Normal);
+            outbox.kick(code);
+            outbox.kick(CloseCode::GoingAway);
+            assert_eq!(outbox.kick_handle().code(), code);
+            assert!(!outbox.push(OutKind::Ack, frame(1)));
+        }
     }
 }

@@ -91,26 +91,26 @@ mod tests {
 
     #[test]
     fn bad_input_gets_stable_codes() {
-        assert_eq!(decode("{nope").1.unwrap_err().code(), 1001);
-        assert_eq!(decode("[1,2]").1.unwrap_err().code(), 1003);
+        assert_eq!(decode("{nope").1.unwrap_err().code(), 11001);
+        assert_eq!(decode("[1,2]").1.unwrap_err().code(), 11003);
         let (id, r) = decode(r#"{"type":"teleport","id":3}"#);
-        assert_eq!((id, r.unwrap_err().code()), (Some(3), 1002));
+        assert_eq!((id, r.unwrap_err().code()), (Some(3), 11002));
         let (id, r) = decode(r#"{"type":"send_gift","id":4,"sticker":"rose"}"#);
         assert_eq!(id, Some(4));
         let e = r.unwrap_err();
-        assert_eq!(e.code(), 1003);
+        assert_eq!(e.code(), 11003);
         assert!(e.to_string().contains("key"), "{e}");
-        assert_eq!(decode(r#"{"type":"ping"}"#).1.unwrap_err().code(), 1003);
+        assert_eq!(decode(r#"{"type":"ping"}"#).1.unwrap_err().code(), 11003);
         assert_eq!(
             decode(r#"{"type":"ping","id":-1}"#).1.unwrap_err().code(),
-            1003
+            11003
         );
         assert_eq!(
             decode(r#"{"type":"ping","id":1,"extra":true}"#)
                 .1
                 .unwrap_err()
                 .code(),
-            1003
+            11003
         );
     }
 }

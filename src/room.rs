@@ -338,7 +338,7 @@ mod tests {
     fn members_see_events_in_order_from_their_snapshot() {
         let r = room();
         r.gift("g1", "v1", "rose", "Rose", 1).unwrap();
-        let (outbox, _rx) = Outbox::new(8);
+        let (outbox, _rx) = Outbox::new(8, 1 << 20);
         let (snap, mut ring) = r.join(7, Role::Viewer, outbox).unwrap();
         assert_eq!(snap.seq, 1);
         assert_eq!(snap.viewers, 1);
@@ -357,7 +357,7 @@ mod tests {
     #[test]
     fn closed_room_refuses_everything() {
         let r = room();
-        let (outbox, rx) = Outbox::new(8);
+        let (outbox, rx) = Outbox::new(8, 1 << 20);
         r.join(1, Role::Viewer, outbox).unwrap();
         assert_eq!(r.close("bye").unwrap(), 1);
         assert!(matches!(rx.try_recv(), Some(Outbound::Unsubscribe)));
@@ -365,7 +365,7 @@ mod tests {
             r.gift("g", "v", "s", "S", 1),
             Err(Error::RoomNotFound(_))
         ));
-        let (outbox, _rx) = Outbox::new(8);
+        let (outbox, _rx) = Outbox::new(8, 1 << 20);
         assert!(r.join(2, Role::Viewer, outbox).is_err());
     }
 

@@ -1,10 +1,16 @@
 //! The accept loop and the node's lifecycle: start, serve, drain, stop.
 //!
-//! [`run`] takes a bound listener, so tests bind `127.0.0.1:0` and run many servers in parallel.
-//! Each TCP connection takes a slot under `connections_max` plus a small HTTP headroom (beyond
-//! it, giftd answers 503 and closes) and is served by hyper with a header read timeout against
-//! slow handshakes; `/ws` upgrades take one of `connections_max` WebSocket slots (or get 503) and
-//! hand the socket to `connection.rs`.
+//! [`run`] takes bound listeners, so tests bind `127.0.0.1:0` and run many servers in parallel.
+//! There are two:
+//! - the **public** listener (`server.listen`) serves client WebSockets and the public HTTP
+//!   endpoints. Each TCP connection takes a slot under `connections_max` plus a small HTTP
+//!   headroom (beyond it, giftd answers 503 and closes), gets its kernel send buffer bounded
+//!   (`socket.rs`), and is served by hyper with a header read timeout against slow handshakes;
+//!   `/ws` upgrades take one of `connections_max` WebSocket slots (or get 503) and hand the
+//!   socket to `connection.rs`;
+//! - the **admin** listener (`server.admin_listen`, loopback by default) serves metrics, health,
+//!   readiness and the admin API under its own connection bound, so that no number of clients
+//!   or attackers on the public port can starve an operator's probes.
 //!
 //! Shutdown, when the `shutdown` future resolves: stop accepting, tell every connection to finish
 //! (WebSockets close with 1001 after the command in progress), wait for them up to
@@ -28,37 +34,52 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::app::App;
+use crate::bounds::{
+    ACCEPT_RETRY, HTTP_BUFFER_BYTES_MAX, HTTP_HEADROOM_CONNECTIONS, LEDGER_CLOSE_MIN,
+};
 use crate::config::Config;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::fanout::{Fanout, LocalFanout};
 use crate::http::{self, ConnSlot};
 use crate::ledger::sqlite::{SqliteLedger, SqliteOptions};
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
+use crate::socket::{ClientSocket, ResetOnDrop};
 
 /// Tracks every connection task, so shutdown can wait for them.
 pub type Tracker = tokio_util::task::TaskTracker;
 
-/// TCP connections allowed beyond `connections_max` (which bounds WebSockets), so that health
-/// checks, metrics scrapes and the admin API still get through when WebSockets are at the limit.
-pub const HTTP_HEADROOM_CONNECTIONS: usize = 256;
+/// The node's two bound listeners.
+pub struct Listeners {
+    /// Client WebSockets and public HTTP (`server.listen`).
+    pub public: TcpListener,
+    /// Metrics, probes and the admin API (`server.admin_listen`).
+    pub admin: TcpListener,
+}
 
-/// What the ledger gets to finish after the grace period, at least.
-const LEDGER_CLOSE_MIN: Duration = Duration::from_secs(2);
+impl Listeners {
+    /// Binds both addresses of `config` with `bind` (tests bind port 0).
+    pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
+        Ok(Listeners {
+            public: TcpListener::bind(config.server.listen).await?,
+            admin: TcpListener::bind(config.server.admin_listen).await?,
+        })
+    }
+}
 
-/// Serves on `listener` until `shutdown` resolves, then drains and returns. Opens the SQLite
+/// Serves on `listeners` until `shutdown` resolves, then drains and returns. Opens the SQLite
 /// ledger named in the config.
 pub async fn run(
-    listener: TcpListener,
+    listeners: Listeners,
     config: Config,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
     config
         .validate()
-        .map_err(|e| crate::error::Error::Internal(format!("invalid config:\n{e}")))?;
+        .map_err(|e| Error::Internal(format!("invalid config:\n{e}")))?;
     let metrics = Arc::new(Metrics::new());
     let ledger = open_ledger(&config, &metrics)?;
-    serve(listener, config, ledger, metrics, shutdown).await
+    serve(listeners, config, ledger, metrics, shutdown).await
 }
 
 /// Opens the SQLite ledger named in `config`, reporting commit latency to `metrics`.
@@ -76,7 +97,7 @@ pub fn open_ledger(config: &Config, metrics: &Metrics) -> Result<Arc<SqliteLedge
 
 /// Like [`run`], with a ledger the caller opened (another backend, or one it keeps a handle to).
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Listeners,
     config: Config,
     ledger: Arc<dyn Ledger>,
     metrics: Arc<Metrics>,
@@ -93,42 +114,60 @@ pub async fn serve(
         token.clone(),
     ));
     let tracker = Tracker::new();
-    let router = http::router(app.clone(), tracker.clone());
+    let public_router = http::public_router(app.clone(), tracker.clone());
+    let admin_router = http::admin_router(app.clone());
     let ticker = tokio::spawn(room_ticker(app.clone()));
-    let permits = Arc::new(Semaphore::new(
+    let public_permits = Arc::new(Semaphore::new(
         app.config.server.connections_max + HTTP_HEADROOM_CONNECTIONS,
     ));
-    let local = listener.local_addr().ok();
-    tracing::info!(listen = ?local, ledger = %app.config.ledger.path.display(), "giftd serving");
+    let admin_permits = Arc::new(Semaphore::new(app.config.server.admin_connections_max));
+    let Listeners { public, admin } = listeners;
+    tracing::info!(
+        listen = ?public.local_addr().ok(),
+        admin = ?admin.local_addr().ok(),
+        ledger = %app.config.ledger.path.display(),
+        "giftd serving"
+    );
+    let admin_loop = tokio::spawn(accept_admin(
+        admin,
+        admin_router,
+        app.clone(),
+        admin_permits,
+        tracker.clone(),
+    ));
 
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
             _ = &mut shutdown => break,
-            accepted = listener.accept() => accepted,
+            accepted = public.accept() => accepted,
         };
         match accepted {
-            Ok((stream, peer)) => match permits.clone().try_acquire_owned() {
+            Ok((stream, peer)) => match public_permits.clone().try_acquire_owned() {
                 Ok(permit) => {
-                    tracker.spawn(serve_http(
-                        stream,
-                        peer,
-                        router.clone(),
-                        app.clone(),
-                        permit,
-                    ));
+                    let send_buffer_bytes = app.config.server.socket_send_buffer_bytes;
+                    match ClientSocket::new(stream, send_buffer_bytes) {
+                        Ok(socket) => {
+                            let reset = Some(socket.reset_handle());
+                            let router = public_router.clone();
+                            let conn = serve_http(socket, peer, router, app.clone(), permit, reset);
+                            tracker.spawn(conn);
+                        }
+                        Err(e) => tracing::debug!(error = %e, %peer, "socket setup failed"),
+                    }
                 }
-                Err(_) => refuse(stream, &app),
+                Err(_) => refuse(stream, &app, "connections_max"),
             },
             Err(e) => {
                 // Typically EMFILE: back off briefly instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(ACCEPT_RETRY).await;
             }
         }
     }
 
-    drop(listener);
+    drop(public);
+    admin_loop.abort();
     let deadline = Instant::now() + grace;
     tracing::info!(connections = app.metrics.connections.get(), "shutting down");
     token.cancel();
@@ -158,13 +197,39 @@ pub async fn serve(
     Ok(())
 }
 
-/// Answers a connection over `connections_max` with 503 and closes it.
-fn refuse(stream: TcpStream, app: &App) {
+/// Serves the admin listener until the node stops (the caller aborts it).
+async fn accept_admin(
+    listener: TcpListener,
+    router: Router,
+    app: Arc<App>,
+    permits: Arc<Semaphore>,
+    tracker: Tracker,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => match permits.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    let _ = stream.set_nodelay(true);
+                    let conn = serve_http(stream, peer, router.clone(), app.clone(), permit, None);
+                    tracker.spawn(conn);
+                }
+                Err(_) => refuse(stream, &app, "admin_connections_max"),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(ACCEPT_RETRY).await;
+            }
+        }
+    }
+}
+
+/// Answers a connection over its listener's bound with 503 and closes it.
+fn refuse(stream: TcpStream, app: &App, limit: &str) {
     app.metrics
         .connections_rejected
-        .with_label_values(&["connections_max"])
+        .with_label_values(&[limit])
         .inc();
-    let body = r#"{"code":5003,"reason":"too_many_connections","message":"server is at its connection limit"}"#;
+    let body = Error::TooManyConnections.body().to_string();
     let response = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
@@ -173,25 +238,30 @@ fn refuse(stream: TcpStream, app: &App) {
     let _ = stream.try_write(response.as_bytes());
 }
 
-async fn serve_http(
-    stream: TcpStream,
+async fn serve_http<S>(
+    stream: S,
     peer: SocketAddr,
     router: Router,
     app: Arc<App>,
     permit: OwnedSemaphorePermit,
-) {
-    let _ = stream.set_nodelay(true);
+    reset: Option<ResetOnDrop>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let slot = ConnSlot(Arc::new(Mutex::new(Some(permit))));
     let service = router.map_request(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
         req.extensions_mut().insert(slot.clone());
+        if let Some(reset) = &reset {
+            req.extensions_mut().insert(reset.clone());
+        }
         req
     });
     let timeout = Duration::from_millis(app.config.server.handshake_timeout_ms);
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(timeout)
-        .max_buf_size(64 * 1024)
+        .max_buf_size(HTTP_BUFFER_BYTES_MAX)
         .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
         .with_upgrades();
     tokio::pin!(conn);

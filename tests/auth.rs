@@ -74,24 +74,24 @@ fn bad_tokens(server: &TestServer) -> Vec<(&'static str, String, u64)> {
     let mut wrong_aud = claims("mallory", Role::Viewer, 3600);
     wrong_aud.aud = "another-service".into();
     vec![
-        ("alg none", alg_none, 2001),
-        ("RS256 header", rs256, 2001),
-        ("tampered payload", tampered, 2001),
+        ("alg none", alg_none, 12001),
+        ("RS256 header", rs256, 12001),
+        ("tampered payload", tampered, 12001),
         (
             "other secret",
             sign(
                 &claims("mallory", Role::Viewer, 3600),
                 "not-the-server-secret",
             ),
-            2001,
+            12001,
         ),
         (
             "expired",
             sign(&claims("mallory", Role::Viewer, -600), &secret),
-            2002,
+            12002,
         ),
-        ("wrong audience", sign(&wrong_aud, &secret), 2001),
-        ("garbage", "not.a.jwt".into(), 2001),
+        ("wrong audience", sign(&wrong_aud, &secret), 12001),
+        ("garbage", "not.a.jwt".into(), 12001),
     ]
 }
 
@@ -124,7 +124,7 @@ async fn forged_tokens_are_refused_by_message_and_the_connection_closes() {
             .await
             .unwrap_err();
         assert_eq!(e["code"], code, "{what}: {e}");
-        assert_eq!(c.closed().await.code, 4002, "{what}");
+        assert_eq!(c.closed().await.code, 4502, "{what}");
     }
     assert_eq!(server.balance("victim").await, 100);
 }
@@ -139,7 +139,7 @@ async fn commands_before_auth_are_refused_then_auth_by_message_works() {
         .unwrap_err();
     assert_eq!(
         (e["code"].as_u64(), e["reason"].as_str()),
-        (Some(1005), Some("not_authenticated"))
+        (Some(11005), Some("not_authenticated"))
     );
     let ok = c
         .ok(json!({ "type": "auth", "token": server.token("bob", Role::Viewer) }))
@@ -178,7 +178,7 @@ async fn roles_and_ownership_are_enforced() {
         let e = bob.request(cmd.clone()).await.unwrap_err();
         assert_eq!(
             (e["code"].as_u64(), e["reason"].as_str()),
-            (Some(2003), Some("wrong_role")),
+            (Some(12003), Some("wrong_role")),
             "{cmd}"
         );
     }
@@ -192,7 +192,7 @@ async fn roles_and_ownership_are_enforced() {
         let e = rival.request(cmd.clone()).await.unwrap_err();
         assert_eq!(
             (e["code"].as_u64(), e["reason"].as_str()),
-            (Some(2004), Some("not_room_owner")),
+            (Some(12004), Some("not_room_owner")),
             "{cmd}"
         );
     }
@@ -220,7 +220,7 @@ async fn a_room_scoped_token_works_only_in_its_room() {
         .unwrap_err();
     assert_eq!(
         (e["code"].as_u64(), e["reason"].as_str()),
-        (Some(2005), Some("token_room_mismatch"))
+        (Some(12005), Some("token_room_mismatch"))
     );
     bob.join("room-a").await;
 }

@@ -20,39 +20,39 @@ async fn malformed_messages_get_codes_and_the_connection_survives() {
     let e = bob.next_of("error").await;
     assert_eq!(
         (e["code"].as_u64(), e["reason"].as_str(), e["id"].is_null()),
-        (Some(1001), Some("bad_json"), true)
+        (Some(11001), Some("bad_json"), true)
     );
 
     let cases = [
-        (json!({ "type": "fly" }), 1002, "unknown_type"),
+        (json!({ "type": "fly" }), 11002, "unknown_type"),
         (
             json!({ "type": "send_gift", "sticker": "rose" }),
-            1003,
+            11003,
             "invalid_message",
         ),
         (
             json!({ "type": "send_gift", "sticker": 5, "key": "k" }),
-            1003,
+            11003,
             "invalid_message",
         ),
         (
             json!({ "type": "join", "room": "bad room id!" }),
-            1003,
+            11003,
             "invalid_message",
         ),
         (
             json!({ "type": "ask", "text": "   " }),
-            1003,
+            11003,
             "invalid_message",
         ),
         (
             json!({ "type": "ask", "text": "x".repeat(301) }),
-            5002,
+            15002,
             "text_too_long",
         ),
         (
             json!({ "type": "send_gift", "sticker": "rose", "key": "k", "extra": 1 }),
-            1003,
+            11003,
             "invalid_message",
         ),
     ];
@@ -80,7 +80,7 @@ async fn repeated_protocol_errors_close_the_connection() {
     for _ in 0..6 {
         bob.send_text("nope").await;
     }
-    assert_eq!(bob.closed().await.code, 4003);
+    assert_eq!(bob.closed().await.code, 4503);
 }
 
 #[tokio::test]
@@ -103,7 +103,7 @@ async fn an_oversized_message_is_refused_with_1009() {
         .expect("an error before the close");
     assert_eq!(
         (e["code"].as_u64(), e["reason"].as_str()),
-        (Some(1007), Some("message_too_large"))
+        (Some(11007), Some("message_too_large"))
     );
     assert_eq!(server.balance("bob").await, 100);
 }
@@ -129,7 +129,7 @@ async fn gifts_over_the_rate_limit_are_refused_before_any_debit() {
             Err(e) => {
                 assert_eq!(
                     (e["code"].as_u64(), e["reason"].as_str()),
-                    (Some(5001), Some("rate_limited"))
+                    (Some(15001), Some("rate_limited"))
                 );
                 refused += 1;
             }

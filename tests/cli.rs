@@ -100,6 +100,7 @@ fn logs_to_a_pipe_are_plain_text() {
     let mut child = giftd()
         .arg("serve")
         .env("GIFTD_SERVER__LISTEN", "127.0.0.1:0")
+        .env("GIFTD_SERVER__ADMIN_LISTEN", "127.0.0.1:0")
         .env("GIFTD_LEDGER__PATH", dir.path().join("giftd.db"))
         .env("RUST_LOG", "info")
         .stderr(std::process::Stdio::piped())

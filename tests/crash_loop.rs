@@ -47,6 +47,8 @@ const ADMIN: &str = giftd::config::DEV_ADMIN_TOKEN;
 struct Server {
     child: Child,
     addr: SocketAddr,
+    /// The admin listener: readiness, top-ups and wallets.
+    admin: SocketAddr,
 }
 
 impl Drop for Server {
@@ -78,6 +80,7 @@ async fn start(dir: &Path, db: &Path, cycle: usize) -> Server {
     // A fresh port per cycle; a port can be taken between here and the bind, so retry (bounded).
     for _attempt in 0..10 {
         let addr = free_port();
+        let admin = free_port();
         let log = std::fs::File::create(dir.join(format!("giftd-{cycle}.log"))).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_giftd"));
         // giftd reads every GIFTD_* variable as configuration and refuses unknown ones, so this
@@ -91,6 +94,7 @@ async fn start(dir: &Path, db: &Path, cycle: usize) -> Server {
             .args(["serve", "--config"])
             .arg(&config)
             .env("GIFTD_SERVER__LISTEN", addr.to_string())
+            .env("GIFTD_SERVER__ADMIN_LISTEN", admin.to_string())
             .env("GIFTD_LEDGER__PATH", db)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -98,7 +102,7 @@ async fn start(dir: &Path, db: &Path, cycle: usize) -> Server {
             .stderr(log)
             .spawn()
             .expect("giftd starts");
-        let mut server = Server { child, addr };
+        let mut server = Server { child, addr, admin };
         if wait_ready(&mut server).await {
             return server;
         }
@@ -114,7 +118,7 @@ async fn wait_ready(server: &mut Server) -> bool {
         if let Ok(Some(_)) = server.child.try_wait() {
             return false;
         }
-        if let Ok((200, _)) = http(server.addr, "GET", "/readyz", None).await {
+        if let Ok((200, _)) = http(server.admin, "GET", "/readyz", None).await {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -388,7 +392,7 @@ async fn sigkill_under_gift_load_loses_no_receipt_and_charges_each_key_once() {
     let mut server = start(dir.path(), &db, 0).await;
     for user in &viewers {
         let body = json!({ "user": user, "channel": "web", "coins": TOPUP_COINS, "purchase_id": format!("p-{user}") });
-        let (status, text) = http(server.addr, "POST", "/admin/topup", Some(&body))
+        let (status, text) = http(server.admin, "POST", "/admin/topup", Some(&body))
             .await
             .unwrap();
         assert_eq!(status, 200, "{text}");
@@ -475,7 +479,7 @@ async fn sigkill_under_gift_load_loses_no_receipt_and_charges_each_key_once() {
             let mut ws = connect(server.addr, user, Role::Viewer).await;
             let joined = request(&mut ws, 1, json!({ "type": "join", "room": "crash" })).await;
             assert!(matches!(joined, Some(Ok(_))), "{joined:?}");
-            let before = balance(server.addr, user).await;
+            let before = balance(server.admin, user).await;
             let mut expected_debit = 0;
             for (n, s) in sents.iter().enumerate() {
                 let was_committed = ledger.gifts_with_key(user, &s.key);
@@ -513,7 +517,7 @@ async fn sigkill_under_gift_load_loses_no_receipt_and_charges_each_key_once() {
                 );
                 total_unacked += 1;
             }
-            let after = balance(server.addr, user).await;
+            let after = balance(server.admin, user).await;
             assert_eq!(
                 before - after,
                 expected_debit,
@@ -526,7 +530,7 @@ async fn sigkill_under_gift_load_loses_no_receipt_and_charges_each_key_once() {
         // 3. Balances are top-ups minus distinct committed keys.
         for user in &viewers {
             assert_eq!(
-                balance(server.addr, user).await,
+                balance(server.admin, user).await,
                 TOPUP_COINS - ledger.spent(user),
                 "{user}"
             );

@@ -105,12 +105,12 @@ async fn refusals_move_no_money() {
     let e = bob.send_gift("coffee", "k1").await.unwrap_err();
     assert_eq!(
         (e["code"].as_u64(), e["reason"].as_str()),
-        (Some(4001), Some("insufficient_funds"))
+        (Some(14001), Some("insufficient_funds"))
     );
     let e = bob.send_gift("unicorn", "k2").await.unwrap_err();
     assert_eq!(
         (e["code"].as_u64(), e["reason"].as_str()),
-        (Some(4002), Some("unknown_sticker"))
+        (Some(14002), Some("unknown_sticker"))
     );
     let e = bob
         .request(json!({ "type": "ask", "text": "hi", "sticker": "rose" }))
@@ -132,7 +132,7 @@ async fn refusals_move_no_money() {
         .unwrap_err();
     assert_eq!(
         (e["code"].as_u64(), e["reason"].as_str()),
-        (Some(3001), Some("room_not_found"))
+        (Some(13001), Some("room_not_found"))
     );
 
     assert_eq!(server.balance("bob").await, 50);
@@ -193,7 +193,7 @@ async fn same_key_different_payload_conflicts() {
     let e = bob.send_gift("star", "k").await.unwrap_err();
     assert_eq!(
         (e["code"].as_u64(), e["reason"].as_str()),
-        (Some(4003), Some("idempotency_conflict"))
+        (Some(14003), Some("idempotency_conflict"))
     );
     assert_eq!(server.balance("bob").await, 900);
     // A top-up replayed with another amount conflicts too.

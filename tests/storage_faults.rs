@@ -100,7 +100,7 @@ async fn run_fault(server: TestServer, fault: &mut impl Fault) {
             .unwrap_err();
         assert_eq!(
             (e["code"].as_u64(), e["reason"].as_str()),
-            (Some(9002), Some("ledger_unavailable"))
+            (Some(19002), Some("ledger_unavailable"))
         );
     }
     let (status, body) = server
@@ -112,6 +112,16 @@ async fn run_fault(server: TestServer, fault: &mut impl Fault) {
         )
         .await;
     assert_eq!(status, 503, "{body}");
+    // Readiness never says ready while gifts fail: its own probe write is tiny and may still fit
+    // where a gift does not (on a nearly full disk it did, after 30 refused gifts).
+    for i in 0..30 {
+        assert_ready(&server, false).await;
+        let e = bob
+            .send_gift("clap", &format!("during-more-{i}"))
+            .await
+            .unwrap_err();
+        assert_eq!(e["reason"], "ledger_unavailable");
+    }
     assert_ready(&server, false).await;
     star.ok(json!({ "type": "ping" })).await;
     let gifts: Vec<_> = star
@@ -157,6 +167,11 @@ async fn a_failed_commit_acknowledges_nothing_in_its_batch_and_recovers() {
 async fn full_disk_refuses_gifts_and_recovers() {
     let mut disk = FullDisk::mount();
     let db = disk.mount.join("giftd.db");
-    let server = TestServer::start_with(|c| c.ledger.path = db).await;
+    let server = TestServer::start_with(|c| {
+        c.ledger.path = db;
+        // The 4 MiB disk must keep 1 MiB free to be ready.
+        c.ledger.disk_reserve_bytes = 1 << 20;
+    })
+    .await;
     run_fault(server, &mut disk).await;
 }

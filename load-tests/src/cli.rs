@@ -36,6 +36,9 @@ pub(crate) struct Common {
     /// giftd to load, HOST:PORT. Must be loopback (127.0.0.0/8 or ::1).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub(crate) target: String,
+    /// giftd's admin listener (health, metrics, top-ups), HOST:PORT. Must be loopback.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub(crate) admin_target: String,
     /// Start this giftd binary on a free loopback port with a generated config, and stop it at
     /// the end (overrides --target).
     #[arg(long, value_name = "GIFTD_BIN")]

@@ -21,6 +21,8 @@ pub(crate) struct Spawned {
     child: Child,
     pub(crate) pid: u32,
     pub(crate) addr: SocketAddr,
+    /// The admin listener: health, metrics and top-ups.
+    pub(crate) admin: SocketAddr,
     pub(crate) dir: PathBuf,
     pub(crate) db: PathBuf,
     pub(crate) bin: PathBuf,
@@ -41,12 +43,13 @@ fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-fn config_text(addr: SocketAddr, db: &Path, connections_max: usize) -> String {
+fn config_text(addr: SocketAddr, admin: SocketAddr, db: &Path, connections_max: usize) -> String {
     // Generous limits: the generator controls the rates. 1e9 tokens per second is "unlimited".
     let unlimited = "{ per_sec = 1000000000.0, burst = 1000000000 }";
     format!(
         r#"[server]
 listen = "{addr}"
+admin_listen = "{admin}"
 connections_max = {connections_max}
 shutdown_grace_ms = 5000
 handshake_timeout_ms = 30000
@@ -77,8 +80,9 @@ impl Spawned {
         let db = dir.join("giftd.db");
         let port = free_port()?;
         let addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], port));
+        let admin: SocketAddr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let config = dir.join("giftd.toml");
-        fs::write(&config, config_text(addr, &db, opts.connections_max))?;
+        fs::write(&config, config_text(addr, admin, &db, opts.connections_max))?;
         let log = fs::File::create(dir.join("giftd.log"))?;
         let mut cmd = Command::new(&bin);
         cmd.arg("serve")
@@ -107,12 +111,13 @@ impl Spawned {
             pid: child.id(),
             child,
             addr,
+            admin,
             dir,
             db,
             bin,
             keep_dir: opts.keep_dir,
         };
-        if let Err(e) = crate::net::wait_healthy(addr, Duration::from_secs(20)).await {
+        if let Err(e) = crate::net::wait_healthy(admin, Duration::from_secs(20)).await {
             let log = fs::read_to_string(spawned.dir.join("giftd.log")).unwrap_or_default();
             spawned.stop(Duration::from_secs(1));
             bail!("{e}\n--- giftd log ---\n{log}");
@@ -263,6 +268,7 @@ mod tests {
     fn generated_config_is_valid() {
         let text = config_text(
             "127.0.0.1:9999".parse().unwrap(),
+            "127.0.0.1:9998".parse().unwrap(),
             Path::new("/tmp/x.db"),
             19_500,
         );

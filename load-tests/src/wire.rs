@@ -169,7 +169,7 @@ mod tests {
         let res = r.result.unwrap();
         assert_eq!((res.gift_id.as_deref(), res.seq), (Some("g9"), Some(4)));
         let e = parse_reply(
-            r#"{"type":"error","id":6,"code":4001,"reason":"insufficient_funds","message":"x"}"#,
+            r#"{"type":"error","id":6,"code":14001,"reason":"insufficient_funds","message":"x"}"#,
         )
         .unwrap();
         assert_eq!(e.reason.as_deref(), Some("insufficient_funds"));

@@ -57,14 +57,15 @@ impl Catalog {
         let mut by_id = HashMap::new();
         for s in &stickers {
             let id_ok = !s.id.is_empty()
-                && s.id.len() <= 32
+                && s.id.len() <= crate::bounds::STICKER_ID_BYTES_MAX
                 && s.id.bytes().all(|b| {
                     b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
                 });
             if !id_ok {
                 return Err(format!(
-                    "sticker id `{}` must match [a-z0-9_-]{{1,32}}",
-                    s.id
+                    "sticker id `{}` must match [a-z0-9_-]{{1,{}}}",
+                    s.id,
+                    crate::bounds::STICKER_ID_BYTES_MAX
                 ));
             }
             if s.price_coins == 0 || s.price_coins > PRICE_COINS_MAX {

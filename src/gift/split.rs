@@ -170,6 +170,16 @@ mod tests {
         assert_eq!(s.store_by_channel, [30, 0, 0]);
     }
 
+    /// The mixed-channel example of docs/PROTOCOL.md §6: rounded once over the whole gift.
+    #[test]
+    fn mixed_funding_is_rounded_over_the_whole_gift() {
+        let s = split([2, 0, 1], DEFAULT_FEES, 5000);
+        assert_eq!(
+            (s.store_coins, s.streamer_coins, s.platform_coins),
+            (1, 1, 1)
+        );
+    }
+
     #[test]
     fn one_coin_goes_to_the_largest_remainder() {
         // Exact shares 0.3 store, 0.35 streamer, 0.35 platform: the tie goes to the streamer.

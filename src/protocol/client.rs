@@ -3,6 +3,7 @@
 
 use serde::Deserialize;
 
+use crate::bounds;
 use crate::error::{Error, Result};
 
 /// One decoded client message with its id.
@@ -106,7 +107,10 @@ pub(super) fn parse(
     mut map: serde_json::Map<String, serde_json::Value>,
 ) -> Result<Command> {
     if !KNOWN.contains(&kind) {
-        let shown: String = kind.chars().take(40).collect();
+        let shown: String = kind
+            .chars()
+            .take(bounds::UNKNOWN_TYPE_CHARS_SHOWN)
+            .collect();
         return Err(Error::UnknownType(shown));
     }
     map.insert("type".into(), serde_json::Value::String(kind.to_owned()));
@@ -117,16 +121,17 @@ pub(super) fn parse(
 /// Room ids are `[A-Za-z0-9_-]{1,64}`.
 pub fn check_room_id(room: &str) -> Result<()> {
     let ok = !room.is_empty()
-        && room.len() <= 64
+        && room.len() <= bounds::ROOM_ID_BYTES_MAX
         && room
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     if ok {
         Ok(())
     } else {
-        Err(Error::InvalidMessage(
-            "room must match [A-Za-z0-9_-]{1,64}".into(),
-        ))
+        Err(Error::InvalidMessage(format!(
+            "room must match [A-Za-z0-9_-]{{1,{}}}",
+            bounds::ROOM_ID_BYTES_MAX
+        )))
     }
 }
 

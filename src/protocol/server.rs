@@ -300,7 +300,7 @@ mod tests {
         let f = error(Some(4), &Error::NotInRoom);
         assert_eq!(
             f.as_str(),
-            r#"{"type":"error","id":4,"code":3003,"reason":"not_in_room","message":"join a room first"}"#
+            r#"{"type":"error","id":4,"code":13003,"reason":"not_in_room","message":"join a room first"}"#
         );
     }
 }

@@ -5,6 +5,8 @@
 //! `docs/PROTOCOL.md` describes it, so tests read like the protocol.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod raw_ws;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,6 +33,7 @@ pub const ADMIN_TOKEN: &str = giftd::config::DEV_ADMIN_TOKEN;
 pub fn test_config(db: PathBuf) -> Config {
     let mut c = Config::default();
     c.server.listen = "127.0.0.1:0".parse().unwrap();
+    c.server.admin_listen = "127.0.0.1:0".parse().unwrap();
     c.server.shutdown_grace_ms = 5_000;
     c.ledger.path = db;
     c.rooms.viewer_count_interval_ms = 50;
@@ -55,7 +58,10 @@ pub fn test_config(db: PathBuf) -> Config {
 type Stopped = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 pub struct TestServer {
+    /// The public listener: `/ws`, `/rooms`, `/stickers`.
     pub addr: SocketAddr,
+    /// The admin listener: `/metrics`, `/healthz`, `/readyz`, `/admin/*`.
+    pub admin_addr: SocketAddr,
     pub config: Config,
     pub dir: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
@@ -104,20 +110,20 @@ impl TestServer {
     /// Binds an ephemeral port and spawns `serve` on it with a shutdown trigger the test holds.
     async fn launch<F, Fut>(dir: tempfile::TempDir, config: Config, serve: F) -> TestServer
     where
-        F: FnOnce(tokio::net::TcpListener, Config, Stopped) -> Fut,
+        F: FnOnce(giftd::server::Listeners, Config, Stopped) -> Fut,
         Fut: std::future::Future<Output = giftd::error::Result<()>> + Send + 'static,
     {
-        let listener = tokio::net::TcpListener::bind(config.server.listen)
-            .await
-            .unwrap();
-        let addr = listener.local_addr().unwrap();
+        let listeners = giftd::server::Listeners::bind(&config).await.unwrap();
+        let addr = listeners.public.local_addr().unwrap();
+        let admin_addr = listeners.admin.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let stopped: Stopped = Box::pin(async {
             let _ = stopped.await;
         });
-        let task = tokio::spawn(serve(listener, config.clone(), stopped));
+        let task = tokio::spawn(serve(listeners, config.clone(), stopped));
         TestServer {
             addr,
+            admin_addr,
             config,
             dir,
             stop: Some(stop),
@@ -184,6 +190,8 @@ impl TestServer {
         Client::connect(&self.url(), None).await.unwrap()
     }
 
+    /// An HTTP request to the listener that serves `path`: the admin one for `/metrics`,
+    /// `/healthz`, `/readyz` and `/admin/*`, the public one for everything else.
     pub async fn http(
         &self,
         method: &str,
@@ -191,7 +199,12 @@ impl TestServer {
         auth: Option<&str>,
         body: Option<&Value>,
     ) -> (u16, String) {
-        http(self.addr, method, path, auth, body.map(|b| b.to_string())).await
+        let addr = if is_admin_path(path) {
+            self.admin_addr
+        } else {
+            self.addr
+        };
+        http(addr, method, path, auth, body.map(|b| b.to_string())).await
     }
 
     /// Tops up a wallet through the admin API and returns the JSON receipt.
@@ -246,6 +259,11 @@ impl Drop for TestServer {
             let _ = stop.send(());
         }
     }
+}
+
+/// Whether `path` is served by the admin listener.
+pub fn is_admin_path(path: &str) -> bool {
+    ["/metrics", "/healthz", "/readyz"].contains(&path) || path.starts_with("/admin/")
 }
 
 /// A minimal HTTP/1.1 client: one request per connection.

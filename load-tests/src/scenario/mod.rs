@@ -29,12 +29,14 @@ use crate::stats::{add_counts, Counts, Hist, Report};
 use crate::tokens::Minter;
 use crate::worker::{Ready, WorkerResult, WorkerSpec};
 
-/// Coins credited to each sender: enough for any run (the ledger caps a top-up at i64::MAX / 4).
-const SENDER_COINS: u64 = 1_000_000_000_000;
+/// Coins credited to each sender: enough for any run, and the largest top-up giftd accepts.
+const SENDER_COINS: u64 = giftd::bounds::TOPUP_COINS_MAX;
 
 pub(crate) struct Ctx {
     pub(crate) common: Common,
     pub(crate) target: SocketAddr,
+    /// The admin listener, for top-ups and health.
+    pub(crate) admin: SocketAddr,
     pub(crate) run_id: String,
     pub(crate) minter: Arc<Minter>,
     pub(crate) spawned: Option<Spawned>,
@@ -61,9 +63,12 @@ impl Ctx {
             ),
             None => None,
         };
-        let target = match &spawned {
-            Some(s) => s.addr,
-            None => net::resolve_loopback(&common.target).await?,
+        let (target, admin) = match &spawned {
+            Some(s) => (s.addr, s.admin),
+            None => (
+                net::resolve_loopback(&common.target).await?,
+                net::resolve_loopback(&common.admin_target).await?,
+            ),
         };
         let server_pid = common
             .server_pid
@@ -74,6 +79,7 @@ impl Ctx {
             source_octet: 2 + (nonce % 200) as u8,
             common,
             target,
+            admin,
             run_id,
             spawned,
             server_pid,
@@ -205,7 +211,7 @@ pub(crate) async fn top_up_all(ctx: &Ctx, users: &[String]) -> Result<()> {
     let mut set = tokio::task::JoinSet::new();
     for chunk in users.chunks(32) {
         for user in chunk {
-            let (target, token, user) = (ctx.target, ctx.common.admin_token.clone(), user.clone());
+            let (target, token, user) = (ctx.admin, ctx.common.admin_token.clone(), user.clone());
             let purchase = format!("load-{}-{user}", ctx.run_id);
             set.spawn(
                 async move { net::top_up(target, &token, &user, SENDER_COINS, &purchase).await },
