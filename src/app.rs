@@ -126,3 +126,103 @@ impl App {
         !self.shutdown.is_cancelled() && self.ledger.is_ready() && self.disk_reserve.is_kept()
     }
 }
+
+/// An [`App`] on a real SQLite ledger in a temporary directory, for unit tests of the modules
+/// that serve connections.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use crate::fanout::LocalFanout;
+
+    pub(crate) struct TestApp {
+        pub(crate) app: Arc<App>,
+        _dir: tempfile::TempDir,
+    }
+
+    impl std::ops::Deref for TestApp {
+        type Target = Arc<App>;
+        fn deref(&self) -> &Arc<App> {
+            &self.app
+        }
+    }
+
+    /// An app with the default config adjusted by `tweak`.
+    pub(crate) fn app(tweak: impl FnOnce(&mut Config)) -> TestApp {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.ledger.path = dir.path().join("giftd.db");
+        tweak(&mut config);
+        config.validate().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let ledger = crate::server::open_ledger(&config, &metrics).unwrap();
+        let app = App::new(
+            config,
+            ledger,
+            Arc::new(LocalFanout),
+            metrics,
+            CancellationToken::new(),
+        );
+        TestApp {
+            app: Arc::new(app),
+            _dir: dir,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::app;
+    use super::*;
+
+    #[test]
+    fn private_frames_reach_every_connection_of_the_user_and_only_theirs() {
+        let app = app(|_| {});
+        let (bob_phone, bob_phone_rx) = Outbox::new(8, 1 << 20);
+        let (bob_laptop, bob_laptop_rx) = Outbox::new(8, 1 << 20);
+        let (carol, carol_rx) = Outbox::new(8, 1 << 20);
+        app.register_user("bob", 1, bob_phone);
+        app.register_user("bob", 2, bob_laptop);
+        app.register_user("carol", 3, carol);
+        app.send_to_user("bob", OutKind::Thanks, &Frame::from("thanks"));
+        assert!(bob_phone_rx.try_recv().is_some());
+        assert!(bob_laptop_rx.try_recv().is_some());
+        assert!(carol_rx.try_recv().is_none());
+
+        // A closed connection no longer receives, and the user's entry goes with the last one.
+        app.unregister_user("bob", 1);
+        app.send_to_user("bob", OutKind::Thanks, &Frame::from("again"));
+        assert!(bob_phone_rx.try_recv().is_none());
+        assert!(bob_laptop_rx.try_recv().is_some());
+        app.unregister_user("bob", 2);
+        assert!(!app.users.contains_key("bob"));
+    }
+
+    #[test]
+    fn a_user_shares_one_set_of_buckets_across_connections() {
+        let app = app(|_| {});
+        let (a, _ra) = Outbox::new(8, 1 << 20);
+        let (b, _rb) = Outbox::new(8, 1 << 20);
+        let first = app.register_user("bob", 1, a);
+        let second = app.register_user("bob", 2, b);
+        assert!(Arc::ptr_eq(&first, &second));
+    }
+
+    #[test]
+    fn streamer_share_uses_the_override_then_the_default() {
+        let app = app(|c| {
+            c.split.streamer_share_bps.insert("star".into(), 7000);
+        });
+        assert_eq!(app.streamer_share_bps("star"), 7000);
+        assert_eq!(app.streamer_share_bps("other"), 5000);
+    }
+
+    #[test]
+    fn readiness_follows_shutdown_and_the_disk_reserve() {
+        let ready = app(|_| {});
+        assert!(ready.is_ready());
+        ready.shutdown.cancel();
+        assert!(!ready.is_ready());
+        let full = app(|c| c.ledger.disk_reserve_bytes = u64::MAX);
+        assert!(!full.is_ready());
+    }
+}

@@ -434,3 +434,187 @@ where
     // fail with SendAfterClosing and drop it).
     let _ = SinkExt::close(&mut ws).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::testing::{app, TestApp};
+    use crate::auth::Role;
+    use tokio::sync::mpsc;
+    use tokio_util::sync::PollSender;
+
+    /// A connection driven through channels: the test is the client.
+    struct Driven {
+        to_server: mpsc::UnboundedSender<Result<Message, tungstenite::Error>>,
+        from_server: mpsc::Receiver<Message>,
+        reset: ResetOnDrop,
+        done: tokio::task::JoinHandle<()>,
+    }
+
+    /// Runs a connection whose outgoing channel holds `out_capacity` messages: a capacity the
+    /// test never drains stands for a client that stopped reading.
+    fn drive(app: &TestApp, user: Option<(&str, Role)>, out_capacity: usize) -> Driven {
+        let (to_server, rx) = mpsc::unbounded_channel();
+        let stream = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|m| (m, rx))
+        }));
+        let (tx, from_server) = mpsc::channel(out_capacity);
+        let sink = PollSender::new(tx).sink_map_err(|_| tungstenite::Error::ConnectionClosed);
+        let identity = user.map(|(user, role)| {
+            Box::new(Identity {
+                user: user.into(),
+                role,
+                room: None,
+            })
+        });
+        let reset = ResetOnDrop::default();
+        let done = tokio::spawn(run(
+            sink,
+            stream,
+            app.app.clone(),
+            identity,
+            1,
+            reset.clone(),
+        ));
+        Driven {
+            to_server,
+            from_server,
+            reset,
+            done,
+        }
+    }
+
+    impl Driven {
+        fn send(&self, text: &str) {
+            self.to_server
+                .send(Ok(Message::text(text.to_owned())))
+                .unwrap();
+        }
+
+        /// Everything the server sent until it dropped the connection.
+        async fn all(mut self) -> (Vec<Message>, ResetOnDrop) {
+            let mut out = Vec::new();
+            while let Some(m) = self.from_server.recv().await {
+                out.push(m);
+            }
+            self.done.await.unwrap();
+            (out, self.reset)
+        }
+    }
+
+    fn close_code(m: Option<&Message>) -> Option<u16> {
+        match m {
+            Some(Message::Close(Some(f))) => Some(u16::from(f.code)),
+            _ => None,
+        }
+    }
+
+    fn texts(out: &[Message]) -> Vec<serde_json::Value> {
+        out.iter()
+            .filter_map(|m| match m {
+                Message::Text(t) => Some(serde_json::from_str(t.as_str()).unwrap()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_auth_within_the_handshake_timeout_closes_4001() {
+        let app = app(|_| {});
+        let started = tokio::time::Instant::now();
+        let (out, _) = drive(&app, None, 16).all().await;
+        assert_eq!(close_code(out.last()), Some(4001));
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_millis(app.config.server.handshake_timeout_ms)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn message_auth_gets_an_ack_and_no_welcome_and_cancels_the_deadline() {
+        let app = app(|_| {});
+        let token = app.auth.mint("bob", Role::Viewer, None, 60).unwrap();
+        let conn = drive(&app, None, 16);
+        conn.send(&format!(r#"{{"type":"auth","id":1,"token":"{token}"}}"#));
+        // Long past the handshake timeout, the connection is still served.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        conn.send(r#"{"type":"ping","id":2}"#);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        app.shutdown.cancel();
+        let (out, _) = conn.all().await;
+        let frames = texts(&out);
+        assert_eq!(frames[0]["type"], "ack");
+        assert_eq!(frames[0]["result"]["user"], "bob");
+        assert_eq!(frames[1]["id"], 2);
+        assert!(frames.iter().all(|f| f["type"] != "welcome"));
+        assert_eq!(close_code(out.last()), Some(1001));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_protocol_error_after_the_limit_is_answered_then_closes_4503() {
+        let app = app(|c| c.server.protocol_errors_max = 3);
+        let conn = drive(&app, Some(("bob", Role::Viewer)), 64);
+        for _ in 0..10 {
+            conn.send("{not json");
+        }
+        let (out, _) = conn.all().await;
+        let errors = texts(&out)
+            .into_iter()
+            .filter(|f| f["type"] == "error")
+            .count();
+        // Three tolerated, the fourth answered and then the connection closes.
+        assert_eq!(errors, 4);
+        assert_eq!(close_code(out.last()), Some(4503));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stops_reading_is_dropped_as_slow_then_reset() {
+        let app = app(|_| {});
+        // Room for the welcome only; the test never reads, like a stuck client.
+        let conn = drive(&app, Some(("bob", Role::Viewer)), 1);
+        conn.send(r#"{"type":"ping","id":1}"#);
+        let started = tokio::time::Instant::now();
+        let Driven {
+            from_server,
+            reset,
+            done,
+            to_server,
+        } = conn;
+        done.await.unwrap();
+        let server = &app.config.server;
+        // Detected after write_timeout_ms; reset after close_timeout_ms more, as nothing could be
+        // written, not even the close frame.
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_millis(server.write_timeout_ms + server.close_timeout_ms)
+        );
+        assert!(reset.is_requested());
+        assert_eq!(app.metrics.slow_consumers.get(), 1);
+        assert_eq!(app.metrics.close_resets.get(), 1);
+        drop((from_server, to_server));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_client_that_reads_in_time_gets_close_4000_not_its_queued_frames() {
+        let app = app(|_| {});
+        let mut conn = drive(&app, Some(("bob", Role::Viewer)), 1);
+        for id in 1..=3 {
+            conn.send(&format!(r#"{{"type":"ping","id":{id}}}"#));
+        }
+        // Stuck for longer than write_timeout_ms, then the client reads again.
+        let server = &app.config.server;
+        tokio::time::sleep(Duration::from_millis(server.write_timeout_ms + 1)).await;
+        assert_eq!(app.metrics.slow_consumers.get(), 1);
+        let mut out = Vec::new();
+        while let Some(m) = conn.from_server.recv().await {
+            out.push(m);
+        }
+        conn.done.await.unwrap();
+        assert_eq!(close_code(out.last()), Some(4000));
+        // The welcome was in the pipe; the ping acks still queued were skipped.
+        let frames = texts(&out);
+        assert!(frames.len() <= 2, "{frames:?}");
+        assert!(!conn.reset.is_requested());
+        assert_eq!(app.metrics.close_resets.get(), 0);
+    }
+}

@@ -215,3 +215,110 @@ fn auto_thank(app: &App, room: &Room, gift_id: &str, sender: &str, sticker_name:
         app.send_to_user(sender, OutKind::Thanks, &frame);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::testing::app;
+    use crate::auth::Role;
+    use crate::gift::Channel;
+    use crate::ledger::TopUpRequest;
+    use crate::outbox::{Outbound, Outbox};
+
+    /// A room `r` of streamer `star` with `bob` as a member, and bob's outbox receiver.
+    fn room(app: &App) -> (Arc<Room>, crate::outbox::OutboxReceiver) {
+        let room = Room::new(
+            "r",
+            "star",
+            "t",
+            &app.config.rooms,
+            app.metrics.clone(),
+            app.fanout.as_ref(),
+        );
+        let room = app.rooms.open(room).unwrap();
+        let (outbox, rx) = Outbox::new(64, 1 << 20);
+        app.register_user("bob", 7, outbox.clone());
+        room.join(7, Role::Viewer, outbox).unwrap();
+        (room, rx)
+    }
+
+    async fn fund(app: &App, coins: u64) {
+        app.ledger
+            .top_up(TopUpRequest {
+                user: "bob".into(),
+                channel: Channel::Web,
+                coins,
+                purchase_id: "p1".into(),
+            })
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn concurrent_retries_share_one_attempt_and_one_debit() {
+        let app = app(|_| {});
+        let (room, _rx) = room(&app);
+        fund(&app, 1_000).await;
+        let coffee = app.catalog.get("coffee").unwrap().clone();
+        let attempts = (0..8).map(|_| send(&app, &room, "bob", &coffee, "k1", None));
+        let results = futures_util::future::join_all(attempts).await;
+        let gift_ids: Vec<_> = results
+            .iter()
+            .map(|r| r.as_ref().unwrap().outcome.receipt.gift_id.clone())
+            .collect();
+        assert!(gift_ids.iter().all(|g| *g == gift_ids[0]));
+        let fresh = results
+            .iter()
+            .filter(|r| !r.as_ref().unwrap().outcome.replayed)
+            .count();
+        assert_eq!(fresh, 1, "exactly one attempt applied the gift");
+        assert_eq!(app.ledger.wallet("bob").await.unwrap().total_coins(), 900);
+    }
+
+    #[tokio::test]
+    async fn the_same_key_with_another_sticker_is_a_conflict_and_charges_nothing() {
+        let app = app(|_| {});
+        let (room, _rx) = room(&app);
+        fund(&app, 1_000).await;
+        let coffee = app.catalog.get("coffee").unwrap().clone();
+        let rose = app.catalog.get("rose").unwrap().clone();
+        send(&app, &room, "bob", &coffee, "k1", None).await.unwrap();
+        let e = send(&app, &room, "bob", &rose, "k1", None)
+            .await
+            .unwrap_err();
+        assert_eq!(e, Error::IdempotencyConflict("k1".into()));
+        assert_eq!(app.ledger.wallet("bob").await.unwrap().total_coins(), 900);
+    }
+
+    #[tokio::test]
+    async fn the_streamer_gifting_their_own_room_is_refused_before_any_money_moves() {
+        let app = app(|_| {});
+        let (room, _rx) = room(&app);
+        let coffee = app.catalog.get("coffee").unwrap().clone();
+        let e = send(&app, &room, "star", &coffee, "k1", None)
+            .await
+            .unwrap_err();
+        assert_eq!(e, Error::SelfGift);
+    }
+
+    #[tokio::test]
+    async fn auto_thanks_name_the_sender_and_the_sticker_display_name() {
+        let app = app(|c| c.rooms.auto_thanks = "Thank you {sender} for the {sticker}!".into());
+        let (room, rx) = room(&app);
+        fund(&app, 1_000).await;
+        let coffee = app.catalog.get("coffee").unwrap().clone();
+        send(&app, &room, "bob", &coffee, "k1", None).await.unwrap();
+        let mut private = Vec::new();
+        while let Some(item) = rx.try_recv() {
+            if let Outbound::Frame(OutKind::Thanks, frame) = item {
+                private.push(frame.as_str().to_owned());
+            }
+        }
+        assert_eq!(private.len(), 1, "{private:?}");
+        assert!(
+            private[0].contains("Thank you bob for the Coffee!"),
+            "{}",
+            private[0]
+        );
+    }
+}

@@ -392,3 +392,122 @@ async fn wallet(State(app): AdminState, headers: HeaderMap, Path(user): Path<Str
     }))
     .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::testing::app;
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    #[test]
+    fn topup_amounts_are_whole_coins_within_the_bound() {
+        for ok in [json!(1), json!(100), json!(TOPUP_COINS_MAX)] {
+            assert!(topup_coins(&ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            json!(0),
+            json!(-5),
+            json!(1.5),
+            json!("100"),
+            json!(null),
+            json!(TOPUP_COINS_MAX + 1),
+            json!(u64::MAX),
+        ] {
+            let e = topup_coins(&bad).unwrap_err();
+            assert_eq!((e.code(), e.http_status()), (14004, 400), "{bad}");
+        }
+    }
+
+    #[test]
+    fn upgrade_headers_are_checked() {
+        let mut h = HeaderMap::new();
+        assert!(upgrade_key(&h).is_err());
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("8"));
+        h.insert(header::SEC_WEBSOCKET_KEY, HeaderValue::from_static("k"));
+        assert_eq!(upgrade_key(&h), Err("Sec-WebSocket-Version must be 13"));
+        h.insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        assert!(upgrade_key(&h).is_ok());
+    }
+
+    #[test]
+    fn every_error_answers_with_its_own_status_and_body() {
+        for e in crate::error::tests::one_of_each() {
+            let res = error_response(&e);
+            assert_eq!(res.status().as_u16(), e.http_status(), "{e:?}");
+        }
+    }
+
+    async fn admin(app: &Arc<App>, req: Request<Body>) -> (StatusCode, serde_json::Value) {
+        let res = admin_router(app.clone()).oneshot(req).await.unwrap();
+        let status = res.status();
+        let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    fn topup(coins: serde_json::Value) -> Request<Body> {
+        let body = json!({ "user": "bob", "channel": "web", "coins": coins, "purchase_id": "p1" });
+        Request::post("/admin/topup")
+            .header(
+                header::AUTHORIZATION,
+                format!("Bearer {}", crate::config::DEV_ADMIN_TOKEN),
+            )
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn bad_admin_amounts_get_invalid_amount_and_move_no_money() {
+        let app = app(|_| {});
+        for coins in [json!(-5), json!("12"), json!(2.5), json!(0)] {
+            let (status, body) = admin(&app, topup(coins.clone())).await;
+            assert_eq!(status, 400, "{coins}");
+            assert_eq!(body["reason"], "invalid_amount", "{coins}: {body}");
+        }
+        assert_eq!(app.ledger.wallet("bob").await.unwrap().total_coins(), 0);
+        let (status, body) = admin(&app, topup(json!(25))).await;
+        assert_eq!(
+            (status.as_u16(), body["balance_coins"].as_u64()),
+            (200, Some(25))
+        );
+    }
+
+    #[tokio::test]
+    async fn readiness_reports_the_disk_reserve() {
+        let app = app(|c| c.ledger.disk_reserve_bytes = u64::MAX);
+        let req = Request::get("/readyz").body(Body::empty()).unwrap();
+        let (status, body) = admin(&app, req).await;
+        assert_eq!(status, 503);
+        assert_eq!(body["disk_reserve"], false);
+        assert_eq!(body["ledger"], true);
+    }
+
+    #[tokio::test]
+    async fn operator_endpoints_are_not_on_the_public_router_and_clients_not_on_the_admin_one() {
+        let app = app(|_| {});
+        let public = public_router(app.app.clone(), Tracker::new());
+        for path in ["/metrics", "/healthz", "/readyz", "/admin/wallets/bob"] {
+            let req = Request::get(path).body(Body::empty()).unwrap();
+            let res = public.clone().oneshot(req).await.unwrap();
+            assert_eq!(res.status(), StatusCode::NOT_FOUND, "{path}");
+        }
+        for path in ["/ws", "/rooms", "/stickers"] {
+            let req = Request::get(path).body(Body::empty()).unwrap();
+            let res = admin_router(app.app.clone()).oneshot(req).await.unwrap();
+            assert_eq!(res.status(), StatusCode::NOT_FOUND, "{path}");
+        }
+    }
+}

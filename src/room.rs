@@ -16,7 +16,10 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use std::time::Duration;
+
 use tokio::sync::broadcast;
+use tokio::time::Instant;
 
 use crate::auth::Role;
 use crate::config::RoomsConfig;
@@ -44,7 +47,8 @@ struct State {
     viewers_published: u64,
     /// The streamer's connections in the room, and since when there have been none.
     streamer_conns: u64,
-    streamer_away_since_ms: Option<u64>,
+    /// Monotonic, so a wall-clock jump cannot close a room early or keep it open.
+    streamer_away_since: Option<Instant>,
     questions: Questions,
     /// Recent gift id -> sender, so the streamer can thank them; oldest dropped first.
     recent_gifts: HashMap<String, String>,
@@ -96,7 +100,7 @@ impl Room {
                 viewers: 0,
                 viewers_published: 0,
                 streamer_conns: 0,
-                streamer_away_since_ms: Some(now_ms()),
+                streamer_away_since: Some(Instant::now()),
                 questions: Questions::new(config.questions_open_max),
                 recent_gifts: HashMap::new(),
                 recent_order: VecDeque::new(),
@@ -158,7 +162,7 @@ impl Room {
             Role::Viewer => state.viewers += 1,
             Role::Streamer => {
                 state.streamer_conns += 1;
-                state.streamer_away_since_ms = None;
+                state.streamer_away_since = None;
             }
         }
         state.members.insert(conn, Member { role, outbox });
@@ -174,19 +178,19 @@ impl Room {
                 Role::Streamer => {
                     state.streamer_conns -= 1;
                     if state.streamer_conns == 0 {
-                        state.streamer_away_since_ms = Some(now_ms());
+                        state.streamer_away_since = Some(Instant::now());
                     }
                 }
             }
         }
     }
 
-    /// Whether the streamer has had no connection in the room for at least `away_ms`.
-    pub fn streamer_away_for(&self, away_ms: u64, now_ms: u64) -> bool {
+    /// Whether the streamer has had no connection in the room for at least `away`.
+    pub fn streamer_away_for(&self, away: Duration, now: Instant) -> bool {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state
-            .streamer_away_since_ms
-            .is_some_and(|since| now_ms.saturating_sub(since) >= away_ms)
+            .streamer_away_since
+            .is_some_and(|since| now.saturating_duration_since(since) >= away)
     }
 
     /// Closes the room: publishes `room_closed` and tells every member's writer to finish with

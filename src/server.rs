@@ -285,14 +285,15 @@ async fn room_ticker(app: Arc<App>) {
     let rooms = &app.config.rooms;
     let mut interval = tokio::time::interval(Duration::from_millis(rooms.viewer_count_interval_ms));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let away = Duration::from_millis(rooms.streamer_away_close_ms);
     loop {
         tokio::select! {
             _ = interval.tick() => {}
             _ = app.shutdown.cancelled() => return,
         }
-        let now_ms = crate::ledger::now_ms();
+        let now = Instant::now();
         for room in app.rooms.all() {
-            if room.streamer_away_for(rooms.streamer_away_close_ms, now_ms) {
+            if room.streamer_away_for(away, now) {
                 if room.close("the streamer left").is_ok() {
                     tracing::info!(room = %room.id, "closed a room its streamer left");
                 }
@@ -301,5 +302,81 @@ async fn room_ticker(app: Arc<App>) {
                 room.publish_viewers_if_changed();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::testing::app;
+    use crate::auth::Role;
+    use crate::outbox::{Outbound, Outbox};
+    use crate::room::Room;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_room_whose_streamer_stays_away_is_closed_after_the_grace_period() {
+        let app = app(|c| c.rooms.streamer_away_close_ms = 60_000);
+        let room = Room::new(
+            "r",
+            "star",
+            "t",
+            &app.config.rooms,
+            app.metrics.clone(),
+            &LocalFanout,
+        );
+        let room = app.rooms.open(room).unwrap();
+        let (star, _star_rx) = Outbox::new(8, 1 << 20);
+        let (viewer, viewer_rx) = Outbox::new(8, 1 << 20);
+        room.join(1, Role::Streamer, star).unwrap();
+        let (_, mut events) = room.join(2, Role::Viewer, viewer).unwrap();
+        let ticker = tokio::spawn(room_ticker(app.app.clone()));
+
+        // The streamer drops; coming back within the grace period keeps the room.
+        room.leave(1);
+        tokio::time::sleep(Duration::from_secs(59)).await;
+        assert!(!room.is_closed());
+        let (star, _star_rx) = Outbox::new(8, 1 << 20);
+        room.join(3, Role::Streamer, star).unwrap();
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        assert!(!room.is_closed());
+
+        // Away for the whole grace period: closed, members told, the room gone from the node.
+        room.leave(3);
+        tokio::time::sleep(Duration::from_secs(61)).await;
+        assert!(room.is_closed());
+        assert!(app.rooms.get("r").is_none());
+        let mut last = None;
+        while let Ok(frame) = events.try_recv() {
+            last = Some(frame);
+        }
+        let last = last.expect("room events");
+        assert!(
+            last.as_str()
+                .contains(r#""kind":"room_closed","reason":"the streamer left""#),
+            "{}",
+            last.as_str()
+        );
+        assert!(matches!(viewer_rx.try_recv(), Some(Outbound::Unsubscribe)));
+        app.shutdown.cancel();
+        ticker.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_connection_over_the_limit_gets_503_with_the_wire_error_body() {
+        use tokio::io::AsyncReadExt;
+        let app = app(|_| {});
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        refuse(accepted, &app, "connections_max");
+        let mut text = String::new();
+        client.read_to_string(&mut text).await.unwrap();
+        assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+        let body: serde_json::Value =
+            serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert_eq!(body, Error::TooManyConnections.body());
+        assert_eq!(body["code"], 15003);
     }
 }

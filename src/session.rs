@@ -405,3 +405,119 @@ impl Session {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::testing::{app, TestApp};
+    use crate::outbox::OutboxReceiver;
+
+    /// A session on its own connection, and the receiving end of its outbox.
+    fn session(
+        app: &TestApp,
+        conn: ConnId,
+        user: Option<(&str, Role)>,
+    ) -> (Session, OutboxReceiver) {
+        let (outbox, rx) = Outbox::new(64, 1 << 20);
+        let mut s = Session::new(app.app.clone(), conn, outbox);
+        if let Some((user, role)) = user {
+            s.authenticate(Identity {
+                user: user.into(),
+                role,
+                room: None,
+            });
+        }
+        (s, rx)
+    }
+
+    /// Sends one frame and returns the reply it queued, as JSON.
+    async fn call(s: &mut Session, rx: &OutboxReceiver, text: &str) -> serde_json::Value {
+        s.handle_text(text).await;
+        loop {
+            match rx.try_recv().expect("a reply") {
+                Outbound::Frame(_, f) => return serde_json::from_str(f.as_str()).unwrap(),
+                Outbound::Subscribe(_) | Outbound::Unsubscribe => continue,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn commands_before_auth_are_refused_and_auth_by_message_works_once() {
+        let app = app(|_| {});
+        let (mut s, rx) = session(&app, 1, None);
+        let e = call(&mut s, &rx, r#"{"type":"ping","id":1}"#).await;
+        assert_eq!(
+            (e["id"].as_u64(), e["code"].as_u64()),
+            (Some(1), Some(11005))
+        );
+        let token = app.auth.mint("bob", Role::Viewer, None, 60).unwrap();
+        let auth = format!(r#"{{"type":"auth","id":2,"token":"{token}"}}"#);
+        let ack = call(&mut s, &rx, &auth).await;
+        assert_eq!(ack["result"], json!({ "user": "bob", "role": "viewer" }));
+        let again = call(&mut s, &rx, &auth.replace("\"id\":2", "\"id\":3")).await;
+        assert_eq!(again["reason"], "already_authenticated");
+    }
+
+    #[tokio::test]
+    async fn a_bad_auth_message_closes_with_auth_failed() {
+        let app = app(|_| {});
+        let (mut s, _rx) = session(&app, 1, None);
+        let code = s
+            .handle_text(r#"{"type":"auth","id":1,"token":"x.y.z"}"#)
+            .await;
+        assert_eq!(code, Some(CloseCode::AuthFailed));
+    }
+
+    #[tokio::test]
+    async fn a_full_room_and_a_full_node_have_their_own_codes() {
+        let app = app(|c| {
+            c.rooms.rooms_max = 1;
+            c.rooms.members_max = 1;
+        });
+        let (mut star, star_rx) = session(&app, 1, Some(("star", Role::Streamer)));
+        let open = r#"{"type":"open_room","id":1,"room":"a","title":"t"}"#;
+        assert_eq!(call(&mut star, &star_rx, open).await["type"], "ack");
+
+        let (mut other, other_rx) = session(&app, 2, Some(("nova", Role::Streamer)));
+        let e = call(&mut other, &other_rx, &open.replace("\"a\"", "\"b\"")).await;
+        assert_eq!(
+            (e["code"].as_u64(), e["reason"].as_str()),
+            (Some(15005), Some("too_many_rooms"))
+        );
+
+        let (mut bob, bob_rx) = session(&app, 3, Some(("bob", Role::Viewer)));
+        let e = call(&mut bob, &bob_rx, r#"{"type":"join","id":1,"room":"a"}"#).await;
+        assert_eq!(
+            (e["code"].as_u64(), e["reason"].as_str()),
+            (Some(15004), Some("room_full"))
+        );
+    }
+
+    #[tokio::test]
+    async fn roles_are_checked_before_anything_happens() {
+        let app = app(|_| {});
+        let (mut viewer, rx) = session(&app, 1, Some(("bob", Role::Viewer)));
+        let e = call(
+            &mut viewer,
+            &rx,
+            r#"{"type":"open_room","id":1,"room":"a","title":"t"}"#,
+        )
+        .await;
+        assert_eq!(e["reason"], "wrong_role");
+        let (mut star, star_rx) = session(&app, 2, Some(("star", Role::Streamer)));
+        call(
+            &mut star,
+            &star_rx,
+            r#"{"type":"open_room","id":1,"room":"a","title":"t"}"#,
+        )
+        .await;
+        // A streamer-role token cannot gift, even in its own room.
+        let e = call(
+            &mut star,
+            &star_rx,
+            r#"{"type":"send_gift","id":2,"sticker":"rose","key":"k"}"#,
+        )
+        .await;
+        assert_eq!(e["reason"], "wrong_role");
+    }
+}
