@@ -14,6 +14,8 @@ pub const TOKEN_BYTES_MAX: usize = 4096;
 pub const ROOM_ID_BYTES_MAX: usize = 64;
 /// Longest sticker id, in bytes: `[a-z0-9_-]{1,32}`.
 pub const STICKER_ID_BYTES_MAX: usize = 32;
+/// Longest room epoch a client may send back in `join.since`; giftd's own are 16 hex digits.
+pub const EPOCH_CHARS_MAX: usize = 32;
 /// Characters of an unknown message `type` echoed back in the error, so a client cannot make
 /// the server reflect a large string.
 pub const UNKNOWN_TYPE_CHARS_SHOWN: usize = 40;

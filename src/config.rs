@@ -177,6 +177,11 @@ pub struct RoomsConfig {
     pub questions_open_max: usize,
     /// Gifts remembered per room so the streamer can thank them.
     pub recent_gifts_max: usize,
+    /// Events a room keeps for members that reconnect and `join` with `since`. 0 turns recovery
+    /// off. At most 1048576.
+    pub history_events_max: usize,
+    /// Age after which a kept event no longer counts for recovery. At least 1000.
+    pub history_age_ms: u64,
     /// Template for automatic thank-yous, sent for each gift at once. `{sender}` and
     /// `{sticker}` are replaced. Empty disables it.
     pub auto_thanks: String,
@@ -198,6 +203,8 @@ impl Default for RoomsConfig {
             thanks_chars_max: 200,
             questions_open_max: 200,
             recent_gifts_max: 4096,
+            history_events_max: 1000,
+            history_age_ms: 300_000,
             auto_thanks: String::new(),
             pin_tiers: vec![
                 PinTier {
@@ -601,6 +608,13 @@ impl RoomsConfig {
         ] {
             c.at_least(name, v, 1);
         }
+        c.between(
+            "rooms.history_events_max",
+            self.history_events_max,
+            0,
+            1 << 20,
+        );
+        c.at_least("rooms.history_age_ms", self.history_age_ms, 1000);
         c.need(
             self.pin_tiers
                 .windows(2)
@@ -762,6 +776,8 @@ mod tests {
             ("[rooms]\nthanks_chars_max = 0", "rooms.thanks_chars_max"),
             ("[rooms]\nquestions_open_max = 0", "rooms.questions_open_max"),
             ("[rooms]\nrecent_gifts_max = 0", "rooms.recent_gifts_max"),
+            ("[rooms]\nhistory_events_max = 1048577", "rooms.history_events_max"),
+            ("[rooms]\nhistory_age_ms = 999", "rooms.history_age_ms"),
             (
                 "[rooms]\npin_tiers = [{price_coins_min = 5, pinned_secs = 1}, {price_coins_min = 5, pinned_secs = 2}]",
                 "rooms.pin_tiers must be sorted",

@@ -259,6 +259,10 @@ fn collect(
             metrics.out(kind, 1);
             batch.push(frame);
         }
+        Step::Private(Outbound::Replay(frames)) => {
+            *events += frames.len() as u64;
+            batch.extend(frames);
+        }
         Step::Private(Outbound::Subscribe(r)) => *ring = Some(r),
         Step::Private(Outbound::Unsubscribe) => {
             // Forward what the room sent before it let go of us (such as room_closed).

@@ -36,6 +36,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "giftd_ledger_commit_seconds",
     "giftd_ack_seconds",
     "giftd_ledger_ready",
+    "giftd_recoveries_total",
 ];
 
 /// Kinds of frames a connection writes, for `giftd_messages_out_total{type}`.
@@ -84,6 +85,8 @@ pub struct Metrics {
     room_events: Vec<IntCounter>,
     pub slow_consumers: IntCounter,
     pub close_resets: IntCounter,
+    /// `join`s with `since`: `[recovered, not recovered]`.
+    recoveries: [IntCounter; 2],
     pub errors: IntCounterVec,
     pub gifts: IntCounter,
     gift_coins: IntCounterVec,
@@ -198,6 +201,14 @@ impl Metrics {
                 "giftd_slow_consumers_total",
                 "Connections dropped because they fell too far behind.",
             ),
+            recoveries: {
+                let vec = counter_vec(
+                    "giftd_recoveries_total",
+                    "Joins that asked to recover missed events, by whether they could.",
+                    &["recovered"],
+                );
+                [vec.with_label_values(&["true"]), vec.with_label_values(&["false"])]
+            },
             close_resets: counter(
                 "giftd_close_resets_total",
                 "Connections reset because the client did not read its close frame within close_timeout_ms.",
@@ -231,6 +242,11 @@ impl Metrics {
     /// Counts one published room event; resolved per kind once, since it runs under the room's lock.
     pub fn room_event(&self, kind: &EventKind) {
         self.room_events[kind.index()].inc();
+    }
+
+    /// Counts a `join` with `since`, recovered or not.
+    pub fn recovery(&self, recovered: bool) {
+        self.recoveries[usize::from(!recovered)].inc();
     }
 
     pub fn out(&self, kind: OutKind, n: u64) {

@@ -28,6 +28,8 @@ use crate::protocol::Frame;
 pub enum Outbound {
     /// Write one private frame.
     Frame(OutKind, Frame),
+    /// Write a member's missed room events, recovered from the room's history, in order.
+    Replay(Vec<Frame>),
     /// Start forwarding a room's events.
     Subscribe(broadcast::Receiver<Frame>),
     /// Forward what the room already sent, then stop.
@@ -58,7 +60,9 @@ struct Items {
 fn frame_bytes(item: &Outbound) -> usize {
     match item {
         Outbound::Frame(_, frame) => frame.len(),
-        Outbound::Subscribe(_) | Outbound::Unsubscribe => 0,
+        // Replayed frames are shared with the room's history (bounded by its own config), so
+        // they cost this queue no memory of their own.
+        Outbound::Replay(_) | Outbound::Subscribe(_) | Outbound::Unsubscribe => 0,
     }
 }
 

@@ -9,6 +9,14 @@
 //!
 //! The lock is a plain mutex held for short, synchronous sections only (never across `.await`),
 //! which keeps the registry lock-free in the common case and the room's state consistent.
+//!
+//! Each room has an **epoch**, a random id of this incarnation of the room: with `seq` it is an
+//! event's position. The room also keeps a **history** of its latest events, bounded by
+//! `rooms.history_events_max` and `rooms.history_age_ms`, sharing the encoded frames with the
+//! ring. A member that lost its connection joins again with the position it last saw; if the
+//! history still holds every event after it (same epoch, nothing evicted, nothing too old), those
+//! events are replayed in order before live ones, with no gap and no duplicate, because the
+//! replay and the ring subscription are taken under the same lock.
 
 pub mod registry;
 
@@ -40,8 +48,17 @@ struct Member {
     outbox: Outbox,
 }
 
+/// One kept event.
+struct Kept {
+    seq: u64,
+    at: Instant,
+    frame: Frame,
+}
+
 struct State {
     seq: u64,
+    /// The latest events, oldest first, for recovery.
+    history: VecDeque<Kept>,
     members: HashMap<ConnId, Member>,
     viewers: u64,
     viewers_published: u64,
@@ -57,6 +74,8 @@ struct State {
 
 pub struct Room {
     pub id: String,
+    /// This incarnation of the room, 16 hex digits.
+    pub epoch: String,
     pub streamer: String,
     pub title: String,
     pub opened_ms: u64,
@@ -65,7 +84,24 @@ pub struct Room {
     closed: AtomicBool,
     members_max: usize,
     recent_gifts_max: usize,
+    history_events_max: usize,
+    history_age: Duration,
     metrics: Arc<Metrics>,
+}
+
+/// What a member that joins with `since` gets.
+pub enum Entry {
+    /// Its position could not be recovered: a fresh snapshot, events from `snapshot.seq + 1`.
+    Fresh(Snapshot),
+    /// The events after its position, to deliver before live ones.
+    Recovered { since_seq: u64, missed: Vec<Frame> },
+}
+
+/// A member's last seen position, as a client sends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub epoch: String,
+    pub seq: u64,
 }
 
 /// A room as `GET /rooms` lists it.
@@ -75,6 +111,7 @@ pub struct RoomSummary {
     pub title: String,
     pub streamer: String,
     pub viewers: u64,
+    pub epoch: String,
     pub seq: u64,
     pub opened_ms: u64,
 }
@@ -90,12 +127,14 @@ impl Room {
     ) -> Room {
         Room {
             id: id.to_owned(),
+            epoch: format!("{:016x}", rand::random::<u64>()),
             streamer: streamer.to_owned(),
             title: title.to_owned(),
             opened_ms: now_ms(),
             events: fanout.channel(id, config.room_ring_frames),
             state: Mutex::new(State {
                 seq: 0,
+                history: VecDeque::new(),
                 members: HashMap::new(),
                 viewers: 0,
                 viewers_published: 0,
@@ -108,6 +147,8 @@ impl Room {
             closed: AtomicBool::new(false),
             members_max: config.members_max,
             recent_gifts_max: config.recent_gifts_max,
+            history_events_max: config.history_events_max,
+            history_age: Duration::from_millis(config.history_age_ms),
             metrics,
         }
     }
@@ -128,9 +169,51 @@ impl Room {
     /// Numbers, encodes and pushes one event. Must be called with the lock held.
     fn publish(&self, state: &mut State, kind: &EventKind) -> u64 {
         state.seq += 1;
-        self.events.send(Event::encode(&self.id, state.seq, kind));
+        let frame = Event::encode(&self.id, &self.epoch, state.seq, kind);
+        if self.history_events_max > 0 {
+            if state.history.len() == self.history_events_max {
+                state.history.pop_front();
+            }
+            state.history.push_back(Kept {
+                seq: state.seq,
+                at: Instant::now(),
+                frame: frame.clone(),
+            });
+        }
+        self.events.send(frame);
         self.metrics.room_event(kind);
         state.seq
+    }
+
+    /// The events after `since`, if the history still holds all of them, none older than the
+    /// history age.
+    fn missed_since(&self, state: &State, since: &Position) -> Option<Vec<Frame>> {
+        if since.epoch != self.epoch || since.seq > state.seq || self.history_events_max == 0 {
+            return None;
+        }
+        if since.seq == state.seq {
+            return Some(Vec::new());
+        }
+        let first = state.history.front()?;
+        if first.seq > since.seq + 1 {
+            return None;
+        }
+        let start = (since.seq + 1 - first.seq) as usize;
+        let oldest_needed = &state.history[start];
+        if oldest_needed.at.elapsed() > self.history_age {
+            return None;
+        }
+        let missed: Vec<Frame> = state
+            .history
+            .range(start..)
+            .map(|k| k.frame.clone())
+            .collect();
+        assert_eq!(
+            missed.len() as u64,
+            state.seq - since.seq,
+            "history is gap-free"
+        );
+        Some(missed)
     }
 
     fn snapshot(&self, state: &mut State) -> Snapshot {
@@ -140,7 +223,9 @@ impl Room {
             title: self.title.clone(),
             streamer: self.streamer.clone(),
             viewers: state.viewers,
+            epoch: self.epoch.clone(),
             seq: state.seq,
+            recovered: None,
             questions_open,
             questions_pinned,
         }
@@ -154,6 +239,22 @@ impl Room {
         role: Role,
         outbox: Outbox,
     ) -> Result<(Snapshot, broadcast::Receiver<Frame>)> {
+        match self.join_since(conn, role, outbox, None)? {
+            (Entry::Fresh(snapshot), ring) => Ok((snapshot, ring)),
+            (Entry::Recovered { .. }, _) => unreachable!("no position was given"),
+        }
+    }
+
+    /// Adds a member that last saw `since`, if given. Its missed events (or a fresh snapshot) and
+    /// the ring subscription are taken under one lock, so what follows them is exactly the next
+    /// event.
+    pub fn join_since(
+        &self,
+        conn: ConnId,
+        role: Role,
+        outbox: Outbox,
+        since: Option<&Position>,
+    ) -> Result<(Entry, broadcast::Receiver<Frame>)> {
         let mut state = self.live()?;
         if state.members.len() >= self.members_max {
             return Err(Error::RoomFull);
@@ -166,8 +267,19 @@ impl Room {
             }
         }
         state.members.insert(conn, Member { role, outbox });
-        let snapshot = self.snapshot(&mut state);
-        Ok((snapshot, self.events.subscribe()))
+        let entry = match since.map(|p| (p, self.missed_since(&state, p))) {
+            Some((p, Some(missed))) => Entry::Recovered {
+                since_seq: p.seq,
+                missed,
+            },
+            Some((_, None)) => {
+                let mut snapshot = self.snapshot(&mut state);
+                snapshot.recovered = Some(false);
+                Entry::Fresh(snapshot)
+            }
+            None => Entry::Fresh(self.snapshot(&mut state)),
+        };
+        Ok((entry, self.events.subscribe()))
     }
 
     pub fn leave(&self, conn: ConnId) {
@@ -316,6 +428,7 @@ impl Room {
             title: self.title.clone(),
             streamer: self.streamer.clone(),
             viewers: state.viewers,
+            epoch: self.epoch.clone(),
             seq: state.seq,
             opened_ms: self.opened_ms,
         }
@@ -371,6 +484,136 @@ mod tests {
         ));
         let (outbox, _rx) = Outbox::new(8, 1 << 20);
         assert!(r.join(2, Role::Viewer, outbox).is_err());
+    }
+
+    fn at(r: &Room, seq: u64) -> Position {
+        Position {
+            epoch: r.epoch.clone(),
+            seq,
+        }
+    }
+
+    fn seqs(frames: &[Frame]) -> Vec<u64> {
+        frames
+            .iter()
+            .map(|f| {
+                let v: serde_json::Value = serde_json::from_str(f.as_str()).unwrap();
+                v["seq"].as_u64().unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_member_that_rejoins_gets_exactly_the_events_it_missed_then_live_ones() {
+        let r = room();
+        for i in 0..10 {
+            r.gift(&format!("g{i}"), "v1", "rose", "Rose", 1).unwrap();
+        }
+        let (outbox, _rx) = Outbox::new(8, 1 << 20);
+        let (entry, mut ring) = r
+            .join_since(7, Role::Viewer, outbox, Some(&at(&r, 4)))
+            .unwrap();
+        let Entry::Recovered { since_seq, missed } = entry else {
+            panic!("not recovered")
+        };
+        assert_eq!(since_seq, 4);
+        assert_eq!(seqs(&missed), (5..=10).collect::<Vec<_>>());
+        r.gift("g10", "v1", "rose", "Rose", 1).unwrap();
+        assert_eq!(seqs(&[ring.try_recv().unwrap()]), vec![11]);
+    }
+
+    #[test]
+    fn an_up_to_date_member_recovers_nothing_and_a_foreign_position_gets_a_snapshot() {
+        let r = room();
+        r.gift("g1", "v1", "rose", "Rose", 1).unwrap();
+        let (outbox, _rx) = Outbox::new(8, 1 << 20);
+        let (entry, _) = r
+            .join_since(1, Role::Viewer, outbox.clone(), Some(&at(&r, 1)))
+            .unwrap();
+        assert!(
+            matches!(entry, Entry::Recovered { since_seq: 1, ref missed } if missed.is_empty())
+        );
+        for since in [
+            Position {
+                epoch: "other".into(),
+                seq: 0,
+            },
+            at(&r, 2), // ahead of the room
+        ] {
+            let (entry, _) = r
+                .join_since(2, Role::Viewer, outbox.clone(), Some(&since))
+                .unwrap();
+            let Entry::Fresh(snapshot) = entry else {
+                panic!("recovered from {since:?}")
+            };
+            assert_eq!((snapshot.recovered, snapshot.seq), (Some(false), 1));
+            assert_eq!(snapshot.epoch, r.epoch);
+        }
+    }
+
+    #[test]
+    fn history_is_bounded_by_count() {
+        let config = RoomsConfig {
+            history_events_max: 5,
+            ..RoomsConfig::default()
+        };
+        let r = Room::new(
+            "r1",
+            "star",
+            "t",
+            &config,
+            Arc::new(Metrics::new()),
+            &LocalFanout,
+        );
+        for i in 0..20 {
+            r.gift(&format!("g{i}"), "v1", "rose", "Rose", 1).unwrap();
+        }
+        let (outbox, _rx) = Outbox::new(8, 1 << 20);
+        // Events 16..=20 are kept: from 15 on it recovers, from 14 it cannot.
+        let (entry, _) = r
+            .join_since(1, Role::Viewer, outbox.clone(), Some(&at(&r, 15)))
+            .unwrap();
+        assert!(matches!(entry, Entry::Recovered { ref missed, .. } if missed.len() == 5));
+        let (entry, _) = r
+            .join_since(2, Role::Viewer, outbox, Some(&at(&r, 14)))
+            .unwrap();
+        assert!(matches!(entry, Entry::Fresh(_)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn history_is_bounded_by_age() {
+        let config = RoomsConfig {
+            history_age_ms: 60_000,
+            ..RoomsConfig::default()
+        };
+        let r = Room::new(
+            "r1",
+            "star",
+            "t",
+            &config,
+            Arc::new(Metrics::new()),
+            &LocalFanout,
+        );
+        r.gift("g1", "v1", "rose", "Rose", 1).unwrap();
+        tokio::time::advance(Duration::from_secs(30)).await;
+        r.gift("g2", "v1", "rose", "Rose", 1).unwrap();
+        tokio::time::advance(Duration::from_secs(31)).await;
+        let (outbox, _rx) = Outbox::new(8, 1 << 20);
+        // Event 1 is 61 s old: too old. Event 2 is 31 s old: fine.
+        let (entry, _) = r
+            .join_since(1, Role::Viewer, outbox.clone(), Some(&at(&r, 0)))
+            .unwrap();
+        assert!(matches!(entry, Entry::Fresh(_)));
+        let (entry, _) = r
+            .join_since(2, Role::Viewer, outbox, Some(&at(&r, 1)))
+            .unwrap();
+        assert!(matches!(entry, Entry::Recovered { ref missed, .. } if missed.len() == 1));
+    }
+
+    #[test]
+    fn each_room_has_its_own_epoch() {
+        assert_ne!(room().epoch, room().epoch);
+        assert_eq!(room().epoch.len(), 16);
     }
 
     #[test]

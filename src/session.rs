@@ -14,19 +14,37 @@ use tokio::time::Instant;
 
 use crate::app::App;
 use crate::auth::{Identity, Role};
+use crate::bounds::EPOCH_CHARS_MAX;
 use crate::error::{CloseCode, Error, Result};
 use crate::gift::catalog::Sticker;
 use crate::gifting;
 use crate::metrics::OutKind;
 use crate::outbox::{Outbound, Outbox};
+use crate::protocol::client::Since;
 use crate::protocol::client::{check_room_id, check_text};
-use crate::protocol::server::{self, encode, ReceiptView, ServerMessage};
+use crate::protocol::server::{self, encode, ReceiptView, Recovered, ServerMessage};
 use crate::protocol::{self, Command, Frame};
 use crate::ratelimit::{self, Buckets};
-use crate::room::{ConnId, Room};
+use crate::room::{ConnId, Entry, Position, Room};
 
 /// Default text of a streamer's thank-you when none is given.
 const THANKS_TEXT_DEFAULT: &str = "Thank you!";
+
+/// Checks a client's `since` position: an epoch is 1 to `EPOCH_CHARS_MAX` ASCII alphanumerics.
+fn check_since(since: Since) -> Result<Position> {
+    let ok = !since.epoch.is_empty()
+        && since.epoch.len() <= EPOCH_CHARS_MAX
+        && since.epoch.bytes().all(|b| b.is_ascii_alphanumeric());
+    if !ok {
+        return Err(Error::InvalidMessage(format!(
+            "since.epoch must be 1 to {EPOCH_CHARS_MAX} letters or digits"
+        )));
+    }
+    Ok(Position {
+        epoch: since.epoch,
+        seq: since.seq,
+    })
+}
 
 fn ack<T: Serialize>(id: u64, result: &T) -> Result<Reply> {
     Ok(Reply::Ack(server::ack(id, result)))
@@ -35,9 +53,9 @@ fn ack<T: Serialize>(id: u64, result: &T) -> Result<Reply> {
 /// A successful command's reply.
 enum Reply {
     Ack(Frame),
-    /// An ack followed by a room subscription, queued in that order so the snapshot reaches the
-    /// client before the room's next event.
-    AckThenSubscribe(Frame, broadcast::Receiver<Frame>),
+    /// An ack, the member's recovered events (if any), then a room subscription, queued in that
+    /// order so the client sees its snapshot or its missed events before the room's next event.
+    AckThenSubscribe(Frame, Vec<Frame>, broadcast::Receiver<Frame>),
 }
 
 pub struct Session {
@@ -118,8 +136,11 @@ impl Session {
                     Reply::Ack(frame) => {
                         self.outbox.push(OutKind::Ack, frame);
                     }
-                    Reply::AckThenSubscribe(frame, ring) => {
+                    Reply::AckThenSubscribe(frame, missed, ring) => {
                         self.outbox.push(OutKind::Ack, frame);
+                        if !missed.is_empty() {
+                            self.outbox.send(Outbound::Replay(missed));
+                        }
                         self.outbox.send(Outbound::Subscribe(ring));
                     }
                 }
@@ -248,7 +269,7 @@ impl Session {
                 self.room = None;
                 ack(&json!({ "room": room.id, "seq": seq }))
             }
-            Command::Join { room } => self.join(id, &room),
+            Command::Join { room, since } => self.join(id, &room, since),
             Command::Leave {} => {
                 let room = self.current_room()?;
                 room.leave(self.conn);
@@ -338,17 +359,22 @@ impl Session {
         self.enter(id, room)
     }
 
-    fn join(&mut self, id: u64, room_id: &str) -> Result<Reply> {
+    fn join(&mut self, id: u64, room_id: &str, since: Option<Since>) -> Result<Reply> {
         self.enter_check(room_id)?;
+        let since = since.map(check_since).transpose()?;
         let room = self
             .app
             .rooms
             .get(room_id)
             .ok_or_else(|| Error::RoomNotFound(room_id.to_owned()))?;
-        self.enter(id, room)
+        self.enter_since(id, room, since.as_ref())
     }
 
     fn enter(&mut self, id: u64, room: Arc<Room>) -> Result<Reply> {
+        self.enter_since(id, room, None)
+    }
+
+    fn enter_since(&mut self, id: u64, room: Arc<Room>, since: Option<&Position>) -> Result<Reply> {
         let who = self.who();
         // The room's own streamer (on any of their connections) is a member but not a viewer.
         let role = if who.role == Role::Streamer && who.user == room.streamer {
@@ -356,10 +382,30 @@ impl Session {
         } else {
             Role::Viewer
         };
-        let (snapshot, ring) = room.join(self.conn, role, self.outbox.clone())?;
+        let (entry, ring) = room.join_since(self.conn, role, self.outbox.clone(), since)?;
+        if since.is_some() {
+            let recovered = matches!(entry, Entry::Recovered { .. });
+            self.app.metrics.recovery(recovered);
+        }
+        let reply = match entry {
+            Entry::Fresh(snapshot) => {
+                Reply::AckThenSubscribe(server::ack(id, &snapshot), Vec::new(), ring)
+            }
+            Entry::Recovered { since_seq, missed } => {
+                let result = Recovered {
+                    room: room.id.clone(),
+                    title: room.title.clone(),
+                    streamer: room.streamer.clone(),
+                    epoch: room.epoch.clone(),
+                    seq: since_seq,
+                    recovered: true,
+                };
+                Reply::AckThenSubscribe(server::ack(id, &result), missed, ring)
+            }
+        };
         tracing::Span::current().record("room", room.id.as_str());
         self.room = Some(room);
-        Ok(Reply::AckThenSubscribe(server::ack(id, &snapshot), ring))
+        Ok(reply)
     }
 
     async fn ask(
@@ -436,7 +482,7 @@ mod tests {
         loop {
             match rx.try_recv().expect("a reply") {
                 Outbound::Frame(_, f) => return serde_json::from_str(f.as_str()).unwrap(),
-                Outbound::Subscribe(_) | Outbound::Unsubscribe => continue,
+                Outbound::Replay(_) | Outbound::Subscribe(_) | Outbound::Unsubscribe => continue,
             }
         }
     }

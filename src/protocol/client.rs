@@ -22,8 +22,13 @@ pub enum Command {
     OpenRoom { room: String, title: String },
     /// Streamer: close the room this connection opened.
     CloseRoom {},
-    /// Enter a room and receive its snapshot, then its events.
-    Join { room: String },
+    /// Enter a room and receive its snapshot, then its events; with `since`, the events missed
+    /// after that position instead, when the room still has them.
+    Join {
+        room: String,
+        #[serde(default)]
+        since: Option<Since>,
+    },
     /// Leave the current room.
     Leave {},
     /// Viewer: send a sticker to the current room's streamer. `key` is the idempotency key.
@@ -63,6 +68,14 @@ const KNOWN: &[&str] = &[
     "balance",
     "ping",
 ];
+
+/// The last event position a client saw in a room.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Since {
+    pub epoch: String,
+    pub seq: u64,
+}
 
 /// Which rate-limit bucket a command draws from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -80,16 +80,19 @@ pub struct Event<'a> {
     #[serde(rename = "type")]
     pub message_type: &'static str,
     pub room: &'a str,
+    /// The room's incarnation; with `seq`, the event's position.
+    pub epoch: &'a str,
     pub seq: u64,
     #[serde(flatten)]
     pub kind: &'a EventKind,
 }
 
 impl Event<'_> {
-    pub fn encode(room: &str, seq: u64, kind: &EventKind) -> Frame {
+    pub fn encode(room: &str, epoch: &str, seq: u64, kind: &EventKind) -> Frame {
         encode(&Event {
             message_type: "event",
             room,
+            epoch,
             seq,
             kind,
         })
@@ -192,10 +195,30 @@ pub struct Snapshot {
     pub title: String,
     pub streamer: String,
     pub viewers: u64,
+    /// The room's incarnation: a new room (or one reopened) has a new epoch and numbers its events
+    /// from 1 again.
+    pub epoch: String,
     /// The last event sequence number included in this snapshot; events follow from `seq + 1`.
     pub seq: u64,
+    /// Present when the join asked to recover (`since`): always `false` here, since a snapshot is
+    /// what a client gets when its missed events could not be recovered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
     pub questions_open: Vec<QuestionView>,
     pub questions_pinned: Vec<QuestionView>,
+}
+
+/// The ack of a `join` whose missed events are replayed: the client keeps its own state and
+/// receives every event after `seq`, in order, right after this ack.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Recovered {
+    pub room: String,
+    pub title: String,
+    pub streamer: String,
+    pub epoch: String,
+    /// The position the client gave; the first replayed event is `seq + 1`.
+    pub seq: u64,
+    pub recovered: bool,
 }
 
 /// The receipt acknowledging a gift, sent only after the ledger committed it.
@@ -288,10 +311,10 @@ mod tests {
 
     #[test]
     fn events_are_flat() {
-        let f = Event::encode("r1", 9, &EventKind::Viewers { count: 3 });
+        let f = Event::encode("r1", "e7", 9, &EventKind::Viewers { count: 3 });
         assert_eq!(
             f.as_str(),
-            r#"{"type":"event","room":"r1","seq":9,"kind":"viewers","count":3}"#
+            r#"{"type":"event","room":"r1","epoch":"e7","seq":9,"kind":"viewers","count":3}"#
         );
     }
 
