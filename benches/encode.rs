@@ -37,7 +37,14 @@ fn bench_encode(c: &mut Criterion) {
         ("paid_question", &question),
     ] {
         g.bench_function(name, |b| {
-            b.iter(|| Event::encode(black_box("room-1"), black_box(123_456), black_box(kind)))
+            b.iter(|| {
+                Event::encode(
+                    black_box("room-1"),
+                    black_box("9f2c4e1ab7d03366"),
+                    black_box(123_456),
+                    black_box(kind),
+                )
+            })
         });
     }
     g.finish();

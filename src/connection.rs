@@ -535,6 +535,17 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_client_that_talks_but_never_authenticates_is_closed_4001_too() {
+        let app = app(|_| {});
+        let conn = drive(&app, None, 16);
+        conn.send(r#"{"type":"join","id":1,"room":"r"}"#);
+        let (out, _) = conn.all().await;
+        let frames = texts(&out);
+        assert_eq!(frames[0]["reason"], "not_authenticated");
+        assert_eq!(close_code(out.last()), Some(4001));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn message_auth_gets_an_ack_and_no_welcome_and_cancels_the_deadline() {
         let app = app(|_| {});
         let token = app.auth.mint("bob", Role::Viewer, None, 60).unwrap();

@@ -17,6 +17,8 @@
 //! `GIFTD_CRASH_CYCLES` sets the number of cycles (default 5), `GIFTD_CRASH_SEED` replays a run;
 //! the seed is printed.
 
+mod support;
+
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -29,7 +31,6 @@ use giftd::config::AuthConfig;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
@@ -118,7 +119,8 @@ async fn wait_ready(server: &mut Server) -> bool {
         if let Ok(Some(_)) = server.child.try_wait() {
             return false;
         }
-        if let Ok((200, _)) = http(server.admin, "GET", "/readyz", None).await {
+        // The server may not listen yet, or may have died: a failed request is not an error.
+        if let Ok((200, _)) = support::try_http(server.admin, "GET", "/readyz", None, None).await {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -126,41 +128,9 @@ async fn wait_ready(server: &mut Server) -> bool {
     panic!("giftd not ready within 30 s");
 }
 
-async fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    body: Option<&Value>,
-) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(addr).await?;
-    let body = body.map(Value::to_string).unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\nauthorization: Bearer {ADMIN}\r\n\
-         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(req.as_bytes()).await?;
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
-        .await
-        .map_err(|_| std::io::Error::other("http timeout"))??;
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
-}
-
 async fn balance(addr: SocketAddr, user: &str) -> u64 {
-    let (status, body) = http(addr, "GET", &format!("/admin/wallets/{user}"), None)
-        .await
-        .unwrap();
+    let path = format!("/admin/wallets/{user}");
+    let (status, body) = support::http(addr, "GET", &path, Some(ADMIN), None).await;
     assert_eq!(status, 200, "{body}");
     serde_json::from_str::<Value>(&body).unwrap()["balance_coins"]
         .as_u64()
@@ -392,9 +362,14 @@ async fn sigkill_under_gift_load_loses_no_receipt_and_charges_each_key_once() {
     let mut server = start(dir.path(), &db, 0).await;
     for user in &viewers {
         let body = json!({ "user": user, "channel": "web", "coins": TOPUP_COINS, "purchase_id": format!("p-{user}") });
-        let (status, text) = http(server.admin, "POST", "/admin/topup", Some(&body))
-            .await
-            .unwrap();
+        let (status, text) = support::http(
+            server.admin,
+            "POST",
+            "/admin/topup",
+            Some(ADMIN),
+            Some(body.to_string()),
+        )
+        .await;
         assert_eq!(status, 200, "{text}");
     }
 

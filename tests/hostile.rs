@@ -17,8 +17,9 @@ use std::time::Duration;
 use giftd::auth::{Authenticator, Role};
 use giftd::config::{AuthConfig, Rate};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
-use support::{Client, TestServer, ADMIN_TOKEN, WAIT};
+use support::rooms::LiveRoom;
+use support::tokens::{hs256, jwt, now_secs};
+use support::{TestServer, ADMIN_TOKEN, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
@@ -27,59 +28,6 @@ use tokio_tungstenite::tungstenite::Message;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers local to this file.
-
-/// A live room with its streamer, a witness viewer that only listens, and a talker viewer whose
-/// questions prove the room still works.
-struct LiveRoom {
-    star: Client,
-    witness: Client,
-    talker: Client,
-    /// The last room sequence number the witness saw.
-    last_seq: u64,
-    probes: u32,
-}
-
-impl LiveRoom {
-    async fn open(server: &TestServer, room: &str) -> LiveRoom {
-        let mut star = server.streamer("star").await;
-        star.open_room(room, "hostile test").await;
-        let mut witness = server.viewer("witness").await;
-        let snapshot = witness.join(room).await;
-        let mut talker = server.viewer("talker").await;
-        talker.join(room).await;
-        LiveRoom {
-            star,
-            witness,
-            talker,
-            last_seq: snapshot["seq"].as_u64().unwrap(),
-            probes: 0,
-        }
-    }
-
-    /// The talker asks a question; the witness must receive it, every event on the way having a
-    /// strictly increasing sequence number. Returns the events seen on the way.
-    async fn assert_alive(&mut self) -> Vec<Value> {
-        self.probes += 1;
-        let text = format!("still live? #{}", self.probes);
-        self.talker.ok(json!({ "type": "ask", "text": text })).await;
-        let mut seen = Vec::new();
-        for _ in 0..100_000 {
-            let e = self.witness.next_event().await;
-            let seq = e["seq"].as_u64().unwrap();
-            assert!(
-                seq > self.last_seq,
-                "events out of order: {seq} after {}",
-                self.last_seq
-            );
-            self.last_seq = seq;
-            if e["kind"] == "question" && e["text"] == text.as_str() {
-                return seen;
-            }
-            seen.push(e);
-        }
-        panic!("the witness never saw the probe question");
-    }
-}
 
 /// Wallet balance and streamer earnings of the users a test cares about.
 async fn money(server: &TestServer, users: &[&str]) -> Vec<(u64, u64)> {
@@ -237,7 +185,7 @@ fn close_code(frames: &[(u8, Vec<u8>)]) -> Option<u16> {
         if p.len() >= 2 {
             u16::from_be_bytes([p[0], p[1]])
         } else {
-            11005
+            1005
         }
     })
 }
@@ -250,174 +198,13 @@ fn text_frames(frames: &[(u8, Vec<u8>)]) -> Vec<Value> {
         .collect()
 }
 
-fn b64url(bytes: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..=chunk.len() {
-            out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-        }
-    }
-    out
-}
-
-fn hmac_sha256(key: &[u8], msg: &[u8]) -> Vec<u8> {
-    let mut k = [0u8; 64];
-    if key.len() > 64 {
-        k[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        k[..key.len()].copy_from_slice(key);
-    }
-    let inner: Vec<u8> = k.iter().map(|b| b ^ 0x36).collect();
-    let outer: Vec<u8> = k.iter().map(|b| b ^ 0x5c).collect();
-    let mut h = Sha256::new();
-    h.update(&inner);
-    h.update(msg);
-    let ih = h.finalize();
-    let mut h = Sha256::new();
-    h.update(&outer);
-    h.update(ih);
-    h.finalize().to_vec()
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn claims(sub: &str, role: &str, aud: &str, exp: u64) -> Value {
-    json!({ "sub": sub, "role": role, "aud": aud, "exp": exp, "iat": now_secs() })
-}
-
-/// A JWT with any header, signed with HMAC-SHA256 under `secret` whatever the header says.
-fn jwt(header: &Value, payload: &Value, secret: &[u8]) -> String {
-    let signing = format!(
-        "{}.{}",
-        b64url(header.to_string().as_bytes()),
-        b64url(payload.to_string().as_bytes())
-    );
-    let sig = hmac_sha256(secret, signing.as_bytes());
-    format!("{signing}.{}", b64url(&sig))
-}
-
-/// Forged or unacceptable tokens for user `mallory`, each with the reason giftd must give.
-fn forged_tokens() -> Vec<(&'static str, String, &'static str)> {
-    let secret = giftd::config::DEV_JWT_SECRET.as_bytes();
-    let good = claims("mallory", "viewer", "giftd", now_secs() + 600);
-    let hs = json!({ "alg": "HS256", "typ": "JWT" });
-    let valid = jwt(&hs, &good, secret);
-    let parts: Vec<&str> = valid.split('.').collect();
-    let streamer = claims("mallory", "streamer", "giftd", now_secs() + 600);
-    vec![
-        (
-            "alg none, no signature",
-            format!(
-                "{}.{}.",
-                b64url(br#"{"alg":"none","typ":"JWT"}"#),
-                b64url(good.to_string().as_bytes())
-            ),
-            "invalid_token",
-        ),
-        (
-            "alg none with the valid signature",
-            format!(
-                "{}.{}.{}",
-                b64url(br#"{"alg":"none","typ":"JWT"}"#),
-                parts[1],
-                parts[2]
-            ),
-            "invalid_token",
-        ),
-        (
-            "RS256 header signed with the HMAC secret",
-            jwt(&json!({ "alg": "RS256", "typ": "JWT" }), &good, secret),
-            "invalid_token",
-        ),
-        (
-            "RS256 token with an RSA-sized signature",
-            format!(
-                "{}.{}.{}",
-                b64url(br#"{"alg":"RS256","typ":"JWT","kid":"k1"}"#),
-                parts[1],
-                b64url(&[0xa5; 256])
-            ),
-            "invalid_token",
-        ),
-        (
-            "HS512 header signed with the secret",
-            jwt(&json!({ "alg": "HS512", "typ": "JWT" }), &good, secret),
-            "invalid_token",
-        ),
-        (
-            "expired",
-            jwt(
-                &hs,
-                &claims("mallory", "viewer", "giftd", now_secs() - 3600),
-                secret,
-            ),
-            "token_expired",
-        ),
-        (
-            "tampered payload (role raised to streamer)",
-            format!(
-                "{}.{}.{}",
-                parts[0],
-                b64url(streamer.to_string().as_bytes()),
-                parts[2]
-            ),
-            "invalid_token",
-        ),
-        (
-            "wrong audience",
-            jwt(
-                &hs,
-                &claims("mallory", "viewer", "elsewhere", now_secs() + 600),
-                secret,
-            ),
-            "invalid_token",
-        ),
-        (
-            "signed with another secret",
-            jwt(&hs, &good, b"not-the-server-secret-at-all"),
-            "invalid_token",
-        ),
-        (
-            "no exp claim",
-            jwt(
-                &hs,
-                &json!({ "sub": "mallory", "role": "viewer", "aud": "giftd" }),
-                secret,
-            ),
-            "invalid_token",
-        ),
-        (
-            "user id with a path in it",
-            jwt(
-                &hs,
-                &claims("../../etc/passwd", "viewer", "giftd", now_secs() + 600),
-                secret,
-            ),
-            "invalid_token",
-        ),
-        ("garbage", "not.a.jwt".to_owned(), "invalid_token"),
-        ("huge", "a".repeat(6000), "invalid_token"),
-    ]
-}
-
 // ---------------------------------------------------------------------------------------------
 // Oversized and fragmented messages.
 
 #[tokio::test]
 async fn oversized_frames_and_messages_get_message_too_large_then_1009() {
-    let server = TestServer::start().await;
+    // A configured limit, not the default, must be the one enforced.
+    let server = TestServer::start_with(|c| c.server.message_bytes_max = 1024).await;
     let mut room = LiveRoom::open(&server, "r").await;
     server.top_up("mallory", "web", 1_000, "m-1").await;
     let before = money(&server, &["mallory", "star"]).await;
@@ -582,27 +369,6 @@ async fn slowloris_handshakes_are_cut_by_the_handshake_timeout() {
     ok.ok(json!({ "type": "ping" })).await;
 }
 
-#[tokio::test]
-async fn upgraded_but_never_authenticated_is_closed_4001() {
-    let server = TestServer::start_with(|c| c.server.handshake_timeout_ms = 300).await;
-    let mut silent = Vec::new();
-    for _ in 0..5 {
-        silent.push(server.anonymous().await);
-    }
-    // One that talks but never authenticates is closed too.
-    let mut chatty = server.anonymous().await;
-    let err = chatty
-        .request(json!({ "type": "join", "room": "r" }))
-        .await
-        .unwrap_err();
-    assert_eq!(err["reason"], "not_authenticated");
-    silent.push(chatty);
-    for mut c in silent {
-        let closed = c.closed().await;
-        assert_eq!(closed.code, 4001, "{closed:?}");
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Frame types and encodings.
 
@@ -659,7 +425,8 @@ async fn binary_frames_get_an_error_and_the_connection_survives() {
 
 #[tokio::test]
 async fn repeated_protocol_errors_close_4503() {
-    let server = TestServer::start().await;
+    // A configured limit, not the default, must be the one enforced.
+    let server = TestServer::start_with(|c| c.server.protocol_errors_max = 5).await;
     let mut room = LiveRoom::open(&server, "r").await;
     let max = server.config.server.protocol_errors_max;
     let mut c = server.viewer("mallory").await;
@@ -691,105 +458,6 @@ async fn client_close_handshake_is_answered() {
     // RFC 6455 5.5.1: the endpoint that receives a close frame sends one back before closing.
     let closed = c.closed().await;
     assert_eq!(closed.code, 1000, "{closed:?}");
-}
-
-// ---------------------------------------------------------------------------------------------
-// Tokens.
-
-#[tokio::test]
-async fn forged_tokens_are_refused_in_the_handshake() {
-    let server = TestServer::start().await;
-    for (what, token, reason) in forged_tokens() {
-        for (target, headers) in [
-            (
-                "/ws".to_owned(),
-                vec![("authorization", format!("Bearer {token}"))],
-            ),
-            (format!("/ws?token={token}"), vec![]),
-        ] {
-            let headers: Vec<(&str, &str)> =
-                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            let (status, head, body, _) = upgrade(server.addr, &target, &headers).await;
-            let tail = if what == "huge" && target.contains('?') {
-                // A 6 KB query string may be refused by the HTTP layer before giftd sees it.
-                continue;
-            } else {
-                format!("{what}: {head}{body}")
-            };
-            assert_eq!(status, 401, "{tail}");
-            let v: Value = serde_json::from_str(&body).expect(&tail);
-            assert_eq!(v["reason"], reason, "{tail}");
-            let code = if reason == "token_expired" {
-                12002
-            } else {
-                12001
-            };
-            assert_eq!(v["code"], code, "{tail}");
-        }
-    }
-    let rejected = server
-        .metric(r#"giftd_connections_rejected_total{reason="auth"}"#)
-        .await;
-    assert!(rejected >= forged_tokens().len() as f64);
-    assert_eq!(server.metric("giftd_connections_accepted_total").await, 0.0);
-}
-
-#[tokio::test]
-async fn forged_tokens_are_refused_by_the_auth_message_then_4502() {
-    let server = TestServer::start().await;
-    server.top_up("mallory", "web", 500, "m-1").await;
-    for (what, token, reason) in forged_tokens() {
-        let mut c = server.anonymous().await;
-        let err = c
-            .request(json!({ "type": "auth", "token": token }))
-            .await
-            .unwrap_err();
-        assert_eq!(err["reason"], reason, "{what}: {err}");
-        let closed = c.closed().await;
-        assert_eq!(closed.code, 4502, "{what}: {closed:?}");
-    }
-    assert_eq!(server.balance("mallory").await, 500);
-}
-
-#[tokio::test]
-async fn room_scoped_token_cannot_join_another_room() {
-    let server = TestServer::start().await;
-    let mut a = server.streamer("star").await;
-    a.open_room("room-a", "a").await;
-    let mut b = server.streamer("nova").await;
-    b.open_room("room-b", "b").await;
-    let auth = Authenticator::new(&server.config.auth);
-    let token = auth
-        .mint("scoped", Role::Viewer, Some("room-a"), 600)
-        .unwrap();
-    let mut c = Client::connect(&server.url(), Some(&token)).await.unwrap();
-    assert_eq!(c.next_message().await["type"], "welcome");
-    let err = c
-        .request(json!({ "type": "join", "room": "room-b" }))
-        .await
-        .unwrap_err();
-    assert_eq!(err["reason"], "token_room_mismatch");
-    assert_eq!(err["code"], 12005);
-    // Its own room works; a scoped streamer token cannot open another room either.
-    c.join("room-a").await;
-    let stoken = auth
-        .mint("other", Role::Streamer, Some("room-a"), 600)
-        .unwrap();
-    let mut s = Client::connect(&server.url(), Some(&stoken)).await.unwrap();
-    s.next_message().await;
-    let err = s
-        .request(json!({ "type": "open_room", "room": "room-c", "title": "t" }))
-        .await
-        .unwrap_err();
-    assert_eq!(err["reason"], "token_room_mismatch");
-    // The same via the auth message.
-    let mut anon = server.anonymous().await;
-    anon.ok(json!({ "type": "auth", "token": token })).await;
-    let err = anon
-        .request(json!({ "type": "join", "room": "room-b" }))
-        .await
-        .unwrap_err();
-    assert_eq!(err["reason"], "token_room_mismatch");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -860,12 +528,7 @@ async fn a_gift_debits_only_the_token_subject() {
     server.top_up("mallory", "web", 100, "m-1").await;
 
     // A token for bob forged with another secret gets nowhere.
-    let forged = Authenticator::new(&AuthConfig {
-        jwt_secret: "mallorys-own-secret-0123456789".into(),
-        ..AuthConfig::default()
-    })
-    .mint("bob", Role::Viewer, None, 600)
-    .unwrap();
+    let forged = hs256("bob", "viewer", "giftd", b"mallorys-own-secret-0123456789");
     let (status, _, body, _) = upgrade(
         server.addr,
         "/ws",
@@ -940,13 +603,17 @@ async fn a_gift_debits_only_the_token_subject() {
 
 #[tokio::test]
 async fn gifts_over_the_rate_limit_are_refused_before_any_debit() {
-    let slow = Rate {
-        per_sec: 0.001,
-        burst: 3,
-    };
+    // A 0.001/s refill adds no whole token within any test run: a connection gets 3 gifts, a
+    // user 5 over all their connections.
     let server = TestServer::start_with(|c| {
-        c.limits.connection.gifts = slow;
-        c.limits.user.gifts = slow;
+        c.limits.connection.gifts = Rate {
+            per_sec: 0.001,
+            burst: 3,
+        };
+        c.limits.user.gifts = Rate {
+            per_sec: 0.001,
+            burst: 5,
+        };
     })
     .await;
     let mut room = LiveRoom::open(&server, "r").await;
@@ -973,20 +640,30 @@ async fn gifts_over_the_rate_limit_are_refused_before_any_debit() {
             }
         }
     }
-    // The burst is 3, and a 0.001/s refill adds no whole token within any test run.
+    // The connection bucket refuses first; refusals spend nothing from the user bucket.
     assert_eq!((ok, limited), (3, 27));
     assert_eq!(server.balance("mallory").await, 10_000 - 3 * 100);
     assert_eq!(ledger_gifts(&server, "mallory"), 3);
     assert_eq!(server.metric("giftd_gifts_total").await, 3.0);
-    // A second connection of the same user shares the user bucket.
+    // Other commands have their own bucket.
+    m.ok(json!({ "type": "ping" })).await;
+    // A second connection of the same user has a fresh connection bucket but shares the user
+    // bucket: 2 more gifts, then refused.
     let mut m2 = server.viewer("mallory").await;
     m2.join("r").await;
-    let err = m2.send_gift("coffee", "burst-other").await.unwrap_err();
+    for i in 0..2 {
+        m2.send_gift("coffee", &format!("burst-other-{i}"))
+            .await
+            .unwrap();
+    }
+    let err = m2.send_gift("coffee", "burst-other-2").await.unwrap_err();
     assert_eq!(err["reason"], "rate_limited");
-    assert_eq!(ledger_gifts(&server, "mallory"), 3);
+    assert_eq!(err["code"], 15001);
+    assert_eq!(server.balance("mallory").await, 10_000 - 5 * 100);
+    assert_eq!(ledger_gifts(&server, "mallory"), 5);
 
     let seen = room.assert_alive().await;
-    assert_eq!(seen.iter().filter(|e| e["kind"] == "gift").count(), 3);
+    assert_eq!(seen.iter().filter(|e| e["kind"] == "gift").count(), 5);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1044,7 +721,7 @@ async fn foreign_origin_is_refused_403() {
 // ---------------------------------------------------------------------------------------------
 // Regression tests for inputs found by fuzzing (fuzz/corpus, docs/RELIABILITY.md).
 
-/// The decoder never panics and maps every bad frame to a 1xxx error.
+/// The decoder never panics and maps every bad frame to an 11xxx error.
 #[test]
 fn decode_survives_adversarial_frames() {
     let nested = "[".repeat(100_000);

@@ -5,15 +5,8 @@ mod support;
 
 use futures_util::future::join_all;
 use serde_json::json;
+use support::rooms::room_with_viewer;
 use support::TestServer;
-
-async fn room_with_viewer(server: &TestServer, viewer: &str) -> (support::Client, support::Client) {
-    let mut star = server.streamer("star").await;
-    star.open_room("r", "t").await;
-    let mut v = server.viewer(viewer).await;
-    v.join("r").await;
-    (star, v)
-}
 
 #[tokio::test]
 async fn single_channel_split_is_exact() {

@@ -6,6 +6,8 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod raw_ws;
+pub mod rooms;
+pub mod tokens;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -266,7 +268,7 @@ pub fn is_admin_path(path: &str) -> bool {
     ["/metrics", "/healthz", "/readyz"].contains(&path) || path.starts_with("/admin/")
 }
 
-/// A minimal HTTP/1.1 client: one request per connection.
+/// A minimal HTTP/1.1 client: one request per connection. Panics if the request fails.
 pub async fn http(
     addr: SocketAddr,
     method: &str,
@@ -274,7 +276,21 @@ pub async fn http(
     auth: Option<&str>,
     body: Option<String>,
 ) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
+    try_http(addr, method, path, auth, body)
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path} on {addr}: {e}"))
+}
+
+/// [`http`], returning the failure instead of panicking: for servers that may be down (the
+/// crash loop polls a server it has just killed or is starting).
+pub async fn try_http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    auth: Option<&str>,
+    body: Option<String>,
+) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).await?;
     let body = body.unwrap_or_default();
     let mut req = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
     if let Some(token) = auth {
@@ -288,12 +304,11 @@ pub async fn http(
     }
     req.push_str("\r\n");
     req.push_str(&body);
-    stream.write_all(req.as_bytes()).await.unwrap();
+    stream.write_all(req.as_bytes()).await?;
     let mut raw = Vec::new();
     tokio::time::timeout(WAIT, stream.read_to_end(&mut raw))
         .await
-        .expect("http response in time")
-        .unwrap();
+        .map_err(|_| std::io::Error::other("no http response in time"))??;
     let text = String::from_utf8_lossy(&raw).to_string();
     let status: u16 = text
         .split_whitespace()
@@ -304,7 +319,7 @@ pub async fn http(
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
-    (status, decode_chunked(&text, body))
+    Ok((status, decode_chunked(&text, body)))
 }
 
 fn decode_chunked(head: &str, body: String) -> String {
