@@ -146,6 +146,19 @@ pub(crate) mod testing {
         }
     }
 
+    /// Opens room `id` of `streamer` on `app`, as `open_room` does.
+    pub(crate) fn open_room(app: &App, id: &str, streamer: &str) -> Arc<crate::room::Room> {
+        let room = crate::room::Room::new(
+            id,
+            streamer,
+            "t",
+            &app.config.rooms,
+            app.metrics.clone(),
+            app.fanout.as_ref(),
+        );
+        app.rooms.open(room).unwrap()
+    }
+
     /// An app with the default config adjusted by `tweak`.
     pub(crate) fn app(tweak: impl FnOnce(&mut Config)) -> TestApp {
         let dir = tempfile::tempdir().unwrap();

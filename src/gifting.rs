@@ -219,7 +219,7 @@ fn auto_thank(app: &App, room: &Room, gift_id: &str, sender: &str, sticker_name:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::app::testing::app;
+    use crate::app::testing::{app, open_room};
     use crate::auth::Role;
     use crate::gift::Channel;
     use crate::ledger::TopUpRequest;
@@ -227,15 +227,7 @@ mod tests {
 
     /// A room `r` of streamer `star` with `bob` as a member, and bob's outbox receiver.
     fn room(app: &App) -> (Arc<Room>, crate::outbox::OutboxReceiver) {
-        let room = Room::new(
-            "r",
-            "star",
-            "t",
-            &app.config.rooms,
-            app.metrics.clone(),
-            app.fanout.as_ref(),
-        );
-        let room = app.rooms.open(room).unwrap();
+        let room = open_room(app, "r", "star");
         let (outbox, rx) = Outbox::new(64, 1 << 20);
         app.register_user("bob", 7, outbox.clone());
         room.join(7, Role::Viewer, outbox).unwrap();

@@ -441,11 +441,15 @@ mod tests {
     use crate::fanout::LocalFanout;
 
     fn room() -> Room {
+        room_with(RoomsConfig::default())
+    }
+
+    fn room_with(config: RoomsConfig) -> Room {
         Room::new(
             "r1",
             "star",
             "Hello",
-            &RoomsConfig::default(),
+            &config,
             Arc::new(Metrics::new()),
             &LocalFanout,
         )
@@ -553,18 +557,10 @@ mod tests {
 
     #[test]
     fn history_is_bounded_by_count() {
-        let config = RoomsConfig {
+        let r = room_with(RoomsConfig {
             history_events_max: 5,
             ..RoomsConfig::default()
-        };
-        let r = Room::new(
-            "r1",
-            "star",
-            "t",
-            &config,
-            Arc::new(Metrics::new()),
-            &LocalFanout,
-        );
+        });
         for i in 0..20 {
             r.gift(&format!("g{i}"), "v1", "rose", "Rose", 1).unwrap();
         }
@@ -582,18 +578,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn history_is_bounded_by_age() {
-        let config = RoomsConfig {
+        let r = room_with(RoomsConfig {
             history_age_ms: 60_000,
             ..RoomsConfig::default()
-        };
-        let r = Room::new(
-            "r1",
-            "star",
-            "t",
-            &config,
-            Arc::new(Metrics::new()),
-            &LocalFanout,
-        );
+        });
         r.gift("g1", "v1", "rose", "Rose", 1).unwrap();
         tokio::time::advance(Duration::from_secs(30)).await;
         r.gift("g2", "v1", "rose", "Rose", 1).unwrap();

@@ -308,23 +308,14 @@ async fn room_ticker(app: Arc<App>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::app::testing::app;
+    use crate::app::testing::{app, open_room};
     use crate::auth::Role;
     use crate::outbox::{Outbound, Outbox};
-    use crate::room::Room;
 
     #[tokio::test(start_paused = true)]
     async fn a_room_whose_streamer_stays_away_is_closed_after_the_grace_period() {
         let app = app(|c| c.rooms.streamer_away_close_ms = 60_000);
-        let room = Room::new(
-            "r",
-            "star",
-            "t",
-            &app.config.rooms,
-            app.metrics.clone(),
-            &LocalFanout,
-        );
-        let room = app.rooms.open(room).unwrap();
+        let room = open_room(&app, "r", "star");
         let (star, _star_rx) = Outbox::new(8, 1 << 20);
         let (viewer, viewer_rx) = Outbox::new(8, 1 << 20);
         room.join(1, Role::Streamer, star).unwrap();
