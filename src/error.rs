@@ -250,12 +250,6 @@ impl fmt::Display for CloseCode {
     }
 }
 
-impl From<rusqlite::Error> for Error {
-    fn from(e: rusqlite::Error) -> Self {
-        Error::LedgerUnavailable(e.to_string())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,10 +28,11 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::app::App;
-use crate::config::Config;
+use crate::config::{Config, LedgerBackend};
 use crate::error::Result;
 use crate::fanout::{Fanout, LocalFanout};
 use crate::http::{self, ConnSlot};
+use crate::ledger::postgres::{PostgresLedger, PostgresOptions};
 use crate::ledger::sqlite::{SqliteLedger, SqliteOptions};
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
@@ -46,8 +47,8 @@ pub const HTTP_HEADROOM_CONNECTIONS: usize = 256;
 /// What the ledger gets to finish after the grace period, at least.
 const LEDGER_CLOSE_MIN: Duration = Duration::from_secs(2);
 
-/// Serves on `listener` until `shutdown` resolves, then drains and returns. Opens the SQLite
-/// ledger named in the config.
+/// Serves on `listener` until `shutdown` resolves, then drains and returns. Opens the ledger the
+/// config names (`ledger.backend`).
 pub async fn run(
     listener: TcpListener,
     config: Config,
@@ -57,16 +58,35 @@ pub async fn run(
         .validate()
         .map_err(|e| crate::error::Error::Internal(format!("invalid config:\n{e}")))?;
     let metrics = Arc::new(Metrics::new());
-    let ledger = open_ledger(&config, &metrics)?;
+    let ledger = open_ledger(&config, &metrics).await?;
     serve(listener, config, ledger, metrics, shutdown).await
 }
 
+/// Opens the ledger `config` names: SQLite or PostgreSQL (migrating its schema).
+pub async fn open_ledger(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Ledger>> {
+    let l = &config.ledger;
+    Ok(match l.backend {
+        LedgerBackend::Sqlite => open_sqlite_ledger(config, metrics)?,
+        LedgerBackend::Postgres => {
+            let options = PostgresOptions {
+                url: l.postgres_url.clone(),
+                batch_max: l.batch_max,
+                queue_max: l.queue_max,
+                call_timeout_ms: l.call_timeout_ms,
+                pool_max: l.postgres_pool_max,
+            };
+            Arc::new(PostgresLedger::open(options, metrics.ledger_commit_seconds.clone()).await?)
+        }
+    })
+}
+
 /// Opens the SQLite ledger named in `config`, reporting commit latency to `metrics`.
-pub fn open_ledger(config: &Config, metrics: &Metrics) -> Result<Arc<SqliteLedger>> {
+pub fn open_sqlite_ledger(config: &Config, metrics: &Metrics) -> Result<Arc<SqliteLedger>> {
     let options = SqliteOptions {
         path: config.ledger.path.clone(),
         batch_max: config.ledger.batch_max,
         queue_max: config.ledger.queue_max,
+        call_timeout_ms: config.ledger.call_timeout_ms,
     };
     Ok(Arc::new(SqliteLedger::open(
         options,
@@ -99,7 +119,8 @@ pub async fn serve(
         app.config.server.connections_max + HTTP_HEADROOM_CONNECTIONS,
     ));
     let local = listener.local_addr().ok();
-    tracing::info!(listen = ?local, ledger = %app.config.ledger.path.display(), "giftd serving");
+    let backend = app.config.ledger.backend;
+    tracing::info!(listen = ?local, ?backend, "giftd serving");
 
     tokio::pin!(shutdown);
     loop {

@@ -88,7 +88,7 @@ impl TestServer {
         let mut config = test_config(dir.path().join("giftd.db"));
         tweak(&mut config);
         let metrics = std::sync::Arc::new(giftd::metrics::Metrics::new());
-        let ledger = giftd::server::open_ledger(&config, &metrics).unwrap();
+        let ledger = giftd::server::open_sqlite_ledger(&config, &metrics).unwrap();
         let run_ledger = ledger.clone();
         let server = TestServer::launch(dir, config, move |listener, config, stopped| {
             giftd::server::serve(listener, config, run_ledger, metrics, stopped)
