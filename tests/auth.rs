@@ -113,20 +113,22 @@ async fn forged_tokens_are_refused_in_the_handshake() {
     }
 }
 
-#[tokio::test]
-async fn forged_tokens_are_refused_by_message_and_the_connection_closes() {
-    let server = TestServer::start().await;
-    server.top_up("victim", "web", 100, "w").await;
-    for (what, token, code) in bad_tokens(&server) {
-        let mut c = server.anonymous().await;
-        let e = c
-            .request(json!({ "type": "auth", "token": token }))
-            .await
-            .unwrap_err();
-        assert_eq!(e["code"], code, "{what}: {e}");
-        assert_eq!(c.closed().await.code, 4002, "{what}");
+on_both_ledgers! {
+    #[tokio::test]
+    async fn forged_tokens_are_refused_by_message_and_the_connection_closes() {
+        let server = TestServer::start().await;
+        server.top_up("victim", "web", 100, "w").await;
+        for (what, token, code) in bad_tokens(&server) {
+            let mut c = server.anonymous().await;
+            let e = c
+                .request(json!({ "type": "auth", "token": token }))
+                .await
+                .unwrap_err();
+            assert_eq!(e["code"], code, "{what}: {e}");
+            assert_eq!(c.closed().await.code, 4002, "{what}");
+        }
+        assert_eq!(server.balance("victim").await, 100);
     }
-    assert_eq!(server.balance("victim").await, 100);
 }
 
 #[tokio::test]
@@ -159,47 +161,49 @@ async fn no_auth_within_the_handshake_timeout_closes_4001() {
     assert_eq!(c.closed().await.code, 4001);
 }
 
-#[tokio::test]
-async fn roles_and_ownership_are_enforced() {
-    let server = TestServer::start().await;
-    server.top_up("bob", "web", 100, "w").await;
-    let mut star = server.streamer("star").await;
-    star.open_room("r", "t").await;
-    let mut bob = server.viewer("bob").await;
-    bob.join("r").await;
-    let gift = bob.send_gift("clap", "k").await.unwrap();
+on_both_ledgers! {
+    #[tokio::test]
+    async fn roles_and_ownership_are_enforced() {
+        let server = TestServer::start().await;
+        server.top_up("bob", "web", 100, "w").await;
+        let mut star = server.streamer("star").await;
+        star.open_room("r", "t").await;
+        let mut bob = server.viewer("bob").await;
+        bob.join("r").await;
+        let gift = bob.send_gift("clap", "k").await.unwrap();
 
-    for cmd in [
-        json!({ "type": "open_room", "room": "mine", "title": "t" }),
-        json!({ "type": "close_room" }),
-        json!({ "type": "thank", "gift_id": gift["gift_id"] }),
-        json!({ "type": "answer", "question_id": 1, "text": "x" }),
-    ] {
-        let e = bob.request(cmd.clone()).await.unwrap_err();
-        assert_eq!(
-            (e["code"].as_u64(), e["reason"].as_str()),
-            (Some(2003), Some("wrong_role")),
-            "{cmd}"
-        );
+        for cmd in [
+            json!({ "type": "open_room", "room": "mine", "title": "t" }),
+            json!({ "type": "close_room" }),
+            json!({ "type": "thank", "gift_id": gift["gift_id"] }),
+            json!({ "type": "answer", "question_id": 1, "text": "x" }),
+        ] {
+            let e = bob.request(cmd.clone()).await.unwrap_err();
+            assert_eq!(
+                (e["code"].as_u64(), e["reason"].as_str()),
+                (Some(2003), Some("wrong_role")),
+                "{cmd}"
+            );
+        }
+        // Another streamer in the room is not its owner.
+        let mut rival = server.streamer("rival").await;
+        rival.join("r").await;
+        for cmd in [
+            json!({ "type": "close_room" }),
+            json!({ "type": "thank", "gift_id": gift["gift_id"] }),
+        ] {
+            let e = rival.request(cmd.clone()).await.unwrap_err();
+            assert_eq!(
+                (e["code"].as_u64(), e["reason"].as_str()),
+                (Some(2004), Some("not_room_owner")),
+                "{cmd}"
+            );
+        }
+        // Streamers do not send gifts.
+        let e = star.send_gift("rose", "s").await.unwrap_err();
+        assert_eq!(e["reason"], "wrong_role");
+        assert_eq!(server.balance("bob").await, 90);
     }
-    // Another streamer in the room is not its owner.
-    let mut rival = server.streamer("rival").await;
-    rival.join("r").await;
-    for cmd in [
-        json!({ "type": "close_room" }),
-        json!({ "type": "thank", "gift_id": gift["gift_id"] }),
-    ] {
-        let e = rival.request(cmd.clone()).await.unwrap_err();
-        assert_eq!(
-            (e["code"].as_u64(), e["reason"].as_str()),
-            (Some(2004), Some("not_room_owner")),
-            "{cmd}"
-        );
-    }
-    // Streamers do not send gifts.
-    let e = star.send_gift("rose", "s").await.unwrap_err();
-    assert_eq!(e["reason"], "wrong_role");
-    assert_eq!(server.balance("bob").await, 90);
 }
 
 #[tokio::test]
