@@ -1,8 +1,9 @@
 //! The bank invariant under concurrency.
 //!
 //! Many viewers gift at once in two rooms while top-ups (some of them replayed) land, and a
-//! checker reads the ledger file read-only, over and over, in its own connection (WAL lets it
-//! read while the writer commits). At every read, in one consistent snapshot:
+//! checker reads the ledger read-only, over and over, in its own connection (SQLite's WAL or
+//! PostgreSQL's snapshots let it read while the writer commits). At every read, in one
+//! consistent snapshot:
 //!
 //!   wallets + streamer earnings + stores + platform == sum of top-ups == -(external accounts)
 //!
@@ -10,13 +11,15 @@
 //! are checked through the admin API, every client receipt is matched against the ledger, and
 //! `giftd::ledger::audit::audit` must report no violation.
 //!
+//! Runs on both ledger backends (`tests/support/ledger.rs`). `tests/cluster.rs` runs the same
+//! invariant with two nodes on one PostgreSQL ledger.
+//!
 //! Seeded: set `GIFTD_BANK_SEED` to replay a run; the seed in use is printed.
 
 #[rustfmt::skip]
 mod support;
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +27,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
+use support::ledger::{lit, LedgerDb};
 use support::TestServer;
 
 const VIEWERS: usize = 20;
@@ -51,9 +55,10 @@ struct Totals {
     gifted: i64,
 }
 
-fn read_totals(conn: &rusqlite::Connection) -> rusqlite::Result<Totals> {
-    conn.query_row(
-        "SELECT
+async fn read_totals(db: &LedgerDb) -> Totals {
+    let v = db
+        .ints(
+            "SELECT
             (SELECT COALESCE(SUM(coins), 0) FROM topups),
             (SELECT COALESCE(SUM(balance_coins), 0) FROM accounts WHERE account LIKE 'wallet:%'),
             (SELECT COALESCE(SUM(balance_coins), 0) FROM accounts WHERE account LIKE 'streamer:%'),
@@ -63,21 +68,19 @@ fn read_totals(conn: &rusqlite::Connection) -> rusqlite::Result<Totals> {
             (SELECT COUNT(*) FROM accounts WHERE external = 0 AND balance_coins < 0),
             (SELECT COUNT(*) FROM gifts),
             (SELECT COALESCE(SUM(price_coins), 0) FROM gifts)",
-        [],
-        |r| {
-            Ok(Totals {
-                topups: r.get(0)?,
-                wallets: r.get(1)?,
-                streamers: r.get(2)?,
-                stores: r.get(3)?,
-                platform: r.get(4)?,
-                external: r.get(5)?,
-                negative: r.get(6)?,
-                gifts: r.get(7)?,
-                gifted: r.get(8)?,
-            })
-        },
-    )
+        )
+        .await;
+    Totals {
+        topups: v[0],
+        wallets: v[1],
+        streamers: v[2],
+        stores: v[3],
+        platform: v[4],
+        external: v[5],
+        negative: v[6],
+        gifts: v[7],
+        gifted: v[8],
+    }
 }
 
 fn check(t: &Totals) {
@@ -96,27 +99,15 @@ fn check(t: &Totals) {
 }
 
 /// Reads the ledger in a loop until `stop`, checking every snapshot. Bounded by count and time.
-fn checker(db: PathBuf, stop: Arc<AtomicBool>) -> (u64, Totals) {
-    let conn = loop {
-        // The server creates the file; wait for it (bounded).
-        match rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        {
-            Ok(c) => break c,
-            Err(e) => {
-                assert!(!stop.load(Ordering::Relaxed), "ledger never appeared: {e}");
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-    };
-    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+pub(crate) async fn checker(db: LedgerDb, stop: Arc<AtomicBool>) -> (u64, Totals) {
     let started = Instant::now();
     let mut reads = 0u64;
-    let mut last = read_totals(&conn).unwrap();
+    let mut last = read_totals(&db).await;
     while !stop.load(Ordering::Relaxed)
         && reads < 200_000
         && started.elapsed() < Duration::from_secs(120)
     {
-        let t = read_totals(&conn).unwrap();
+        let t = read_totals(&db).await;
         check(&t);
         assert!(
             t.topups >= last.topups && t.gifts >= last.gifts,
@@ -124,7 +115,7 @@ fn checker(db: PathBuf, stop: Arc<AtomicBool>) -> (u64, Totals) {
         );
         last = t;
         reads += 1;
-        std::thread::sleep(Duration::from_millis(1));
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
     (reads, last)
 }
@@ -137,6 +128,7 @@ struct Seen {
     replays: u64,
 }
 
+on_both_ledgers! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn money_is_conserved_at_every_read_under_concurrent_gifts_and_top_ups() {
     let seed: u64 = std::env::var("GIFTD_BANK_SEED")
@@ -166,10 +158,7 @@ async fn money_is_conserved_at_every_read_under_concurrent_gifts_and_top_ups() {
     }
 
     let stop = Arc::new(AtomicBool::new(false));
-    let checker = {
-        let (db, stop) = (server.db(), stop.clone());
-        std::thread::spawn(move || checker(db, stop))
-    };
+    let checker = tokio::spawn(checker(LedgerDb::open(&server.config).await, stop.clone()));
 
     // Top-ups landing while gifts run; every third one is sent twice (a store retry).
     let topups = {
@@ -244,15 +233,11 @@ async fn money_is_conserved_at_every_read_under_concurrent_gifts_and_top_ups() {
         topup_total += coins;
     }
     stop.store(true, Ordering::Relaxed);
-    let (reads, last) = checker.join().unwrap();
+    let (reads, last) = checker.await.unwrap();
 
     // Quiet now: the final snapshot, the admin API and the client receipts must all agree.
-    let conn = rusqlite::Connection::open_with_flags(
-        server.db(),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
-    let end = read_totals(&conn).unwrap();
+    let db = LedgerDb::open(&server.config).await;
+    let end = read_totals(&db).await;
     check(&end);
     assert_eq!(end.topups as u64, topup_total);
     assert!(end.gifts >= last.gifts);
@@ -276,16 +261,16 @@ async fn money_is_conserved_at_every_read_under_concurrent_gifts_and_top_ups() {
         wallets_api += balance;
         for r in &seen.receipts {
             let id = r["gift_id"].as_str().unwrap().to_owned();
-            let (sender, price): (String, i64) = conn
-                .query_row(
-                    "SELECT sender, price_coins FROM gifts WHERE gift_id = ?1",
-                    [&id],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
-                )
-                .unwrap_or_else(|e| panic!("receipt {id} not in the ledger: {e}"));
+            let rows = db
+                .rows(&format!(
+                    "SELECT sender, price_coins FROM gifts WHERE gift_id = {}",
+                    lit(&id)
+                ))
+                .await;
             assert_eq!(
-                (sender.as_str(), price as u64),
-                (user.as_str(), r["price_coins"].as_u64().unwrap())
+                rows,
+                vec![vec![user.clone(), r["price_coins"].to_string()]],
+                "receipt {id} in the ledger"
             );
             assert!(gift_ids.insert(id), "a gift id was issued twice");
         }
@@ -309,7 +294,7 @@ async fn money_is_conserved_at_every_read_under_concurrent_gifts_and_top_ups() {
         topup_total
     );
 
-    let report = giftd::ledger::audit::audit(&server.db()).unwrap();
+    let report = db.audit().await;
     assert!(report.violations.is_empty(), "{:#?}", report.violations);
     assert_eq!(report.gifts, receipts);
     let insufficient: u64 = all.values().map(|s| s.insufficient).sum();
@@ -320,4 +305,5 @@ async fn money_is_conserved_at_every_read_under_concurrent_gifts_and_top_ups() {
         report.topups
     );
     assert!(reads > 0, "the checker never read the ledger");
+}
 }

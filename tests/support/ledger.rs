@@ -140,7 +140,7 @@ impl Drop for PgSchema {
 
 /// Read access to the ledger a server writes, whatever its backend. Cells come back as text.
 pub enum LedgerDb {
-    Sqlite(PathBuf, rusqlite::Connection),
+    Sqlite(PathBuf, std::sync::Mutex<rusqlite::Connection>),
     Postgres(String, tokio_postgres::Client),
 }
 
@@ -156,7 +156,7 @@ impl LedgerDb {
                     if let Ok(conn) = rusqlite::Connection::open_with_flags(&path, flags) {
                         conn.busy_timeout(std::time::Duration::from_secs(5))
                             .unwrap();
-                        return LedgerDb::Sqlite(path, conn);
+                        return LedgerDb::Sqlite(path, std::sync::Mutex::new(conn));
                     }
                     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                 }
@@ -175,6 +175,7 @@ impl LedgerDb {
     pub async fn rows(&self, sql: &str) -> Vec<Vec<String>> {
         match self {
             LedgerDb::Sqlite(_, conn) => {
+                let conn = conn.lock().unwrap();
                 let mut stmt = conn.prepare(sql).unwrap();
                 let n = stmt.column_count();
                 stmt.query_map([], |r| {
