@@ -22,12 +22,12 @@ mod support;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use support::ledger::{lit, LedgerDb};
+use support::ledger::{check, checker, lit, read_totals, LedgerDb};
 use support::TestServer;
 
 const VIEWERS: usize = 20;
@@ -40,85 +40,6 @@ const STICKERS: [(&str, u64); 5] = [
     ("coffee", 100),
     ("star", 500),
 ];
-
-/// One snapshot of the ledger's totals, read in a single statement (one read transaction).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Totals {
-    topups: i64,
-    wallets: i64,
-    streamers: i64,
-    stores: i64,
-    platform: i64,
-    external: i64,
-    negative: i64,
-    gifts: i64,
-    gifted: i64,
-}
-
-async fn read_totals(db: &LedgerDb) -> Totals {
-    let v = db
-        .ints(
-            "SELECT
-            (SELECT COALESCE(SUM(coins), 0) FROM topups),
-            (SELECT COALESCE(SUM(balance_coins), 0) FROM accounts WHERE account LIKE 'wallet:%'),
-            (SELECT COALESCE(SUM(balance_coins), 0) FROM accounts WHERE account LIKE 'streamer:%'),
-            (SELECT COALESCE(SUM(balance_coins), 0) FROM accounts WHERE account LIKE 'store:%'),
-            (SELECT COALESCE(SUM(balance_coins), 0) FROM accounts WHERE account = 'platform'),
-            (SELECT COALESCE(SUM(balance_coins), 0) FROM accounts WHERE external = 1),
-            (SELECT COUNT(*) FROM accounts WHERE external = 0 AND balance_coins < 0),
-            (SELECT COUNT(*) FROM gifts),
-            (SELECT COALESCE(SUM(price_coins), 0) FROM gifts)",
-        )
-        .await;
-    Totals {
-        topups: v[0],
-        wallets: v[1],
-        streamers: v[2],
-        stores: v[3],
-        platform: v[4],
-        external: v[5],
-        negative: v[6],
-        gifts: v[7],
-        gifted: v[8],
-    }
-}
-
-fn check(t: &Totals) {
-    assert_eq!(
-        t.wallets + t.streamers + t.stores + t.platform,
-        t.topups,
-        "money not conserved: {t:?}"
-    );
-    assert_eq!(t.external, -t.topups, "external accounts disagree: {t:?}");
-    assert_eq!(t.negative, 0, "negative balance: {t:?}");
-    assert_eq!(
-        t.streamers + t.stores + t.platform,
-        t.gifted,
-        "shares do not add up to gifts: {t:?}"
-    );
-}
-
-/// Reads the ledger in a loop until `stop`, checking every snapshot. Bounded by count and time.
-pub(crate) async fn checker(db: LedgerDb, stop: Arc<AtomicBool>) -> (u64, Totals) {
-    let started = Instant::now();
-    let mut reads = 0u64;
-    let mut last = read_totals(&db).await;
-    while !stop.load(Ordering::Relaxed)
-        && reads < 200_000
-        && started.elapsed() < Duration::from_secs(120)
-    {
-        let t = read_totals(&db).await;
-        check(&t);
-        assert!(
-            t.topups >= last.topups && t.gifts >= last.gifts,
-            "{t:?} after {last:?}"
-        );
-        last = t;
-        reads += 1;
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    (reads, last)
-}
 
 /// What a viewer's client saw: receipts of gifts it was charged for, and coins refused.
 #[derive(Default)]

@@ -99,7 +99,10 @@ async fn start(dir: &Path, ledger: &LedgerConfig, cycle: usize) -> Server {
             .arg(&config)
             .env("GIFTD_SERVER__LISTEN", addr.to_string())
             .env("GIFTD_LEDGER__PATH", &ledger.path)
-            .env("GIFTD_LEDGER__BACKEND", format!("{:?}", ledger.backend).to_lowercase())
+            .env(
+                "GIFTD_LEDGER__BACKEND",
+                format!("{:?}", ledger.backend).to_lowercase(),
+            )
             .env("GIFTD_LEDGER__POSTGRES_URL", &ledger.postgres_url)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())

@@ -14,6 +14,9 @@
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use giftd::config::{Config, LedgerBackend};
 use giftd::ledger::audit::AuditReport;
@@ -222,9 +225,7 @@ impl LedgerDb {
     pub async fn audit(&self) -> AuditReport {
         match self {
             LedgerDb::Sqlite(path, _) => giftd::ledger::audit::audit(path).unwrap(),
-            LedgerDb::Postgres(url, _) => giftd::ledger::audit::audit_postgres(url)
-                .await
-                .unwrap(),
+            LedgerDb::Postgres(url, _) => giftd::ledger::audit::audit_postgres(url).await.unwrap(),
         }
     }
 
@@ -240,4 +241,83 @@ impl LedgerDb {
 /// A SQL string literal (test data only).
 pub fn lit(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
+}
+
+/// One snapshot of the ledger's totals, read in a single statement (one read transaction).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    pub topups: i64,
+    pub wallets: i64,
+    pub streamers: i64,
+    pub stores: i64,
+    pub platform: i64,
+    pub external: i64,
+    pub negative: i64,
+    pub gifts: i64,
+    pub gifted: i64,
+}
+
+pub async fn read_totals(db: &LedgerDb) -> Totals {
+    let v = db
+        .ints(
+            "SELECT
+            (SELECT COALESCE(SUM(coins), 0) FROM topups),
+            (SELECT COALESCE(SUM(balance_coins), 0) FROM accounts WHERE account LIKE 'wallet:%'),
+            (SELECT COALESCE(SUM(balance_coins), 0) FROM accounts WHERE account LIKE 'streamer:%'),
+            (SELECT COALESCE(SUM(balance_coins), 0) FROM accounts WHERE account LIKE 'store:%'),
+            (SELECT COALESCE(SUM(balance_coins), 0) FROM accounts WHERE account = 'platform'),
+            (SELECT COALESCE(SUM(balance_coins), 0) FROM accounts WHERE external = 1),
+            (SELECT COUNT(*) FROM accounts WHERE external = 0 AND balance_coins < 0),
+            (SELECT COUNT(*) FROM gifts),
+            (SELECT COALESCE(SUM(price_coins), 0) FROM gifts)",
+        )
+        .await;
+    Totals {
+        topups: v[0],
+        wallets: v[1],
+        streamers: v[2],
+        stores: v[3],
+        platform: v[4],
+        external: v[5],
+        negative: v[6],
+        gifts: v[7],
+        gifted: v[8],
+    }
+}
+
+pub fn check(t: &Totals) {
+    assert_eq!(
+        t.wallets + t.streamers + t.stores + t.platform,
+        t.topups,
+        "money not conserved: {t:?}"
+    );
+    assert_eq!(t.external, -t.topups, "external accounts disagree: {t:?}");
+    assert_eq!(t.negative, 0, "negative balance: {t:?}");
+    assert_eq!(
+        t.streamers + t.stores + t.platform,
+        t.gifted,
+        "shares do not add up to gifts: {t:?}"
+    );
+}
+
+/// Reads the ledger in a loop until `stop`, checking every snapshot. Bounded by count and time.
+pub async fn checker(db: LedgerDb, stop: Arc<AtomicBool>) -> (u64, Totals) {
+    let started = Instant::now();
+    let mut reads = 0u64;
+    let mut last = read_totals(&db).await;
+    while !stop.load(Ordering::Relaxed)
+        && reads < 200_000
+        && started.elapsed() < Duration::from_secs(120)
+    {
+        let t = read_totals(&db).await;
+        check(&t);
+        assert!(
+            t.topups >= last.topups && t.gifts >= last.gifts,
+            "{t:?} after {last:?}"
+        );
+        last = t;
+        reads += 1;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    (reads, last)
 }
