@@ -168,3 +168,127 @@ async fn viewers_on_two_nodes_keep_the_bank_invariant_at_every_read() {
     })
     .await
 }
+
+/// A TCP proxy in front of PostgreSQL that the test can cut (every connection dropped, new ones
+/// refused) and heal: an unreachable database without touching the shared server.
+struct Proxy {
+    addr: std::net::SocketAddr,
+    up: Arc<AtomicBool>,
+    links: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(target: String) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(AtomicBool::new(true));
+        let links = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let accept = tokio::spawn({
+            let (up, links) = (up.clone(), links.clone());
+            async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    if !up.load(Ordering::SeqCst) {
+                        continue; // Dropped: the database is unreachable.
+                    }
+                    let target = target.clone();
+                    let link = tokio::spawn(async move {
+                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                    links.lock().unwrap().push(link);
+                }
+            }
+        });
+        Proxy {
+            addr,
+            up,
+            links,
+            accept,
+        }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+
+    fn heal(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}
+
+async fn readyz(server: &TestServer) -> u16 {
+    server.http("GET", "/readyz", None, None).await.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_database_refuses_gifts_and_the_node_recovers_by_itself() {
+    let schema = support::ledger::PgSchema::create();
+    let pg: tokio_postgres::Config = schema.url.parse().unwrap();
+    let host = match &pg.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        other => panic!("the test database must be reached over TCP, not {other:?}"),
+    };
+    let target = format!("{host}:{}", pg.get_ports().first().copied().unwrap_or(5432));
+    let proxy = Proxy::start(target.clone()).await;
+    let url = schema.url.replacen(&target, &proxy.addr.to_string(), 1);
+    assert_ne!(url, schema.url, "the URL names {target}");
+    let server = TestServer::start_with(|c| {
+        c.ledger.backend = LedgerBackend::Postgres;
+        c.ledger.postgres_url = url;
+        c.ledger.call_timeout_ms = 1_000;
+    })
+    .await;
+    server.top_up("bob", "web", 1_000, "w1").await;
+    let mut star = server.streamer("star").await;
+    star.open_room("r", "t").await;
+    let mut bob = viewer_in_room(&server, "bob").await;
+    bob.send_gift("coffee", "k1").await.unwrap();
+    assert_eq!(readyz(&server).await, 200);
+
+    proxy.cut();
+    let e = bob.send_gift("coffee", "k2").await.unwrap_err();
+    assert_eq!(e["reason"], "ledger_unavailable", "{e}");
+    assert_eq!(readyz(&server).await, 503);
+    let e = bob.send_gift("coffee", "k2").await.unwrap_err();
+    assert_eq!(e["reason"], "ledger_unavailable", "{e}");
+
+    proxy.heal();
+    let deadline = Instant::now() + std::time::Duration::from_secs(20);
+    while readyz(&server).await != 200 {
+        assert!(Instant::now() < deadline, "the node did not recover");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let r = bob.send_gift("coffee", "k2").await.unwrap();
+    assert_eq!(
+        r["replayed"], false,
+        "k2 was refused, so it had not been charged: {r}"
+    );
+    assert_eq!(r["balance_coins"], 800);
+    assert_eq!(server.balance("bob").await, 800);
+    let direct = giftd::config::Config {
+        ledger: giftd::config::LedgerConfig {
+            backend: LedgerBackend::Postgres,
+            postgres_url: schema.url.clone(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let report = LedgerDb::open(&direct).await.audit().await;
+    assert!(report.violations.is_empty(), "{:#?}", report.violations);
+    assert_eq!(report.gifts, 2);
+    drop(server);
+    drop(proxy);
+}
