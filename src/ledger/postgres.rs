@@ -55,6 +55,7 @@ use prometheus::Histogram;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::NoTls;
 
 use super::deadline::{self, Ticket};
@@ -578,21 +579,32 @@ impl Writer {
         }
     }
 
-    /// One attempt at a batch: lock, read, decide, write, commit.
+    /// One attempt at a batch on a pooled connection; a failed attempt is rolled back.
     async fn attempt(
         &self,
         works: &[Work],
         seqs: &[(String, i64)],
     ) -> std::result::Result<Vec<Answer>, Failed> {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        tx.batch_execute(&format!(
-            "SET LOCAL statement_timeout = {}",
-            self.statement_timeout_ms
-        ))
-        .await?;
+        let client = self.pool.get().await?;
+        let result = self.attempt_on(&client, works, seqs).await;
+        if result.is_err() {
+            // Best effort: a broken connection is dropped by the pool anyway.
+            let _ = client.batch_execute("ROLLBACK").await;
+        }
+        result
+    }
 
-        // 1. The batch's wallets, locked in account order, and their balances.
+    /// Lock, read, decide, write, commit, in three round trips: the statements of each step are
+    /// pipelined (sent together; the server still runs them in order, so the reads of step 2
+    /// come after the locks of step 1).
+    async fn attempt_on(
+        &self,
+        client: &deadpool_postgres::Client,
+        works: &[Work],
+        seqs: &[(String, i64)],
+    ) -> std::result::Result<Vec<Answer>, Failed> {
+        // 1. Begin; lock the batch's wallets in account order and read their balances; read
+        //    the prior applications of its keys; draw its transaction ids.
         let mut wallets: Vec<String> = works
             .iter()
             .filter_map(|w| match w {
@@ -604,46 +616,57 @@ impl Writer {
             .collect();
         wallets.sort_unstable();
         wallets.dedup();
-        let mut balances: HashMap<String, i64> = HashMap::with_capacity(wallets.len());
-        if !wallets.is_empty() {
-            let stmt = tx
-                .prepare_cached(
-                    "SELECT account, balance_coins FROM account_rows
-                     WHERE shard = 0 AND account = ANY($1) ORDER BY account FOR UPDATE",
-                )
-                .await?;
-            for row in tx.query(&stmt, &[&wallets]).await? {
-                balances.insert(row.get(0), row.get(1));
-            }
-        }
-
-        // 2. Prior applications of the batch's keys, read after the locks.
         let keys: Vec<(&str, &str, &str)> = works.iter().filter_map(Work::key).collect();
-        let prior = Prior::read(&tx, &keys).await?;
+        let column = |i: usize| -> Vec<&str> { keys.iter().map(|k| [k.0, k.1, k.2][i]).collect() };
+        let (kinds, actors, idem_keys) = (column(0), column(1), column(2));
+        let lock = client
+            .prepare_cached(
+                "SELECT account, balance_coins FROM account_rows
+                 WHERE shard = 0 AND account = ANY($1) ORDER BY account FOR UPDATE",
+            )
+            .await?;
+        let priors = client
+            .prepare_cached(
+                // LATERAL: one unique-index probe per key, whatever the planner guesses about
+                // the array's length (a hash join would scan all of `txns` per batch).
+                "SELECT t.kind, t.actor, t.idem_key, t.txn_id, t.payload_sha256
+                 FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[]) AS k(kind, actor, idem_key)
+                 CROSS JOIN LATERAL (SELECT * FROM txns t WHERE t.kind = k.kind
+                     AND t.actor = k.actor AND t.idem_key = k.idem_key) AS t",
+            )
+            .await?;
+        let draw = client
+            .prepare_cached("SELECT nextval('txn_ids') FROM generate_series(1, $1::INT)")
+            .await?;
+        let begin = format!(
+            "BEGIN; SET LOCAL statement_timeout = {}",
+            self.statement_timeout_ms
+        );
+        let n = keys.len() as i32;
+        let lock_params: [&(dyn ToSql + Sync); 1] = [&wallets];
+        let prior_params: [&(dyn ToSql + Sync); 3] = [&kinds, &actors, &idem_keys];
+        let draw_params: [&(dyn ToSql + Sync); 1] = [&n];
+        let (_, locked, prior_rows, id_rows) = tokio::try_join!(
+            client.batch_execute(&begin),
+            client.query(&lock, &lock_params),
+            client.query(&priors, &prior_params),
+            client.query(&draw, &draw_params),
+        )?;
+        let mut balances: HashMap<String, i64> =
+            locked.iter().map(|row| (row.get(0), row.get(1))).collect();
+        let prior = Prior::read(client, &prior_rows).await?;
 
-        // 3. Decide every request in memory, in order.
-        let ids: Vec<i64> = if keys.is_empty() {
-            Vec::new()
-        } else {
-            let stmt = tx
-                .prepare_cached("SELECT nextval('txn_ids') FROM generate_series(1, $1::INT)")
-                .await?;
-            tx.query(&stmt, &[&(keys.len() as i32)])
-                .await?
-                .iter()
-                .map(|r| r.get(0))
-                .collect()
-        };
-        let mut plan = Plan::new(ids);
+        // 2. Decide every request in memory, in order.
+        let mut plan = Plan::new(id_rows.iter().map(|r| r.get(0)).collect());
         let answers: Vec<Answer> = works
             .iter()
             .map(|w| plan.decide(w, &prior, &mut balances))
             .collect();
 
-        // 4. Write, then commit.
+        // 3. Write, then commit.
         let first_new = plan.txn_id.first().copied();
-        plan.write(&tx, self.shard, seqs).await?;
-        match tx.commit().await {
+        plan.write(client, self.shard, seqs).await?;
+        match client.batch_execute("COMMIT").await {
             Ok(()) => Ok(answers),
             Err(e) if e.code().is_some() => Err(e.into()),
             Err(e) => match first_new {
@@ -681,26 +704,14 @@ struct Prior {
 }
 
 impl Prior {
+    /// Collects the prior applications found in step 1 and loads their receipts (one more round
+    /// trip, only when the batch holds replays).
     async fn read(
-        tx: &deadpool_postgres::Transaction<'_>,
-        keys: &[(&str, &str, &str)],
+        client: &deadpool_postgres::Client,
+        rows: &[tokio_postgres::Row],
     ) -> std::result::Result<Prior, Failed> {
         let mut prior = Prior::default();
-        if keys.is_empty() {
-            return Ok(prior);
-        }
-        let column = |i: usize| -> Vec<&str> { keys.iter().map(|k| [k.0, k.1, k.2][i]).collect() };
-        let stmt = tx
-            .prepare_cached(
-                "SELECT t.kind, t.actor, t.idem_key, t.txn_id, t.payload_sha256 FROM txns t
-                 JOIN unnest($1::TEXT[], $2::TEXT[], $3::TEXT[]) AS k(kind, actor, idem_key)
-                   ON t.kind = k.kind AND t.actor = k.actor AND t.idem_key = k.idem_key",
-            )
-            .await?;
-        for row in tx
-            .query(&stmt, &[&column(0), &column(1), &column(2)])
-            .await?
-        {
+        for row in rows {
             let key = (row.get(0), row.get(1), row.get(2));
             prior.txns.insert(key, (row.get(3), row.get(4)));
         }
@@ -708,7 +719,7 @@ impl Prior {
             return Ok(prior);
         }
         let ids: Vec<i64> = prior.txns.values().map(|v| v.0).collect();
-        let stmt = tx
+        let gifts = client
             .prepare_cached(
                 "SELECT txn_id, gift_id, room, sender, streamer, sticker, price_coins, store_coins,
                         streamer_coins, platform_coins, funding_ios, funding_android, funding_web,
@@ -716,7 +727,18 @@ impl Prior {
                  FROM gifts WHERE txn_id = ANY($1)",
             )
             .await?;
-        for r in tx.query(&stmt, &[&ids]).await? {
+        let topups = client
+            .prepare_cached(
+                "SELECT t.txn_id, t.\"user\", t.channel, t.coins, t.balance_coins, x.idem_key
+                 FROM topups t JOIN txns x ON x.txn_id = t.txn_id WHERE t.txn_id = ANY($1)",
+            )
+            .await?;
+        let params: [&(dyn ToSql + Sync); 1] = [&ids];
+        let (gift_rows, topup_rows) = tokio::try_join!(
+            client.query(&gifts, &params),
+            client.query(&topups, &params),
+        )?;
+        for r in gift_rows {
             let u = |i: usize| r.get::<_, i64>(i) as u64;
             let receipt = GiftReceipt {
                 gift_id: r.get(1),
@@ -735,13 +757,7 @@ impl Prior {
             };
             prior.gifts.insert(r.get(0), receipt);
         }
-        let stmt = tx
-            .prepare_cached(
-                "SELECT t.txn_id, t.\"user\", t.channel, t.coins, t.balance_coins, x.idem_key
-                 FROM topups t JOIN txns x ON x.txn_id = t.txn_id WHERE t.txn_id = ANY($1)",
-            )
-            .await?;
-        for r in tx.query(&stmt, &[&ids]).await? {
+        for r in topup_rows {
             let channel: String = r.get(2);
             let receipt = TopUpReceipt {
                 txn_id: r.get::<_, i64>(0) as u64,
@@ -963,66 +979,243 @@ impl Plan {
         })
     }
 
-    /// Writes the batch's rows. The transactions go first and alone: one that does not go in
-    /// means another node committed that key meanwhile (see the module doc).
+    /// Writes the batch's rows, all statements pipelined. A transaction row that did not go in
+    /// means another node committed that key meanwhile (see the module doc): the attempt fails
+    /// with [`Failed::Retry`] and is rolled back.
     async fn write(
         &mut self,
-        tx: &deadpool_postgres::Transaction<'_>,
+        client: &deadpool_postgres::Client,
         shard: i16,
         seqs: &[(String, i64)],
     ) -> std::result::Result<(), Failed> {
-        if !self.txn_id.is_empty() {
-            let stmt = tx
+        type Call<'a> = std::pin::Pin<
+            Box<
+                dyn std::future::Future<Output = std::result::Result<u64, tokio_postgres::Error>>
+                    + Send
+                    + 'a,
+            >,
+        >;
+        let rows = Rows::of(self, seqs);
+        let st = Statements::prepare(client).await?;
+        // The transactions go first, so the count check below reads their result.
+        let txns: [&(dyn ToSql + Sync); 6] = [
+            &self.txn_id,
+            &self.txn_kind,
+            &self.txn_actor,
+            &self.txn_key,
+            &self.txn_digest,
+            &self.txn_created_ms,
+        ];
+        let entries: [&(dyn ToSql + Sync); 4] = [
+            &rows.entry_txn,
+            &rows.entry_account,
+            &rows.entry_amount,
+            &rows.entry_channel,
+        ];
+        let gifts: Vec<&(dyn ToSql + Sync)> =
+            std::iter::once(&rows.gift_txn as &(dyn ToSql + Sync))
+                .chain(rows.gift_text.iter().map(|c| c as &(dyn ToSql + Sync)))
+                .chain(rows.gift_int.iter().map(|c| c as &(dyn ToSql + Sync)))
+                .collect();
+        let topups: [&(dyn ToSql + Sync); 5] = [
+            &rows.topup_txn,
+            &rows.topup_user,
+            &rows.topup_channel,
+            &rows.topup_coins,
+            &rows.topup_balance,
+        ];
+        let debits: [&(dyn ToSql + Sync); 2] = [&rows.debit_account, &rows.debit_amount];
+        let zero = 0i16;
+        let credits: [&(dyn ToSql + Sync); 4] = [
+            &rows.credit_account,
+            &zero,
+            &rows.credit_amount,
+            &rows.credit_external,
+        ];
+        let hot: [&(dyn ToSql + Sync); 4] = [
+            &rows.hot_account,
+            &shard,
+            &rows.hot_amount,
+            &rows.hot_external,
+        ];
+        let probe_ms = now_ms().to_string();
+        let probe: [&(dyn ToSql + Sync); 1] = [&probe_ms];
+        let seqs: [&(dyn ToSql + Sync); 2] = [&rows.seq_gift, &rows.seq_value];
+        let mut calls: Vec<Call<'_>> = Vec::with_capacity(9);
+        calls.push(Box::pin(client.execute(&st.txns, &txns)));
+        if !rows.entry_txn.is_empty() {
+            calls.push(Box::pin(client.execute(&st.entries, &entries)));
+        }
+        if !rows.gift_txn.is_empty() {
+            calls.push(Box::pin(client.execute(&st.gifts, &gifts)));
+        }
+        if !rows.topup_txn.is_empty() {
+            calls.push(Box::pin(client.execute(&st.topups, &topups)));
+        }
+        let debit_call = calls.len();
+        if !rows.debit_account.is_empty() {
+            calls.push(Box::pin(client.execute(&st.debits, &debits)));
+        }
+        if !rows.credit_account.is_empty() {
+            calls.push(Box::pin(client.execute(&st.upsert, &credits)));
+        }
+        if !rows.hot_account.is_empty() {
+            calls.push(Box::pin(client.execute(&st.upsert, &hot)));
+        }
+        if self.probe {
+            calls.push(Box::pin(client.execute(&st.probe, &probe)));
+        }
+        if !rows.seq_gift.is_empty() {
+            calls.push(Box::pin(client.execute(&st.seqs, &seqs)));
+        }
+        let counts = futures_util::future::try_join_all(calls).await?;
+        if counts[0] != self.txn_id.len() as u64 {
+            return Err(Failed::Retry(
+                "another node committed one of the batch's keys".into(),
+            ));
+        }
+        if !rows.debit_account.is_empty() {
+            assert_eq!(
+                counts[debit_call],
+                rows.debit_account.len() as u64,
+                "a debited wallet row is missing"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A batch's rows as the column arrays its set-based statements take.
+#[derive(Default)]
+struct Rows {
+    entry_txn: Vec<i64>,
+    entry_account: Vec<String>,
+    entry_amount: Vec<i64>,
+    entry_channel: Vec<&'static str>,
+    gift_txn: Vec<i64>,
+    /// gift_id, room, sender, streamer, sticker.
+    gift_text: [Vec<String>; 5],
+    /// price, store, streamer, platform, funding ios/android/web, balance, created_ms.
+    gift_int: [Vec<i64>; 9],
+    topup_txn: Vec<i64>,
+    topup_user: Vec<String>,
+    topup_channel: Vec<&'static str>,
+    topup_coins: Vec<i64>,
+    topup_balance: Vec<i64>,
+    /// Wallets whose balance the batch lowers (rows that exist and are locked), in account order.
+    debit_account: Vec<String>,
+    debit_amount: Vec<i64>,
+    /// Wallets the batch raises (rows may be new), in account order.
+    credit_account: Vec<String>,
+    credit_amount: Vec<i64>,
+    credit_external: Vec<i16>,
+    /// Hot accounts' summed changes, in account order.
+    hot_account: Vec<String>,
+    hot_amount: Vec<i64>,
+    hot_external: Vec<i16>,
+    seq_gift: Vec<String>,
+    seq_value: Vec<i64>,
+}
+
+impl Rows {
+    fn of(plan: &mut Plan, seqs: &[(String, i64)]) -> Rows {
+        let mut r = Rows::default();
+        for (txn, e) in &plan.entries {
+            r.entry_txn.push(*txn);
+            r.entry_account.push(e.account.clone());
+            r.entry_amount.push(e.amount_coins);
+            r.entry_channel.push(e.channel.as_str());
+        }
+        for (txn, g) in &plan.gifts {
+            r.gift_txn.push(*txn);
+            for (col, v) in r.gift_text.iter_mut().zip([
+                &g.gift_id,
+                &g.room,
+                &g.sender,
+                &g.streamer,
+                &g.sticker,
+            ]) {
+                col.push(v.clone());
+            }
+            let f = g.funding_coins;
+            for (col, v) in r.gift_int.iter_mut().zip([
+                g.price_coins,
+                g.store_coins,
+                g.streamer_coins,
+                g.platform_coins,
+                f[0],
+                f[1],
+                f[2],
+                g.balance_coins,
+                g.created_ms,
+            ]) {
+                col.push(v as i64);
+            }
+        }
+        for (txn, t) in &plan.topups {
+            r.topup_txn.push(*txn);
+            r.topup_user.push(t.user.clone());
+            r.topup_channel.push(t.channel.as_str());
+            r.topup_coins.push(t.coins as i64);
+            r.topup_balance.push(t.balance_coins as i64);
+        }
+        let mut deltas: Vec<(String, i64)> =
+            plan.wallet_deltas.drain().filter(|d| d.1 != 0).collect();
+        deltas.sort_unstable();
+        for (account, delta) in deltas {
+            if delta < 0 {
+                r.debit_account.push(account);
+                r.debit_amount.push(delta);
+            } else {
+                r.credit_account.push(account);
+                r.credit_amount.push(delta);
+                r.credit_external.push(0);
+            }
+        }
+        for (account, delta) in plan.hot.drain_sorted() {
+            let external =
+                posting::AccountKind::of(&account).is_some_and(posting::AccountKind::is_external);
+            r.hot_account.push(account);
+            r.hot_amount.push(delta);
+            r.hot_external.push(external as i16);
+        }
+        for (id, seq) in seqs {
+            r.seq_gift.push(id.clone());
+            r.seq_value.push(*seq);
+        }
+        r
+    }
+}
+
+/// The batch's write statements, prepared once per connection (the pool caches them).
+struct Statements {
+    txns: tokio_postgres::Statement,
+    entries: tokio_postgres::Statement,
+    gifts: tokio_postgres::Statement,
+    topups: tokio_postgres::Statement,
+    debits: tokio_postgres::Statement,
+    upsert: tokio_postgres::Statement,
+    probe: tokio_postgres::Statement,
+    seqs: tokio_postgres::Statement,
+}
+
+impl Statements {
+    async fn prepare(client: &deadpool_postgres::Client) -> std::result::Result<Self, Failed> {
+        Ok(Statements {
+            txns: client
                 .prepare_cached(
                     "INSERT INTO txns (txn_id, kind, actor, idem_key, payload_sha256, created_ms)
                      SELECT * FROM unnest($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::BIGINT[])
                      ON CONFLICT (kind, actor, idem_key) DO NOTHING",
                 )
-                .await?;
-            let inserted = tx
-                .execute(
-                    &stmt,
-                    &[
-                        &self.txn_id,
-                        &self.txn_kind,
-                        &self.txn_actor,
-                        &self.txn_key,
-                        &self.txn_digest,
-                        &self.txn_created_ms,
-                    ],
-                )
-                .await?;
-            if inserted != self.txn_id.len() as u64 {
-                return Err(Failed::Retry(
-                    "another node committed one of the batch's keys".into(),
-                ));
-            }
-        }
-        self.write_rows(tx, shard, seqs).await
-    }
-
-    async fn write_rows(
-        &mut self,
-        tx: &deadpool_postgres::Transaction<'_>,
-        shard: i16,
-        seqs: &[(String, i64)],
-    ) -> std::result::Result<(), Failed> {
-        if !self.entries.is_empty() {
-            let stmt = tx
+                .await?,
+            entries: client
                 .prepare_cached(
                     "INSERT INTO entries (txn_id, account, amount_coins, channel)
                      SELECT * FROM unnest($1::BIGINT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[])",
                 )
-                .await?;
-            let txn: Vec<i64> = self.entries.iter().map(|e| e.0).collect();
-            let account: Vec<&str> = self.entries.iter().map(|e| e.1.account.as_str()).collect();
-            let amount: Vec<i64> = self.entries.iter().map(|e| e.1.amount_coins).collect();
-            let channel: Vec<&str> = self.entries.iter().map(|e| e.1.channel.as_str()).collect();
-            tx.execute(&stmt, &[&txn, &account, &amount, &channel])
-                .await?;
-        }
-        if !self.gifts.is_empty() {
-            let stmt = tx
+                .await?,
+            gifts: client
                 .prepare_cached(
                     "INSERT INTO gifts (txn_id, gift_id, room, sender, streamer, sticker, price_coins,
                          store_coins, streamer_coins, platform_coins, funding_ios, funding_android,
@@ -1031,125 +1224,43 @@ impl Plan {
                          $6::TEXT[], $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], $10::BIGINT[], $11::BIGINT[],
                          $12::BIGINT[], $13::BIGINT[], $14::BIGINT[], $15::BIGINT[])",
                 )
-                .await?;
-            let g = &self.gifts;
-            let text = |f: fn(&GiftReceipt) -> &str| -> Vec<&str> {
-                g.iter().map(|(_, r)| f(r)).collect()
-            };
-            let int = |f: fn(&GiftReceipt) -> u64| -> Vec<i64> {
-                g.iter().map(|(_, r)| f(r) as i64).collect()
-            };
-            let txn: Vec<i64> = g.iter().map(|(id, _)| *id).collect();
-            tx.execute(
-                &stmt,
-                &[
-                    &txn,
-                    &text(|r| &r.gift_id),
-                    &text(|r| &r.room),
-                    &text(|r| &r.sender),
-                    &text(|r| &r.streamer),
-                    &text(|r| &r.sticker),
-                    &int(|r| r.price_coins),
-                    &int(|r| r.store_coins),
-                    &int(|r| r.streamer_coins),
-                    &int(|r| r.platform_coins),
-                    &int(|r| r.funding_coins[0]),
-                    &int(|r| r.funding_coins[1]),
-                    &int(|r| r.funding_coins[2]),
-                    &int(|r| r.balance_coins),
-                    &int(|r| r.created_ms),
-                ],
-            )
-            .await?;
-        }
-        if !self.topups.is_empty() {
-            let stmt = tx
+                .await?,
+            topups: client
                 .prepare_cached(
                     "INSERT INTO topups (txn_id, \"user\", channel, coins, balance_coins)
                      SELECT * FROM unnest($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::BIGINT[])",
                 )
-                .await?;
-            let t = &self.topups;
-            let txn: Vec<i64> = t.iter().map(|(id, _)| *id).collect();
-            let user: Vec<&str> = t.iter().map(|(_, r)| r.user.as_str()).collect();
-            let channel: Vec<&str> = t.iter().map(|(_, r)| r.channel.as_str()).collect();
-            let coins: Vec<i64> = t.iter().map(|(_, r)| r.coins as i64).collect();
-            let balance: Vec<i64> = t.iter().map(|(_, r)| r.balance_coins as i64).collect();
-            tx.execute(&stmt, &[&txn, &user, &channel, &coins, &balance])
-                .await?;
-        }
-        self.write_balances(tx, shard).await?;
-        if self.probe {
-            let stmt = tx
+                .await?,
+            debits: client
+                .prepare_cached(
+                    "UPDATE account_rows AS a SET balance_coins = a.balance_coins + d.delta
+                     FROM unnest($1::TEXT[], $2::BIGINT[]) AS d(account, delta)
+                     WHERE a.account = ANY($1) AND a.shard = 0 AND a.account = d.account",
+                )
+                .await?,
+            upsert: client
+                .prepare_cached(
+                    "INSERT INTO account_rows (account, shard, balance_coins, external)
+                     SELECT a, $2, d, e FROM unnest($1::TEXT[], $3::BIGINT[], $4::SMALLINT[]) AS h(a, d, e)
+                     ORDER BY a
+                     ON CONFLICT (account, shard) DO UPDATE
+                     SET balance_coins = account_rows.balance_coins + excluded.balance_coins",
+                )
+                .await?,
+            probe: client
                 .prepare_cached(
                     "INSERT INTO meta (key, value) VALUES ('probe_ms', $1)
                      ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 )
-                .await?;
-            tx.execute(&stmt, &[&now_ms().to_string()]).await?;
-        }
-        if !seqs.is_empty() {
-            let stmt = tx
+                .await?,
+            seqs: client
                 .prepare_cached(
                     "UPDATE gifts AS g SET room_seq = d.seq
                      FROM unnest($1::TEXT[], $2::BIGINT[]) AS d(gift_id, seq)
-                     WHERE g.gift_id = d.gift_id AND g.room_seq IS NULL",
+                     WHERE g.gift_id = ANY($1) AND g.gift_id = d.gift_id AND g.room_seq IS NULL",
                 )
-                .await?;
-            let ids: Vec<&str> = seqs.iter().map(|s| s.0.as_str()).collect();
-            let values: Vec<i64> = seqs.iter().map(|s| s.1).collect();
-            tx.execute(&stmt, &[&ids, &values]).await?;
-        }
-        Ok(())
-    }
-
-    /// Wallet changes in shard 0 (debits update the locked rows; credits may create them), then
-    /// the summed hot-account changes in this writer's shard, all in account order.
-    async fn write_balances(
-        &mut self,
-        tx: &deadpool_postgres::Transaction<'_>,
-        shard: i16,
-    ) -> std::result::Result<(), Failed> {
-        let mut deltas: Vec<(String, i64)> =
-            self.wallet_deltas.drain().filter(|d| d.1 != 0).collect();
-        deltas.sort_unstable();
-        let (debits, credits): (Vec<_>, Vec<_>) = deltas.into_iter().partition(|d| d.1 < 0);
-        if !debits.is_empty() {
-            let stmt = tx
-                .prepare_cached(
-                    "UPDATE account_rows AS a SET balance_coins = a.balance_coins + d.delta
-                     FROM unnest($1::TEXT[], $2::BIGINT[]) AS d(account, delta)
-                     WHERE a.account = d.account AND a.shard = 0",
-                )
-                .await?;
-            let (accounts, amounts): (Vec<String>, Vec<i64>) = debits.into_iter().unzip();
-            let updated = tx.execute(&stmt, &[&accounts, &amounts]).await?;
-            assert_eq!(
-                updated,
-                accounts.len() as u64,
-                "a debited wallet row is missing"
-            );
-        }
-        let upsert = "INSERT INTO account_rows (account, shard, balance_coins, external)
-             SELECT a, $2, d, e FROM unnest($1::TEXT[], $3::BIGINT[], $4::SMALLINT[]) AS h(a, d, e) ORDER BY a
-             ON CONFLICT (account, shard) DO UPDATE SET balance_coins = account_rows.balance_coins + excluded.balance_coins";
-        for (rows, shard) in [(credits, 0i16), (self.hot.drain_sorted(), shard)] {
-            if rows.is_empty() {
-                continue;
-            }
-            let stmt = tx.prepare_cached(upsert).await?;
-            let external: Vec<i16> = rows
-                .iter()
-                .map(|(a, _)| {
-                    posting::AccountKind::of(a).is_some_and(posting::AccountKind::is_external)
-                        as i16
-                })
-                .collect();
-            let (accounts, amounts): (Vec<String>, Vec<i64>) = rows.into_iter().unzip();
-            tx.execute(&stmt, &[&accounts, &shard, &amounts, &external])
-                .await?;
-        }
-        Ok(())
+                .await?,
+        })
     }
 }
 

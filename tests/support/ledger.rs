@@ -123,7 +123,8 @@ impl PgSchema {
         with_admin(move |c| Box::pin(async move { c.batch_execute(&sql).await.unwrap() }));
         let base = server_url();
         let sep = if base.contains('?') { '&' } else { '?' };
-        let url = format!("{base}{sep}options=-csearch_path%3D{name}");
+        // The application name lets the drop find the connections still using the schema.
+        let url = format!("{base}{sep}options=-csearch_path%3D{name}&application_name={name}");
         PgSchema { name, url }
     }
 }
@@ -131,7 +132,12 @@ impl PgSchema {
 impl Drop for PgSchema {
     fn drop(&mut self) {
         let sql = format!(
-            "SET lock_timeout = '20s'; DROP SCHEMA IF EXISTS {0} CASCADE",
+            // A server still shutting down may hold locks in the schema, and on a current-thread
+            // runtime it cannot finish while this drop blocks: end its sessions first.
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+              WHERE application_name = '{0}' AND pid <> pg_backend_pid();
+             SET lock_timeout = '20s';
+             DROP SCHEMA IF EXISTS {0} CASCADE",
             self.name
         );
         let dropped = with_admin(move |c| Box::pin(async move { c.batch_execute(&sql).await }));
