@@ -69,7 +69,7 @@ impl App {
             inflight: Inflight::default(),
             shutdown,
             ws_permits: Arc::new(Semaphore::new(config.server.connections_max)),
-            disk_reserve: DiskReserve::new(&config.ledger.path, config.ledger.disk_reserve_bytes),
+            disk_reserve: DiskReserve::for_ledger(&config.ledger),
             users: DashMap::new(),
             next_conn: AtomicU64::new(1),
             config,
@@ -167,7 +167,7 @@ pub(crate) mod testing {
         tweak(&mut config);
         config.validate().unwrap();
         let metrics = Arc::new(Metrics::new());
-        let ledger = crate::server::open_ledger(&config, &metrics).unwrap();
+        let ledger = crate::server::open_sqlite_ledger(&config, &metrics).unwrap();
         let app = App::new(
             config,
             ledger,

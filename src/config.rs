@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::gift::catalog::Sticker;
 use crate::gift::Channel;
+/// Store fees are money rules (`gift.rs`); the config only chooses their values.
+pub use crate::gift::StoreFees;
 
 /// The secrets that ship as defaults. They are fine on loopback and refused anywhere else.
 pub const DEV_JWT_SECRET: &str = "giftd-dev-jwt-secret-change-me";
@@ -240,26 +242,53 @@ impl Default for RoomsConfig {
     }
 }
 
+/// Where the ledger lives.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LedgerBackend {
+    /// An embedded SQLite file (`ledger.path`): one node.
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database (`ledger.postgres_url`) that several nodes share.
+    Postgres,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LedgerConfig {
+    /// `sqlite` or `postgres`.
+    pub backend: LedgerBackend,
     /// SQLite database file. Created if missing.
     pub path: PathBuf,
+    /// PostgreSQL connection, as a URL (`postgres://user@host:5432/db?options=-csearch_path%3Dgiftd`)
+    /// or `key=value` pairs. The schema is the first on the search path; migrations run at start.
+    pub postgres_url: String,
+    /// Connections to PostgreSQL per node: the writer's and concurrent balance reads.
+    pub postgres_pool_max: usize,
     /// Requests folded into one group commit at most.
     pub batch_max: usize,
     /// Requests waiting for the ledger writer; beyond this, callers wait.
     pub queue_max: usize,
-    /// Free space the ledger's file system must keep, in bytes. Below it the node reports itself
-    /// unready (`/readyz` 503) before gifts start failing for want of space. 0 disables the check.
+    /// Deadline of every ledger call. A write not started by then is dropped and its caller told
+    /// `ledger_unavailable` (nothing charged); one already started is answered by its commit.
+    /// 10 to 600000.
+    pub call_timeout_ms: u64,
+    /// Free space the SQLite ledger's file system must keep, in bytes. Below it the node reports
+    /// itself unready (`/readyz` 503) before gifts start failing for want of space. 0 disables
+    /// the check; it does not apply to the PostgreSQL backend.
     pub disk_reserve_bytes: u64,
 }
 
 impl Default for LedgerConfig {
     fn default() -> Self {
         LedgerConfig {
+            backend: LedgerBackend::Sqlite,
             path: PathBuf::from("giftd.db"),
+            postgres_url: "postgres://postgres@127.0.0.1:5432/giftd".to_owned(),
+            postgres_pool_max: 8,
             batch_max: 1024,
             queue_max: 16_384,
+            call_timeout_ms: 5_000,
             disk_reserve_bytes: 64 << 20,
         }
     }
@@ -276,24 +305,6 @@ pub struct SplitConfig {
     pub streamer_share_bps: BTreeMap<String, u32>,
     /// The order in which a wallet's per-channel coins are spent. Must list each channel once.
     pub spend_order: Vec<Channel>,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct StoreFees {
-    pub ios: u32,
-    pub android: u32,
-    pub web: u32,
-}
-
-impl StoreFees {
-    pub fn bps(&self, channel: Channel) -> u32 {
-        match channel {
-            Channel::Ios => self.ios,
-            Channel::Android => self.android,
-            Channel::Web => self.web,
-        }
-    }
 }
 
 impl Default for SplitConfig {
@@ -637,6 +648,13 @@ impl LedgerConfig {
         });
         c.at_least("ledger.batch_max", self.batch_max, 1);
         c.at_least("ledger.queue_max", self.queue_max, 1);
+        c.between("ledger.call_timeout_ms", self.call_timeout_ms, 10, 600_000);
+        if self.backend == LedgerBackend::Postgres {
+            c.at_least("ledger.postgres_pool_max", self.postgres_pool_max, 2);
+            if let Err(e) = self.postgres_url.parse::<tokio_postgres::Config>() {
+                c.0.push(format!("ledger.postgres_url is not a PostgreSQL URL: {e}"));
+            }
+        }
     }
 }
 
@@ -802,6 +820,24 @@ mod tests {
                 "{toml}: exactly one problem expected, got {err}"
             );
         }
+    }
+
+    #[test]
+    fn ledger_backend_is_checked() {
+        let err = Config::from_toml(
+            "[ledger]\nbackend = \"postgres\"\npostgres_url = \"postgres://h:notaport/db\"\ncall_timeout_ms = 0\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("ledger.postgres_url"), "{err}");
+        assert!(err.contains("ledger.call_timeout_ms"), "{err}");
+        let err = Config::from_toml("[ledger]\nbackend = \"oracle\"\n").unwrap_err();
+        assert!(err.to_string().contains("oracle"), "{err}");
+        let ok = Config::from_toml(
+            "[ledger]\nbackend = \"postgres\"\npostgres_url = \"postgres://postgres@127.0.0.1/test\"\n",
+        )
+        .unwrap();
+        assert_eq!(ok.ledger.backend, LedgerBackend::Postgres);
     }
 
     #[test]

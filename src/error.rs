@@ -261,12 +261,6 @@ impl fmt::Display for CloseCode {
     }
 }
 
-impl From<rusqlite::Error> for Error {
-    fn from(e: rusqlite::Error) -> Self {
-        Error::LedgerUnavailable(e.to_string())
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

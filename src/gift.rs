@@ -46,3 +46,22 @@ impl std::fmt::Display for Channel {
 
 /// Coins per channel, indexed by [`Channel::index`].
 pub type ChannelCoins = [u64; 3];
+
+/// The store fee of each purchase channel, in basis points (1/100 of a percent).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StoreFees {
+    pub ios: u32,
+    pub android: u32,
+    pub web: u32,
+}
+
+impl StoreFees {
+    pub fn bps(&self, channel: Channel) -> u32 {
+        match channel {
+            Channel::Ios => self.ios,
+            Channel::Android => self.android,
+            Channel::Web => self.web,
+        }
+    }
+}

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use crate::app::App;
 use crate::error::{Error, Result};
 use crate::gift::catalog::Sticker;
-use crate::ledger::{GiftOutcome, GiftPurpose, GiftRequest};
+use crate::ledger::{GiftOutcome, GiftPurpose, GiftRequest, SplitPolicy};
 use crate::metrics::OutKind;
 use crate::protocol::server::encode;
 use crate::protocol::server::{PaidView, ServerMessage};
@@ -127,9 +127,11 @@ pub async fn send(
         price_coins: sticker.price_coins,
         idempotency_key: key.to_owned(),
         purpose,
-        store_fees: app.config.split.store_fee_bps,
-        streamer_share_bps: app.streamer_share_bps(&room.streamer),
-        spend_order: app.config.split.spend_order.clone(),
+        policy: SplitPolicy {
+            store_fees: app.config.split.store_fee_bps,
+            streamer_share_bps: app.streamer_share_bps(&room.streamer),
+            spend_order: app.config.split.spend_order.clone(),
+        },
     };
     let digest = req.payload_digest();
     app.inflight

@@ -15,16 +15,18 @@
 //!   [`Error::IdempotencyConflict`].
 
 pub mod audit;
+pub mod deadline;
+pub mod postgres;
+pub mod posting;
 pub mod sqlite;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::config::StoreFees;
 use crate::error::Result;
 use crate::gift::split::Split;
-use crate::gift::{Channel, ChannelCoins};
+use crate::gift::{Channel, ChannelCoins, StoreFees};
 
 /// Longest idempotency key or purchase id accepted, in bytes.
 pub const KEY_BYTES_MAX: usize = 128;
@@ -37,6 +39,13 @@ pub struct TopUpRequest {
     pub coins: u64,
     /// The store's transaction id; the idempotency key of the top-up.
     pub purchase_id: String,
+}
+
+impl TopUpRequest {
+    /// Digest of what the store confirmed. A replayed purchase id must carry the same digest.
+    pub fn payload_digest(&self) -> String {
+        format!("{}:{}:{}", self.user, self.channel, self.coins)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +68,16 @@ pub enum GiftPurpose {
     Question { text: String },
 }
 
+/// How a gift's price is drawn and divided. The ledger's own type: the caller fills it from its
+/// configuration, so the ledger depends on no config type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitPolicy {
+    pub store_fees: StoreFees,
+    pub streamer_share_bps: u32,
+    /// The order in which the sender's wallet channels are spent.
+    pub spend_order: Vec<Channel>,
+}
+
 /// Everything the ledger needs to apply one gift. The split policy travels with the request so
 /// the ledger stays free of config.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,9 +89,7 @@ pub struct GiftRequest {
     pub price_coins: u64,
     pub idempotency_key: String,
     pub purpose: GiftPurpose,
-    pub store_fees: StoreFees,
-    pub streamer_share_bps: u32,
-    pub spend_order: Vec<Channel>,
+    pub policy: SplitPolicy,
 }
 
 impl GiftRequest {
@@ -111,6 +128,32 @@ pub struct GiftReceipt {
     /// The room event sequence number of the gift, once published.
     pub seq: Option<u64>,
     pub created_ms: u64,
+}
+
+impl GiftReceipt {
+    /// The receipt of a gift applied by `plan`.
+    pub(crate) fn new(
+        req: &GiftRequest,
+        plan: &posting::GiftPlan,
+        gift_id: String,
+        created_ms: u64,
+    ) -> GiftReceipt {
+        GiftReceipt {
+            gift_id,
+            room: req.room.clone(),
+            sender: req.sender.clone(),
+            streamer: req.streamer.clone(),
+            sticker: req.sticker.clone(),
+            price_coins: req.price_coins,
+            store_coins: plan.split.store_coins,
+            streamer_coins: plan.split.streamer_coins,
+            platform_coins: plan.split.platform_coins,
+            funding_coins: plan.funding_coins,
+            balance_coins: plan.balance_after_coins(),
+            seq: None,
+            created_ms,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,6 +219,16 @@ pub trait Ledger: Send + Sync + 'static {
     async fn close(&self);
 }
 
+/// Validates a top-up before it reaches a backend.
+pub(crate) fn check_top_up(req: &TopUpRequest) -> Result<()> {
+    if req.coins == 0 || req.coins > posting::TOP_UP_COINS_MAX {
+        return Err(crate::error::Error::InvalidAmount(
+            "coins must be positive and reasonable".into(),
+        ));
+    }
+    check_key(&req.purchase_id, "purchase_id")
+}
+
 /// Validates a client-chosen key: non-empty, bounded, printable ASCII.
 pub fn check_key(key: &str, what: &str) -> Result<()> {
     let ok =
@@ -197,6 +250,13 @@ fn hex(bytes: &[u8]) -> String {
         out.push(DIGITS[(b & 15) as usize] as char);
     }
     out
+}
+
+/// A new gift id: `g`, the creation time in ms and 64 random bits, in hex. Unique across nodes
+/// and restarts without coordination (the ledgers also keep gift ids unique), and roughly
+/// ordered by time.
+pub(crate) fn new_gift_id(created_ms: u64) -> String {
+    format!("g{created_ms:011x}{:016x}", rand::random::<u64>())
 }
 
 pub(crate) fn now_ms() -> u64 {

@@ -55,10 +55,19 @@ enum Cmd {
     },
     /// Validate a config file and print every problem.
     CheckConfig { file: PathBuf },
-    /// Check a ledger database's invariants; exits 1 on any violation.
+    /// Check a ledger's invariants (a SQLite file or a PostgreSQL ledger); exits 1 on any
+    /// violation.
     Audit {
+        /// The SQLite ledger file.
+        #[arg(
+            long,
+            required_unless_present = "postgres",
+            conflicts_with = "postgres"
+        )]
+        db: Option<PathBuf>,
+        /// The PostgreSQL ledger, as in `ledger.postgres_url`.
         #[arg(long)]
-        db: PathBuf,
+        postgres: Option<String>,
     },
     /// A line-oriented WebSocket client: sends each stdin line as a frame, prints every frame
     /// received. After stdin ends it keeps printing for --linger-ms, then closes.
@@ -132,7 +141,7 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
-        Cmd::Audit { db } => audit(&db),
+        Cmd::Audit { db, postgres } => audit(db.as_deref(), postgres.as_deref()),
         Cmd::Client {
             url,
             token,
@@ -178,8 +187,17 @@ fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
     socket.listen(giftd::bounds::LISTEN_BACKLOG)
 }
 
-fn audit(db: &std::path::Path) -> ExitCode {
-    match giftd::ledger::audit::audit(db) {
+fn audit(db: Option<&std::path::Path>, postgres: Option<&str>) -> ExitCode {
+    let result = match (db, postgres) {
+        (Some(db), _) => giftd::ledger::audit::audit(db),
+        (None, Some(url)) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| giftd::error::Error::Internal(e.to_string()))
+            .and_then(|rt| rt.block_on(giftd::ledger::audit::audit_postgres(url))),
+        (None, None) => unreachable!("clap requires --db or --postgres"),
+    };
+    match result {
         Ok(report) => {
             println!(
                 "transactions {}  gifts {}  top-ups {}  entries {}  topped up {} coins  gifted {} coins",

@@ -9,6 +9,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::config::{LedgerBackend, LedgerConfig};
+
 /// The free-space rule for the file system that holds the ledger.
 pub struct DiskReserve {
     /// A directory on that file system (the ledger file's parent).
@@ -24,6 +26,15 @@ impl DiskReserve {
             _ => PathBuf::from("."),
         };
         DiskReserve { dir, reserve_bytes }
+    }
+
+    /// The rule for the configured ledger: the SQLite file's file system, or none at all for a
+    /// PostgreSQL ledger (whose disk is the database server's to watch).
+    pub fn for_ledger(ledger: &LedgerConfig) -> DiskReserve {
+        match ledger.backend {
+            LedgerBackend::Sqlite => DiskReserve::new(&ledger.path, ledger.disk_reserve_bytes),
+            LedgerBackend::Postgres => DiskReserve::new(&ledger.path, 0),
+        }
     }
 
     /// Bytes available to giftd on the ledger's file system, if they can be read.

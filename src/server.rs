@@ -37,10 +37,11 @@ use crate::app::App;
 use crate::bounds::{
     ACCEPT_RETRY, HTTP_BUFFER_BYTES_MAX, HTTP_HEADROOM_CONNECTIONS, LEDGER_CLOSE_MIN,
 };
-use crate::config::Config;
+use crate::config::{Config, LedgerBackend};
 use crate::error::{Error, Result};
 use crate::fanout::{Fanout, LocalFanout};
 use crate::http::{self, ConnSlot};
+use crate::ledger::postgres::{PostgresLedger, PostgresOptions};
 use crate::ledger::sqlite::{SqliteLedger, SqliteOptions};
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
@@ -67,8 +68,8 @@ impl Listeners {
     }
 }
 
-/// Serves on `listeners` until `shutdown` resolves, then drains and returns. Opens the SQLite
-/// ledger named in the config.
+/// Serves on `listeners` until `shutdown` resolves, then drains and returns. Opens the ledger the
+/// config names (`ledger.backend`).
 pub async fn run(
     listeners: Listeners,
     config: Config,
@@ -78,16 +79,35 @@ pub async fn run(
         .validate()
         .map_err(|e| Error::Internal(format!("invalid config:\n{e}")))?;
     let metrics = Arc::new(Metrics::new());
-    let ledger = open_ledger(&config, &metrics)?;
+    let ledger = open_ledger(&config, &metrics).await?;
     serve(listeners, config, ledger, metrics, shutdown).await
 }
 
+/// Opens the ledger `config` names: SQLite or PostgreSQL (migrating its schema).
+pub async fn open_ledger(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Ledger>> {
+    let l = &config.ledger;
+    Ok(match l.backend {
+        LedgerBackend::Sqlite => open_sqlite_ledger(config, metrics)?,
+        LedgerBackend::Postgres => {
+            let options = PostgresOptions {
+                url: l.postgres_url.clone(),
+                batch_max: l.batch_max,
+                queue_max: l.queue_max,
+                call_timeout_ms: l.call_timeout_ms,
+                pool_max: l.postgres_pool_max,
+            };
+            Arc::new(PostgresLedger::open(options, metrics.ledger_commit_seconds.clone()).await?)
+        }
+    })
+}
+
 /// Opens the SQLite ledger named in `config`, reporting commit latency to `metrics`.
-pub fn open_ledger(config: &Config, metrics: &Metrics) -> Result<Arc<SqliteLedger>> {
+pub fn open_sqlite_ledger(config: &Config, metrics: &Metrics) -> Result<Arc<SqliteLedger>> {
     let options = SqliteOptions {
         path: config.ledger.path.clone(),
         batch_max: config.ledger.batch_max,
         queue_max: config.ledger.queue_max,
+        call_timeout_ms: config.ledger.call_timeout_ms,
     };
     Ok(Arc::new(SqliteLedger::open(
         options,
@@ -122,10 +142,11 @@ pub async fn serve(
     ));
     let admin_permits = Arc::new(Semaphore::new(app.config.server.admin_connections_max));
     let Listeners { public, admin } = listeners;
+    let backend = app.config.ledger.backend;
     tracing::info!(
         listen = ?public.local_addr().ok(),
         admin = ?admin.local_addr().ok(),
-        ledger = %app.config.ledger.path.display(),
+        ?backend,
         "giftd serving"
     );
     let admin_loop = tokio::spawn(accept_admin(

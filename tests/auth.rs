@@ -65,25 +65,27 @@ async fn forged_tokens_are_refused_in_the_handshake() {
     assert_eq!(c.next_message().await["user"], "mallory");
 }
 
-#[tokio::test]
-async fn forged_tokens_are_refused_by_the_auth_message_then_4502() {
-    let server = TestServer::start().await;
-    server.top_up("mallory", "web", 500, "m-1").await;
-    server.top_up("victim", "web", 100, "v-1").await;
-    for f in forged_tokens(&server) {
-        let what = f.what;
-        let mut c = server.anonymous().await;
-        let e = c
-            .request(json!({ "type": "auth", "token": f.token }))
-            .await
-            .unwrap_err();
-        assert_eq!(e["reason"], f.reason, "{what}: {e}");
-        assert_eq!(e["code"], f.code, "{what}: {e}");
-        let closed = c.closed().await;
-        assert_eq!(closed.code, 4502, "{what}: {closed:?}");
+on_both_ledgers! {
+    #[tokio::test]
+    async fn forged_tokens_are_refused_by_the_auth_message_then_4502() {
+        let server = TestServer::start().await;
+        server.top_up("mallory", "web", 500, "m-1").await;
+        server.top_up("victim", "web", 100, "v-1").await;
+        for f in forged_tokens(&server) {
+            let what = f.what;
+            let mut c = server.anonymous().await;
+            let e = c
+                .request(json!({ "type": "auth", "token": f.token }))
+                .await
+                .unwrap_err();
+            assert_eq!(e["reason"], f.reason, "{what}: {e}");
+            assert_eq!(e["code"], f.code, "{what}: {e}");
+            let closed = c.closed().await;
+            assert_eq!(closed.code, 4502, "{what}: {closed:?}");
+        }
+        assert_eq!(server.balance("mallory").await, 500);
+        assert_eq!(server.balance("victim").await, 100);
     }
-    assert_eq!(server.balance("mallory").await, 500);
-    assert_eq!(server.balance("victim").await, 100);
 }
 
 #[tokio::test]
@@ -109,47 +111,49 @@ async fn commands_before_auth_are_refused_then_auth_by_message_works() {
     assert_eq!(e["reason"], "already_authenticated");
 }
 
-#[tokio::test]
-async fn roles_and_ownership_are_enforced() {
-    let server = TestServer::start().await;
-    server.top_up("bob", "web", 100, "w").await;
-    let mut star = server.streamer("star").await;
-    star.open_room("r", "t").await;
-    let mut bob = server.viewer("bob").await;
-    bob.join("r").await;
-    let gift = bob.send_gift("clap", "k").await.unwrap();
+on_both_ledgers! {
+    #[tokio::test]
+    async fn roles_and_ownership_are_enforced() {
+        let server = TestServer::start().await;
+        server.top_up("bob", "web", 100, "w").await;
+        let mut star = server.streamer("star").await;
+        star.open_room("r", "t").await;
+        let mut bob = server.viewer("bob").await;
+        bob.join("r").await;
+        let gift = bob.send_gift("clap", "k").await.unwrap();
 
-    for cmd in [
-        json!({ "type": "open_room", "room": "mine", "title": "t" }),
-        json!({ "type": "close_room" }),
-        json!({ "type": "thank", "gift_id": gift["gift_id"] }),
-        json!({ "type": "answer", "question_id": 1, "text": "x" }),
-    ] {
-        let e = bob.request(cmd.clone()).await.unwrap_err();
-        assert_eq!(
-            (e["code"].as_u64(), e["reason"].as_str()),
-            (Some(12003), Some("wrong_role")),
-            "{cmd}"
-        );
+        for cmd in [
+            json!({ "type": "open_room", "room": "mine", "title": "t" }),
+            json!({ "type": "close_room" }),
+            json!({ "type": "thank", "gift_id": gift["gift_id"] }),
+            json!({ "type": "answer", "question_id": 1, "text": "x" }),
+        ] {
+            let e = bob.request(cmd.clone()).await.unwrap_err();
+            assert_eq!(
+                (e["code"].as_u64(), e["reason"].as_str()),
+                (Some(12003), Some("wrong_role")),
+                "{cmd}"
+            );
+        }
+        // Another streamer in the room is not its owner.
+        let mut rival = server.streamer("rival").await;
+        rival.join("r").await;
+        for cmd in [
+            json!({ "type": "close_room" }),
+            json!({ "type": "thank", "gift_id": gift["gift_id"] }),
+        ] {
+            let e = rival.request(cmd.clone()).await.unwrap_err();
+            assert_eq!(
+                (e["code"].as_u64(), e["reason"].as_str()),
+                (Some(12004), Some("not_room_owner")),
+                "{cmd}"
+            );
+        }
+        // Streamers do not send gifts.
+        let e = star.send_gift("rose", "s").await.unwrap_err();
+        assert_eq!(e["reason"], "wrong_role");
+        assert_eq!(server.balance("bob").await, 90);
     }
-    // Another streamer in the room is not its owner.
-    let mut rival = server.streamer("rival").await;
-    rival.join("r").await;
-    for cmd in [
-        json!({ "type": "close_room" }),
-        json!({ "type": "thank", "gift_id": gift["gift_id"] }),
-    ] {
-        let e = rival.request(cmd.clone()).await.unwrap_err();
-        assert_eq!(
-            (e["code"].as_u64(), e["reason"].as_str()),
-            (Some(12004), Some("not_room_owner")),
-            "{cmd}"
-        );
-    }
-    // Streamers do not send gifts.
-    let e = star.send_gift("rose", "s").await.unwrap_err();
-    assert_eq!(e["reason"], "wrong_role");
-    assert_eq!(server.balance("bob").await, 90);
 }
 
 #[tokio::test]

@@ -1,8 +1,9 @@
 //! The bank invariant under concurrency.
 //!
 //! Many viewers gift at once in two rooms while top-ups (some of them replayed) land, and a
-//! checker reads the ledger file read-only, over and over, in its own connection (WAL lets it
-//! read while the writer commits). At every read, in one consistent snapshot:
+//! checker reads the ledger read-only, over and over, in its own connection (SQLite's WAL or
+//! PostgreSQL's snapshots let it read while the writer commits). At every read, in one
+//! consistent snapshot:
 //!
 //!   wallets + streamer earnings + stores + platform == sum of top-ups == -(external accounts)
 //!
@@ -10,20 +11,23 @@
 //! are checked through the admin API, every client receipt is matched against the ledger, and
 //! `giftd::ledger::audit::audit` must report no violation.
 //!
+//! Runs on both ledger backends (`tests/support/ledger.rs`). `tests/shared_ledger.rs` runs the same
+//! invariant with two nodes on one PostgreSQL ledger.
+//!
 //! Seeded: set `GIFTD_BANK_SEED` to replay a run; the seed in use is printed.
 
 #[rustfmt::skip]
 mod support;
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
+use support::ledger::{check, checker, lit, read_totals, LedgerDb};
 use support::TestServer;
 
 const VIEWERS: usize = 20;
@@ -37,98 +41,6 @@ const STICKERS: [(&str, u64); 5] = [
     ("star", 500),
 ];
 
-/// One snapshot of the ledger's totals, read in a single statement (one read transaction).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Totals {
-    topups: i64,
-    wallets: i64,
-    streamers: i64,
-    stores: i64,
-    platform: i64,
-    external: i64,
-    negative: i64,
-    gifts: i64,
-    gifted: i64,
-}
-
-fn read_totals(conn: &rusqlite::Connection) -> rusqlite::Result<Totals> {
-    conn.query_row(
-        "SELECT
-            (SELECT COALESCE(SUM(coins), 0) FROM topups),
-            (SELECT COALESCE(SUM(balance_coins), 0) FROM accounts WHERE account LIKE 'wallet:%'),
-            (SELECT COALESCE(SUM(balance_coins), 0) FROM accounts WHERE account LIKE 'streamer:%'),
-            (SELECT COALESCE(SUM(balance_coins), 0) FROM accounts WHERE account LIKE 'store:%'),
-            (SELECT COALESCE(SUM(balance_coins), 0) FROM accounts WHERE account = 'platform'),
-            (SELECT COALESCE(SUM(balance_coins), 0) FROM accounts WHERE external = 1),
-            (SELECT COUNT(*) FROM accounts WHERE external = 0 AND balance_coins < 0),
-            (SELECT COUNT(*) FROM gifts),
-            (SELECT COALESCE(SUM(price_coins), 0) FROM gifts)",
-        [],
-        |r| {
-            Ok(Totals {
-                topups: r.get(0)?,
-                wallets: r.get(1)?,
-                streamers: r.get(2)?,
-                stores: r.get(3)?,
-                platform: r.get(4)?,
-                external: r.get(5)?,
-                negative: r.get(6)?,
-                gifts: r.get(7)?,
-                gifted: r.get(8)?,
-            })
-        },
-    )
-}
-
-fn check(t: &Totals) {
-    assert_eq!(
-        t.wallets + t.streamers + t.stores + t.platform,
-        t.topups,
-        "money not conserved: {t:?}"
-    );
-    assert_eq!(t.external, -t.topups, "external accounts disagree: {t:?}");
-    assert_eq!(t.negative, 0, "negative balance: {t:?}");
-    assert_eq!(
-        t.streamers + t.stores + t.platform,
-        t.gifted,
-        "shares do not add up to gifts: {t:?}"
-    );
-}
-
-/// Reads the ledger in a loop until `stop`, checking every snapshot. Bounded by count and time.
-fn checker(db: PathBuf, stop: Arc<AtomicBool>) -> (u64, Totals) {
-    let conn = loop {
-        // The server creates the file; wait for it (bounded).
-        match rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        {
-            Ok(c) => break c,
-            Err(e) => {
-                assert!(!stop.load(Ordering::Relaxed), "ledger never appeared: {e}");
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-    };
-    conn.busy_timeout(Duration::from_secs(5)).unwrap();
-    let started = Instant::now();
-    let mut reads = 0u64;
-    let mut last = read_totals(&conn).unwrap();
-    while !stop.load(Ordering::Relaxed)
-        && reads < 200_000
-        && started.elapsed() < Duration::from_secs(120)
-    {
-        let t = read_totals(&conn).unwrap();
-        check(&t);
-        assert!(
-            t.topups >= last.topups && t.gifts >= last.gifts,
-            "{t:?} after {last:?}"
-        );
-        last = t;
-        reads += 1;
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    (reads, last)
-}
-
 /// What a viewer's client saw: receipts of gifts it was charged for, and coins refused.
 #[derive(Default)]
 struct Seen {
@@ -137,6 +49,7 @@ struct Seen {
     replays: u64,
 }
 
+on_both_ledgers! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn money_is_conserved_at_every_read_under_concurrent_gifts_and_top_ups() {
     let seed: u64 = std::env::var("GIFTD_BANK_SEED")
@@ -166,10 +79,7 @@ async fn money_is_conserved_at_every_read_under_concurrent_gifts_and_top_ups() {
     }
 
     let stop = Arc::new(AtomicBool::new(false));
-    let checker = {
-        let (db, stop) = (server.db(), stop.clone());
-        std::thread::spawn(move || checker(db, stop))
-    };
+    let checker = tokio::spawn(checker(LedgerDb::open(&server.config).await, stop.clone()));
 
     // Top-ups landing while gifts run; every third one is sent twice (a store retry).
     let topups = {
@@ -244,15 +154,11 @@ async fn money_is_conserved_at_every_read_under_concurrent_gifts_and_top_ups() {
         topup_total += coins;
     }
     stop.store(true, Ordering::Relaxed);
-    let (reads, last) = checker.join().unwrap();
+    let (reads, last) = checker.await.unwrap();
 
     // Quiet now: the final snapshot, the admin API and the client receipts must all agree.
-    let conn = rusqlite::Connection::open_with_flags(
-        server.db(),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
-    let end = read_totals(&conn).unwrap();
+    let db = LedgerDb::open(&server.config).await;
+    let end = read_totals(&db).await;
     check(&end);
     assert_eq!(end.topups as u64, topup_total);
     assert!(end.gifts >= last.gifts);
@@ -276,16 +182,16 @@ async fn money_is_conserved_at_every_read_under_concurrent_gifts_and_top_ups() {
         wallets_api += balance;
         for r in &seen.receipts {
             let id = r["gift_id"].as_str().unwrap().to_owned();
-            let (sender, price): (String, i64) = conn
-                .query_row(
-                    "SELECT sender, price_coins FROM gifts WHERE gift_id = ?1",
-                    [&id],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
-                )
-                .unwrap_or_else(|e| panic!("receipt {id} not in the ledger: {e}"));
+            let rows = db
+                .rows(&format!(
+                    "SELECT sender, price_coins FROM gifts WHERE gift_id = {}",
+                    lit(&id)
+                ))
+                .await;
             assert_eq!(
-                (sender.as_str(), price as u64),
-                (user.as_str(), r["price_coins"].as_u64().unwrap())
+                rows,
+                vec![vec![user.clone(), r["price_coins"].to_string()]],
+                "receipt {id} in the ledger"
             );
             assert!(gift_ids.insert(id), "a gift id was issued twice");
         }
@@ -309,7 +215,7 @@ async fn money_is_conserved_at_every_read_under_concurrent_gifts_and_top_ups() {
         topup_total
     );
 
-    let report = giftd::ledger::audit::audit(&server.db()).unwrap();
+    let report = db.audit().await;
     assert!(report.violations.is_empty(), "{:#?}", report.violations);
     assert_eq!(report.gifts, receipts);
     let insufficient: u64 = all.values().map(|s| s.insufficient).sum();
@@ -320,4 +226,5 @@ async fn money_is_conserved_at_every_read_under_concurrent_gifts_and_top_ups() {
         report.topups
     );
     assert!(reads > 0, "the checker never read the ledger");
+}
 }

@@ -1,4 +1,7 @@
-//! The operator commands, run as a user would: `check-config`, `token`, and configuration errors.
+//! The operator commands, run as a user would: `check-config`, `token`, `audit`, and
+//! configuration errors.
+
+mod support;
 
 use std::process::Command;
 
@@ -116,5 +119,98 @@ fn logs_to_a_pipe_are_plain_text() {
     assert!(
         !first.contains('\u{1b}'),
         "escape codes in a log that is not a terminal: {first:?}"
+    );
+}
+
+#[test]
+fn check_config_checks_the_ledger_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[ledger]\nbackend = \"postgres\"\npostgres_url = \"postgres://db:port/x\"\ncall_timeout_ms = 1\n",
+    )
+    .unwrap();
+    let out = giftd().arg("check-config").arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ledger.postgres_url"), "{err}");
+    assert!(err.contains("ledger.call_timeout_ms"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_checks_a_postgres_ledger_and_finds_a_forged_balance() {
+    use giftd::gift::{Channel, StoreFees};
+    use giftd::ledger::postgres::{PostgresLedger, PostgresOptions};
+    use giftd::ledger::{GiftPurpose, GiftRequest, Ledger, SplitPolicy, TopUpRequest};
+
+    let schema = support::ledger::PgSchema::create();
+    let options = PostgresOptions {
+        url: schema.url.clone(),
+        batch_max: 16,
+        queue_max: 16,
+        call_timeout_ms: 5_000,
+        pool_max: 2,
+    };
+    let histogram =
+        prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("t", "t")).unwrap();
+    let ledger = PostgresLedger::open(options, histogram).await.unwrap();
+    let top_up = TopUpRequest {
+        user: "v".into(),
+        channel: Channel::Ios,
+        coins: 100,
+        purchase_id: "p".into(),
+    };
+    ledger.top_up(top_up).await.unwrap();
+    let gift = GiftRequest {
+        sender: "v".into(),
+        streamer: "star".into(),
+        room: "r".into(),
+        sticker: "s".into(),
+        price_coins: 60,
+        idempotency_key: "k".into(),
+        purpose: GiftPurpose::Sticker,
+        policy: SplitPolicy {
+            store_fees: StoreFees {
+                ios: 3000,
+                android: 3000,
+                web: 0,
+            },
+            streamer_share_bps: 5000,
+            spend_order: vec![Channel::Web, Channel::Android, Channel::Ios],
+        },
+    };
+    ledger.gift(gift).await.unwrap();
+    ledger.close().await;
+
+    let audit = || {
+        giftd()
+            .args(["audit", "--postgres", &schema.url])
+            .output()
+            .unwrap()
+    };
+    let out = audit();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("gifts 1  top-ups 1"), "{text}");
+
+    let client = giftd::ledger::postgres::connect(&schema.url).await.unwrap();
+    client
+        .batch_execute(
+            "UPDATE account_rows SET balance_coins = balance_coins + 5 WHERE account = 'platform'",
+        )
+        .await
+        .unwrap();
+    let out = audit();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("money not conserved"), "{text}");
+    assert!(
+        text.contains("account balance differs from its entries"),
+        "{text}"
     );
 }

@@ -14,6 +14,9 @@
 //! 3. each viewer's balance equals its top-ups minus the prices of its distinct committed keys;
 //! 4. `giftd::ledger::audit::audit` reports no violation.
 //!
+//! Runs on both ledger backends (`tests/support/ledger.rs`): on PostgreSQL the killed node's
+//! open transaction dies with its connection and the restarted node shares the same schema.
+//!
 //! `GIFTD_CRASH_CYCLES` sets the number of cycles (default 5), `GIFTD_CRASH_SEED` replays a run;
 //! the seed is printed.
 
@@ -27,13 +30,15 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use giftd::auth::{Authenticator, Role};
-use giftd::config::AuthConfig;
+use giftd::config::{AuthConfig, LedgerConfig};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
+
+use support::ledger::{lit, LedgerDb};
 
 const VIEWERS: usize = 4;
 /// Gifts pipelined per connection at most.
@@ -64,7 +69,7 @@ fn free_port() -> SocketAddr {
     l.local_addr().unwrap()
 }
 
-async fn start(dir: &Path, db: &Path, cycle: usize) -> Server {
+async fn start(dir: &Path, ledger: &LedgerConfig, cycle: usize) -> Server {
     let config = dir.join("giftd.toml");
     if !config.exists() {
         let lots = "{ per_sec = 100000.0, burst = 100000 }";
@@ -96,7 +101,12 @@ async fn start(dir: &Path, db: &Path, cycle: usize) -> Server {
             .arg(&config)
             .env("GIFTD_SERVER__LISTEN", addr.to_string())
             .env("GIFTD_SERVER__ADMIN_LISTEN", admin.to_string())
-            .env("GIFTD_LEDGER__PATH", db)
+            .env("GIFTD_LEDGER__PATH", &ledger.path)
+            .env(
+                "GIFTD_LEDGER__BACKEND",
+                format!("{:?}", ledger.backend).to_lowercase(),
+            )
+            .env("GIFTD_LEDGER__POSTGRES_URL", &ledger.postgres_url)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -272,60 +282,39 @@ async fn gift_load(addr: SocketAddr, user: String, first_key: usize, seed: u64) 
     }
 }
 
-struct Ledger {
-    conn: rusqlite::Connection,
+/// Rows in `gifts` with this id, and their (sender, key, price).
+async fn gift_rows(db: &LedgerDb, gift_id: &str) -> Vec<(String, String, u64)> {
+    db.rows(&format!(
+        "SELECT g.sender, t.idem_key, g.price_coins FROM gifts g JOIN txns t ON t.txn_id = g.txn_id
+         WHERE g.gift_id = {}",
+        lit(gift_id)
+    ))
+    .await
+    .into_iter()
+    .map(|r| (r[0].clone(), r[1].clone(), r[2].parse().unwrap()))
+    .collect()
 }
 
-impl Ledger {
-    fn open(db: &Path) -> Ledger {
-        let conn =
-            rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-                .unwrap();
-        conn.busy_timeout(Duration::from_secs(5)).unwrap();
-        Ledger { conn }
-    }
-
-    /// Rows in `gifts` with this id, and their (sender, key, price).
-    fn gift(&self, gift_id: &str) -> Vec<(String, String, u64)> {
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT g.sender, t.idem_key, g.price_coins FROM gifts g JOIN txns t ON t.txn_id = g.txn_id
-                 WHERE g.gift_id = ?1",
-            )
-            .unwrap();
-        stmt.query_map([gift_id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
-        })
-        .unwrap()
-        .collect::<rusqlite::Result<_>>()
-        .unwrap()
-    }
-
-    fn gifts_with_key(&self, sender: &str, key: &str) -> u64 {
-        self.conn
-            .query_row(
-                "SELECT COUNT(*) FROM gifts g JOIN txns t ON t.txn_id = g.txn_id
-                 WHERE t.kind = 'gift' AND g.sender = ?1 AND t.idem_key = ?2",
-                [sender, key],
-                |r| r.get::<_, i64>(0),
-            )
-            .unwrap() as u64
-    }
-
-    fn spent(&self, sender: &str) -> u64 {
-        self.conn
-            .query_row(
-                "SELECT COALESCE(SUM(price_coins), 0) FROM gifts WHERE sender = ?1",
-                [sender],
-                |r| r.get::<_, i64>(0),
-            )
-            .unwrap() as u64
-    }
+async fn gifts_with_key(db: &LedgerDb, sender: &str, key: &str) -> u64 {
+    db.ints(&format!(
+        "SELECT COUNT(*) FROM gifts g JOIN txns t ON t.txn_id = g.txn_id
+         WHERE t.kind = 'gift' AND g.sender = {} AND t.idem_key = {}",
+        lit(sender),
+        lit(key)
+    ))
+    .await[0] as u64
 }
 
-fn audit_ok(db: &Path, when: &str) -> giftd::ledger::audit::AuditReport {
-    let report = giftd::ledger::audit::audit(db).unwrap();
+async fn spent(db: &LedgerDb, sender: &str) -> u64 {
+    db.ints(&format!(
+        "SELECT COALESCE(SUM(price_coins), 0) FROM gifts WHERE sender = {}",
+        lit(sender)
+    ))
+    .await[0] as u64
+}
+
+async fn audit_ok(db: &LedgerDb, when: &str) -> giftd::ledger::audit::AuditReport {
+    let report = db.audit().await;
     assert!(
         report.violations.is_empty(),
         "audit {when}: {:#?}",
@@ -334,6 +323,7 @@ fn audit_ok(db: &Path, when: &str) -> giftd::ledger::audit::AuditReport {
     report
 }
 
+on_both_ledgers! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_gift_load_loses_no_receipt_and_charges_each_key_once() {
     let cycles: usize = std::env::var("GIFTD_CRASH_CYCLES")
@@ -349,7 +339,10 @@ async fn sigkill_under_gift_load_loses_no_receipt_and_charges_each_key_once() {
     );
     let mut rng = StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("giftd.db");
+    let mut config = giftd::config::Config::default();
+    config.ledger.path = dir.path().join("giftd.db");
+    let _schema = support::ledger::select(&mut config);
+    let ledger_config = config.ledger.clone();
     let viewers: Vec<String> = (0..VIEWERS).map(|v| format!("viewer{v}")).collect();
 
     // Every receipt ever received, by gift id, and every key's sticker and price.
@@ -359,7 +352,8 @@ async fn sigkill_under_gift_load_loses_no_receipt_and_charges_each_key_once() {
     let mut committed_before_ack = 0usize;
     let started = Instant::now();
 
-    let mut server = start(dir.path(), &db, 0).await;
+    let mut server = start(dir.path(), &ledger_config, 0).await;
+    let db = LedgerDb::open(&config).await;
     for user in &viewers {
         let body = json!({ "user": user, "channel": "web", "coins": TOPUP_COINS, "purchase_id": format!("p-{user}") });
         let (status, text) = support::http(
@@ -420,13 +414,12 @@ async fn sigkill_under_gift_load_loses_no_receipt_and_charges_each_key_once() {
             unacked.extend(out.unacked.into_iter().map(|s| (i, s)));
         }
         // The file as SIGKILL left it, before any restart.
-        audit_ok(&db, &format!("after the kill of cycle {cycle}"));
+        audit_ok(&db, &format!("after the kill of cycle {cycle}")).await;
 
-        server = start(dir.path(), &db, cycle + 1).await;
-        let ledger = Ledger::open(&db);
+        server = start(dir.path(), &ledger_config, cycle + 1).await;
         // 1. Nothing acknowledged was lost, and nothing is there twice.
         for (gift_id, (user, sent)) in &receipts {
-            let rows = ledger.gift(gift_id);
+            let rows = gift_rows(&db, gift_id).await;
             assert_eq!(
                 rows,
                 vec![(user.clone(), sent.key.clone(), sent.price)],
@@ -457,7 +450,7 @@ async fn sigkill_under_gift_load_loses_no_receipt_and_charges_each_key_once() {
             let before = balance(server.admin, user).await;
             let mut expected_debit = 0;
             for (n, s) in sents.iter().enumerate() {
-                let was_committed = ledger.gifts_with_key(user, &s.key);
+                let was_committed = gifts_with_key(&db, user, &s.key).await;
                 assert!(was_committed <= 1);
                 let cmd = json!({ "type": "send_gift", "sticker": s.sticker, "key": s.key });
                 let n = n as u64;
@@ -479,7 +472,7 @@ async fn sigkill_under_gift_load_loses_no_receipt_and_charges_each_key_once() {
                 assert_eq!(again["replayed"], true);
                 assert_eq!(again["gift_id"], r["gift_id"]);
                 assert_eq!(
-                    ledger.gifts_with_key(user, &s.key),
+                    gifts_with_key(&db, user, &s.key).await,
                     1,
                     "{user} {} charged more than once",
                     s.key
@@ -506,12 +499,12 @@ async fn sigkill_under_gift_load_loses_no_receipt_and_charges_each_key_once() {
         for user in &viewers {
             assert_eq!(
                 balance(server.admin, user).await,
-                TOPUP_COINS - ledger.spent(user),
+                TOPUP_COINS - spent(&db, user).await,
                 "{user}"
             );
         }
         // 4. The ledger is sound with the server running again.
-        let report = audit_ok(&db, &format!("after cycle {cycle}"));
+        let report = audit_ok(&db, &format!("after cycle {cycle}")).await;
         assert_eq!(
             report.gifts as usize,
             receipts.len(),
@@ -527,8 +520,8 @@ async fn sigkill_under_gift_load_loses_no_receipt_and_charges_each_key_once() {
     drop(server);
     // The operator tool agrees.
     let status = Command::new(env!("CARGO_BIN_EXE_giftd"))
-        .args(["audit", "--db"])
-        .arg(&db)
+        .arg("audit")
+        .args(db.audit_args())
         .output()
         .unwrap();
     assert!(
@@ -542,4 +535,5 @@ async fn sigkill_under_gift_load_loses_no_receipt_and_charges_each_key_once() {
         started.elapsed().as_secs_f64(),
         receipts.len()
     );
+}
 }

@@ -25,9 +25,8 @@
 //! Each party's integer total is then apportioned over the channels by the same rule, so the
 //! ledger and the metrics can say how much of each party's coins came from each channel.
 
-use crate::config::StoreFees;
 use crate::gift::catalog::PRICE_COINS_MAX;
-use crate::gift::{Channel, ChannelCoins};
+use crate::gift::{Channel, ChannelCoins, StoreFees};
 
 const BPS: u128 = 10_000;
 
@@ -97,7 +96,11 @@ pub fn split(funding: ChannelCoins, fees: StoreFees, streamer_share_bps: u32) ->
     apportion(streamer_coins, &streamer_w, &mut out.streamer_by_channel);
     apportion(platform_coins, &platform_w, &mut out.platform_by_channel);
 
-    debug_assert_eq!(out.total_coins(), price_coins);
+    assert_eq!(
+        out.total_coins(),
+        price_coins,
+        "the split lost or made coins"
+    );
     out
 }
 

@@ -1,10 +1,13 @@
-//! `giftd audit`: checks a ledger database file against the ledger's invariants.
+//! `giftd audit`: checks a ledger against the ledger's invariants, on either backend.
 //!
-//! It reads only, and scans each table a bounded number of times (joins on `txn_id` use
-//! SQLite's automatic indexes; the writer keeps no index it does not need). Each violated invariant becomes one line of the report; `giftd audit` exits
-//! non-zero when there is any. The invariants:
+//! The invariants are written once, as SQL both backends understand: the PostgreSQL schema
+//! offers the same `accounts` relation as SQLite (a view summing each account's shard rows), so
+//! one query per invariant serves both. It reads only, and scans each table a bounded number of
+//! times. Each violated invariant becomes one line of the report; `giftd audit` exits non-zero
+//! when there is any. The invariants:
 //!
-//! 1. SQLite's own `integrity_check` passes.
+//! 1. The storage's own integrity check passes (SQLite's `integrity_check`; PostgreSQL checks
+//!    its own pages and enforces the schema's constraints on every write).
 //! 2. Every transaction has entries, and its entries sum to zero (double entry).
 //! 3. All balances sum to zero (money is conserved: what left the external accounts is in
 //!    wallets, stores, streamers or the platform).
@@ -21,6 +24,7 @@ use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags};
 
+use super::sqlite::Db;
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -34,7 +38,113 @@ pub struct AuditReport {
     pub violations: Vec<String>,
 }
 
-/// Audits the ledger database at `path`.
+/// Violating rows reported per invariant at most.
+const ROWS_PER_CHECK_MAX: usize = 20;
+
+/// The report's counts, in [`AuditReport`] field order.
+const COUNTS: &str = "SELECT (SELECT COUNT(*) FROM txns), (SELECT COUNT(*) FROM gifts),
+    (SELECT COUNT(*) FROM topups), (SELECT COUNT(*) FROM entries),
+    (SELECT COALESCE(SUM(coins), 0) FROM topups), (SELECT COALESCE(SUM(price_coins), 0) FROM gifts)";
+
+/// Each invariant as a query that returns its violating rows.
+const CHECKS: &[(&str, &str)] = &[
+    (
+        "transaction entries do not sum to zero",
+        "SELECT txn_id, SUM(amount_coins) FROM entries GROUP BY txn_id HAVING SUM(amount_coins) != 0",
+    ),
+    (
+        "transaction has no entries",
+        "SELECT txn_id FROM txns WHERE txn_id NOT IN (SELECT txn_id FROM entries)",
+    ),
+    (
+        "money not conserved: balances sum to",
+        "SELECT SUM(balance_coins) FROM accounts HAVING SUM(balance_coins) != 0",
+    ),
+    (
+        "account balance differs from its entries",
+        "SELECT a.account, a.balance_coins, COALESCE(SUM(e.amount_coins), 0) FROM accounts a
+         LEFT JOIN entries e ON e.account = a.account GROUP BY a.account, a.balance_coins
+         HAVING a.balance_coins != COALESCE(SUM(e.amount_coins), 0)",
+    ),
+    (
+        "entry names no existing account or transaction",
+        "SELECT e.txn_id, e.account FROM entries e WHERE NOT EXISTS (SELECT 1 FROM accounts a WHERE a.account = e.account)
+            OR NOT EXISTS (SELECT 1 FROM txns t WHERE t.txn_id = e.txn_id)",
+    ),
+    (
+        "negative balance",
+        "SELECT account, balance_coins FROM accounts WHERE external = 0 AND balance_coins < 0",
+    ),
+    (
+        "idempotency key applied more than once",
+        "SELECT kind, actor, idem_key, COUNT(*) FROM txns GROUP BY kind, actor, idem_key HAVING COUNT(*) > 1",
+    ),
+    (
+        "gift transaction without a gift record",
+        "SELECT txn_id FROM txns WHERE kind = 'gift' AND txn_id NOT IN (SELECT txn_id FROM gifts)",
+    ),
+    (
+        "gift id issued twice",
+        "SELECT gift_id, COUNT(*) FROM gifts GROUP BY gift_id HAVING COUNT(*) > 1",
+    ),
+    (
+        "gift shares do not sum to its price",
+        "SELECT gift_id FROM gifts WHERE store_coins + streamer_coins + platform_coins != price_coins
+            OR funding_ios + funding_android + funding_web != price_coins",
+    ),
+    (
+        "gift entries do not match its receipt",
+        "SELECT g.gift_id FROM gifts g JOIN entries x ON x.txn_id = g.txn_id
+         GROUP BY g.txn_id, g.gift_id, g.price_coins, g.store_coins, g.streamer_coins, g.platform_coins, g.streamer HAVING
+            g.price_coins != -SUM(CASE WHEN x.account LIKE 'wallet:%' THEN x.amount_coins ELSE 0 END)
+         OR g.store_coins != SUM(CASE WHEN x.account LIKE 'store:%' THEN x.amount_coins ELSE 0 END)
+         OR g.streamer_coins != SUM(CASE WHEN x.account = 'streamer:' || g.streamer THEN x.amount_coins ELSE 0 END)
+         OR g.platform_coins != SUM(CASE WHEN x.account = 'platform' THEN x.amount_coins ELSE 0 END)",
+    ),
+    (
+        "top-up entries do not match its coins",
+        "SELECT t.txn_id FROM topups t JOIN entries x ON x.txn_id = t.txn_id
+         GROUP BY t.txn_id, t.coins, t.user, t.channel HAVING
+            t.coins != SUM(CASE WHEN x.account = 'wallet:' || t.user || ':' || t.channel THEN x.amount_coins ELSE 0 END)",
+    ),
+    (
+        "external accounts differ from the sum of top-ups",
+        "SELECT (SELECT COALESCE(SUM(coins), 0) FROM topups),
+                (SELECT -COALESCE(SUM(balance_coins), 0) FROM accounts WHERE external = 1)
+         WHERE (SELECT COALESCE(SUM(coins), 0) FROM topups)
+            != (SELECT -COALESCE(SUM(balance_coins), 0) FROM accounts WHERE external = 1)",
+    ),
+];
+
+/// Builds the report from the counts row and each check's violating rows (as text).
+fn assemble(
+    counts: &[String],
+    found: Vec<(&str, Vec<Vec<String>>)>,
+    mut violations: Vec<String>,
+) -> Result<AuditReport> {
+    let n = |i: usize| -> Result<u64> {
+        counts
+            .get(i)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| Error::LedgerUnavailable(format!("audit: bad count {counts:?}")))
+    };
+    for (label, rows) in found {
+        for row in rows.into_iter().take(ROWS_PER_CHECK_MAX) {
+            violations.push(format!("{label}: {}", row.join(", ")));
+        }
+    }
+    Ok(AuditReport {
+        txns: n(0)?,
+        gifts: n(1)?,
+        topups: n(2)?,
+        entries: n(3)?,
+        topped_up_coins: n(4)?,
+        gifted_coins: n(5)?,
+        violations,
+    })
+}
+
+/// Audits the SQLite ledger file at `path`.
 pub fn audit(path: &Path) -> Result<AuditReport> {
     if !path.exists() {
         return Err(Error::LedgerUnavailable(format!(
@@ -45,102 +155,69 @@ pub fn audit(path: &Path) -> Result<AuditReport> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    let count =
-        |sql: &str| -> Result<u64> { Ok(conn.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64) };
-    let mut report = AuditReport {
-        txns: count("SELECT COUNT(*) FROM txns")?,
-        gifts: count("SELECT COUNT(*) FROM gifts")?,
-        topups: count("SELECT COUNT(*) FROM topups")?,
-        entries: count("SELECT COUNT(*) FROM entries")?,
-        topped_up_coins: count("SELECT COALESCE(SUM(coins), 0) FROM topups")?,
-        gifted_coins: count("SELECT COALESCE(SUM(price_coins), 0) FROM gifts")?,
-        violations: Vec::new(),
-    };
-    let v = &mut report.violations;
-
-    let integrity: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
-    if integrity != "ok" {
-        v.push(format!("integrity_check: {integrity}"));
-    }
-    let mut rows = |label: &str, sql: &str| -> Result<()> {
-        let mut stmt = conn.prepare(sql)?;
+    )
+    .db()?;
+    conn.busy_timeout(std::time::Duration::from_secs(5)).db()?;
+    let rows = |sql: &str| -> Result<Vec<Vec<String>>> {
+        let mut stmt = conn.prepare(sql).db()?;
         let columns = stmt.column_count();
-        let found = stmt.query_map([], |r| {
-            (0..columns)
-                .map(|i| {
-                    r.get::<_, rusqlite::types::Value>(i)
-                        .map(|v| format!("{v:?}"))
-                })
-                .collect::<rusqlite::Result<Vec<_>>>()
-        })?;
-        for row in found.take(20) {
-            v.push(format!("{label}: {}", row?.join(", ")));
-        }
-        Ok(())
+        let found = stmt
+            .query_map([], |r| {
+                (0..columns)
+                    .map(|i| {
+                        r.get::<_, rusqlite::types::Value>(i).map(|v| match v {
+                            rusqlite::types::Value::Integer(i) => i.to_string(),
+                            rusqlite::types::Value::Text(t) => t,
+                            other => format!("{other:?}"),
+                        })
+                    })
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .db()?;
+        found.take(ROWS_PER_CHECK_MAX).map(|r| r.db()).collect()
     };
-    rows(
-        "transaction entries do not sum to zero",
-        "SELECT txn_id, SUM(amount_coins) FROM entries GROUP BY txn_id HAVING SUM(amount_coins) != 0",
-    )?;
-    rows(
-        "transaction has no entries",
-        "SELECT txn_id FROM txns WHERE txn_id NOT IN (SELECT txn_id FROM entries)",
-    )?;
-    rows(
-        "money not conserved: balances sum to",
-        "SELECT SUM(balance_coins) FROM accounts HAVING SUM(balance_coins) != 0",
-    )?;
-    rows(
-        "account balance differs from its entries",
-        "SELECT a.account, a.balance_coins, COALESCE(SUM(e.amount_coins), 0) FROM accounts a
-         LEFT JOIN entries e ON e.account = a.account GROUP BY a.account
-         HAVING a.balance_coins != COALESCE(SUM(e.amount_coins), 0)",
-    )?;
-    rows(
-        "entry names no existing account or transaction",
-        "SELECT entry_id, account FROM entries e WHERE NOT EXISTS (SELECT 1 FROM accounts a WHERE a.account = e.account)
-            OR NOT EXISTS (SELECT 1 FROM txns t WHERE t.txn_id = e.txn_id)",
-    )?;
-    rows(
-        "negative balance",
-        "SELECT account, balance_coins FROM accounts WHERE external = 0 AND balance_coins < 0",
-    )?;
-    rows(
-        "idempotency key applied more than once",
-        "SELECT kind, actor, idem_key, COUNT(*) FROM txns GROUP BY kind, actor, idem_key HAVING COUNT(*) > 1",
-    )?;
-    rows(
-        "gift transaction without a gift record",
-        "SELECT txn_id FROM txns WHERE kind = 'gift' AND txn_id NOT IN (SELECT txn_id FROM gifts)",
-    )?;
-    rows(
-        "gift shares do not sum to its price",
-        "SELECT gift_id FROM gifts WHERE store_coins + streamer_coins + platform_coins != price_coins
-            OR funding_ios + funding_android + funding_web != price_coins",
-    )?;
-    rows(
-        "gift entries do not match its receipt",
-        "SELECT g.gift_id FROM gifts g JOIN entries x ON x.txn_id = g.txn_id GROUP BY g.txn_id HAVING
-            g.price_coins != -SUM(CASE WHEN x.account LIKE 'wallet:%' THEN x.amount_coins ELSE 0 END)
-         OR g.store_coins != SUM(CASE WHEN x.account LIKE 'store:%' THEN x.amount_coins ELSE 0 END)
-         OR g.streamer_coins != SUM(CASE WHEN x.account = 'streamer:' || g.streamer THEN x.amount_coins ELSE 0 END)
-         OR g.platform_coins != SUM(CASE WHEN x.account = 'platform' THEN x.amount_coins ELSE 0 END)",
-    )?;
-    rows(
-        "top-up entries do not match its coins",
-        "SELECT t.txn_id FROM topups t JOIN entries x ON x.txn_id = t.txn_id GROUP BY t.txn_id HAVING
-            t.coins != SUM(CASE WHEN x.account = 'wallet:' || t.user || ':' || t.channel THEN x.amount_coins ELSE 0 END)",
-    )?;
-    rows(
-        "external accounts differ from the sum of top-ups",
-        "SELECT (SELECT COALESCE(SUM(coins), 0) FROM topups),
-                (SELECT -COALESCE(SUM(balance_coins), 0) FROM accounts WHERE external = 1)
-         WHERE (SELECT COALESCE(SUM(coins), 0) FROM topups)
-            != (SELECT -COALESCE(SUM(balance_coins), 0) FROM accounts WHERE external = 1)",
-    )?;
-    Ok(report)
+    let mut violations = Vec::new();
+    let integrity: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .db()?;
+    if integrity != "ok" {
+        violations.push(format!("integrity_check: {integrity}"));
+    }
+    let counts = rows(COUNTS)?.pop().unwrap_or_default();
+    let mut found = Vec::with_capacity(CHECKS.len());
+    for (label, sql) in CHECKS {
+        found.push((*label, rows(sql)?));
+    }
+    assemble(&counts, found, violations)
+}
+
+/// Audits the PostgreSQL ledger at `url` (a libpq-style URL or key=value string; the schema is
+/// the first on its `search_path`). Reads in one repeatable-read transaction, so every check sees
+/// the same snapshot even while nodes keep writing.
+pub async fn audit_postgres(url: &str) -> Result<AuditReport> {
+    let client = super::postgres::connect(url).await?;
+    let pg = |e: tokio_postgres::Error| Error::LedgerUnavailable(format!("audit: {e}"));
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .map_err(pg)?;
+    let mut all: Vec<Vec<Vec<String>>> = Vec::with_capacity(CHECKS.len() + 1);
+    for sql in std::iter::once(COUNTS).chain(CHECKS.iter().map(|c| c.1)) {
+        let mut rows = Vec::new();
+        for message in client.simple_query(sql).await.map_err(pg)? {
+            if let tokio_postgres::SimpleQueryMessage::Row(row) = message {
+                let cells: Vec<String> = (0..row.len())
+                    .map(|i| row.get(i).unwrap_or("NULL").to_owned())
+                    .collect();
+                rows.push(cells);
+            }
+        }
+        all.push(rows);
+    }
+    client.batch_execute("COMMIT").await.map_err(pg)?;
+    let counts = all.remove(0).pop().unwrap_or_default();
+    let found = CHECKS.iter().map(|c| c.0).zip(all).collect();
+    assemble(&counts, found, Vec::new())
 }
 
 #[cfg(test)]
@@ -184,6 +261,7 @@ mod tests {
             path: path.clone(),
             batch_max: 8,
             queue_max: 8,
+            call_timeout_ms: 5_000,
         };
         let histogram =
             prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("t", "t")).unwrap();
@@ -204,9 +282,11 @@ mod tests {
             price_coins: 100,
             idempotency_key: "k".into(),
             purpose: GiftPurpose::Sticker,
-            store_fees: split.store_fee_bps,
-            streamer_share_bps: split.streamer_share_bps_default,
-            spend_order: split.spend_order.clone(),
+            policy: crate::ledger::SplitPolicy {
+                store_fees: split.store_fee_bps,
+                streamer_share_bps: split.streamer_share_bps_default,
+                spend_order: split.spend_order.clone(),
+            },
         };
         ledger.gift(gift).await.unwrap();
         ledger.close().await;

@@ -12,25 +12,42 @@
 //!
 //! A single writer also makes idempotency simple: a repeated key later in the same batch sees the
 //! first application through the open transaction.
+//!
+//! What is owed to whom comes from `ledger/posting.rs`; this module only stores it. Each write
+//! carries a deadline ticket (`ledger/deadline.rs`): the writer skips a request whose caller gave
+//! up before it started, so a timed-out caller is never charged. Gift ids are generated, not
+//! derived from a row id, so they stay unique across nodes and backends.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use prometheus::Histogram;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
+use super::deadline::{self, Ticket};
+use super::posting::{self, AccountKind, BatchSums, Entry};
 use super::{
-    now_ms, GiftOutcome, GiftReceipt, GiftRequest, Ledger, TopUpReceipt, TopUpRequest, Wallet,
+    new_gift_id, now_ms, GiftOutcome, GiftReceipt, GiftRequest, Ledger, TopUpReceipt, TopUpRequest,
+    Wallet,
 };
 use crate::error::{Error, Result};
-use crate::gift::split::{draw, split};
 use crate::gift::{Channel, ChannelCoins};
+
+/// Maps SQLite's errors to the crate's: any storage failure is `ledger_unavailable`.
+pub(crate) trait Db<T> {
+    fn db(self) -> Result<T>;
+}
+
+impl<T> Db<T> for rusqlite::Result<T> {
+    fn db(self) -> Result<T> {
+        self.map_err(|e| Error::LedgerUnavailable(e.to_string()))
+    }
+}
 
 pub(crate) const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS accounts (
@@ -68,7 +85,7 @@ CREATE TABLE IF NOT EXISTS topups (
 );
 CREATE TABLE IF NOT EXISTS gifts (
     txn_id         INTEGER PRIMARY KEY REFERENCES txns(txn_id),
-    gift_id        TEXT NOT NULL CHECK (gift_id = 'g' || txn_id),
+    gift_id        TEXT NOT NULL UNIQUE,
     room           TEXT NOT NULL,
     sender         TEXT NOT NULL,
     streamer       TEXT NOT NULL,
@@ -90,10 +107,10 @@ CREATE TABLE IF NOT EXISTS gifts (
 type Reply<T> = oneshot::Sender<Result<T>>;
 
 enum Op {
-    TopUp(TopUpRequest, Reply<TopUpReceipt>),
-    Gift(Box<GiftRequest>, Reply<GiftOutcome>),
+    TopUp(TopUpRequest, Reply<TopUpReceipt>, Ticket),
+    Gift(Box<GiftRequest>, Reply<GiftOutcome>, Ticket),
     GiftSeq(String, u64),
-    Probe(Reply<()>),
+    Probe(Reply<()>, Ticket),
     Fault(Option<StorageFault>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -115,6 +132,8 @@ pub struct SqliteOptions {
     pub path: PathBuf,
     pub batch_max: usize,
     pub queue_max: usize,
+    /// Deadline of every call (`ledger.call_timeout_ms`).
+    pub call_timeout_ms: u64,
 }
 
 pub struct SqliteLedger {
@@ -124,15 +143,16 @@ pub struct SqliteLedger {
     reader: Arc<Mutex<Connection>>,
     ready: Arc<AtomicBool>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    call_timeout: Duration,
 }
 
 impl SqliteLedger {
     /// Opens (creating if needed) the database and starts the writer thread.
     pub fn open(options: SqliteOptions, commit_seconds: Histogram) -> Result<SqliteLedger> {
-        assert!(options.batch_max >= 1 && options.queue_max >= 1);
+        assert!(options.batch_max >= 1 && options.queue_max >= 1 && options.call_timeout_ms >= 1);
         let conn = open_connection(&options.path)?;
         let reader = open_connection(&options.path)?;
-        reader.pragma_update(None, "query_only", true)?;
+        reader.pragma_update(None, "query_only", true).db()?;
         let (tx, rx) = mpsc::channel(options.queue_max);
         let ready = Arc::new(AtomicBool::new(true));
         let writer = Writer {
@@ -152,6 +172,7 @@ impl SqliteLedger {
             reader: Arc::new(Mutex::new(reader)),
             ready,
             writer: Mutex::new(Some(handle)),
+            call_timeout: Duration::from_millis(options.call_timeout_ms),
         })
     }
 
@@ -171,30 +192,37 @@ impl SqliteLedger {
             return Err(Error::ShuttingDown);
         }
         let reader = self.reader.clone();
-        tokio::task::spawn_blocking(move || {
+        let task = tokio::task::spawn_blocking(move || {
             let conn = reader.lock().unwrap_or_else(|p| p.into_inner());
             f(&conn)
+        });
+        deadline::read(self.call_timeout, async {
+            task.await
+                .map_err(|e| Error::Internal(format!("ledger read task: {e}")))?
         })
         .await
-        .map_err(|e| Error::Internal(format!("ledger read task: {e}")))?
     }
 
-    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> Result<T> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(make(reply))
-            .await
-            .map_err(|_| Error::ShuttingDown)?;
-        rx.await.map_err(|_| Error::ShuttingDown)?
+    /// Queues a write and waits for its commit, under the call deadline.
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>, Ticket) -> Op) -> Result<T> {
+        deadline::write(self.call_timeout, |ticket, reply| async move {
+            self.tx
+                .send(make(reply, ticket))
+                .await
+                .map_err(|_| Error::ShuttingDown)
+        })
+        .await
     }
 }
 
 /// Opens a connection with the durability settings every ledger connection uses.
 pub fn open_connection(path: &Path) -> Result<Connection> {
-    let conn = Connection::open(path)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let conn = Connection::open(path).db()?;
+    conn.busy_timeout(std::time::Duration::from_secs(5)).db()?;
     conn.set_prepared_statement_cache_capacity(64);
-    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .db()?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(Error::LedgerUnavailable(format!(
             "could not enable WAL (got {mode})"
@@ -206,26 +234,53 @@ pub fn open_connection(path: &Path) -> Result<Connection> {
     // and `giftd audit` checks that every entry names an existing account and transaction.
     conn.execute_batch(
         "PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF; PRAGMA temp_store=MEMORY; PRAGMA cache_size=-65536;",
-    )?;
-    conn.execute_batch(SCHEMA)?;
+    )
+    .db()?;
+    conn.execute_batch(SCHEMA).db()?;
+    migrate_gift_ids(&conn)?;
     Ok(conn)
+}
+
+/// Files written before gift ids were generated tie each gift id to its row id with a `CHECK`.
+/// This rebuilds that table once without it (and with gift ids unique); old ids stay valid.
+fn migrate_gift_ids(conn: &Connection) -> Result<()> {
+    let sql: String = conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'gifts'",
+            [],
+            |r| r.get(0),
+        )
+        .db()?;
+    if !sql.contains("'g' || txn_id") {
+        return Ok(());
+    }
+    let create = SCHEMA
+        .split_inclusive(';')
+        .find(|stmt| stmt.contains("CREATE TABLE IF NOT EXISTS gifts"))
+        .expect("the schema creates gifts");
+    conn.execute_batch(&format!(
+        "BEGIN IMMEDIATE;
+         ALTER TABLE gifts RENAME TO gifts_rowid_ids;
+         {create}
+         INSERT INTO gifts SELECT * FROM gifts_rowid_ids;
+         DROP TABLE gifts_rowid_ids;
+         COMMIT;"
+    ))
+    .db()?;
+    tracing::info!("ledger file migrated: gift ids no longer tied to row ids");
+    Ok(())
 }
 
 #[async_trait]
 impl Ledger for SqliteLedger {
     async fn top_up(&self, req: TopUpRequest) -> Result<TopUpReceipt> {
-        if req.coins == 0 || req.coins > i64::MAX as u64 / 4 {
-            return Err(Error::InvalidAmount(
-                "coins must be positive and reasonable".into(),
-            ));
-        }
-        super::check_key(&req.purchase_id, "purchase_id")?;
-        self.call(|r| Op::TopUp(req, r)).await
+        super::check_top_up(&req)?;
+        self.call(|r, t| Op::TopUp(req, r, t)).await
     }
 
     async fn gift(&self, req: GiftRequest) -> Result<GiftOutcome> {
         super::check_key(&req.idempotency_key, "key")?;
-        self.call(|r| Op::Gift(Box::new(req), r)).await
+        self.call(|r, t| Op::Gift(Box::new(req), r, t)).await
     }
 
     fn note_gift_seq(&self, gift_id: &str, seq: u64) {
@@ -352,32 +407,36 @@ impl Writer {
             }
             _ => true,
         });
-        let mut credits = Credits::default();
+        let mut credits = BatchSums::default();
         let commit_fails = self.fault == Some(StorageFault::CommitFails);
         let outcome = (|| -> Result<()> {
             let tx = self
                 .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .db()?;
             for op in batch.drain(..) {
                 let failed = match op {
                     Op::Shutdown(done) => {
                         shutdown = Some(done);
                         None
                     }
-                    Op::TopUp(req, r) => {
-                        let result = apply_top_up(&tx, &req);
+                    // A caller that gave up before its request started was told nothing was
+                    // charged: skip it (dropping its reply) so that stays true.
+                    Op::TopUp(_, _, t) | Op::Gift(_, _, t) | Op::Probe(_, t) if !t.start() => None,
+                    Op::TopUp(req, r, _) => {
+                        let result = apply_top_up(&tx, &req, &mut credits);
                         let failed = storage_failure(&result);
                         pending.push(Pending::TopUp(r, result));
                         failed
                     }
-                    Op::Gift(req, r) => {
+                    Op::Gift(req, r, _) => {
                         let result = apply_gift(&tx, &req, &mut credits);
                         let failed = storage_failure(&result);
                         pending.push(Pending::Gift(r, Box::new(result)));
                         failed
                     }
                     Op::GiftSeq(id, seq) => storage_failure(&apply_gift_seq(&tx, &id, seq)),
-                    Op::Probe(r) => {
+                    Op::Probe(r, _) => {
                         let result = apply_probe(&tx);
                         let failed = storage_failure(&result);
                         pending.push(Pending::Probe(r, result));
@@ -389,14 +448,14 @@ impl Writer {
                     return Err(e);
                 }
             }
-            credits.flush(&tx)?;
+            flush(&tx, &mut credits)?;
             if commit_fails {
                 // Dropping the transaction rolls it back, as a failed commit would.
                 return Err(Error::LedgerUnavailable(
                     "injected fault: commit failed".into(),
                 ));
             }
-            tx.commit()?;
+            tx.commit().db()?;
             Ok(())
         })();
         match outcome {
@@ -422,9 +481,9 @@ impl Writer {
                 for op in batch.drain(..) {
                     match op {
                         Op::Shutdown(done) => shutdown = Some(done),
-                        Op::TopUp(_, r) => drop(r.send(Err(e.clone()))),
-                        Op::Gift(_, r) => drop(r.send(Err(e.clone()))),
-                        Op::Probe(r) => drop(r.send(Err(e.clone()))),
+                        Op::TopUp(_, r, _) => drop(r.send(Err(e.clone()))),
+                        Op::Gift(_, r, _) => drop(r.send(Err(e.clone()))),
+                        Op::Probe(r, _) => drop(r.send(Err(e.clone()))),
                         Op::GiftSeq(..) | Op::Fault(_) => {}
                     }
                 }
@@ -443,105 +502,97 @@ fn storage_failure<T>(result: &Result<T>) -> Option<Error> {
     }
 }
 
-fn wallet_account(user: &str, ch: Channel) -> String {
-    format!("wallet:{user}:{ch}")
-}
-
 /// Adds `amount_coins` to an account's balance, creating the account if needed.
-fn adjust(conn: &Connection, account: &str, external: bool, amount_coins: i64) -> Result<()> {
+fn adjust(conn: &Connection, account: &str, amount_coins: i64) -> Result<()> {
+    let external = AccountKind::of(account).is_some_and(AccountKind::is_external);
     // Update first: the account usually exists. (An upsert would check the CHECK constraint
     // against the would-be inserted row, which is negative for every debit.)
     let updated = conn
-        .prepare_cached(
-            "UPDATE accounts SET balance_coins = balance_coins + ?2 WHERE account = ?1",
-        )?
-        .execute(params![account, amount_coins])?;
+        .prepare_cached("UPDATE accounts SET balance_coins = balance_coins + ?2 WHERE account = ?1")
+        .db()?
+        .execute(params![account, amount_coins])
+        .db()?;
     if updated == 0 {
         conn.prepare_cached(
             "INSERT INTO accounts(account, balance_coins, external) VALUES (?1, ?2, ?3)",
-        )?
-        .execute(params![account, amount_coins, external as i64])?;
+        )
+        .db()?
+        .execute(params![account, amount_coins, external as i64])
+        .db()?;
     }
     Ok(())
 }
 
-/// Records a transaction's entries (account, signed coins, channel). Single-row inserts need no
-/// statement journal, which makes them cheaper than one multi-row insert.
-fn record_entries(conn: &Connection, txn_id: i64, entries: &[(&str, i64, Channel)]) -> Result<()> {
-    assert!(!entries.is_empty() && entries.len() <= ENTRIES_PER_TXN_MAX);
-    debug_assert_eq!(
-        entries.iter().map(|e| e.1).sum::<i64>(),
-        0,
-        "entries must balance"
-    );
-    let mut stmt = conn.prepare_cached(
-        "INSERT INTO entries(txn_id, account, amount_coins, channel) VALUES (?1, ?2, ?3, ?4)",
-    )?;
-    for (account, coins, ch) in entries {
-        stmt.execute(params![txn_id, account, coins, ch.as_str()])?;
+/// Writes a transaction's posting: wallet entries change their balance at once (later requests
+/// in the batch read them), hot-account entries are summed into `sums`, and every entry is
+/// recorded. Single-row inserts need no statement journal, which makes them cheaper than one
+/// multi-row insert.
+fn post(conn: &Connection, txn_id: i64, entries: &[Entry], sums: &mut BatchSums) -> Result<()> {
+    let mut stmt = conn
+        .prepare_cached(
+            "INSERT INTO entries(txn_id, account, amount_coins, channel) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .db()?;
+    for e in entries {
+        if e.kind().is_hot() {
+            sums.add(e);
+        } else {
+            adjust(conn, &e.account, e.amount_coins)?;
+        }
+        stmt.execute(params![
+            txn_id,
+            e.account,
+            e.amount_coins,
+            e.channel.as_str()
+        ])
+        .db()?;
     }
     Ok(())
 }
 
-/// At most: a debit and three credits per channel.
-const ENTRIES_PER_TXN_MAX: usize = 12;
-
-/// Credits to the accounts nearly every gift touches (platform, stores, streamers), summed over a
-/// batch and written once per account just before the commit.
-#[derive(Default)]
-struct Credits {
-    by_account: HashMap<String, i64>,
-}
-
-impl Credits {
-    fn add(&mut self, account: &str, coins: i64) {
-        assert!(coins >= 0, "credits are never negative");
-        match self.by_account.get_mut(account) {
-            Some(sum) => *sum += coins,
-            None => {
-                self.by_account.insert(account.to_owned(), coins);
-            }
-        }
+/// Writes the batch's summed hot-account changes, once per account.
+fn flush(conn: &Connection, sums: &mut BatchSums) -> Result<()> {
+    for (account, coins) in sums.drain_sorted() {
+        adjust(conn, &account, coins)?;
     }
-
-    fn flush(&mut self, conn: &Connection) -> Result<()> {
-        for (account, coins) in self.by_account.drain() {
-            adjust(conn, &account, false, coins)?;
-        }
-        Ok(())
-    }
-}
-
-fn store_account(ch: Channel) -> &'static str {
-    match ch {
-        Channel::Ios => "store:ios",
-        Channel::Android => "store:android",
-        Channel::Web => "store:web",
-    }
+    Ok(())
 }
 
 fn balance_of(conn: &Connection, account: &str) -> Result<u64> {
     let v: Option<i64> = conn
-        .prepare_cached("SELECT balance_coins FROM accounts WHERE account = ?1")?
+        .prepare_cached("SELECT balance_coins FROM accounts WHERE account = ?1")
+        .db()?
         .query_row([account], |r| r.get(0))
-        .optional()?;
-    Ok(v.unwrap_or(0).max(0) as u64)
+        .optional()
+        .db()?;
+    Ok(nonnegative(account, v.unwrap_or(0)))
+}
+
+/// A committed internal balance; a negative one would be a broken ledger, never clamped.
+fn nonnegative(account: &str, balance_coins: i64) -> u64 {
+    assert!(
+        balance_coins >= 0,
+        "account {account} holds {balance_coins} coins"
+    );
+    balance_coins as u64
 }
 
 fn channels(conn: &Connection, user: &str) -> Result<ChannelCoins> {
     // One range scan over the user's wallet accounts (`wallet:<user>:<channel>`); `;` sorts right
     // after `:`, so the range holds exactly this user's accounts.
     let (from, to) = (format!("wallet:{user}:"), format!("wallet:{user};"));
-    let mut stmt = conn.prepare_cached(
-        "SELECT account, balance_coins FROM accounts WHERE account >= ?1 AND account < ?2",
-    )?;
-    let mut rows = stmt.query(params![from, to])?;
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT account, balance_coins FROM accounts WHERE account >= ?1 AND account < ?2",
+        )
+        .db()?;
+    let mut rows = stmt.query(params![from, to]).db()?;
     let mut c = [0u64; 3];
-    while let Some(row) = rows.next()? {
-        let account: String = row.get(0)?;
-        let balance: i64 = row.get(1)?;
+    while let Some(row) = rows.next().db()? {
+        let account: String = row.get(0).db()?;
+        let balance: i64 = row.get(1).db()?;
         if let Some(ch) = account.strip_prefix(from.as_str()).and_then(Channel::parse) {
-            c[ch.index()] = balance.max(0) as u64;
+            c[ch.index()] = nonnegative(&account, balance);
         }
     }
     Ok(c)
@@ -552,7 +603,7 @@ fn wallet(conn: &Connection, user: &str) -> Result<Wallet> {
 }
 
 fn earnings(conn: &Connection, streamer: &str) -> Result<u64> {
-    balance_of(conn, &format!("streamer:{streamer}"))
+    balance_of(conn, &posting::streamer_account(streamer))
 }
 
 /// Looks up a prior application of `(kind, actor, key)`: its txn id, if its payload matches.
@@ -564,9 +615,11 @@ fn prior(
     digest: &str,
 ) -> Result<Option<i64>> {
     let row: Option<(i64, String)> = conn
-        .prepare_cached("SELECT txn_id, payload_sha256 FROM txns WHERE kind = ?1 AND actor = ?2 AND idem_key = ?3")?
+        .prepare_cached("SELECT txn_id, payload_sha256 FROM txns WHERE kind = ?1 AND actor = ?2 AND idem_key = ?3")
+        .db()?
         .query_row(params![kind, actor, key], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
+        .optional()
+        .db()?;
     match row {
         Some((_, d)) if d != digest => Err(Error::IdempotencyConflict(key.to_owned())),
         Some((id, _)) => Ok(Some(id)),
@@ -584,21 +637,29 @@ fn open_txn(
 ) -> Result<i64> {
     conn.prepare_cached(
         "INSERT INTO txns(kind, actor, idem_key, payload_sha256, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(params![kind, actor, key, digest, created_ms as i64])?;
+    )
+    .db()?
+    .execute(params![kind, actor, key, digest, created_ms as i64])
+    .db()?;
     Ok(conn.last_insert_rowid())
 }
 
-fn apply_top_up(conn: &Connection, req: &TopUpRequest) -> Result<TopUpReceipt> {
-    let digest = format!("{}:{}:{}", req.user, req.channel, req.coins);
+fn apply_top_up(
+    conn: &Connection,
+    req: &TopUpRequest,
+    sums: &mut BatchSums,
+) -> Result<TopUpReceipt> {
+    let digest = req.payload_digest();
     if let Some(txn_id) = prior(conn, "topup", "store", &req.purchase_id, &digest)? {
         let (user, channel, coins, balance): (String, String, i64, i64) = conn
             .prepare_cached(
                 "SELECT user, channel, coins, balance_coins FROM topups WHERE txn_id = ?1",
-            )?
+            )
+            .db()?
             .query_row([txn_id], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })?;
+            })
+            .db()?;
         return Ok(TopUpReceipt {
             txn_id: txn_id as u64,
             user,
@@ -612,22 +673,12 @@ fn apply_top_up(conn: &Connection, req: &TopUpRequest) -> Result<TopUpReceipt> {
     }
     // Purchase ids are the store's, unique across users, so the idempotency scope is the store.
     let txn_id = open_txn(conn, "topup", "store", &req.purchase_id, &digest, now_ms())?;
-    let coins = req.coins as i64;
-    let external = format!("external:{}", req.channel);
-    let wallet_acct = wallet_account(&req.user, req.channel);
-    adjust(conn, &external, true, -coins)?;
-    adjust(conn, &wallet_acct, false, coins)?;
-    record_entries(
-        conn,
-        txn_id,
-        &[
-            (&external, -coins, req.channel),
-            (&wallet_acct, coins, req.channel),
-        ],
-    )?;
+    post(conn, txn_id, posting::top_up(req).entries(), sums)?;
     let balance_coins = wallet(conn, &req.user)?.total_coins();
-    conn.prepare_cached("INSERT INTO topups(txn_id, user, channel, coins, balance_coins) VALUES (?1, ?2, ?3, ?4, ?5)")?
-        .execute(params![txn_id, req.user, req.channel.as_str(), coins, balance_coins as i64])?;
+    conn.prepare_cached("INSERT INTO topups(txn_id, user, channel, coins, balance_coins) VALUES (?1, ?2, ?3, ?4, ?5)")
+        .db()?
+        .execute(params![txn_id, req.user, req.channel.as_str(), req.coins as i64, balance_coins as i64])
+        .db()?;
     Ok(TopUpReceipt {
         txn_id: txn_id as u64,
         user: req.user.clone(),
@@ -639,7 +690,7 @@ fn apply_top_up(conn: &Connection, req: &TopUpRequest) -> Result<TopUpReceipt> {
     })
 }
 
-fn apply_gift(conn: &Connection, req: &GiftRequest, credits: &mut Credits) -> Result<GiftOutcome> {
+fn apply_gift(conn: &Connection, req: &GiftRequest, sums: &mut BatchSums) -> Result<GiftOutcome> {
     let digest = req.payload_digest();
     if let Some(txn_id) = prior(conn, "gift", &req.sender, &req.idempotency_key, &digest)? {
         let receipt = load_gift(conn, txn_id)?;
@@ -649,20 +700,8 @@ fn apply_gift(conn: &Connection, req: &GiftRequest, credits: &mut Credits) -> Re
             split: None,
         });
     }
-    let balances = channels(conn, &req.sender)?;
-    let Some(funding) = draw(balances, req.price_coins, &req.spend_order) else {
-        return Err(Error::InsufficientFunds {
-            balance_coins: balances.iter().sum(),
-            price_coins: req.price_coins,
-        });
-    };
-    let parts = split(funding, req.store_fees, req.streamer_share_bps);
-    assert_eq!(
-        parts.total_coins(),
-        req.price_coins,
-        "split lost or made coins"
-    );
-
+    // Refusals come from the plan, before the first write: a refused gift leaves nothing.
+    let plan = posting::gift(req, channels(conn, &req.sender)?)?;
     let created_ms = now_ms();
     let txn_id = open_txn(
         conn,
@@ -672,48 +711,15 @@ fn apply_gift(conn: &Connection, req: &GiftRequest, credits: &mut Credits) -> Re
         &digest,
         created_ms,
     )?;
-    let streamer_account = format!("streamer:{}", req.streamer);
-    let wallets = Channel::ALL.map(|ch| wallet_account(&req.sender, ch));
-    let mut entries: Vec<(&str, i64, Channel)> = Vec::with_capacity(ENTRIES_PER_TXN_MAX);
-    for ch in Channel::ALL {
-        let i = ch.index();
-        if funding[i] > 0 {
-            adjust(conn, &wallets[i], false, -(funding[i] as i64))?;
-            entries.push((&wallets[i], -(funding[i] as i64), ch));
-        }
-        for (account, coins) in [
-            (store_account(ch), parts.store_by_channel[i]),
-            (streamer_account.as_str(), parts.streamer_by_channel[i]),
-            ("platform", parts.platform_by_channel[i]),
-        ] {
-            if coins > 0 {
-                credits.add(account, coins as i64);
-                entries.push((account, coins as i64, ch));
-            }
-        }
-    }
-    record_entries(conn, txn_id, &entries)?;
-    let balance_coins = balances.iter().sum::<u64>() - req.price_coins;
-    let receipt = GiftReceipt {
-        gift_id: format!("g{txn_id}"),
-        room: req.room.clone(),
-        sender: req.sender.clone(),
-        streamer: req.streamer.clone(),
-        sticker: req.sticker.clone(),
-        price_coins: req.price_coins,
-        store_coins: parts.store_coins,
-        streamer_coins: parts.streamer_coins,
-        platform_coins: parts.platform_coins,
-        funding_coins: funding,
-        balance_coins,
-        seq: None,
-        created_ms,
-    };
+    post(conn, txn_id, plan.posting.entries(), sums)?;
+    let receipt = GiftReceipt::new(req, &plan, new_gift_id(created_ms), created_ms);
+    let funding = plan.funding_coins;
     conn.prepare_cached(
         "INSERT INTO gifts(gift_id, txn_id, room, sender, streamer, sticker, price_coins, store_coins,
              streamer_coins, platform_coins, funding_ios, funding_android, funding_web, balance_coins, created_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-    )?
+    )
+    .db()?
     .execute(params![
         receipt.gift_id,
         txn_id,
@@ -728,13 +734,14 @@ fn apply_gift(conn: &Connection, req: &GiftRequest, credits: &mut Credits) -> Re
         funding[0] as i64,
         funding[1] as i64,
         funding[2] as i64,
-        balance_coins as i64,
+        receipt.balance_coins as i64,
         created_ms as i64,
-    ])?;
+    ])
+    .db()?;
     Ok(GiftOutcome {
         receipt,
         replayed: false,
-        split: Some(parts),
+        split: Some(plan.split),
     })
 }
 
@@ -744,7 +751,8 @@ fn load_gift(conn: &Connection, txn_id: i64) -> Result<GiftReceipt> {
             "SELECT gift_id, room, sender, streamer, sticker, price_coins, store_coins, streamer_coins,
                     platform_coins, funding_ios, funding_android, funding_web, balance_coins, room_seq, created_ms
              FROM gifts WHERE txn_id = ?1",
-        )?
+        )
+        .db()?
         .query_row([txn_id], |r| {
             let u = |i: usize| r.get::<_, i64>(i).map(|v| v as u64);
             Ok(GiftReceipt {
@@ -762,7 +770,8 @@ fn load_gift(conn: &Connection, txn_id: i64) -> Result<GiftReceipt> {
                 seq: r.get::<_, Option<i64>>(13)?.map(|v| v as u64),
                 created_ms: u(14)?,
             })
-        })?;
+        })
+        .db()?;
     Ok(receipt)
 }
 
@@ -770,27 +779,25 @@ fn apply_probe(conn: &Connection) -> Result<()> {
     conn.prepare_cached(
         "INSERT INTO meta(key, value) VALUES ('probe_ms', ?1)
          ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-    )?
-    .execute([now_ms().to_string()])?;
+    )
+    .db()?
+    .execute([now_ms().to_string()])
+    .db()?;
     Ok(())
 }
 
 fn apply_fault(conn: &Connection, fault: Option<StorageFault>) -> Result<()> {
-    conn.pragma_update(None, "query_only", fault == Some(StorageFault::ReadOnly))?;
+    conn.pragma_update(None, "query_only", fault == Some(StorageFault::ReadOnly))
+        .db()?;
     tracing::warn!(?fault, "storage fault injection changed");
     Ok(())
 }
 
 fn apply_gift_seq(conn: &Connection, gift_id: &str, seq: u64) -> Result<()> {
-    // Gift ids are `g<txn_id>`; an id that is not one of ours has nothing to record.
-    let Some(txn_id) = gift_id
-        .strip_prefix('g')
-        .and_then(|n| n.parse::<i64>().ok())
-    else {
-        return Ok(());
-    };
-    conn.prepare_cached("UPDATE gifts SET room_seq = ?2 WHERE txn_id = ?1 AND room_seq IS NULL")?
-        .execute(params![txn_id, seq as i64])?;
+    conn.prepare_cached("UPDATE gifts SET room_seq = ?2 WHERE gift_id = ?1 AND room_seq IS NULL")
+        .db()?
+        .execute(params![gift_id, seq as i64])
+        .db()?;
     Ok(())
 }
 
@@ -798,7 +805,7 @@ fn apply_gift_seq(conn: &Connection, gift_id: &str, seq: u64) -> Result<()> {
 mod tests {
     use super::*;
     use crate::config::StoreFees;
-    use crate::ledger::GiftPurpose;
+    use crate::ledger::{GiftPurpose, SplitPolicy};
 
     fn histogram() -> Histogram {
         Histogram::with_opts(prometheus::HistogramOpts::new("t", "t")).unwrap()
@@ -809,6 +816,7 @@ mod tests {
             path: dir.path().join("l.db"),
             batch_max: 64,
             queue_max: 256,
+            call_timeout_ms: 5_000,
         };
         SqliteLedger::open(options, histogram()).unwrap()
     }
@@ -822,13 +830,15 @@ mod tests {
             price_coins: price,
             idempotency_key: key.into(),
             purpose: GiftPurpose::Sticker,
-            store_fees: StoreFees {
-                ios: 3000,
-                android: 3000,
-                web: 0,
+            policy: SplitPolicy {
+                store_fees: StoreFees {
+                    ios: 3000,
+                    android: 3000,
+                    web: 0,
+                },
+                streamer_share_bps: 5000,
+                spend_order: vec![Channel::Web, Channel::Android, Channel::Ios],
             },
-            streamer_share_bps: 5000,
-            spend_order: vec![Channel::Web, Channel::Android, Channel::Ios],
         }
     }
 

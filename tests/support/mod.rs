@@ -5,6 +5,7 @@
 //! `docs/PROTOCOL.md` describes it, so tests read like the protocol.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod ledger;
 pub mod raw_ws;
 pub mod rooms;
 pub mod tokens;
@@ -68,6 +69,8 @@ pub struct TestServer {
     pub dir: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<giftd::error::Result<()>>>,
+    /// The test's PostgreSQL schema, when its ledger is there (see `ledger.rs`).
+    pg: Option<std::sync::Arc<ledger::PgSchema>>,
 }
 
 impl TestServer {
@@ -96,7 +99,7 @@ impl TestServer {
         let mut config = test_config(dir.path().join("giftd.db"));
         tweak(&mut config);
         let metrics = std::sync::Arc::new(giftd::metrics::Metrics::new());
-        let ledger = giftd::server::open_ledger(&config, &metrics).unwrap();
+        let ledger = giftd::server::open_sqlite_ledger(&config, &metrics).unwrap();
         let run_ledger = ledger.clone();
         let server = TestServer::launch(dir, config, move |listener, config, stopped| {
             giftd::server::serve(listener, config, run_ledger, metrics, stopped)
@@ -105,8 +108,11 @@ impl TestServer {
         (server, ledger)
     }
 
-    pub async fn start_in(dir: tempfile::TempDir, config: Config) -> TestServer {
-        TestServer::launch(dir, config, giftd::server::run).await
+    pub async fn start_in(dir: tempfile::TempDir, mut config: Config) -> TestServer {
+        let pg = ledger::select(&mut config).map(std::sync::Arc::new);
+        let mut server = TestServer::launch(dir, config, giftd::server::run).await;
+        server.pg = pg;
+        server
     }
 
     /// Binds an ephemeral port and spawns `serve` on it with a shutdown trigger the test holds.
@@ -130,6 +136,7 @@ impl TestServer {
             dir,
             stop: Some(stop),
             task: Some(task),
+            pg: None,
         }
     }
 
@@ -151,7 +158,9 @@ impl TestServer {
     pub async fn restart(mut self) -> TestServer {
         self.shutdown().await;
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
-        TestServer::start_in(dir, self.config.clone()).await
+        let mut server = TestServer::start_in(dir, self.config.clone()).await;
+        server.pg = self.pg.take();
+        server
     }
 
     pub fn db(&self) -> PathBuf {

@@ -1,0 +1,565 @@
+/* Generated from schema/protocol.schema.json by scripts/gen-types.mjs (npm run gen). Do not edit. */
+
+/**
+ * The giftd WebSocket protocol (docs/PROTOCOL.md): every client and server message. Strict on purpose: the SDK's tests validate real frames from a real giftd against it, so a server change that is not reflected here fails them.
+ *
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "GiftdFrame".
+ */
+export type GiftdFrame = ClientMessage | ServerMessage;
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "ClientMessage".
+ */
+export type ClientMessage =
+  | AuthMessage
+  | OpenRoomMessage
+  | CloseRoomMessage
+  | JoinMessage
+  | LeaveMessage
+  | SendGiftMessage
+  | AskMessage
+  | AnswerMessage
+  | ThankMessage
+  | BalanceMessage
+  | PingMessage;
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "RequestId".
+ */
+export type RequestId = number;
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "RoomId".
+ */
+export type RoomId = string;
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "Epoch".
+ */
+export type Epoch = string;
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "Seq".
+ */
+export type Seq = number;
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "IdempotencyKey".
+ */
+export type IdempotencyKey = string;
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "ServerMessage".
+ */
+export type ServerMessage = WelcomeMessage | AckMessage | ErrorMessage | RoomEvent | ThanksMessage | AnsweredMessage;
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "Role".
+ */
+export type Role = "viewer" | "streamer";
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "Millis".
+ */
+export type Millis = number;
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "ErrorReason".
+ */
+export type ErrorReason =
+  | "bad_json"
+  | "unknown_type"
+  | "invalid_message"
+  | "binary_frame"
+  | "not_authenticated"
+  | "already_authenticated"
+  | "message_too_large"
+  | "invalid_token"
+  | "token_expired"
+  | "wrong_role"
+  | "not_room_owner"
+  | "token_room_mismatch"
+  | "origin_not_allowed"
+  | "room_not_found"
+  | "room_exists"
+  | "not_in_room"
+  | "already_in_room"
+  | "question_not_found"
+  | "gift_not_found"
+  | "self_gift"
+  | "insufficient_funds"
+  | "unknown_sticker"
+  | "idempotency_conflict"
+  | "invalid_amount"
+  | "rate_limited"
+  | "text_too_long"
+  | "too_many_connections"
+  | "room_full"
+  | "too_many_rooms"
+  | "internal"
+  | "ledger_unavailable"
+  | "shutting_down";
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "RoomEvent".
+ */
+export type RoomEvent = ViewersEvent | GiftEvent | QuestionEvent | AnswerEvent | ThanksEvent | RoomClosedEvent;
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "Coins".
+ */
+export type Coins = number;
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "JoinResult".
+ */
+export type JoinResult = Snapshot | RecoveredJoin;
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "AskResult".
+ */
+export type AskResult = FreeAskResult | PaidAskResult;
+
+export interface GiftdProtocolSchema {}
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "AuthMessage".
+ */
+export interface AuthMessage {
+  type: "auth";
+  id: RequestId;
+  token: string;
+}
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "OpenRoomMessage".
+ */
+export interface OpenRoomMessage {
+  type: "open_room";
+  id: RequestId;
+  room: RoomId;
+  title: string;
+}
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "CloseRoomMessage".
+ */
+export interface CloseRoomMessage {
+  type: "close_room";
+  id: RequestId;
+}
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "JoinMessage".
+ */
+export interface JoinMessage {
+  type: "join";
+  id: RequestId;
+  room: RoomId;
+  since?: Position;
+}
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "Position".
+ */
+export interface Position {
+  epoch: Epoch;
+  seq: Seq;
+}
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "LeaveMessage".
+ */
+export interface LeaveMessage {
+  type: "leave";
+  id: RequestId;
+}
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "SendGiftMessage".
+ */
+export interface SendGiftMessage {
+  type: "send_gift";
+  id: RequestId;
+  sticker: string;
+  key: IdempotencyKey;
+}
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "AskMessage".
+ */
+export interface AskMessage {
+  type: "ask";
+  id: RequestId;
+  text: string;
+  sticker?: string;
+  key?: IdempotencyKey;
+}
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "AnswerMessage".
+ */
+export interface AnswerMessage {
+  type: "answer";
+  id: RequestId;
+  question_id: number;
+  text: string;
+}
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "ThankMessage".
+ */
+export interface ThankMessage {
+  type: "thank";
+  id: RequestId;
+  gift_id: string;
+  text?: string;
+}
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "BalanceMessage".
+ */
+export interface BalanceMessage {
+  type: "balance";
+  id: RequestId;
+}
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "PingMessage".
+ */
+export interface PingMessage {
+  type: "ping";
+  id: RequestId;
+}
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "WelcomeMessage".
+ */
+export interface WelcomeMessage {
+  type: "welcome";
+  user: string;
+  role: Role;
+  server_time_ms: Millis;
+}
+/**
+ * The result's shape depends on the command: see the *Result definitions.
+ *
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "AckMessage".
+ */
+export interface AckMessage {
+  type: "ack";
+  id: RequestId;
+  result: {};
+}
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "ErrorMessage".
+ */
+export interface ErrorMessage {
+  type: "error";
+  id: RequestId | null;
+  code: number;
+  reason: ErrorReason;
+  message: string;
+}
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "ViewersEvent".
+ */
+export interface ViewersEvent {
+  type: "event";
+  room: RoomId;
+  epoch: Epoch;
+  seq: Seq;
+  kind: "viewers";
+  count: number;
+}
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "GiftEvent".
+ */
+export interface GiftEvent {
+  type: "event";
+  room: RoomId;
+  epoch: Epoch;
+  seq: Seq;
+  kind: "gift";
+  gift_id: string;
+  from: string;
+  sticker: string;
+  sticker_name: string;
+  price_coins: Coins;
+}
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "QuestionEvent".
+ */
+export interface QuestionEvent {
+  type: "event";
+  room: RoomId;
+  epoch: Epoch;
+  seq: Seq;
+  kind: "question";
+  question_id: number;
+  from: string;
+  text: string;
+  created_ms: Millis;
+  answered: boolean;
+  paid?: PaidInfo;
+  pinned_until_ms?: Millis;
+}
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "PaidInfo".
+ */
+export interface PaidInfo {
+  gift_id: string;
+  sticker: string;
+  price_coins: Coins;
+}
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "AnswerEvent".
+ */
+export interface AnswerEvent {
+  type: "event";
+  room: RoomId;
+  epoch: Epoch;
+  seq: Seq;
+  kind: "answer";
+  question_id: number;
+  asker: string;
+  text: string;
+}
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "ThanksEvent".
+ */
+export interface ThanksEvent {
+  type: "event";
+  room: RoomId;
+  epoch: Epoch;
+  seq: Seq;
+  kind: "thanks";
+  gift_id: string;
+  to: string;
+  text: string;
+}
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "RoomClosedEvent".
+ */
+export interface RoomClosedEvent {
+  type: "event";
+  room: RoomId;
+  epoch: Epoch;
+  seq: Seq;
+  kind: "room_closed";
+  reason: string;
+}
+/**
+ * Private: the streamer thanked one of your gifts.
+ *
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "ThanksMessage".
+ */
+export interface ThanksMessage {
+  type: "thanks";
+  room: RoomId;
+  gift_id: string;
+  from: string;
+  text: string;
+}
+/**
+ * Private: the streamer answered your question.
+ *
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "AnsweredMessage".
+ */
+export interface AnsweredMessage {
+  type: "answered";
+  room: RoomId;
+  question_id: number;
+  text: string;
+}
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "Question".
+ */
+export interface Question {
+  question_id: number;
+  from: string;
+  text: string;
+  created_ms: Millis;
+  answered: boolean;
+  paid?: PaidInfo;
+  pinned_until_ms?: Millis;
+}
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "Funding".
+ */
+export interface Funding {
+  ios_coins: Coins;
+  android_coins: Coins;
+  web_coins: Coins;
+}
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "AuthResult".
+ */
+export interface AuthResult {
+  user: string;
+  role: Role;
+}
+/**
+ * The ack of open_room, of join, and of a join whose `since` could not be recovered (then `recovered: false`).
+ *
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "Snapshot".
+ */
+export interface Snapshot {
+  room: RoomId;
+  title: string;
+  streamer: string;
+  viewers: number;
+  epoch: Epoch;
+  seq: Seq;
+  recovered?: false;
+  questions_open: Question[];
+  questions_pinned: Question[];
+}
+/**
+ * The ack of a join whose `since` was recovered: no snapshot, the missed events follow.
+ *
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "RecoveredJoin".
+ */
+export interface RecoveredJoin {
+  room: RoomId;
+  title: string;
+  streamer: string;
+  epoch: Epoch;
+  seq: Seq;
+  recovered: true;
+}
+/**
+ * The ack of open_room, of join, and of a join whose `since` could not be recovered (then `recovered: false`).
+ *
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "OpenRoomResult".
+ */
+export interface OpenRoomResult {
+  room: RoomId;
+  title: string;
+  streamer: string;
+  viewers: number;
+  epoch: Epoch;
+  seq: Seq;
+  recovered?: false;
+  questions_open: Question[];
+  questions_pinned: Question[];
+}
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "CloseRoomResult".
+ */
+export interface CloseRoomResult {
+  room: RoomId;
+  seq: Seq;
+}
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "LeaveResult".
+ */
+export interface LeaveResult {
+  room: RoomId;
+}
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "Receipt".
+ */
+export interface Receipt {
+  gift_id: string;
+  room: RoomId;
+  sticker: string;
+  price_coins: Coins;
+  store_coins: Coins;
+  streamer_coins: Coins;
+  platform_coins: Coins;
+  funding: Funding;
+  balance_coins: Coins;
+  seq: Seq | null;
+  replayed: boolean;
+}
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "SendGiftResult".
+ */
+export interface SendGiftResult {
+  gift_id: string;
+  room: RoomId;
+  sticker: string;
+  price_coins: Coins;
+  store_coins: Coins;
+  streamer_coins: Coins;
+  platform_coins: Coins;
+  funding: Funding;
+  balance_coins: Coins;
+  seq: Seq | null;
+  replayed: boolean;
+}
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "FreeAskResult".
+ */
+export interface FreeAskResult {
+  question_id: number;
+  seq: Seq;
+}
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "PaidAskResult".
+ */
+export interface PaidAskResult {
+  question_id: number | null;
+  seq: Seq | null;
+  receipt: Receipt;
+}
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "AnswerResult".
+ */
+export interface AnswerResult {
+  question_id: number;
+  seq: Seq;
+}
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "ThankResult".
+ */
+export interface ThankResult {
+  gift_id: string;
+  to: string;
+  seq: Seq;
+}
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "BalanceResult".
+ */
+export interface BalanceResult {
+  balance_coins: Coins;
+  ios_coins: Coins;
+  android_coins: Coins;
+  web_coins: Coins;
+  earnings_coins?: Coins;
+}
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "PingResult".
+ */
+export interface PingResult {
+  server_time_ms: Millis;
+}

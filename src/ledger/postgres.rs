@@ -1,0 +1,1273 @@
+//! The PostgreSQL ledger: one money ledger shared by every node, with the SQLite ledger's contract.
+//!
+//! # Writing
+//! Each node runs one writer task with group commit, as the SQLite backend does: it takes the
+//! first waiting request plus whatever else is queued (up to `batch_max`) and applies the whole
+//! batch in one `READ COMMITTED` transaction of a handful of round trips, whatever its size:
+//!
+//! 1. lock the batch's wallet rows (`SELECT … ORDER BY account FOR UPDATE`; a fixed order, so two
+//!    nodes never deadlock) and read their balances;
+//! 2. read the prior applications of the batch's `(kind, actor, key)`s, *after* the locks, so a
+//!    gift another node committed for the same sender is seen;
+//! 3. decide every request in memory with the posting rules (`ledger/posting.rs`): replay,
+//!    conflict, refusal or a plan, each on the balances the earlier ones left;
+//! 4. write it all with set-based statements (`unnest` of arrays): transactions, entries, gifts,
+//!    top-ups, wallet changes, summed hot-account credits; then `COMMIT`, and only then reply.
+//!
+//! A refusal is decided before anything is written, so it leaves nothing behind.
+//!
+//! # Idempotency across nodes
+//! `txns` has `UNIQUE (kind, actor, idem_key)`. A gift's actor is its sender, whose wallet rows
+//! the batch locked first, so two nodes applying the same key are serialised on those rows and
+//! the second sees the first's commit in step 2 and replays (or reports a conflict). Where no
+//! lock orders them (a store reusing a purchase id for another user), the insert uses
+//! `ON CONFLICT DO NOTHING`; a row that did not go in means another node committed that key
+//! meanwhile, so the batch rolls back and is decided again, and the request becomes a replay or
+//! a conflict, never an error. Deadlocks and serialisation failures are retried the same way.
+//!
+//! # Hot accounts
+//! Every gift credits the platform, a store and a streamer. Updating those rows per gift from
+//! several nodes would serialise the cluster on them. Instead an account is a set of rows
+//! `account_rows(account, shard, balance_coins)` whose sum is its balance (the `accounts` view).
+//! Wallets live in shard 0 only, since they are debited and checked. Hot accounts (platform,
+//! stores, streamers, the external accounts) are only credited (or, for external accounts,
+//! debited without a floor) and no rule reads them during a write, so each writer adds its batch's
+//! summed changes to its own shard row, chosen at random among [`SHARDS`] when it starts: one
+//! update per hot account per batch, and nodes do not wait for each other's. Reads of earnings
+//! sum an account's few rows.
+//!
+//! # Failures
+//! Any storage error fails the whole batch, which rolls back; every request in it is refused
+//! with `ledger_unavailable` and the node reports unready until a later write (or the `/readyz`
+//! probe) succeeds, so it recovers by itself when the database returns. A `COMMIT` whose answer
+//! was lost (the connection dropped) may or may not have landed: the writer then checks, on a
+//! fresh connection and for a bounded time, whether the batch's first new transaction exists,
+//! and answers accordingly (`ledger/deadline.rs` explains what a caller is told).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use prometheus::Histogram;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::NoTls;
+
+use super::deadline::{self, Ticket};
+use super::posting::{self, BatchSums, Entry};
+use super::{
+    new_gift_id, now_ms, GiftOutcome, GiftReceipt, GiftRequest, Ledger, TopUpReceipt, TopUpRequest,
+    Wallet,
+};
+use crate::error::{Error, Result};
+use crate::gift::{Channel, ChannelCoins};
+
+/// Rows each hot account may be spread over. More than the nodes of any cluster, so that two
+/// writers rarely share one; when they do, they only wait for each other on that row.
+pub const SHARDS: i16 = 64;
+
+/// Attempts at a batch that lost a race (a concurrent duplicate key, a deadlock) before its
+/// requests are refused.
+const BATCH_ATTEMPTS_MAX: usize = 4;
+
+/// The schema, one migration per entry, applied in order at start and recorded in
+/// `giftd_migrations`. Never edit one that shipped; append another.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE SEQUENCE txn_ids;
+CREATE TABLE account_rows (
+    account       TEXT NOT NULL,
+    shard         SMALLINT NOT NULL,
+    balance_coins BIGINT NOT NULL,
+    external      SMALLINT NOT NULL CHECK (external IN (0, 1)),
+    PRIMARY KEY (account, shard),
+    CHECK (external = 1 OR balance_coins >= 0)
+);
+CREATE VIEW accounts AS
+    SELECT account, SUM(balance_coins)::BIGINT AS balance_coins, MAX(external) AS external
+    FROM account_rows GROUP BY account;
+CREATE TABLE txns (
+    txn_id         BIGINT PRIMARY KEY,
+    kind           TEXT NOT NULL,
+    actor          TEXT NOT NULL,
+    idem_key       TEXT NOT NULL,
+    payload_sha256 TEXT NOT NULL,
+    created_ms     BIGINT NOT NULL,
+    UNIQUE (kind, actor, idem_key)
+);
+CREATE TABLE entries (
+    txn_id       BIGINT NOT NULL REFERENCES txns (txn_id),
+    account      TEXT NOT NULL,
+    amount_coins BIGINT NOT NULL CHECK (amount_coins <> 0),
+    channel      TEXT NOT NULL
+);
+CREATE TABLE topups (
+    txn_id        BIGINT PRIMARY KEY REFERENCES txns (txn_id),
+    "user"        TEXT NOT NULL,
+    channel       TEXT NOT NULL,
+    coins         BIGINT NOT NULL CHECK (coins > 0),
+    balance_coins BIGINT NOT NULL
+);
+CREATE TABLE gifts (
+    txn_id          BIGINT PRIMARY KEY REFERENCES txns (txn_id),
+    gift_id         TEXT NOT NULL UNIQUE,
+    room            TEXT NOT NULL,
+    sender          TEXT NOT NULL,
+    streamer        TEXT NOT NULL,
+    sticker         TEXT NOT NULL,
+    price_coins     BIGINT NOT NULL CHECK (price_coins > 0),
+    store_coins     BIGINT NOT NULL,
+    streamer_coins  BIGINT NOT NULL,
+    platform_coins  BIGINT NOT NULL,
+    funding_ios     BIGINT NOT NULL,
+    funding_android BIGINT NOT NULL,
+    funding_web     BIGINT NOT NULL,
+    balance_coins   BIGINT NOT NULL,
+    room_seq        BIGINT,
+    created_ms      BIGINT NOT NULL,
+    CHECK (store_coins + streamer_coins + platform_coins = price_coins)
+);
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"#];
+
+/// Options for [`PostgresLedger::open`].
+#[derive(Debug, Clone)]
+pub struct PostgresOptions {
+    /// libpq-style URL or `key=value` string; the schema is the first on its `search_path`.
+    pub url: String,
+    pub batch_max: usize,
+    pub queue_max: usize,
+    pub call_timeout_ms: u64,
+    /// Connections in the node's pool: the writer's plus concurrent reads.
+    pub pool_max: usize,
+}
+
+/// Maps a driver error to the crate's: any storage failure is `ledger_unavailable`.
+fn pg(e: tokio_postgres::Error) -> Error {
+    Error::LedgerUnavailable(format!("postgres: {e}"))
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> Error {
+    Error::LedgerUnavailable(format!("postgres pool: {e}"))
+}
+
+/// Opens one plain connection (for `giftd audit` and tests), its driver task spawned.
+pub async fn connect(url: &str) -> Result<tokio_postgres::Client> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(pg)?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "postgres connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// Applies the migrations not yet applied, one node at a time (an advisory lock per schema).
+async fn migrate(pool: &Pool) -> Result<()> {
+    let mut client = pool.get().await.map_err(pool_error)?;
+    let tx = client.transaction().await.map_err(pg)?;
+    tx.batch_execute(
+        "SELECT pg_advisory_xact_lock(hashtext('giftd_migrations:' || current_schema()));
+         CREATE TABLE IF NOT EXISTS giftd_migrations (version INT PRIMARY KEY, applied_ms BIGINT NOT NULL);",
+    )
+    .await
+    .map_err(pg)?;
+    let applied: i32 = tx
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0) FROM giftd_migrations",
+            &[],
+        )
+        .await
+        .map_err(pg)?
+        .get(0);
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
+        tx.batch_execute(sql).await.map_err(pg)?;
+        tx.execute(
+            "INSERT INTO giftd_migrations (version, applied_ms) VALUES ($1, $2)",
+            &[&(i as i32 + 1), &(now_ms() as i64)],
+        )
+        .await
+        .map_err(pg)?;
+        tracing::info!(version = i + 1, "ledger schema migrated");
+    }
+    tx.commit().await.map_err(pg)
+}
+
+type Reply<T> = oneshot::Sender<Result<T>>;
+
+enum Op {
+    TopUp(TopUpRequest, Reply<TopUpReceipt>, Ticket),
+    Gift(Box<GiftRequest>, Reply<GiftOutcome>, Ticket),
+    GiftSeq(String, u64),
+    Probe(Reply<()>, Ticket),
+    Shutdown(oneshot::Sender<()>),
+}
+
+pub struct PostgresLedger {
+    tx: mpsc::Sender<Op>,
+    pool: Pool,
+    ready: Arc<AtomicBool>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    call_timeout: Duration,
+}
+
+impl PostgresLedger {
+    /// Connects, migrates the schema and starts the writer task.
+    pub async fn open(options: PostgresOptions, commit_seconds: Histogram) -> Result<Self> {
+        assert!(options.batch_max >= 1 && options.queue_max >= 1 && options.pool_max >= 2);
+        let call_timeout = Duration::from_millis(options.call_timeout_ms);
+        let mut config: tokio_postgres::Config = options
+            .url
+            .parse()
+            .map_err(|e| Error::LedgerUnavailable(format!("ledger.postgres_url: {e}")))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(call_timeout);
+        }
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                // A connection that died with the server is noticed and replaced on checkout.
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_max)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(call_timeout))
+            .create_timeout(Some(call_timeout))
+            .recycle_timeout(Some(call_timeout))
+            .build()
+            .map_err(|e| Error::Internal(format!("postgres pool: {e}")))?;
+        migrate(&pool).await?;
+        let (tx, rx) = mpsc::channel(options.queue_max);
+        let ready = Arc::new(AtomicBool::new(true));
+        let shard = rand::random_range(0..SHARDS);
+        let writer = Writer {
+            pool: pool.clone(),
+            rx,
+            batch_max: options.batch_max,
+            ready: ready.clone(),
+            commit_seconds,
+            shard,
+            statement_timeout_ms: options.call_timeout_ms,
+        };
+        tracing::info!(shard, "postgres ledger open");
+        let handle = tokio::spawn(writer.run());
+        Ok(PostgresLedger {
+            tx,
+            pool,
+            ready,
+            writer: Mutex::new(Some(handle)),
+            call_timeout,
+        })
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>, Ticket) -> Op) -> Result<T> {
+        deadline::write(self.call_timeout, |ticket, reply| async move {
+            self.tx
+                .send(make(reply, ticket))
+                .await
+                .map_err(|_| Error::ShuttingDown)
+        })
+        .await
+    }
+
+    async fn read<T>(&self, f: impl AsyncRead<T>) -> Result<T> {
+        if self.tx.is_closed() {
+            return Err(Error::ShuttingDown);
+        }
+        deadline::read(self.call_timeout, async {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            f.run(&client).await
+        })
+        .await
+    }
+}
+
+/// A read on a pooled connection (a small trait, since async closures borrowing the client are
+/// awkward to name).
+trait AsyncRead<T> {
+    async fn run(self, client: &deadpool_postgres::Client) -> Result<T>;
+}
+
+struct ReadWallet<'a>(&'a str);
+
+impl AsyncRead<Wallet> for ReadWallet<'_> {
+    async fn run(self, client: &deadpool_postgres::Client) -> Result<Wallet> {
+        let accounts: Vec<String> = Channel::ALL
+            .iter()
+            .map(|ch| posting::wallet_account(self.0, *ch))
+            .collect();
+        let stmt = client
+            .prepare_cached(
+                "SELECT account, balance_coins FROM account_rows WHERE shard = 0 AND account = ANY($1)",
+            )
+            .await
+            .map_err(pg)?;
+        let mut c = [0u64; 3];
+        for row in client.query(&stmt, &[&accounts]).await.map_err(pg)? {
+            let account: String = row.get(0);
+            if let Some(i) = accounts.iter().position(|a| *a == account) {
+                c[i] = nonnegative(&account, row.get(1));
+            }
+        }
+        Ok(Wallet::from_channels(c))
+    }
+}
+
+struct ReadEarnings<'a>(&'a str);
+
+impl AsyncRead<u64> for ReadEarnings<'_> {
+    async fn run(self, client: &deadpool_postgres::Client) -> Result<u64> {
+        let account = posting::streamer_account(self.0);
+        let stmt = client
+            .prepare_cached(
+                "SELECT COALESCE(SUM(balance_coins), 0)::BIGINT FROM account_rows WHERE account = $1",
+            )
+            .await
+            .map_err(pg)?;
+        let row = client.query_one(&stmt, &[&account]).await.map_err(pg)?;
+        Ok(nonnegative(&account, row.get(0)))
+    }
+}
+
+/// A committed internal balance; a negative one would be a broken ledger, never clamped.
+fn nonnegative(account: &str, balance_coins: i64) -> u64 {
+    assert!(
+        balance_coins >= 0,
+        "account {account} holds {balance_coins} coins"
+    );
+    balance_coins as u64
+}
+
+#[async_trait]
+impl Ledger for PostgresLedger {
+    async fn top_up(&self, req: TopUpRequest) -> Result<TopUpReceipt> {
+        super::check_top_up(&req)?;
+        self.call(|r, t| Op::TopUp(req, r, t)).await
+    }
+
+    async fn gift(&self, req: GiftRequest) -> Result<GiftOutcome> {
+        super::check_key(&req.idempotency_key, "key")?;
+        self.call(|r, t| Op::Gift(Box::new(req), r, t)).await
+    }
+
+    fn note_gift_seq(&self, gift_id: &str, seq: u64) {
+        let _ = self.tx.try_send(Op::GiftSeq(gift_id.to_owned(), seq));
+    }
+
+    async fn wallet(&self, user: &str) -> Result<Wallet> {
+        self.read(ReadWallet(user)).await
+    }
+
+    async fn earnings(&self, streamer: &str) -> Result<u64> {
+        self.read(ReadEarnings(streamer)).await
+    }
+
+    async fn probe(&self) -> Result<()> {
+        self.call(Op::Probe).await
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed) && !self.tx.is_closed()
+    }
+
+    async fn close(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Op::Shutdown(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+        let handle = self.writer.lock().expect("writer handle lock").take();
+        if let Some(handle) = handle {
+            let _ = handle.await;
+        }
+        self.pool.close();
+    }
+}
+
+struct Writer {
+    pool: Pool,
+    rx: mpsc::Receiver<Op>,
+    batch_max: usize,
+    ready: Arc<AtomicBool>,
+    commit_seconds: Histogram,
+    shard: i16,
+    statement_timeout_ms: u64,
+}
+
+/// One request of a batch, with the answer owed to it.
+enum Work {
+    TopUp(TopUpRequest, Reply<TopUpReceipt>),
+    Gift(Box<GiftRequest>, Reply<GiftOutcome>),
+    Probe(Reply<()>),
+}
+
+/// What a batch decided for one request.
+enum Answer {
+    TopUp(Result<TopUpReceipt>),
+    Gift(Box<Result<GiftOutcome>>),
+    Probe,
+}
+
+/// Why a batch attempt did not commit.
+enum Failed {
+    /// It lost a race with another node (a duplicate key, a deadlock): decide it again.
+    Retry(String),
+    /// Storage failed; the batch rolled back.
+    Storage(Error),
+    /// The commit's answer was lost; the batch may have committed. The first new transaction id,
+    /// and the answers owed if it did.
+    Unknown(Error, i64, Vec<Answer>),
+}
+
+impl From<tokio_postgres::Error> for Failed {
+    fn from(e: tokio_postgres::Error) -> Failed {
+        let raced = [
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::T_R_DEADLOCK_DETECTED,
+            SqlState::UNIQUE_VIOLATION,
+        ];
+        match e.code() {
+            Some(code) if raced.contains(code) => Failed::Retry(e.to_string()),
+            _ => Failed::Storage(pg(e)),
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for Failed {
+    fn from(e: deadpool_postgres::PoolError) -> Failed {
+        Failed::Storage(pool_error(e))
+    }
+}
+
+impl Writer {
+    async fn run(mut self) {
+        let mut batch = Vec::with_capacity(self.batch_max);
+        while let Some(first) = self.rx.recv().await {
+            batch.push(first);
+            while batch.len() < self.batch_max {
+                match self.rx.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            if let Some(done) = self.process(&mut batch).await {
+                self.rx.close();
+                while let Ok(op) = self.rx.try_recv() {
+                    drop(op);
+                }
+                let _ = done.send(());
+                return;
+            }
+        }
+    }
+
+    /// Applies, commits and answers one batch. Returns the shutdown signal if it held one.
+    async fn process(&mut self, batch: &mut Vec<Op>) -> Option<oneshot::Sender<()>> {
+        let started = Instant::now();
+        let mut shutdown = None;
+        let mut works = Vec::with_capacity(batch.len());
+        let mut seqs = Vec::new();
+        for op in batch.drain(..) {
+            match op {
+                Op::Shutdown(done) => shutdown = Some(done),
+                Op::GiftSeq(id, seq) => seqs.push((id, seq as i64)),
+                // A caller that gave up before its request started was told nothing was
+                // charged: skip it so that stays true.
+                Op::TopUp(_, _, t) | Op::Gift(_, _, t) | Op::Probe(_, t) if !t.start() => {}
+                Op::TopUp(req, r, _) => works.push(Work::TopUp(req, r)),
+                Op::Gift(req, r, _) => works.push(Work::Gift(req, r)),
+                Op::Probe(r, _) => works.push(Work::Probe(r)),
+            }
+        }
+        if works.is_empty() && seqs.is_empty() {
+            return shutdown;
+        }
+        let mut outcome = Err(Failed::Retry(String::new()));
+        for attempt in 1..=BATCH_ATTEMPTS_MAX {
+            outcome = self.attempt(&works, &seqs).await;
+            match &outcome {
+                Err(Failed::Retry(why)) => {
+                    tracing::debug!(
+                        attempt,
+                        why,
+                        "ledger batch raced another node; deciding again"
+                    );
+                }
+                _ => break,
+            }
+        }
+        let outcome = match outcome {
+            Err(Failed::Unknown(e, txn_id, answers)) => self.resolve(e, txn_id, answers).await,
+            other => other,
+        };
+        match outcome {
+            Ok(answers) => {
+                self.ready.store(true, Ordering::Relaxed);
+                self.commit_seconds.observe(started.elapsed().as_secs_f64());
+                for (work, answer) in works.into_iter().zip(answers) {
+                    match (work, answer) {
+                        (Work::TopUp(_, r), Answer::TopUp(a)) => drop(r.send(a)),
+                        (Work::Gift(_, r), Answer::Gift(a)) => drop(r.send(*a)),
+                        (Work::Probe(r), Answer::Probe) => drop(r.send(Ok(()))),
+                        _ => unreachable!("answers follow their requests"),
+                    }
+                }
+            }
+            Err(failed) => {
+                let e = match failed {
+                    Failed::Storage(e) | Failed::Unknown(e, _, _) => e,
+                    Failed::Retry(why) => Error::LedgerUnavailable(format!(
+                        "batch lost {BATCH_ATTEMPTS_MAX} races: {why}"
+                    )),
+                };
+                tracing::error!(error = %e, requests = works.len(), "ledger batch refused");
+                self.ready.store(false, Ordering::Relaxed);
+                for work in works {
+                    match work {
+                        Work::TopUp(_, r) => drop(r.send(Err(e.clone()))),
+                        Work::Gift(_, r) => drop(r.send(Err(e.clone()))),
+                        Work::Probe(r) => drop(r.send(Err(e.clone()))),
+                    }
+                }
+            }
+        }
+        shutdown
+    }
+
+    /// After a lost `COMMIT` answer: learns, on a fresh connection and for a bounded time, whether
+    /// the batch committed (its first new transaction exists), and answers accordingly.
+    async fn resolve(
+        &self,
+        e: Error,
+        txn_id: i64,
+        answers: Vec<Answer>,
+    ) -> std::result::Result<Vec<Answer>, Failed> {
+        let until = Instant::now() + Duration::from_millis(self.statement_timeout_ms);
+        loop {
+            let found = async {
+                let client = self.pool.get().await.map_err(pool_error)?;
+                let row = client
+                    .query_one(
+                        "SELECT EXISTS (SELECT 1 FROM txns WHERE txn_id = $1)",
+                        &[&txn_id],
+                    )
+                    .await
+                    .map_err(pg)?;
+                Ok::<bool, Error>(row.get(0))
+            }
+            .await;
+            match found {
+                Ok(true) => return Ok(answers),
+                Ok(false) => return Err(Failed::Storage(e)),
+                Err(check) if Instant::now() >= until => {
+                    tracing::error!(error = %check, "could not learn whether a ledger batch committed");
+                    return Err(Failed::Storage(Error::LedgerUnavailable(format!(
+                        "commit outcome unknown ({e}); retry with the same key"
+                    ))));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// One attempt at a batch on a pooled connection; a failed attempt is rolled back.
+    async fn attempt(
+        &self,
+        works: &[Work],
+        seqs: &[(String, i64)],
+    ) -> std::result::Result<Vec<Answer>, Failed> {
+        let client = self.pool.get().await?;
+        let result = self.attempt_on(&client, works, seqs).await;
+        if result.is_err() {
+            // Best effort: a broken connection is dropped by the pool anyway.
+            let _ = client.batch_execute("ROLLBACK").await;
+        }
+        result
+    }
+
+    /// Lock, read, decide, write, commit, in three round trips: the statements of each step are
+    /// pipelined (sent together; the server still runs them in order, so the reads of step 2
+    /// come after the locks of step 1).
+    async fn attempt_on(
+        &self,
+        client: &deadpool_postgres::Client,
+        works: &[Work],
+        seqs: &[(String, i64)],
+    ) -> std::result::Result<Vec<Answer>, Failed> {
+        // 1. Begin; lock the batch's wallets in account order and read their balances; read
+        //    the prior applications of its keys; draw its transaction ids.
+        let mut wallets: Vec<String> = works
+            .iter()
+            .filter_map(|w| match w {
+                Work::TopUp(req, _) => Some(req.user.as_str()),
+                Work::Gift(req, _) => Some(req.sender.as_str()),
+                Work::Probe(_) => None,
+            })
+            .flat_map(|user| Channel::ALL.map(|ch| posting::wallet_account(user, ch)))
+            .collect();
+        wallets.sort_unstable();
+        wallets.dedup();
+        let keys: Vec<(&str, &str, &str)> = works.iter().filter_map(Work::key).collect();
+        let column = |i: usize| -> Vec<&str> { keys.iter().map(|k| [k.0, k.1, k.2][i]).collect() };
+        let (kinds, actors, idem_keys) = (column(0), column(1), column(2));
+        let lock = client
+            .prepare_cached(
+                "SELECT account, balance_coins FROM account_rows
+                 WHERE shard = 0 AND account = ANY($1) ORDER BY account FOR UPDATE",
+            )
+            .await?;
+        let priors = client
+            .prepare_cached(
+                // LATERAL: one unique-index probe per key, whatever the planner guesses about
+                // the array's length (a hash join would scan all of `txns` per batch).
+                "SELECT t.kind, t.actor, t.idem_key, t.txn_id, t.payload_sha256
+                 FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[]) AS k(kind, actor, idem_key)
+                 CROSS JOIN LATERAL (SELECT * FROM txns t WHERE t.kind = k.kind
+                     AND t.actor = k.actor AND t.idem_key = k.idem_key) AS t",
+            )
+            .await?;
+        let draw = client
+            .prepare_cached("SELECT nextval('txn_ids') FROM generate_series(1, $1::INT)")
+            .await?;
+        let begin = format!(
+            "BEGIN; SET LOCAL statement_timeout = {}",
+            self.statement_timeout_ms
+        );
+        let n = keys.len() as i32;
+        let lock_params: [&(dyn ToSql + Sync); 1] = [&wallets];
+        let prior_params: [&(dyn ToSql + Sync); 3] = [&kinds, &actors, &idem_keys];
+        let draw_params: [&(dyn ToSql + Sync); 1] = [&n];
+        let (_, locked, prior_rows, id_rows) = tokio::try_join!(
+            client.batch_execute(&begin),
+            client.query(&lock, &lock_params),
+            client.query(&priors, &prior_params),
+            client.query(&draw, &draw_params),
+        )?;
+        let mut balances: HashMap<String, i64> =
+            locked.iter().map(|row| (row.get(0), row.get(1))).collect();
+        let prior = Prior::read(client, &prior_rows).await?;
+
+        // 2. Decide every request in memory, in order.
+        let mut plan = Plan::new(id_rows.iter().map(|r| r.get(0)).collect());
+        let answers: Vec<Answer> = works
+            .iter()
+            .map(|w| plan.decide(w, &prior, &mut balances))
+            .collect();
+
+        // 3. Write, then commit.
+        let first_new = plan.txn_id.first().copied();
+        plan.write(client, self.shard, seqs).await?;
+        match client.batch_execute("COMMIT").await {
+            Ok(()) => Ok(answers),
+            Err(e) if e.code().is_some() => Err(e.into()),
+            Err(e) => match first_new {
+                Some(id) => Err(Failed::Unknown(pg(e), id, answers)),
+                None => Err(Failed::Storage(pg(e))),
+            },
+        }
+    }
+}
+
+impl Work {
+    /// The request's idempotency scope: `(kind, actor, key)`.
+    fn key(&self) -> Option<(&str, &str, &str)> {
+        match self {
+            // Purchase ids are the store's, unique across users: the scope is the store.
+            Work::TopUp(req, _) => Some(("topup", "store", req.purchase_id.as_str())),
+            Work::Gift(req, _) => Some(("gift", req.sender.as_str(), req.idempotency_key.as_str())),
+            Work::Probe(_) => None,
+        }
+    }
+}
+
+type Key = (String, String, String);
+
+fn owned((kind, actor, key): (&str, &str, &str)) -> Key {
+    (kind.to_owned(), actor.to_owned(), key.to_owned())
+}
+
+/// What the ledger already holds for a batch's keys: digests and the original receipts.
+#[derive(Default)]
+struct Prior {
+    txns: HashMap<Key, (i64, String)>,
+    gifts: HashMap<i64, GiftReceipt>,
+    topups: HashMap<i64, TopUpReceipt>,
+}
+
+impl Prior {
+    /// Collects the prior applications found in step 1 and loads their receipts (one more round
+    /// trip, only when the batch holds replays).
+    async fn read(
+        client: &deadpool_postgres::Client,
+        rows: &[tokio_postgres::Row],
+    ) -> std::result::Result<Prior, Failed> {
+        let mut prior = Prior::default();
+        for row in rows {
+            let key = (row.get(0), row.get(1), row.get(2));
+            prior.txns.insert(key, (row.get(3), row.get(4)));
+        }
+        if prior.txns.is_empty() {
+            return Ok(prior);
+        }
+        let ids: Vec<i64> = prior.txns.values().map(|v| v.0).collect();
+        let gifts = client
+            .prepare_cached(
+                "SELECT txn_id, gift_id, room, sender, streamer, sticker, price_coins, store_coins,
+                        streamer_coins, platform_coins, funding_ios, funding_android, funding_web,
+                        balance_coins, room_seq, created_ms
+                 FROM gifts WHERE txn_id = ANY($1)",
+            )
+            .await?;
+        let topups = client
+            .prepare_cached(
+                "SELECT t.txn_id, t.\"user\", t.channel, t.coins, t.balance_coins, x.idem_key
+                 FROM topups t JOIN txns x ON x.txn_id = t.txn_id WHERE t.txn_id = ANY($1)",
+            )
+            .await?;
+        let params: [&(dyn ToSql + Sync); 1] = [&ids];
+        let (gift_rows, topup_rows) = tokio::try_join!(
+            client.query(&gifts, &params),
+            client.query(&topups, &params),
+        )?;
+        for r in gift_rows {
+            let u = |i: usize| r.get::<_, i64>(i) as u64;
+            let receipt = GiftReceipt {
+                gift_id: r.get(1),
+                room: r.get(2),
+                sender: r.get(3),
+                streamer: r.get(4),
+                sticker: r.get(5),
+                price_coins: u(6),
+                store_coins: u(7),
+                streamer_coins: u(8),
+                platform_coins: u(9),
+                funding_coins: [u(10), u(11), u(12)],
+                balance_coins: u(13),
+                seq: r.get::<_, Option<i64>>(14).map(|v| v as u64),
+                created_ms: u(15),
+            };
+            prior.gifts.insert(r.get(0), receipt);
+        }
+        for r in topup_rows {
+            let channel: String = r.get(2);
+            let receipt = TopUpReceipt {
+                txn_id: r.get::<_, i64>(0) as u64,
+                user: r.get(1),
+                channel: Channel::parse(&channel)
+                    .ok_or_else(|| Failed::Storage(Error::Internal("bad channel".into())))?,
+                coins: r.get::<_, i64>(3) as u64,
+                purchase_id: r.get(5),
+                balance_coins: r.get::<_, i64>(4) as u64,
+                replayed: true,
+            };
+            prior.topups.insert(r.get(0), receipt);
+        }
+        Ok(prior)
+    }
+}
+
+/// A batch's decisions, as the rows it will write.
+struct Plan {
+    /// Transaction ids drawn for the batch, used in order.
+    ids: std::vec::IntoIter<i64>,
+    /// Keys applied earlier in this batch, with their digest and answer.
+    applied: HashMap<Key, (String, Applied)>,
+    txn_id: Vec<i64>,
+    txn_kind: Vec<&'static str>,
+    txn_actor: Vec<String>,
+    txn_key: Vec<String>,
+    txn_digest: Vec<String>,
+    txn_created_ms: Vec<i64>,
+    entries: Vec<(i64, Entry)>,
+    gifts: Vec<(i64, GiftReceipt)>,
+    topups: Vec<(i64, TopUpReceipt)>,
+    wallet_deltas: HashMap<String, i64>,
+    hot: BatchSums,
+    probe: bool,
+}
+
+/// A receipt applied earlier in the same batch, for an in-batch repeat of its key.
+#[derive(Clone)]
+enum Applied {
+    TopUp(TopUpReceipt),
+    Gift(GiftReceipt),
+}
+
+impl Plan {
+    fn new(ids: Vec<i64>) -> Plan {
+        Plan {
+            ids: ids.into_iter(),
+            applied: HashMap::new(),
+            txn_id: Vec::new(),
+            txn_kind: Vec::new(),
+            txn_actor: Vec::new(),
+            txn_key: Vec::new(),
+            txn_digest: Vec::new(),
+            txn_created_ms: Vec::new(),
+            entries: Vec::new(),
+            gifts: Vec::new(),
+            topups: Vec::new(),
+            wallet_deltas: HashMap::new(),
+            hot: BatchSums::default(),
+            probe: false,
+        }
+    }
+
+    fn decide(
+        &mut self,
+        work: &Work,
+        prior: &Prior,
+        balances: &mut HashMap<String, i64>,
+    ) -> Answer {
+        match work {
+            Work::Probe(_) => {
+                self.probe = true;
+                Answer::Probe
+            }
+            Work::TopUp(req, _) => Answer::TopUp(self.top_up(req, prior, balances)),
+            Work::Gift(req, _) => Answer::Gift(Box::new(self.gift(req, prior, balances))),
+        }
+    }
+
+    /// The earlier application of `key`, if any: `Ok(Some)` to replay, `Err` on a conflict.
+    fn earlier(&self, key: Key, digest: &str, prior: &Prior) -> Result<Option<Applied>> {
+        let conflict = || Error::IdempotencyConflict(key.2.clone());
+        if let Some((d, applied)) = self.applied.get(&key) {
+            return if d == digest {
+                Ok(Some(applied.clone()))
+            } else {
+                Err(conflict())
+            };
+        }
+        let Some((txn_id, d)) = prior.txns.get(&key) else {
+            return Ok(None);
+        };
+        if d != digest {
+            return Err(conflict());
+        }
+        let missing = || Error::Internal(format!("transaction {txn_id} has no record"));
+        match key.0.as_str() {
+            "gift" => prior
+                .gifts
+                .get(txn_id)
+                .cloned()
+                .map(Applied::Gift)
+                .ok_or_else(missing),
+            _ => prior
+                .topups
+                .get(txn_id)
+                .cloned()
+                .map(Applied::TopUp)
+                .ok_or_else(missing),
+        }
+        .map(Some)
+    }
+
+    fn open_txn(
+        &mut self,
+        kind: &'static str,
+        actor: &str,
+        key: &str,
+        digest: &str,
+        created_ms: u64,
+    ) -> i64 {
+        let id = self.ids.next().expect("one id drawn per request");
+        self.txn_id.push(id);
+        self.txn_kind.push(kind);
+        self.txn_actor.push(actor.to_owned());
+        self.txn_key.push(key.to_owned());
+        self.txn_digest.push(digest.to_owned());
+        self.txn_created_ms.push(created_ms as i64);
+        id
+    }
+
+    fn post(&mut self, txn_id: i64, entries: &[Entry], balances: &mut HashMap<String, i64>) {
+        for e in entries {
+            if e.kind().is_hot() {
+                self.hot.add(e);
+            } else {
+                let balance = balances.entry(e.account.clone()).or_insert(0);
+                *balance += e.amount_coins;
+                assert!(*balance >= 0, "wallet {} would go negative", e.account);
+                *self.wallet_deltas.entry(e.account.clone()).or_insert(0) += e.amount_coins;
+            }
+            self.entries.push((txn_id, e.clone()));
+        }
+    }
+
+    fn top_up(
+        &mut self,
+        req: &TopUpRequest,
+        prior: &Prior,
+        balances: &mut HashMap<String, i64>,
+    ) -> Result<TopUpReceipt> {
+        let digest = req.payload_digest();
+        let key = owned(("topup", "store", &req.purchase_id));
+        match self.earlier(key.clone(), &digest, prior)? {
+            Some(Applied::TopUp(mut receipt)) => {
+                receipt.replayed = true;
+                return Ok(receipt);
+            }
+            Some(Applied::Gift(_)) => unreachable!("a top-up key names a top-up"),
+            None => {}
+        }
+        let txn_id = self.open_txn("topup", "store", &req.purchase_id, &digest, now_ms());
+        self.post(txn_id, posting::top_up(req).entries(), balances);
+        let balance_coins = wallet_of(balances, &req.user).iter().sum();
+        let receipt = TopUpReceipt {
+            txn_id: txn_id as u64,
+            user: req.user.clone(),
+            channel: req.channel,
+            coins: req.coins,
+            purchase_id: req.purchase_id.clone(),
+            balance_coins,
+            replayed: false,
+        };
+        self.topups.push((txn_id, receipt.clone()));
+        self.applied
+            .insert(key, (digest, Applied::TopUp(receipt.clone())));
+        Ok(receipt)
+    }
+
+    fn gift(
+        &mut self,
+        req: &GiftRequest,
+        prior: &Prior,
+        balances: &mut HashMap<String, i64>,
+    ) -> Result<GiftOutcome> {
+        let digest = req.payload_digest();
+        let key = owned(("gift", &req.sender, &req.idempotency_key));
+        match self.earlier(key.clone(), &digest, prior)? {
+            Some(Applied::Gift(receipt)) => {
+                return Ok(GiftOutcome {
+                    receipt,
+                    replayed: true,
+                    split: None,
+                })
+            }
+            Some(Applied::TopUp(_)) => unreachable!("a gift key names a gift"),
+            None => {}
+        }
+        // Refusals come from the plan, before anything is recorded for this request.
+        let plan = posting::gift(req, wallet_of(balances, &req.sender))?;
+        let created_ms = now_ms();
+        let txn_id = self.open_txn(
+            "gift",
+            &req.sender,
+            &req.idempotency_key,
+            &digest,
+            created_ms,
+        );
+        self.post(txn_id, plan.posting.entries(), balances);
+        let receipt = GiftReceipt::new(req, &plan, new_gift_id(created_ms), created_ms);
+        self.gifts.push((txn_id, receipt.clone()));
+        self.applied
+            .insert(key, (digest, Applied::Gift(receipt.clone())));
+        Ok(GiftOutcome {
+            receipt,
+            replayed: false,
+            split: Some(plan.split),
+        })
+    }
+
+    /// Writes the batch's rows, all statements pipelined. A transaction row that did not go in
+    /// means another node committed that key meanwhile (see the module doc): the attempt fails
+    /// with [`Failed::Retry`] and is rolled back.
+    async fn write(
+        &mut self,
+        client: &deadpool_postgres::Client,
+        shard: i16,
+        seqs: &[(String, i64)],
+    ) -> std::result::Result<(), Failed> {
+        type Call<'a> = std::pin::Pin<
+            Box<
+                dyn std::future::Future<Output = std::result::Result<u64, tokio_postgres::Error>>
+                    + Send
+                    + 'a,
+            >,
+        >;
+        let rows = Rows::of(self, seqs);
+        let st = Statements::prepare(client).await?;
+        // The transactions go first, so the count check below reads their result.
+        let txns: [&(dyn ToSql + Sync); 6] = [
+            &self.txn_id,
+            &self.txn_kind,
+            &self.txn_actor,
+            &self.txn_key,
+            &self.txn_digest,
+            &self.txn_created_ms,
+        ];
+        let entries: [&(dyn ToSql + Sync); 4] = [
+            &rows.entry_txn,
+            &rows.entry_account,
+            &rows.entry_amount,
+            &rows.entry_channel,
+        ];
+        let gifts: Vec<&(dyn ToSql + Sync)> =
+            std::iter::once(&rows.gift_txn as &(dyn ToSql + Sync))
+                .chain(rows.gift_text.iter().map(|c| c as &(dyn ToSql + Sync)))
+                .chain(rows.gift_int.iter().map(|c| c as &(dyn ToSql + Sync)))
+                .collect();
+        let topups: [&(dyn ToSql + Sync); 5] = [
+            &rows.topup_txn,
+            &rows.topup_user,
+            &rows.topup_channel,
+            &rows.topup_coins,
+            &rows.topup_balance,
+        ];
+        let debits: [&(dyn ToSql + Sync); 2] = [&rows.debit_account, &rows.debit_amount];
+        let zero = 0i16;
+        let credits: [&(dyn ToSql + Sync); 4] = [
+            &rows.credit_account,
+            &zero,
+            &rows.credit_amount,
+            &rows.credit_external,
+        ];
+        let hot: [&(dyn ToSql + Sync); 4] = [
+            &rows.hot_account,
+            &shard,
+            &rows.hot_amount,
+            &rows.hot_external,
+        ];
+        let probe_ms = now_ms().to_string();
+        let probe: [&(dyn ToSql + Sync); 1] = [&probe_ms];
+        let seqs: [&(dyn ToSql + Sync); 2] = [&rows.seq_gift, &rows.seq_value];
+        let mut calls: Vec<Call<'_>> = Vec::with_capacity(9);
+        calls.push(Box::pin(client.execute(&st.txns, &txns)));
+        if !rows.entry_txn.is_empty() {
+            calls.push(Box::pin(client.execute(&st.entries, &entries)));
+        }
+        if !rows.gift_txn.is_empty() {
+            calls.push(Box::pin(client.execute(&st.gifts, &gifts)));
+        }
+        if !rows.topup_txn.is_empty() {
+            calls.push(Box::pin(client.execute(&st.topups, &topups)));
+        }
+        let debit_call = calls.len();
+        if !rows.debit_account.is_empty() {
+            calls.push(Box::pin(client.execute(&st.debits, &debits)));
+        }
+        if !rows.credit_account.is_empty() {
+            calls.push(Box::pin(client.execute(&st.upsert, &credits)));
+        }
+        if !rows.hot_account.is_empty() {
+            calls.push(Box::pin(client.execute(&st.upsert, &hot)));
+        }
+        if self.probe {
+            calls.push(Box::pin(client.execute(&st.probe, &probe)));
+        }
+        if !rows.seq_gift.is_empty() {
+            calls.push(Box::pin(client.execute(&st.seqs, &seqs)));
+        }
+        let counts = futures_util::future::try_join_all(calls).await?;
+        if counts[0] != self.txn_id.len() as u64 {
+            return Err(Failed::Retry(
+                "another node committed one of the batch's keys".into(),
+            ));
+        }
+        if !rows.debit_account.is_empty() {
+            assert_eq!(
+                counts[debit_call],
+                rows.debit_account.len() as u64,
+                "a debited wallet row is missing"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A batch's rows as the column arrays its set-based statements take.
+#[derive(Default)]
+struct Rows {
+    entry_txn: Vec<i64>,
+    entry_account: Vec<String>,
+    entry_amount: Vec<i64>,
+    entry_channel: Vec<&'static str>,
+    gift_txn: Vec<i64>,
+    /// gift_id, room, sender, streamer, sticker.
+    gift_text: [Vec<String>; 5],
+    /// price, store, streamer, platform, funding ios/android/web, balance, created_ms.
+    gift_int: [Vec<i64>; 9],
+    topup_txn: Vec<i64>,
+    topup_user: Vec<String>,
+    topup_channel: Vec<&'static str>,
+    topup_coins: Vec<i64>,
+    topup_balance: Vec<i64>,
+    /// Wallets whose balance the batch lowers (rows that exist and are locked), in account order.
+    debit_account: Vec<String>,
+    debit_amount: Vec<i64>,
+    /// Wallets the batch raises (rows may be new), in account order.
+    credit_account: Vec<String>,
+    credit_amount: Vec<i64>,
+    credit_external: Vec<i16>,
+    /// Hot accounts' summed changes, in account order.
+    hot_account: Vec<String>,
+    hot_amount: Vec<i64>,
+    hot_external: Vec<i16>,
+    seq_gift: Vec<String>,
+    seq_value: Vec<i64>,
+}
+
+impl Rows {
+    fn of(plan: &mut Plan, seqs: &[(String, i64)]) -> Rows {
+        let mut r = Rows::default();
+        for (txn, e) in &plan.entries {
+            r.entry_txn.push(*txn);
+            r.entry_account.push(e.account.clone());
+            r.entry_amount.push(e.amount_coins);
+            r.entry_channel.push(e.channel.as_str());
+        }
+        for (txn, g) in &plan.gifts {
+            r.gift_txn.push(*txn);
+            for (col, v) in r.gift_text.iter_mut().zip([
+                &g.gift_id,
+                &g.room,
+                &g.sender,
+                &g.streamer,
+                &g.sticker,
+            ]) {
+                col.push(v.clone());
+            }
+            let f = g.funding_coins;
+            for (col, v) in r.gift_int.iter_mut().zip([
+                g.price_coins,
+                g.store_coins,
+                g.streamer_coins,
+                g.platform_coins,
+                f[0],
+                f[1],
+                f[2],
+                g.balance_coins,
+                g.created_ms,
+            ]) {
+                col.push(v as i64);
+            }
+        }
+        for (txn, t) in &plan.topups {
+            r.topup_txn.push(*txn);
+            r.topup_user.push(t.user.clone());
+            r.topup_channel.push(t.channel.as_str());
+            r.topup_coins.push(t.coins as i64);
+            r.topup_balance.push(t.balance_coins as i64);
+        }
+        let mut deltas: Vec<(String, i64)> =
+            plan.wallet_deltas.drain().filter(|d| d.1 != 0).collect();
+        deltas.sort_unstable();
+        for (account, delta) in deltas {
+            if delta < 0 {
+                r.debit_account.push(account);
+                r.debit_amount.push(delta);
+            } else {
+                r.credit_account.push(account);
+                r.credit_amount.push(delta);
+                r.credit_external.push(0);
+            }
+        }
+        for (account, delta) in plan.hot.drain_sorted() {
+            let external =
+                posting::AccountKind::of(&account).is_some_and(posting::AccountKind::is_external);
+            r.hot_account.push(account);
+            r.hot_amount.push(delta);
+            r.hot_external.push(external as i16);
+        }
+        for (id, seq) in seqs {
+            r.seq_gift.push(id.clone());
+            r.seq_value.push(*seq);
+        }
+        r
+    }
+}
+
+/// The batch's write statements, prepared once per connection (the pool caches them).
+struct Statements {
+    txns: tokio_postgres::Statement,
+    entries: tokio_postgres::Statement,
+    gifts: tokio_postgres::Statement,
+    topups: tokio_postgres::Statement,
+    debits: tokio_postgres::Statement,
+    upsert: tokio_postgres::Statement,
+    probe: tokio_postgres::Statement,
+    seqs: tokio_postgres::Statement,
+}
+
+impl Statements {
+    async fn prepare(client: &deadpool_postgres::Client) -> std::result::Result<Self, Failed> {
+        Ok(Statements {
+            txns: client
+                .prepare_cached(
+                    "INSERT INTO txns (txn_id, kind, actor, idem_key, payload_sha256, created_ms)
+                     SELECT * FROM unnest($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::BIGINT[])
+                     ON CONFLICT (kind, actor, idem_key) DO NOTHING",
+                )
+                .await?,
+            entries: client
+                .prepare_cached(
+                    "INSERT INTO entries (txn_id, account, amount_coins, channel)
+                     SELECT * FROM unnest($1::BIGINT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[])",
+                )
+                .await?,
+            gifts: client
+                .prepare_cached(
+                    "INSERT INTO gifts (txn_id, gift_id, room, sender, streamer, sticker, price_coins,
+                         store_coins, streamer_coins, platform_coins, funding_ios, funding_android,
+                         funding_web, balance_coins, created_ms)
+                     SELECT * FROM unnest($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[],
+                         $6::TEXT[], $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], $10::BIGINT[], $11::BIGINT[],
+                         $12::BIGINT[], $13::BIGINT[], $14::BIGINT[], $15::BIGINT[])",
+                )
+                .await?,
+            topups: client
+                .prepare_cached(
+                    "INSERT INTO topups (txn_id, \"user\", channel, coins, balance_coins)
+                     SELECT * FROM unnest($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::BIGINT[])",
+                )
+                .await?,
+            debits: client
+                .prepare_cached(
+                    "UPDATE account_rows AS a SET balance_coins = a.balance_coins + d.delta
+                     FROM unnest($1::TEXT[], $2::BIGINT[]) AS d(account, delta)
+                     WHERE a.account = ANY($1) AND a.shard = 0 AND a.account = d.account",
+                )
+                .await?,
+            upsert: client
+                .prepare_cached(
+                    "INSERT INTO account_rows (account, shard, balance_coins, external)
+                     SELECT a, $2, d, e FROM unnest($1::TEXT[], $3::BIGINT[], $4::SMALLINT[]) AS h(a, d, e)
+                     ORDER BY a
+                     ON CONFLICT (account, shard) DO UPDATE
+                     SET balance_coins = account_rows.balance_coins + excluded.balance_coins",
+                )
+                .await?,
+            probe: client
+                .prepare_cached(
+                    "INSERT INTO meta (key, value) VALUES ('probe_ms', $1)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                )
+                .await?,
+            seqs: client
+                .prepare_cached(
+                    "UPDATE gifts AS g SET room_seq = d.seq
+                     FROM unnest($1::TEXT[], $2::BIGINT[]) AS d(gift_id, seq)
+                     WHERE g.gift_id = ANY($1) AND g.gift_id = d.gift_id AND g.room_seq IS NULL",
+                )
+                .await?,
+        })
+    }
+}
+
+/// A user's wallet per channel from the batch's balances.
+fn wallet_of(balances: &HashMap<String, i64>, user: &str) -> ChannelCoins {
+    Channel::ALL.map(|ch| {
+        let account = posting::wallet_account(user, ch);
+        nonnegative(&account, balances.get(&account).copied().unwrap_or(0))
+    })
+}

@@ -1,0 +1,428 @@
+//! The posting rules: the chart of accounts and the entries every kind of transaction posts.
+//!
+//! This is the ledger's money logic, free of any storage, so that each backend (SQLite,
+//! PostgreSQL) applies the same rules rather than each writing its own. A backend reads the
+//! balances a rule needs, asks this module for the entries, and writes them; it decides nothing
+//! about who is owed what.
+//!
+//! # Chart of accounts
+//! | account | what it holds | may be negative |
+//! |---------|---------------|-----------------|
+//! | `wallet:<user>:<channel>` | a viewer's coins bought through one store channel | no |
+//! | `streamer:<user>` | a streamer's earnings | no |
+//! | `store:<channel>` | the store fees owed to a channel | no |
+//! | `platform` | the platform's revenue | no |
+//! | `external:<channel>` | money that entered through a channel (minus all top-ups) | yes |
+//!
+//! Money enters only through the external accounts, so all balances always sum to zero.
+//!
+//! # Invariants
+//! Checked with release-build `assert!`s, because a violation means a bug that must stop the
+//! writer rather than commit wrong money: the entries of every transaction sum to zero; the
+//! three shares of a gift sum to its price; a gift never draws more from a wallet channel than
+//! it holds, so no internal balance goes negative (it is never clamped to zero either).
+//!
+//! # Hot accounts
+//! Store, streamer, platform and external accounts are never read by a rule while a
+//! transaction is being applied; only wallets are. Their changes may therefore be summed over a
+//! batch ([`BatchSums`]) and written once per account per commit, or spread over several rows
+//! that are summed on read, as the PostgreSQL backend does.
+
+use std::collections::HashMap;
+
+use super::{GiftRequest, TopUpRequest};
+use crate::error::{Error, Result};
+use crate::gift::split::{draw, split, Split};
+use crate::gift::{Channel, ChannelCoins};
+
+/// The platform's revenue account.
+pub const PLATFORM: &str = "platform";
+
+/// At most: a debit and three credits per channel.
+pub const ENTRIES_PER_TXN_MAX: usize = 12;
+
+/// Coins accepted in one top-up at most: far below `i64::MAX`, so sums of many stay exact.
+pub const TOP_UP_COINS_MAX: u64 = i64::MAX as u64 / 4;
+
+/// The kinds of account, by what the rules allow on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountKind {
+    Wallet,
+    Streamer,
+    Store,
+    Platform,
+    External,
+}
+
+impl AccountKind {
+    /// The kind of a well-formed account name.
+    pub fn of(account: &str) -> Option<AccountKind> {
+        let (prefix, rest) = account.split_once(':').unwrap_or((account, ""));
+        match prefix {
+            "wallet" => Some(AccountKind::Wallet),
+            "streamer" if !rest.is_empty() => Some(AccountKind::Streamer),
+            "store" => Channel::parse(rest).map(|_| AccountKind::Store),
+            "platform" if rest.is_empty() => Some(AccountKind::Platform),
+            "external" => Channel::parse(rest).map(|_| AccountKind::External),
+            _ => None,
+        }
+    }
+
+    /// Whether the account may hold a negative balance: only the external accounts do.
+    pub fn is_external(self) -> bool {
+        self == AccountKind::External
+    }
+
+    /// Whether no rule reads this account while applying a transaction, so its changes may be
+    /// summed over a batch (see the module doc).
+    pub fn is_hot(self) -> bool {
+        self != AccountKind::Wallet
+    }
+}
+
+pub fn wallet_account(user: &str, ch: Channel) -> String {
+    format!("wallet:{user}:{ch}")
+}
+
+pub fn streamer_account(streamer: &str) -> String {
+    format!("streamer:{streamer}")
+}
+
+pub fn store_account(ch: Channel) -> &'static str {
+    match ch {
+        Channel::Ios => "store:ios",
+        Channel::Android => "store:android",
+        Channel::Web => "store:web",
+    }
+}
+
+pub fn external_account(ch: Channel) -> &'static str {
+    match ch {
+        Channel::Ios => "external:ios",
+        Channel::Android => "external:android",
+        Channel::Web => "external:web",
+    }
+}
+
+/// One line of a transaction: signed coins on one account, attributed to a channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub account: String,
+    pub amount_coins: i64,
+    pub channel: Channel,
+}
+
+impl Entry {
+    pub fn kind(&self) -> AccountKind {
+        AccountKind::of(&self.account).expect("posting rules only name accounts of the chart")
+    }
+}
+
+/// The entries of one transaction; they always sum to zero.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Posting {
+    entries: Vec<Entry>,
+}
+
+impl Posting {
+    fn new(entries: Vec<Entry>) -> Posting {
+        assert!(
+            !entries.is_empty() && entries.len() <= ENTRIES_PER_TXN_MAX,
+            "a transaction has 1 to {ENTRIES_PER_TXN_MAX} entries, not {}",
+            entries.len()
+        );
+        assert!(
+            entries.iter().all(|e| e.amount_coins != 0),
+            "an entry moves coins"
+        );
+        let sum: i128 = entries.iter().map(|e| e.amount_coins as i128).sum();
+        assert_eq!(sum, 0, "entries must sum to zero: {entries:?}");
+        for e in &entries {
+            let kind = e.kind();
+            assert!(
+                kind.is_external() || kind == AccountKind::Wallet || e.amount_coins > 0,
+                "only wallets and external accounts are ever debited: {e:?}"
+            );
+        }
+        Posting { entries }
+    }
+
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+}
+
+/// A top-up: the channel's external account pays the user's wallet for that channel.
+pub fn top_up(req: &TopUpRequest) -> Posting {
+    assert!(req.coins > 0 && req.coins <= TOP_UP_COINS_MAX);
+    let coins = req.coins as i64;
+    Posting::new(vec![
+        Entry {
+            account: external_account(req.channel).to_owned(),
+            amount_coins: -coins,
+            channel: req.channel,
+        },
+        Entry {
+            account: wallet_account(&req.user, req.channel),
+            amount_coins: coins,
+            channel: req.channel,
+        },
+    ])
+}
+
+/// What applying a gift does, decided from the sender's balances before it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GiftPlan {
+    /// Coins drawn from each wallet channel.
+    pub funding_coins: ChannelCoins,
+    pub split: Split,
+    pub posting: Posting,
+    /// The sender's wallet per channel after the gift.
+    pub balances_after: ChannelCoins,
+}
+
+impl GiftPlan {
+    pub fn balance_after_coins(&self) -> u64 {
+        self.balances_after.iter().sum()
+    }
+}
+
+/// Plans a gift against the sender's committed `balances` (per channel), or refuses it with
+/// [`Error::InsufficientFunds`]. The plan debits the wallet channels in the spend order and
+/// credits store, streamer and platform per channel.
+pub fn gift(req: &GiftRequest, balances: ChannelCoins) -> Result<GiftPlan> {
+    let total: u64 = balances.iter().sum();
+    let Some(funding) = draw(balances, req.price_coins, &req.policy.spend_order) else {
+        return Err(Error::InsufficientFunds {
+            balance_coins: total,
+            price_coins: req.price_coins,
+        });
+    };
+    let parts = split(
+        funding,
+        req.policy.store_fees,
+        req.policy.streamer_share_bps,
+    );
+    assert_eq!(
+        parts.total_coins(),
+        req.price_coins,
+        "shares must sum to the price"
+    );
+    let mut balances_after = balances;
+    for i in 0..3 {
+        balances_after[i] = balances[i]
+            .checked_sub(funding[i])
+            .expect("a gift never draws more than a wallet channel holds");
+    }
+    let streamer = streamer_account(&req.streamer);
+    let mut entries = Vec::with_capacity(ENTRIES_PER_TXN_MAX);
+    for ch in Channel::ALL {
+        let i = ch.index();
+        if funding[i] > 0 {
+            entries.push(Entry {
+                account: wallet_account(&req.sender, ch),
+                amount_coins: -(funding[i] as i64),
+                channel: ch,
+            });
+        }
+        for (account, coins) in [
+            (store_account(ch), parts.store_by_channel[i]),
+            (streamer.as_str(), parts.streamer_by_channel[i]),
+            (PLATFORM, parts.platform_by_channel[i]),
+        ] {
+            if coins > 0 {
+                entries.push(Entry {
+                    account: account.to_owned(),
+                    amount_coins: coins as i64,
+                    channel: ch,
+                });
+            }
+        }
+    }
+    Ok(GiftPlan {
+        funding_coins: funding,
+        split: parts,
+        posting: Posting::new(entries),
+        balances_after,
+    })
+}
+
+/// Changes to hot accounts (see the module doc), summed over a batch and written once per
+/// account just before the commit.
+#[derive(Debug, Default)]
+pub struct BatchSums {
+    by_account: HashMap<String, i64>,
+}
+
+impl BatchSums {
+    /// Adds a hot-account entry.
+    pub fn add(&mut self, entry: &Entry) {
+        let kind = entry.kind();
+        assert!(kind.is_hot(), "wallets are applied at once: {entry:?}");
+        assert!(
+            kind.is_external() || entry.amount_coins > 0,
+            "internal hot accounts are only credited: {entry:?}"
+        );
+        *self.by_account.entry(entry.account.clone()).or_insert(0) += entry.amount_coins;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_account.is_empty()
+    }
+
+    /// The summed changes, sorted by account (a fixed lock order for backends that lock rows).
+    pub fn drain_sorted(&mut self) -> Vec<(String, i64)> {
+        let mut sums: Vec<(String, i64)> = self.by_account.drain().collect();
+        sums.sort_unstable();
+        sums
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gift::StoreFees;
+    use crate::ledger::{GiftPurpose, SplitPolicy};
+    use proptest::prelude::*;
+
+    fn request(price_coins: u64, fees: StoreFees, share: u32, order: Vec<Channel>) -> GiftRequest {
+        GiftRequest {
+            sender: "v".into(),
+            streamer: "star".into(),
+            room: "r".into(),
+            sticker: "s".into(),
+            price_coins,
+            idempotency_key: "k".into(),
+            purpose: GiftPurpose::Sticker,
+            policy: SplitPolicy {
+                store_fees: fees,
+                streamer_share_bps: share,
+                spend_order: order,
+            },
+        }
+    }
+
+    #[test]
+    fn account_kinds() {
+        assert_eq!(AccountKind::of("wallet:v:ios"), Some(AccountKind::Wallet));
+        assert_eq!(AccountKind::of("store:web"), Some(AccountKind::Store));
+        assert_eq!(AccountKind::of("store:moon"), None);
+        assert_eq!(AccountKind::of("platform"), Some(AccountKind::Platform));
+        assert_eq!(AccountKind::of("streamer:"), None);
+        assert!(AccountKind::of("external:android").unwrap().is_external());
+    }
+
+    #[test]
+    fn top_up_moves_coins_from_outside_into_the_wallet() {
+        let req = TopUpRequest {
+            user: "v".into(),
+            channel: Channel::Web,
+            coins: 7,
+            purchase_id: "p".into(),
+        };
+        let p = top_up(&req);
+        let e: Vec<_> = p
+            .entries()
+            .iter()
+            .map(|e| (e.account.as_str(), e.amount_coins))
+            .collect();
+        assert_eq!(e, [("external:web", -7), ("wallet:v:web", 7)]);
+    }
+
+    #[test]
+    #[should_panic(expected = "entries must sum to zero")]
+    fn unbalanced_entries_stop_the_writer() {
+        Posting::new(vec![Entry {
+            account: PLATFORM.into(),
+            amount_coins: 1,
+            channel: Channel::Web,
+        }]);
+    }
+
+    fn channel_order() -> impl Strategy<Value = Vec<Channel>> {
+        Just(Channel::ALL.to_vec()).prop_shuffle()
+    }
+
+    proptest! {
+        #[test]
+        fn a_gift_posts_balanced_entries_that_match_its_split(
+            balances in proptest::array::uniform3(0u64..5_000),
+            price in 1u64..12_000,
+            fee_ios in 0u32..=10_000, fee_android in 0u32..=10_000, fee_web in 0u32..=10_000,
+            share in 0u32..=10_000,
+            order in channel_order(),
+        ) {
+            let fees = StoreFees { ios: fee_ios, android: fee_android, web: fee_web };
+            let req = request(price, fees, share, order);
+            let total: u64 = balances.iter().sum();
+            match gift(&req, balances) {
+                Err(Error::InsufficientFunds { balance_coins, price_coins }) => {
+                    prop_assert!(total < price);
+                    prop_assert_eq!((balance_coins, price_coins), (total, price));
+                }
+                Err(e) => prop_assert!(false, "unexpected refusal {e}"),
+                Ok(plan) => {
+                    prop_assert!(total >= price);
+                    let entries = plan.posting.entries();
+                    prop_assert_eq!(entries.iter().map(|e| e.amount_coins).sum::<i64>(), 0);
+                    prop_assert_eq!(plan.funding_coins.iter().sum::<u64>(), price);
+                    prop_assert_eq!(plan.split.total_coins(), price);
+                    prop_assert_eq!(plan.balance_after_coins(), total - price);
+                    let by = |pred: &dyn Fn(&Entry) -> bool| -> i64 {
+                        entries.iter().filter(|e| pred(e)).map(|e| e.amount_coins).sum()
+                    };
+                    for ch in Channel::ALL {
+                        let i = ch.index();
+                        prop_assert!(plan.funding_coins[i] <= balances[i]);
+                        prop_assert_eq!(plan.balances_after[i], balances[i] - plan.funding_coins[i]);
+                        prop_assert_eq!(
+                            -by(&|e| e.kind() == AccountKind::Wallet && e.channel == ch),
+                            plan.funding_coins[i] as i64
+                        );
+                    }
+                    prop_assert_eq!(by(&|e| e.kind() == AccountKind::Store), plan.split.store_coins as i64);
+                    prop_assert_eq!(by(&|e| e.account == "streamer:star"), plan.split.streamer_coins as i64);
+                    prop_assert_eq!(by(&|e| e.account == PLATFORM), plan.split.platform_coins as i64);
+                    let mut sums = BatchSums::default();
+                    for e in entries.iter().filter(|e| e.kind().is_hot()) {
+                        sums.add(e);
+                    }
+                    let credited: i64 = sums.drain_sorted().iter().map(|(_, c)| c).sum();
+                    prop_assert_eq!(credited, price as i64);
+                }
+            }
+        }
+
+        #[test]
+        fn a_top_up_posts_balanced_entries(coins in 1u64..=TOP_UP_COINS_MAX, ch in 0usize..3) {
+            let req = TopUpRequest {
+                user: "u".into(),
+                channel: Channel::ALL[ch],
+                coins,
+                purchase_id: "p".into(),
+            };
+            let p = top_up(&req);
+            prop_assert_eq!(p.entries().iter().map(|e| e.amount_coins).sum::<i64>(), 0);
+            prop_assert_eq!(p.entries()[1].amount_coins, coins as i64);
+        }
+
+        #[test]
+        fn a_batch_of_gifts_never_overdraws(
+            start in proptest::array::uniform3(0u64..300),
+            prices in proptest::collection::vec(1u64..200, 1..20),
+        ) {
+            // Applying plans in sequence, each on the balances the previous one left, as a
+            // backend does within a batch: no channel ever goes below zero.
+            let mut balances = start;
+            let mut spent = 0;
+            for price in prices {
+                let req = request(price, StoreFees { ios: 3000, android: 3000, web: 0 }, 5000, Channel::ALL.to_vec());
+                if let Ok(plan) = gift(&req, balances) {
+                    balances = plan.balances_after;
+                    spent += price;
+                }
+            }
+            prop_assert_eq!(balances.iter().sum::<u64>() + spent, start.iter().sum::<u64>());
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! Two giftd nodes on one PostgreSQL ledger.
+//!
+//! The nodes share nothing but the ledger (rooms stay per node): each test opens the same room
+//! on both. What must hold across nodes:
+//!
+//! 1. The same idempotency key sent to both nodes at the same moment debits once: one node
+//!    applies it, the other replays the same receipt (or, racing inside one batch, loses the
+//!    race and decides again), and neither answers with an error.
+//! 2. Many viewers gifting through both nodes while a checker reads totals keep the bank
+//!    invariant at every read: balances and credits sum to the top-ups, nothing is negative.
+//! 3. A PostgreSQL that becomes unreachable: gifts are refused with `ledger_unavailable`, no
+//!    receipt is sent without a commit, `/readyz` goes unready, and the node recovers by itself.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::future::join_all;
+use giftd::config::LedgerBackend;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+use support::ledger::{check, checker, read_totals, LedgerDb};
+use support::TestServer;
+
+/// Two nodes on one fresh PostgreSQL schema. The first holds the schema's guard, so it is
+/// returned first and must be dropped last.
+async fn two_nodes() -> (TestServer, TestServer) {
+    let a = TestServer::start().await;
+    assert_eq!(a.config.ledger.backend, LedgerBackend::Postgres);
+    let b = TestServer::start_in(tempfile::tempdir().unwrap(), a.config.clone()).await;
+    (a, b)
+}
+
+async fn viewer_in_room(server: &TestServer, user: &str) -> support::Client {
+    let mut c = server.viewer(user).await;
+    c.join("r").await;
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_key_on_two_nodes_at_once_debits_once() {
+    support::ledger::on(LedgerBackend::Postgres, async {
+        let (a, b) = two_nodes().await;
+        a.top_up("bob", "web", 10_000, "w1").await;
+        let mut stars = Vec::new();
+        for node in [&a, &b] {
+            let mut star = node.streamer("star").await;
+            star.open_room("r", "t").await;
+            stars.push(star);
+        }
+        const ROUNDS: usize = 30;
+        let mut on_a = viewer_in_room(&a, "bob").await;
+        let mut on_b = viewer_in_room(&b, "bob").await;
+        for round in 0..ROUNDS {
+            let key = format!("k{round}");
+            let (ra, rb) = tokio::join!(
+                on_a.send_gift("coffee", &key),
+                on_b.send_gift("coffee", &key)
+            );
+            let (ra, rb) = (ra.unwrap(), rb.unwrap());
+            assert_eq!(ra["gift_id"], rb["gift_id"], "{ra} {rb}");
+            let fresh = [&ra, &rb].iter().filter(|r| r["replayed"] == false).count();
+            assert_eq!(fresh, 1, "exactly one node applied {key}: {ra} {rb}");
+        }
+        let expected = 10_000 - 100 * ROUNDS as u64;
+        assert_eq!(a.balance("bob").await, expected);
+        assert_eq!(b.balance("bob").await, expected);
+        let db = LedgerDb::open(&a.config).await;
+        let report = db.audit().await;
+        assert!(report.violations.is_empty(), "{:#?}", report.violations);
+        assert_eq!(report.gifts, ROUNDS as u64);
+        drop(b);
+        drop(a);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_on_two_nodes_keep_the_bank_invariant_at_every_read() {
+    support::ledger::on(LedgerBackend::Postgres, async {
+        const VIEWERS: usize = 16;
+        const GIFTS_PER_VIEWER: usize = 40;
+        let seed: u64 = rand::random();
+        eprintln!("cluster: seed {seed}");
+        let (a, b) = two_nodes().await;
+        let (a, b) = (Arc::new(a), Arc::new(b));
+        let mut stars = Vec::new();
+        for node in [&a, &b] {
+            let mut star = node.streamer("star").await;
+            star.open_room("r", "t").await;
+            stars.push(star);
+        }
+        let mut topped = 0u64;
+        for v in 0..VIEWERS {
+            let node = if v % 2 == 0 { &a } else { &b };
+            node.top_up(&format!("v{v}"), ["ios", "android", "web"][v % 3], 1_500, &format!("p{v}"))
+                .await;
+            topped += 1_500;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let checking = tokio::spawn(checker(LedgerDb::open(&a.config).await, stop.clone()));
+        let started = Instant::now();
+        let loads = (0..VIEWERS).map(|v| {
+            let (a, b) = (a.clone(), b.clone());
+            async move {
+                let mut rng = StdRng::seed_from_u64(seed.wrapping_add(v as u64));
+                let user = format!("v{v}");
+                let mut clients = [viewer_in_room(&a, &user).await, viewer_in_room(&b, &user).await];
+                let mut spent = 0u64;
+                for g in 0..GIFTS_PER_VIEWER {
+                    let (sticker, price) = [("rose", 1), ("clap", 10), ("coffee", 100)][rng.random_range(0..3)];
+                    let key = format!("{user}-{g}");
+                    let node = rng.random_range(0..2);
+                    // Now and then the same key goes to the other node too, as a retry would.
+                    let both = rng.random_bool(0.2);
+                    let first = clients[node].send_gift(sticker, &key).await;
+                    let second = if both {
+                        Some(clients[1 - node].send_gift(sticker, &key).await)
+                    } else {
+                        None
+                    };
+                    match first {
+                        Ok(r) => {
+                            assert_eq!(r["replayed"], false, "{r}");
+                            spent += price;
+                            if let Some(again) = second {
+                                let again = again.unwrap();
+                                assert_eq!((again["replayed"].clone(), again["gift_id"].clone()), (json!(true), r["gift_id"].clone()));
+                            }
+                        }
+                        Err(e) => {
+                            assert_eq!(e["reason"], "insufficient_funds", "{e}");
+                            if let Some(again) = second {
+                                assert_eq!(again.unwrap_err()["reason"], "insufficient_funds");
+                            }
+                        }
+                    }
+                }
+                (user, spent)
+            }
+        });
+        let spent = join_all(loads).await;
+        stop.store(true, Ordering::Relaxed);
+        let (reads, _) = checking.await.unwrap();
+        assert!(reads > 0, "the checker never read the ledger");
+        let db = LedgerDb::open(&a.config).await;
+        let end = read_totals(&db).await;
+        check(&end);
+        assert_eq!(end.topups as u64, topped);
+        let mut gifted = 0;
+        for (user, spent) in &spent {
+            assert_eq!(a.balance(user).await, 1_500 - spent, "{user}");
+            gifted += spent;
+        }
+        assert_eq!(end.gifted as u64, gifted);
+        let report = db.audit().await;
+        assert!(report.violations.is_empty(), "{:#?}", report.violations);
+        eprintln!(
+            "cluster: {} gifts ({gifted} coins) through two nodes in {:.1} s; {reads} consistent reads",
+            end.gifts,
+            started.elapsed().as_secs_f64()
+        );
+        drop(b);
+        drop(a);
+    })
+    .await
+}
+
+/// A TCP proxy in front of PostgreSQL that the test can cut (every connection dropped, new ones
+/// refused) and heal: an unreachable database without touching the shared server.
+struct Proxy {
+    addr: std::net::SocketAddr,
+    up: Arc<AtomicBool>,
+    links: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(target: String) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(AtomicBool::new(true));
+        let links = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let accept = tokio::spawn({
+            let (up, links) = (up.clone(), links.clone());
+            async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    if !up.load(Ordering::SeqCst) {
+                        continue; // Dropped: the database is unreachable.
+                    }
+                    let target = target.clone();
+                    let link = tokio::spawn(async move {
+                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                    links.lock().unwrap().push(link);
+                }
+            }
+        });
+        Proxy {
+            addr,
+            up,
+            links,
+            accept,
+        }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+
+    fn heal(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}
+
+async fn readyz(server: &TestServer) -> u16 {
+    server.http("GET", "/readyz", None, None).await.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_database_refuses_gifts_and_the_node_recovers_by_itself() {
+    let schema = support::ledger::PgSchema::create();
+    let pg: tokio_postgres::Config = schema.url.parse().unwrap();
+    let host = match &pg.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        other => panic!("the test database must be reached over TCP, not {other:?}"),
+    };
+    let target = format!("{host}:{}", pg.get_ports().first().copied().unwrap_or(5432));
+    let proxy = Proxy::start(target.clone()).await;
+    let url = schema.url.replacen(&target, &proxy.addr.to_string(), 1);
+    assert_ne!(url, schema.url, "the URL names {target}");
+    let server = TestServer::start_with(|c| {
+        c.ledger.backend = LedgerBackend::Postgres;
+        c.ledger.postgres_url = url;
+        c.ledger.call_timeout_ms = 1_000;
+    })
+    .await;
+    server.top_up("bob", "web", 1_000, "w1").await;
+    let mut star = server.streamer("star").await;
+    star.open_room("r", "t").await;
+    let mut bob = viewer_in_room(&server, "bob").await;
+    bob.send_gift("coffee", "k1").await.unwrap();
+    assert_eq!(readyz(&server).await, 200);
+
+    proxy.cut();
+    let e = bob.send_gift("coffee", "k2").await.unwrap_err();
+    assert_eq!(e["reason"], "ledger_unavailable", "{e}");
+    assert_eq!(readyz(&server).await, 503);
+    let e = bob.send_gift("coffee", "k2").await.unwrap_err();
+    assert_eq!(e["reason"], "ledger_unavailable", "{e}");
+
+    proxy.heal();
+    let deadline = Instant::now() + std::time::Duration::from_secs(20);
+    while readyz(&server).await != 200 {
+        assert!(Instant::now() < deadline, "the node did not recover");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let r = bob.send_gift("coffee", "k2").await.unwrap();
+    assert_eq!(
+        r["replayed"], false,
+        "k2 was refused, so it had not been charged: {r}"
+    );
+    assert_eq!(r["balance_coins"], 800);
+    assert_eq!(server.balance("bob").await, 800);
+    let direct = giftd::config::Config {
+        ledger: giftd::config::LedgerConfig {
+            backend: LedgerBackend::Postgres,
+            postgres_url: schema.url.clone(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let report = LedgerDb::open(&direct).await.audit().await;
+    assert!(report.violations.is_empty(), "{:#?}", report.violations);
+    assert_eq!(report.gifts, 2);
+    drop(server);
+    drop(proxy);
+}
