@@ -222,9 +222,10 @@ pub trait Ledger: Send + Sync + 'static {
 /// Validates a top-up before it reaches a backend.
 pub(crate) fn check_top_up(req: &TopUpRequest) -> Result<()> {
     if req.coins == 0 || req.coins > posting::TOP_UP_COINS_MAX {
-        return Err(crate::error::Error::InvalidAmount(
-            "coins must be positive and reasonable".into(),
-        ));
+        return Err(crate::error::Error::InvalidAmount(format!(
+            "coins must be a whole number from 1 to {}",
+            posting::TOP_UP_COINS_MAX
+        )));
     }
     check_key(&req.purchase_id, "purchase_id")
 }

@@ -41,8 +41,9 @@ pub const PLATFORM: &str = "platform";
 /// At most: a debit and three credits per channel.
 pub const ENTRIES_PER_TXN_MAX: usize = 12;
 
-/// Coins accepted in one top-up at most: far below `i64::MAX`, so sums of many stay exact.
-pub const TOP_UP_COINS_MAX: u64 = i64::MAX as u64 / 4;
+/// Coins accepted in one top-up at most (the protocol's bound, `bounds.rs`): far below
+/// `i64::MAX`, so sums of many stay exact.
+pub const TOP_UP_COINS_MAX: u64 = crate::bounds::TOPUP_COINS_MAX;
 
 /// The kinds of account, by what the rules allow on them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
