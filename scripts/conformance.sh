@@ -42,10 +42,15 @@ BIN=target/debug/giftd
 mkdir -p "$OUT"
 rm -rf "$OUT/report"
 WORK=$(mktemp -d)
-PORT=$("$VENV/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+free_port() {
+    "$VENV/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+PORT=$(free_port)
+ADMIN_PORT=$(free_port)
 # giftd reads every GIFTD_* variable as configuration; start it from a clean slate.
 for name in $(compgen -e | grep '^GIFTD_' || true); do unset "$name"; done
 GIFTD_SERVER__LISTEN="127.0.0.1:$PORT" \
+GIFTD_SERVER__ADMIN_LISTEN="127.0.0.1:$ADMIN_PORT" \
 GIFTD_LEDGER__PATH="$WORK/giftd.db" \
 GIFTD_SERVER__ECHO_ENDPOINT=true \
 GIFTD_SERVER__MESSAGE_BYTES_MAX=16777216 \
@@ -63,7 +68,7 @@ trap cleanup EXIT
 
 # Wait (bounded) until the server answers.
 for _ in $(seq 1 100); do
-    if "$VENV/bin/python" -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$PORT/healthz', timeout=1)" 2>/dev/null; then
+    if "$VENV/bin/python" -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$ADMIN_PORT/healthz', timeout=1)" 2>/dev/null; then
         break
     fi
     if ! kill -0 "$SERVER" 2>/dev/null; then

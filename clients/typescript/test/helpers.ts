@@ -75,7 +75,7 @@ export async function until<T>(what: string, check: () => T | undefined | false,
   const deadline = Date.now() + ms;
   for (;;) {
     const v = check();
-    if (v !== undefined && v !== false) return v;
+    if (v) return v;
     if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 10));
   }
@@ -89,7 +89,7 @@ export async function untilAsync<T>(
   const deadline = Date.now() + ms;
   for (;;) {
     const v = await check();
-    if (v !== undefined && v !== false) return v;
+    if (v) return v;
     if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 20));
   }

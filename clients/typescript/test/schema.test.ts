@@ -1,0 +1,188 @@
+// The protocol schema against real frames from a real giftd: every frame the SDK sends and every
+// frame it receives in a session that exercises every command, event kind and private message.
+import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { Ajv2020 } from 'ajv/dist/2020.js';
+import { afterAll, describe, expect, it } from 'vitest';
+import WebSocket from 'ws';
+import { GiftdError } from '../src/index.js';
+import { client, closeAll, giftd, topup, uid, until } from './helpers.js';
+
+const schemaPath = fileURLToPath(new URL('../schema/protocol.schema.json', import.meta.url));
+const schema = JSON.parse(readFileSync(schemaPath, 'utf8')) as { $id: string };
+const ajv = new Ajv2020({ strict: true, allErrors: true });
+ajv.addSchema(schema);
+const validator = (def: string) => {
+  const v = ajv.getSchema(`${schema.$id}#/$defs/${def}`);
+  if (!v) throw new Error(`no $defs/${def}`);
+  return v;
+};
+
+/** Validates `value` against `$defs/def`, failing with ajv's errors and the frame. */
+function expectValid(def: string, value: unknown): void {
+  const v = validator(def);
+  if (!v(value)) {
+    throw new Error(`not a valid ${def}: ${JSON.stringify(value)}\n${ajv.errorsText(v.errors)}`);
+  }
+}
+
+const RESULT_DEF: Record<string, string> = {
+  auth: 'AuthResult',
+  open_room: 'OpenRoomResult',
+  close_room: 'CloseRoomResult',
+  join: 'JoinResult',
+  leave: 'LeaveResult',
+  send_gift: 'SendGiftResult',
+  ask: 'AskResult',
+  answer: 'AnswerResult',
+  thank: 'ThankResult',
+  balance: 'BalanceResult',
+  ping: 'PingResult',
+};
+
+/** Collects one client's frames; `check()` validates them all and returns what was seen. */
+class Tap {
+  readonly out: Record<string, unknown>[] = [];
+  readonly in: Record<string, unknown>[] = [];
+  readonly onFrame = (dir: 'in' | 'out', text: string) => {
+    (dir === 'in' ? this.in : this.out).push(JSON.parse(text) as Record<string, unknown>);
+  };
+
+  check(seen: Set<string>): void {
+    const commandById = new Map<number, Record<string, unknown>>();
+    for (const m of this.out) {
+      expectValid('ClientMessage', m);
+      commandById.set(m.id as number, m);
+    }
+    for (const m of this.in) {
+      expectValid('ServerMessage', m);
+      if (m.type === 'ack') {
+        const command = commandById.get(m.id as number);
+        expect(command, `ack for an id never sent: ${JSON.stringify(m)}`).toBeDefined();
+        const type = command!.type as string;
+        // Which variant: the generic result definition, and the specific one for the record.
+        expectValid(RESULT_DEF[type]!, m.result);
+        let variant = type;
+        const r = m.result as Record<string, unknown>;
+        if (type === 'join') variant = r.recovered === true ? 'join(recovered)' : r.recovered === false ? 'join(not recovered)' : 'join';
+        if (type === 'ask') variant = 'receipt' in r ? 'ask(paid)' : 'ask(free)';
+        if (type === 'balance' && 'earnings_coins' in r) variant = 'balance(streamer)';
+        seen.add(`ack:${variant}`);
+      } else if (m.type === 'event') {
+        seen.add(`event:${m.kind as string}`);
+        if (m.kind === 'question' && 'paid' in m) seen.add('event:question(paid)');
+      } else {
+        seen.add(m.type as string);
+      }
+    }
+  }
+}
+
+afterAll(closeAll);
+
+describe('protocol schema', () => {
+  it('src/protocol.ts is generated from the schema and up to date', () => {
+    const script = fileURLToPath(new URL('../scripts/gen-types.mjs', import.meta.url));
+    const out = execFileSync(process.execPath, [script, '--check'], { encoding: 'utf8' });
+    expect(out).toContain('matches the schema');
+  });
+
+  it('every frame of a full session with a real giftd matches it', async () => {
+    const room = uid('schema');
+    const star = uid('star');
+    const bob = uid('bob');
+    const carol = uid('carol');
+    const taps = { star: new Tap(), bob: new Tap(), carol: new Tap() };
+    const s = await client(star, 'streamer', { onFrame: taps.star.onFrame });
+    // bob authenticates with an `auth` message, the others in the handshake.
+    const b = await client(bob, 'viewer', { onFrame: taps.bob.onFrame, auth: 'message' });
+    const c = await client(carol, 'viewer', { onFrame: taps.carol.onFrame });
+    await topup(bob, 'ios', 10_000);
+
+    await s.openRoom(room, 'Schema stream');
+    await b.join(room);
+    await c.join(room);
+    const receipt = await b.sendGift('coffee');
+    const free = await b.ask('What game is next?');
+    const paid = await b.ask('Shout-out?', { sticker: 'star' });
+    const answered = new Promise((r) => b.once('answered', r));
+    const thanked = new Promise((r) => b.once('thanked', r));
+    await s.answer(free.question_id, 'Chess!');
+    await s.thank(receipt.gift_id, 'Thanks bob!');
+    await Promise.all([answered, thanked]);
+    expect(paid.receipt.price_coins).toBe(500);
+    await b.balance();
+    await s.balance();
+    await c.ping();
+    // Errors: one per family the SDK meets in a normal session.
+    const errors = await Promise.all([
+      c.sendGift('no-such-sticker').catch((e: unknown) => e),
+      c.sendGift('castle').catch((e: unknown) => e),
+      c.openRoom(uid('nope'), 'x').catch((e: unknown) => e),
+      b.join(room).catch((e: unknown) => e),
+    ]);
+    expect(errors.map((e) => (e as GiftdError).reason)).toEqual([
+      'unknown_sticker',
+      'insufficient_funds',
+      'wrong_role',
+      'already_in_room',
+    ]);
+    // A viewer count is published at most every 500 ms after it changes.
+    await until('a viewers event', () => taps.star.in.some((m) => m.kind === 'viewers'));
+    // Leave; join again from a position (recovered), and from a foreign epoch (a fresh snapshot).
+    const position = c.position!;
+    await c.leave();
+    await c.join(room, { since: position });
+    await c.leave();
+    await c.join(room, { since: { epoch: 'feedfacefeedface', seq: 1 } });
+    const closed = new Promise((r) => c.once('room_closed', r));
+    await s.closeRoom();
+    await closed;
+
+    const seen = new Set<string>();
+    for (const tap of Object.values(taps)) tap.check(seen);
+    const expected = [
+      'welcome',
+      'error',
+      'thanks',
+      'answered',
+      ...['auth', 'open_room', 'close_room', 'join', 'join(recovered)', 'join(not recovered)', 'leave'].map((k) => `ack:${k}`),
+      ...['send_gift', 'ask(free)', 'ask(paid)', 'answer', 'thank', 'balance', 'balance(streamer)', 'ping'].map(
+        (k) => `ack:${k}`,
+      ),
+      ...['viewers', 'gift', 'question', 'question(paid)', 'answer', 'thanks', 'room_closed'].map((k) => `event:${k}`),
+    ];
+    expect([...seen].sort()).toEqual(expect.arrayContaining(expected.sort()));
+  });
+
+  it('an error with `id: null` (malformed JSON) matches it', async () => {
+    const ws = new WebSocket(giftd.wsUrl);
+    const frames: unknown[] = [];
+    await new Promise<void>((ok, fail) => {
+      ws.once('error', fail);
+      ws.on('open', () => {
+        ws.send(JSON.stringify({ type: 'ping', id: 1 })); // before auth: not_authenticated
+        ws.send('{nope');
+      });
+      ws.on('message', (data) => {
+        frames.push(JSON.parse(String(data)));
+        if (frames.length === 2) ok();
+      });
+    });
+    ws.close();
+    for (const f of frames) expectValid('ErrorMessage', f);
+    expect(frames).toMatchObject([
+      { id: 1, code: 11005, reason: 'not_authenticated' },
+      { id: null, code: 11001, reason: 'bad_json' },
+    ]);
+  });
+
+  it('the schema rejects frames that break it (the checks can fail)', () => {
+    const v = validator('ServerMessage');
+    expect(v({ type: 'event', room: 'r', epoch: 'e1', seq: 1, kind: 'gift' })).toBe(false);
+    expect(v({ type: 'welcome', user: 'u', role: 'viewer', server_time_ms: 1, extra: 1 })).toBe(false);
+    expect(validator('Receipt')({ gift_id: 'g1' })).toBe(false);
+    expect(validator('ClientMessage')({ type: 'send_gift', id: 1, sticker: 'rose' })).toBe(false);
+  });
+});
