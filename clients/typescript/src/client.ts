@@ -568,7 +568,8 @@ export class GiftdClient extends TypedEmitter<ClientEvents> {
       },
       reject: (error) => {
         this.resyncing = false;
-        if (error.reason === 'connection_lost' || error.reason === 'closed') return;
+        // The connection is gone (or about to be, after a timeout): the next one re-joins.
+        if (error.code === 0) return;
         this.seq.clear();
         this.emit('roomLost', { room, error });
         this.startOpen();

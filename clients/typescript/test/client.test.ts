@@ -292,6 +292,78 @@ describe('reconnects', () => {
     expect(events.filter((e) => e.kind === 'gift')).toHaveLength(4);
   });
 
+  it('a re-join that cannot recover (history outrun) delivers a fresh snapshot, then events from it', async () => {
+    const { room } = await stage();
+    const v = await client(uid('viewer'), 'viewer');
+    const giver = uid('giver');
+    await topup(giver, 'web', 1_000);
+    const g = await client(giver, 'viewer');
+    await v.join(room);
+    await g.join(room);
+    const events = record(v);
+    const snapshots: number[] = [];
+    v.on('snapshot', (s) => snapshots.push(s.seq));
+    const first = await g.sendGift('rose');
+    await until('the first gift', () => events.some((e) => e.seq === first.seq));
+    let release!: () => void;
+    const hold = new Promise<void>((r) => (release = r));
+    const rejoined = new Promise<RejoinedInfo>((r) => v.once('rejoined', r));
+    const disconnected = new Promise((r) => v.once('disconnected', r));
+    v.dropConnection({ holdReconnect: hold });
+    await disconnected;
+    // More events than the room keeps (rooms.history_events_max = 32 in these tests).
+    const away = await Promise.all(Array.from({ length: 40 }, () => g.sendGift('rose')));
+    const lastAway = Math.max(...away.map((r) => r.seq!));
+    release();
+    const r = await rejoined;
+    expect(r.recovered).toBe(false);
+    expect(r.snapshot).toMatchObject({ room, recovered: false });
+    expect(r.snapshot!.seq).toBeGreaterThanOrEqual(lastAway);
+    expect(snapshots).toEqual([r.snapshot!.seq]); // also emitted as `snapshot`
+    const next = await g.sendGift('heart');
+    await until('the next gift', () => events.some((e) => e.seq === next.seq));
+    // Nothing from the lost stretch was delivered; after the snapshot, events follow it in order.
+    const before = events.filter((e) => e.seq <= first.seq!);
+    const after = events.filter((e) => e.seq > first.seq!);
+    expectExactlyOnceInOrder(before);
+    expectExactlyOnceInOrder(after);
+    expect(after[0]!.seq).toBe(r.snapshot!.seq + 1);
+    expect(v.position).toEqual({ epoch: r.snapshot!.epoch, seq: events.at(-1)!.seq });
+  });
+
+  it('backoff grows exponentially with jitter, is bounded, and gives up after maxAttempts', async () => {
+    const user = uid('viewer');
+    let calls = 0;
+    const v = await client(user, 'viewer', {
+      token: () => {
+        if (++calls > 1) throw new Error('no token today');
+        return token(user, 'viewer');
+      },
+      reconnect: { initialDelayMs: 40, maxDelayMs: 160, maxAttempts: 5 },
+    });
+    const delays: number[] = [];
+    v.on('reconnecting', (r) => delays.push(r.delayMs));
+    const closed = new Promise((r) => v.once('closed', r));
+    const errors: string[] = [];
+    v.on('error', (e) => errors.push(e.reason));
+    v.dropConnection();
+    await closed;
+    expect(delays).toHaveLength(5);
+    const bases = [40, 80, 160, 160, 160];
+    delays.forEach((d, i) => {
+      expect(d).toBeGreaterThanOrEqual(bases[i]! / 2);
+      expect(d).toBeLessThanOrEqual(bases[i]!);
+    });
+    expect(errors).toEqual(['closed']);
+    expect(v.state).toBe('closed');
+  });
+
+  it('the token can go in the URL (`auth: query`, as browsers do)', async () => {
+    const v = await client(uid('browser'), 'viewer', { auth: 'query' });
+    expect(v.user?.role).toBe('viewer');
+    expect((await v.ping()).server_time_ms).toBeGreaterThan(0);
+  });
+
   it('a room closed while away: the re-join fails with room_not_found and the app is told', async () => {
     const { room, s } = await stage();
     const v = await client(uid('viewer'), 'viewer');

@@ -42,6 +42,8 @@ export default async function setup(project: TestProject): Promise<() => Promise
     GIFTD_SERVER__LISTEN: `127.0.0.1:${pub}`,
     GIFTD_SERVER__ADMIN_LISTEN: `127.0.0.1:${admin}`,
     GIFTD_LEDGER__PATH: join(dir, 'giftd.db'),
+    // A short room history, so that a test can outrun it (a re-join that cannot recover).
+    GIFTD_ROOMS__HISTORY_EVENTS_MAX: '32',
     GIFTD_LIMITS__CONNECTION__GIFTS__PER_SEC: '1000',
     GIFTD_LIMITS__CONNECTION__GIFTS__BURST: '1000',
     GIFTD_LIMITS__CONNECTION__QUESTIONS__PER_SEC: '1000',
