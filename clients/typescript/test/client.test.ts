@@ -364,6 +364,42 @@ describe('reconnects', () => {
     expect((await v.ping()).server_time_ms).toBeGreaterThan(0);
   });
 
+  it('works with the WHATWG WebSocket of browsers (token in the URL, reconnect, recovery)', async () => {
+    expect(typeof globalThis.WebSocket).toBe('function');
+    const { room } = await stage();
+    const user = uid('browser');
+    // No `WebSocket` option: the SDK finds the global one, as in a browser.
+    const v = new GiftdClient({
+      url: giftd.wsUrl,
+      token: token(user, 'viewer'),
+      reconnect: { initialDelayMs: 50, maxDelayMs: 200 },
+    });
+    try {
+      await v.connect();
+      await v.join(room);
+      const events = record(v);
+      const giver = uid('giver');
+      await topup(giver, 'web', 10);
+      const g = await client(giver, 'viewer');
+      await g.join(room);
+      const first = await g.sendGift('rose');
+      await until('the first gift', () => events.some((e) => e.seq === first.seq));
+      let release!: () => void;
+      const hold = new Promise<void>((r) => (release = r));
+      const rejoined = new Promise<RejoinedInfo>((r) => v.once('rejoined', r));
+      const disconnected = new Promise((r) => v.once('disconnected', r));
+      v.dropConnection({ holdReconnect: hold }); // no terminate() here: a close(4000)
+      await disconnected;
+      const missed = await g.sendGift('rose');
+      release();
+      expect(await rejoined).toEqual({ room, recovered: true });
+      await until('the missed gift', () => events.some((e) => e.seq === missed.seq));
+      expectExactlyOnceInOrder(events);
+    } finally {
+      v.close();
+    }
+  });
+
   it('a room closed while away: the re-join fails with room_not_found and the app is told', async () => {
     const { room, s } = await stage();
     const v = await client(uid('viewer'), 'viewer');
