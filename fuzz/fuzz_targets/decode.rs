@@ -18,8 +18,8 @@ fuzz_target!(|data: &[u8]| {
             let _ = command.rate_class();
         }
         Err(e) => {
-            // Every decode failure is a protocol error (1xxx) with a stable reason.
-            assert!((1000..2000).contains(&e.code()), "{e:?} from {text:?}");
+            // Every decode failure is a protocol error (11xxx) with a stable reason.
+            assert!((11000..12000).contains(&e.code()), "{e:?} from {text:?}");
             assert!(!e.reason().is_empty());
             let _ = e.client_message();
         }
