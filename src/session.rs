@@ -4,6 +4,14 @@
 //! reader hands it each text frame; it decodes, checks auth, role and rate limits before any work
 //! or money moves, runs the command, and queues exactly one `ack` or `error` carrying the
 //! client's `id`. It returns a close code only when the connection must end.
+//!
+//! This file holds the session's lifecycle and the checks every command shares (authentication,
+//! rate limits, roles, the current room); each command's handler lives with its family:
+//! `session/rooms.rs`, `session/gifts.rs` and `session/questions.rs`.
+
+mod gifts;
+mod questions;
+mod rooms;
 
 use std::sync::{Arc, Mutex};
 
@@ -14,37 +22,14 @@ use tokio::time::Instant;
 
 use crate::app::App;
 use crate::auth::{Identity, Role};
-use crate::bounds::EPOCH_CHARS_MAX;
 use crate::error::{CloseCode, Error, Result};
 use crate::gift::catalog::Sticker;
-use crate::gifting;
 use crate::metrics::OutKind;
 use crate::outbox::{Outbound, Outbox};
-use crate::protocol::client::Since;
-use crate::protocol::client::{check_room_id, check_text};
-use crate::protocol::server::{self, encode, ReceiptView, Recovered, ServerMessage};
+use crate::protocol::server;
 use crate::protocol::{self, Command, Frame};
 use crate::ratelimit::{self, Buckets};
-use crate::room::{ConnId, Entry, Position, Room};
-
-/// Default text of a streamer's thank-you when none is given.
-const THANKS_TEXT_DEFAULT: &str = "Thank you!";
-
-/// Checks a client's `since` position: an epoch is 1 to `EPOCH_CHARS_MAX` ASCII alphanumerics.
-fn check_since(since: Since) -> Result<Position> {
-    let ok = !since.epoch.is_empty()
-        && since.epoch.len() <= EPOCH_CHARS_MAX
-        && since.epoch.bytes().all(|b| b.is_ascii_alphanumeric());
-    if !ok {
-        return Err(Error::InvalidMessage(format!(
-            "since.epoch must be 1 to {EPOCH_CHARS_MAX} letters or digits"
-        )));
-    }
-    Ok(Position {
-        epoch: since.epoch,
-        seq: since.seq,
-    })
-}
+use crate::room::{ConnId, Room};
 
 fn ack<T: Serialize>(id: u64, result: &T) -> Result<Reply> {
     Ok(Reply::Ack(server::ack(id, result)))
@@ -249,195 +234,30 @@ impl Session {
         Ok(room)
     }
 
+    /// One handler per command: the handlers live with their family in `session/*.rs`.
     async fn dispatch(&mut self, id: u64, command: Command) -> Result<Reply> {
-        let ack = |result: &serde_json::Value| ack(id, result);
         match command {
-            Command::Auth { token } => {
-                if self.identity.is_some() {
-                    return Err(Error::AlreadyAuthenticated);
-                }
-                let identity = self.app.auth.verify(&token)?;
-                let result = json!({ "user": identity.user, "role": identity.role });
-                self.authenticate(identity);
-                ack(&result)
-            }
-            Command::OpenRoom { room, title } => self.open_room(id, &room, &title),
-            Command::CloseRoom {} => {
-                let room = self.owned_room()?;
-                let seq = room.close("closed by the streamer")?;
-                self.app.rooms.remove(&room);
-                self.room = None;
-                ack(&json!({ "room": room.id, "seq": seq }))
-            }
-            Command::Join { room, since } => self.join(id, &room, since),
-            Command::Leave {} => {
-                let room = self.current_room()?;
-                room.leave(self.conn);
-                self.outbox.send(Outbound::Unsubscribe);
-                self.room = None;
-                ack(&json!({ "room": room.id }))
-            }
-            Command::SendGift { sticker, key } => {
-                self.who().require(Role::Viewer)?;
-                let room = self.current_room()?;
-                let sticker = self.sticker(sticker)?;
-                let user = self.who().user.clone();
-                let done = gifting::send(&self.app, &room, &user, &sticker, &key, None).await?;
-                self::ack(
-                    id,
-                    &ReceiptView::new(&done.outcome.receipt, done.outcome.replayed),
-                )
-            }
-            Command::Ask { text, sticker, key } => self.ask(id, text, sticker, key).await,
-            Command::Answer { question_id, text } => {
-                let room = self.owned_room()?;
-                check_text(&text, self.app.config.rooms.answer_chars_max)?;
-                let (question, seq) = room.answer(question_id, &text)?;
-                let private = encode(&ServerMessage::Answered {
-                    room: &room.id,
-                    question_id,
-                    text: &text,
-                });
-                self.app
-                    .send_to_user(&question.from, OutKind::Answered, &private);
-                ack(&json!({ "question_id": question_id, "seq": seq }))
-            }
-            Command::Thank { gift_id, text } => {
-                let room = self.owned_room()?;
-                let text = text.unwrap_or_else(|| THANKS_TEXT_DEFAULT.to_owned());
-                check_text(&text, self.app.config.rooms.thanks_chars_max)?;
-                let (sender, seq) = room.thank(&gift_id, &text)?;
-                let private = encode(&ServerMessage::Thanks {
-                    room: &room.id,
-                    gift_id: &gift_id,
-                    from: &room.streamer,
-                    text: &text,
-                });
-                self.app.send_to_user(&sender, OutKind::Thanks, &private);
-                ack(&json!({ "gift_id": gift_id, "to": sender, "seq": seq }))
-            }
-            Command::Balance {} => {
-                let user = self.who().user.clone();
-                let wallet = self.app.ledger.wallet(&user).await?;
-                let mut result = json!({
-                    "balance_coins": wallet.total_coins(),
-                    "ios_coins": wallet.ios_coins,
-                    "android_coins": wallet.android_coins,
-                    "web_coins": wallet.web_coins,
-                });
-                if self.who().role == Role::Streamer {
-                    result["earnings_coins"] = self.app.ledger.earnings(&user).await?.into();
-                }
-                ack(&result)
-            }
-            Command::Ping {} => ack(&json!({ "server_time_ms": crate::ledger::now_ms() })),
+            Command::Auth { token } => self.handle_auth(id, &token),
+            Command::OpenRoom { room, title } => self.handle_open_room(id, &room, &title),
+            Command::CloseRoom {} => self.handle_close_room(id),
+            Command::Join { room, since } => self.handle_join(id, &room, since),
+            Command::Leave {} => self.handle_leave(id),
+            Command::SendGift { sticker, key } => self.handle_send_gift(id, sticker, &key).await,
+            Command::Ask { text, sticker, key } => self.handle_ask(id, text, sticker, key).await,
+            Command::Answer { question_id, text } => self.handle_answer(id, question_id, &text),
+            Command::Thank { gift_id, text } => self.handle_thank(id, gift_id, text),
+            Command::Balance {} => self.handle_balance(id).await,
+            Command::Ping {} => ack(id, &json!({ "server_time_ms": crate::ledger::now_ms() })),
         }
     }
 
-    fn enter_check(&mut self, room: &str) -> Result<()> {
-        check_room_id(room)?;
-        self.who().check_room(room)?;
-        if let Ok(current) = self.current_room() {
-            return Err(Error::AlreadyInRoom(current.id.clone()));
+    fn handle_auth(&mut self, id: u64, token: &str) -> Result<Reply> {
+        if self.identity.is_some() {
+            return Err(Error::AlreadyAuthenticated);
         }
-        Ok(())
-    }
-
-    fn open_room(&mut self, id: u64, room_id: &str, title: &str) -> Result<Reply> {
-        self.who().require(Role::Streamer)?;
-        self.enter_check(room_id)?;
-        check_text(title, self.app.config.rooms.title_chars_max)?;
-        let room = Room::new(
-            room_id,
-            &self.who().user,
-            title,
-            &self.app.config.rooms,
-            self.app.metrics.clone(),
-            self.app.fanout.as_ref(),
-        );
-        let room = self.app.rooms.open(room)?;
-        self.enter(id, room)
-    }
-
-    fn join(&mut self, id: u64, room_id: &str, since: Option<Since>) -> Result<Reply> {
-        self.enter_check(room_id)?;
-        let since = since.map(check_since).transpose()?;
-        let room = self
-            .app
-            .rooms
-            .get(room_id)
-            .ok_or_else(|| Error::RoomNotFound(room_id.to_owned()))?;
-        self.enter_since(id, room, since.as_ref())
-    }
-
-    fn enter(&mut self, id: u64, room: Arc<Room>) -> Result<Reply> {
-        self.enter_since(id, room, None)
-    }
-
-    fn enter_since(&mut self, id: u64, room: Arc<Room>, since: Option<&Position>) -> Result<Reply> {
-        let who = self.who();
-        // The room's own streamer (on any of their connections) is a member but not a viewer.
-        let role = if who.role == Role::Streamer && who.user == room.streamer {
-            Role::Streamer
-        } else {
-            Role::Viewer
-        };
-        let (entry, ring) = room.join_since(self.conn, role, self.outbox.clone(), since)?;
-        if since.is_some() {
-            let recovered = matches!(entry, Entry::Recovered { .. });
-            self.app.metrics.recovery(recovered);
-        }
-        let reply = match entry {
-            Entry::Fresh(snapshot) => {
-                Reply::AckThenSubscribe(server::ack(id, &snapshot), Vec::new(), ring)
-            }
-            Entry::Recovered { since_seq, missed } => {
-                let result = Recovered {
-                    room: room.id.clone(),
-                    title: room.title.clone(),
-                    streamer: room.streamer.clone(),
-                    epoch: room.epoch.clone(),
-                    seq: since_seq,
-                    recovered: true,
-                };
-                Reply::AckThenSubscribe(server::ack(id, &result), missed, ring)
-            }
-        };
-        tracing::Span::current().record("room", room.id.as_str());
-        self.room = Some(room);
-        Ok(reply)
-    }
-
-    async fn ask(
-        &mut self,
-        id: u64,
-        text: String,
-        sticker: Option<String>,
-        key: Option<String>,
-    ) -> Result<Reply> {
-        self.who().require(Role::Viewer)?;
-        let room = self.current_room()?;
-        check_text(&text, self.app.config.rooms.question_chars_max)?;
-        let user = self.who().user.clone();
-        let Some(sticker) = sticker else {
-            let (view, seq) = room.ask(&user, &text, None, 0)?;
-            return ack(id, &json!({ "question_id": view.question_id, "seq": seq }));
-        };
-        let key = key.ok_or_else(|| Error::InvalidMessage("a paid question needs `key`".into()))?;
-        let sticker = self.sticker(sticker)?;
-        let done = gifting::send(&self.app, &room, &user, &sticker, &key, Some(&text)).await?;
-        #[derive(Serialize)]
-        struct PaidAck<'a> {
-            question_id: Option<u64>,
-            seq: Option<u64>,
-            receipt: ReceiptView<'a>,
-        }
-        let receipt = ReceiptView::new(&done.outcome.receipt, done.outcome.replayed);
-        let result = PaidAck {
-            question_id: done.question_id,
-            seq: done.outcome.receipt.seq,
-            receipt,
-        };
+        let identity = self.app.auth.verify(token)?;
+        let result = json!({ "user": identity.user, "role": identity.role });
+        self.authenticate(identity);
         ack(id, &result)
     }
 
