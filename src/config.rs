@@ -76,6 +76,10 @@ pub struct ServerConfig {
     /// Kernel send buffer of each client socket (`SO_SNDBUF`), in bytes: what the kernel may hold
     /// for a client that stopped reading before giftd's writer stalls. 4096 to 16777216.
     pub socket_send_buffer_bytes: usize,
+    /// Idle seconds before the kernel probes a silent client connection (TCP keepalive); a peer
+    /// that vanished without closing is then reset after about 30 s more. 0 turns it off;
+    /// otherwise 10 to 7200.
+    pub tcp_keepalive_secs: u64,
     /// Average bytes per second read from one WebSocket; reads beyond it wait. Bounds the work
     /// any one client can cause, whatever its framing (floods of pings or empty fragments).
     /// At least 1024.
@@ -112,6 +116,7 @@ impl Default for ServerConfig {
             ws_read_buffer_bytes: 128,
             ws_write_buffer_bytes: 16 * 1024,
             socket_send_buffer_bytes: 64 * 1024,
+            tcp_keepalive_secs: 60,
             inbound_bytes_per_sec: 64 * 1024,
             inbound_burst_bytes: 256 * 1024,
             write_timeout_ms: 5_000,
@@ -532,6 +537,10 @@ impl ServerConfig {
             4096,
             16 << 20,
         );
+        c.need(
+            self.tcp_keepalive_secs == 0 || (10..=7200).contains(&self.tcp_keepalive_secs),
+            || "server.tcp_keepalive_secs must be 0 (off) or between 10 and 7200".into(),
+        );
         c.at_least(
             "server.inbound_bytes_per_sec",
             self.inbound_bytes_per_sec,
@@ -557,6 +566,15 @@ impl ServerConfig {
                     )
                 },
             );
+        }
+    }
+
+    /// How each accepted client socket is set up.
+    pub fn socket_options(&self) -> crate::socket::SocketOptions {
+        crate::socket::SocketOptions {
+            send_buffer_bytes: self.socket_send_buffer_bytes,
+            keepalive_idle: (self.tcp_keepalive_secs > 0)
+                .then(|| std::time::Duration::from_secs(self.tcp_keepalive_secs)),
         }
     }
 
@@ -769,6 +787,7 @@ mod tests {
             ("[server]\nws_read_buffer_bytes = 63", "server.ws_read_buffer_bytes"),
             ("[server]\nws_write_buffer_bytes = 1023", "server.ws_write_buffer_bytes"),
             ("[server]\nsocket_send_buffer_bytes = 0", "server.socket_send_buffer_bytes"),
+            ("[server]\ntcp_keepalive_secs = 5", "server.tcp_keepalive_secs"),
             ("[server]\ninbound_bytes_per_sec = 0", "server.inbound_bytes_per_sec"),
             ("[server]\ninbound_burst_bytes = 16383", "server.inbound_burst_bytes"),
             ("[server]\nwrite_timeout_ms = 0", "server.write_timeout_ms"),

@@ -142,6 +142,7 @@ pub async fn serve(
     ));
     let admin_permits = Arc::new(Semaphore::new(app.config.server.admin_connections_max));
     let Listeners { public, admin } = listeners;
+    let socket_options = app.config.server.socket_options();
     let backend = app.config.ledger.backend;
     tracing::info!(
         listen = ?public.local_addr().ok(),
@@ -165,18 +166,15 @@ pub async fn serve(
         };
         match accepted {
             Ok((stream, peer)) => match public_permits.clone().try_acquire_owned() {
-                Ok(permit) => {
-                    let send_buffer_bytes = app.config.server.socket_send_buffer_bytes;
-                    match ClientSocket::new(stream, send_buffer_bytes) {
-                        Ok(socket) => {
-                            let reset = Some(socket.reset_handle());
-                            let router = public_router.clone();
-                            let conn = serve_http(socket, peer, router, app.clone(), permit, reset);
-                            tracker.spawn(conn);
-                        }
-                        Err(e) => tracing::debug!(error = %e, %peer, "socket setup failed"),
+                Ok(permit) => match ClientSocket::new(stream, socket_options) {
+                    Ok(socket) => {
+                        let reset = Some(socket.reset_handle());
+                        let router = public_router.clone();
+                        let conn = serve_http(socket, peer, router, app.clone(), permit, reset);
+                        tracker.spawn(conn);
                     }
-                }
+                    Err(e) => tracing::debug!(error = %e, %peer, "socket setup failed"),
+                },
                 Err(_) => refuse(stream, &app, "connections_max"),
             },
             Err(e) => {

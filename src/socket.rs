@@ -7,6 +7,12 @@
 //! the writer stalls, and the slow-consumer rules (`connection.rs`) apply, after a bounded number
 //! of bytes.
 //!
+//! It also turns on TCP keepalive (`server.tcp_keepalive_secs`): a phone that vanished without
+//! closing its connection sends nothing and, in a quiet room, is sent nothing, so without probes
+//! its connection and file descriptor would stay forever. The kernel probes after that many idle
+//! seconds, then every [`KEEPALIVE_INTERVAL`], and resets the connection after
+//! [`KEEPALIVE_RETRIES`] unanswered probes.
+//!
 //! A connection that must close sends a close frame after the frame in progress. If the client
 //! does not read even that within `server.close_timeout_ms`, the socket is reset (RST) rather
 //! than closed (FIN): a plain FIN would end the byte stream wherever the kernel had got to,
@@ -20,9 +26,22 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use socket2::SockRef;
+use socket2::{SockRef, TcpKeepalive};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+
+/// Time between keepalive probes once a connection has been idle for `tcp_keepalive_secs`.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Unanswered keepalive probes after which the kernel resets the connection.
+pub const KEEPALIVE_RETRIES: u32 = 3;
+
+/// How giftd sets up each client socket, from `server.*`.
+#[derive(Debug, Clone, Copy)]
+pub struct SocketOptions {
+    pub send_buffer_bytes: usize,
+    /// Idle time before keepalive probes; `None` turns keepalive off.
+    pub keepalive_idle: Option<Duration>,
+}
 
 /// An accepted client socket.
 pub struct ClientSocket {
@@ -46,11 +65,20 @@ impl ResetOnDrop {
 }
 
 impl ClientSocket {
-    /// Wraps an accepted socket and bounds its kernel send buffer to `send_buffer_bytes` (Linux
-    /// doubles the value for its own bookkeeping, so the payload it holds is at most about that).
-    pub fn new(tcp: TcpStream, send_buffer_bytes: usize) -> io::Result<ClientSocket> {
+    /// Wraps an accepted socket, bounds its kernel send buffer to `send_buffer_bytes` (Linux
+    /// doubles the value for its own bookkeeping, so the payload it holds is at most about that)
+    /// and turns on keepalive.
+    pub fn new(tcp: TcpStream, options: SocketOptions) -> io::Result<ClientSocket> {
         tcp.set_nodelay(true)?;
-        SockRef::from(&tcp).set_send_buffer_size(send_buffer_bytes)?;
+        let sock = SockRef::from(&tcp);
+        sock.set_send_buffer_size(options.send_buffer_bytes)?;
+        if let Some(idle) = options.keepalive_idle {
+            let keepalive = TcpKeepalive::new()
+                .with_time(idle)
+                .with_interval(KEEPALIVE_INTERVAL)
+                .with_retries(KEEPALIVE_RETRIES);
+            sock.set_tcp_keepalive(&keepalive)?;
+        }
         Ok(ClientSocket {
             tcp,
             reset: ResetOnDrop::default(),
@@ -117,14 +145,25 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     async fn pair(send_buffer_bytes: usize) -> (ClientSocket, TcpStream) {
+        let options = SocketOptions {
+            send_buffer_bytes,
+            keepalive_idle: Some(Duration::from_secs(60)),
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let client = TcpStream::connect(addr).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        (
-            ClientSocket::new(server, send_buffer_bytes).unwrap(),
-            client,
-        )
+        (ClientSocket::new(server, options).unwrap(), client)
+    }
+
+    #[tokio::test]
+    async fn silent_peers_are_probed() {
+        let (server, _client) = pair(16 * 1024).await;
+        let sock = SockRef::from(&server.tcp);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(60));
+        assert_eq!(sock.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
+        assert_eq!(sock.tcp_keepalive_retries().unwrap(), KEEPALIVE_RETRIES);
     }
 
     #[tokio::test]
