@@ -1,8 +1,10 @@
 //! The ledger: the durable record of every coin, behind a small trait.
 //!
-//! The rest of giftd talks to [`Ledger`] only, so a PostgreSQL backend can replace the embedded
-//! SQLite one (`ledger/sqlite.rs`) without touching rooms or connections. The contract every
-//! backend keeps:
+//! The rest of giftd talks to [`Ledger`] only, so the embedded SQLite backend (`ledger/sqlite.rs`)
+//! and the PostgreSQL one that several nodes share (`ledger/postgres.rs`) are interchangeable
+//! without touching rooms or connections. Both store what the backend-neutral posting rules
+//! (`ledger/posting.rs`) decide, and both bound every call by a deadline (`ledger/deadline.rs`).
+//! The contract every backend keeps:
 //!
 //! - **Nothing is acknowledged before it is committed.** A method returns `Ok` only after the
 //!   write is durable.
@@ -10,9 +12,11 @@
 //!   earnings, the platform and the stores are accounts; money enters through one external account
 //!   per store channel, so the sum of all balances is always zero.
 //! - **No balance below zero** except the external accounts.
-//! - **Idempotency.** A `(kind, actor, key)` is applied at most once. A repeat with the same
-//!   payload returns the original receipt; a repeat with another payload is
-//!   [`Error::IdempotencyConflict`].
+//! - **Idempotency.** A `(kind, actor, key)` is applied at most once, across all nodes. A repeat
+//!   with the same payload returns the original receipt; a repeat with another payload is
+//!   [`IdempotencyConflict`](crate::error::Error::IdempotencyConflict).
+//! - **A refusal leaves nothing**, and a caller past its deadline gets `ledger_unavailable` with
+//!   nothing charged.
 
 pub mod audit;
 pub mod deadline;

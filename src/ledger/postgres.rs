@@ -638,8 +638,11 @@ impl Writer {
         let draw = client
             .prepare_cached("SELECT nextval('txn_ids') FROM generate_series(1, $1::INT)")
             .await?;
+        // Every statement of a batch is keyed, so a sequential scan is always a misplan (the
+        // planner cannot see an array's length and may hash-join a growing table, which made
+        // each batch scan all of `gifts`); forbid it for the writer's transactions.
         let begin = format!(
-            "BEGIN; SET LOCAL statement_timeout = {}",
+            "BEGIN; SET LOCAL statement_timeout = {}; SET LOCAL enable_seqscan = off",
             self.statement_timeout_ms
         );
         let n = keys.len() as i32;
