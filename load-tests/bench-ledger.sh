@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The ledger backends under `giftd-load gifts` (BENCHMARKS.md, "Ledger backends"): SQLite on one
-# node, PostgreSQL on one node, and PostgreSQL with 2 nodes (two generators, each spawning its own
+# node, PostgreSQL on one node, and PostgreSQL with 2 or 3 nodes (one generator per node, each spawning its own
 # node on the same schema, run at once). Each PostgreSQL run gets a fresh schema, audited with
 # `giftd audit --postgres` and dropped afterwards.
-# Usage: load-tests/bench-ledger.sh [sqlite|pg1|pg2 ...]; RUNS (default 3), PG (server URL,
+# Usage: load-tests/bench-ledger.sh [sqlite|pg1|pg2|pg3 ...]; RUNS (default 3), PG (server URL,
 # default postgres://postgres@127.0.0.1:5432/test), DURATION (seconds, default 10).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,6 +55,7 @@ for scenario in "$@"; do
           --json "$OUT/ledger-sqlite-run$i.json" | tee -a "$OUT/bench-ledger.log" || true ;;
       pg1) pg_run ledger-pg1 1 "$i" ;;
       pg2) pg_run ledger-pg2 2 "$i" ;;
+      pg3) pg_run ledger-pg3 3 "$i" ;;
       *) echo "unknown scenario $scenario" >&2; exit 64 ;;
     esac
   done
