@@ -159,6 +159,8 @@ where
         if session.identity().is_some() {
             auth_deadline = None;
         }
+        // The next command is read only when its replies fit in the outbox (see `outbox.rs`).
+        let room = outbox.has_room_for_a_command();
         let next = tokio::select! {
             biased;
             _ = &mut kicked => return kick.code(),
@@ -166,7 +168,8 @@ where
             _ = async { auth_deadline.as_mut().expect("checked by the guard").await }, if auth_deadline.is_some() => {
                 return CloseCode::AuthTimeout
             }
-            next = stream.next() => next,
+            _ = outbox.room_for_a_command(), if !room => continue,
+            next = stream.next(), if room => next,
         };
         let verdict = match next {
             None => Some(CloseCode::Normal),
@@ -580,6 +583,37 @@ mod tests {
         // Three tolerated, the fourth answered and then the connection closes.
         assert_eq!(errors, 4);
         assert_eq!(close_code(out.last()), Some(4503));
+    }
+
+    /// A client that pipelines far more commands than its outbox holds, and reads its acks only
+    /// afterwards, is not slow: its own acks must never get it dropped.
+    #[tokio::test(start_paused = true)]
+    async fn a_pipelining_client_is_held_back_not_dropped_by_its_own_acks() {
+        let app = app(|c| {
+            c.server.outbox_frames_max = 8;
+            let lots = crate::config::Rate {
+                per_sec: 1e6,
+                burst: 1_000_000,
+            };
+            c.limits.connection.commands = lots;
+            c.limits.user.commands = lots;
+        });
+        let mut conn = drive(&app, Some(("bob", Role::Viewer)), 4);
+        for id in 1..=600 {
+            conn.send(&format!(r#"{{"type":"ping","id":{id}}}"#));
+        }
+        let mut acks = 0;
+        while acks < 600 {
+            match conn.from_server.recv().await.expect("still connected") {
+                Message::Text(t) if t.as_str().contains(r#""type":"ack""#) => acks += 1,
+                Message::Text(t) if t.as_str().contains(r#""type":"welcome""#) => {}
+                other => panic!("after {acks} acks: {other:?}"),
+            }
+        }
+        assert_eq!(app.metrics.slow_consumers.get(), 0);
+        app.shutdown.cancel();
+        let (out, _) = conn.all().await;
+        assert_eq!(close_code(out.last()), Some(1001));
     }
 
     #[tokio::test(start_paused = true)]

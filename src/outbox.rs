@@ -7,7 +7,13 @@
 //! ones. One frame is always accepted into an empty outbox, whatever its size, so a large snapshot
 //! alone never counts as slowness. Pushing never waits: a full outbox means the client is not
 //! reading, so the connection is kicked as a slow consumer and the pusher (another client's
-//! command, a room) carries on. Any task holding an `Outbox` can close the
+//! command, a room) carries on.
+//!
+//! A connection's own replies are different: a client that pipelines many commands is not slow
+//! just because their acks are queued. So the connection's reader reads the next command only
+//! when the outbox has room for its replies ([`Outbox::room_for_a_command`]); until then the
+//! client's commands wait in its socket, and TCP slows the client down instead of giftd dropping
+//! it. Any task holding an `Outbox` can close the
 //! connection with a close code; the first code set wins.
 //!
 //! The queue is a `VecDeque` that allocates only when something is queued, rather than a channel
@@ -23,6 +29,10 @@ use tokio_util::sync::CancellationToken;
 use crate::error::CloseCode;
 use crate::metrics::OutKind;
 use crate::protocol::Frame;
+
+/// Items one command can queue at most: an ack (or error), a replay of missed events and a room
+/// subscription (`join`), or an unsubscribe (`leave`). `server.outbox_frames_max` is at least 8.
+pub const COMMAND_ITEMS_MAX: usize = 4;
 
 /// What a connection's writer is asked to do.
 pub enum Outbound {
@@ -46,6 +56,8 @@ struct Queue {
     /// Held only to push or pop one item; never across `.await`.
     items: Mutex<Items>,
     ready: Notify,
+    /// Signalled when the writer takes an item, for a reader waiting for room.
+    taken: Notify,
     frames_max: usize,
     bytes_max: usize,
 }
@@ -87,6 +99,7 @@ impl OutboxReceiver {
         let mut items = self.queue.items.lock().unwrap_or_else(|p| p.into_inner());
         let item = items.queue.pop_front()?;
         items.bytes -= frame_bytes(&item);
+        self.queue.taken.notify_one();
         if items.queue.is_empty() && items.queue.capacity() > 0 {
             // Idle connections hold no queue memory; private frames are rare enough that
             // allocating again for the next one costs nothing that matters.
@@ -126,6 +139,7 @@ impl Outbox {
         let queue = Arc::new(Queue {
             items: Mutex::new(Items::default()),
             ready: Notify::new(),
+            taken: Notify::new(),
             frames_max,
             bytes_max,
         });
@@ -177,6 +191,22 @@ impl Outbox {
         self.kick.kick(code);
     }
 
+    /// Whether the queue can take the replies of one more command (at most
+    /// [`COMMAND_ITEMS_MAX`] items) and is at most half full in bytes.
+    pub fn has_room_for_a_command(&self) -> bool {
+        let items = self.queue.items.lock().unwrap_or_else(|p| p.into_inner());
+        items.queue.len() + COMMAND_ITEMS_MAX <= self.queue.frames_max
+            && items.bytes <= self.queue.bytes_max / 2
+    }
+
+    /// Resolves once [`Outbox::has_room_for_a_command`] holds.
+    pub async fn room_for_a_command(&self) {
+        while !self.has_room_for_a_command() {
+            // A take between the check and here leaves a permit, so this cannot miss it.
+            self.queue.taken.notified().await;
+        }
+    }
+
     pub fn is_kicked(&self) -> bool {
         self.kick.token.is_cancelled()
     }
@@ -223,6 +253,29 @@ mod tests {
             assert!(rx.try_recv().is_some());
         }
         assert!(!outbox.is_kicked());
+    }
+
+    #[tokio::test]
+    async fn the_reader_waits_for_room_for_a_command() {
+        let (outbox, rx) = Outbox::new(8, 1 << 20);
+        for _ in 0..4 {
+            assert!(outbox.push(OutKind::Ack, frame(1)));
+        }
+        assert!(outbox.has_room_for_a_command());
+        assert!(outbox.push(OutKind::Ack, frame(1)));
+        assert!(!outbox.has_room_for_a_command());
+        let waiting = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.room_for_a_command().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        assert!(rx.try_recv().is_some());
+        waiting.await.unwrap();
+        // Half the byte bound is room enough; more is not.
+        let (outbox, _rx) = Outbox::new(100, 1000);
+        assert!(outbox.push(OutKind::Ack, frame(600)));
+        assert!(!outbox.has_room_for_a_command());
     }
 
     #[test]
