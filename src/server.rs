@@ -45,7 +45,7 @@ use crate::ledger::postgres::{PostgresLedger, PostgresOptions};
 use crate::ledger::sqlite::{SqliteLedger, SqliteOptions};
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
-use crate::socket::{ClientSocket, ResetOnDrop};
+use crate::socket::{ClientSocket, ResetOnDrop, SocketOptions};
 
 /// Tracks every connection task, so shutdown can wait for them.
 pub type Tracker = tokio_util::task::TaskTracker;
@@ -150,43 +150,28 @@ pub async fn serve(
         ?backend,
         "giftd serving"
     );
-    let admin_loop = tokio::spawn(accept_admin(
+    let public_loop = tokio::spawn(accept_loop(
+        public,
+        Side::Public(socket_options),
+        public_router,
+        app.clone(),
+        public_permits,
+        tracker.clone(),
+    ));
+    let admin_loop = tokio::spawn(accept_loop(
         admin,
+        Side::Admin,
         admin_router,
         app.clone(),
         admin_permits,
         tracker.clone(),
     ));
-
-    tokio::pin!(shutdown);
-    loop {
-        let accepted = tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = public.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, peer)) => match public_permits.clone().try_acquire_owned() {
-                Ok(permit) => match ClientSocket::new(stream, socket_options) {
-                    Ok(socket) => {
-                        let reset = Some(socket.reset_handle());
-                        let router = public_router.clone();
-                        let conn = serve_http(socket, peer, router, app.clone(), permit, reset);
-                        tracker.spawn(conn);
-                    }
-                    Err(e) => tracing::debug!(error = %e, %peer, "socket setup failed"),
-                },
-                Err(_) => refuse(stream, &app, "connections_max"),
-            },
-            Err(e) => {
-                // Typically EMFILE: back off briefly instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(ACCEPT_RETRY).await;
-            }
-        }
-    }
-
-    drop(public);
+    shutdown.await;
+    // Stop accepting: awaiting the aborted loops makes sure their listeners are closed.
+    public_loop.abort();
     admin_loop.abort();
+    let _ = public_loop.await;
+    let _ = admin_loop.await;
     let deadline = Instant::now() + grace;
     tracing::info!(connections = app.metrics.connections.get(), "shutting down");
     token.cancel();
@@ -216,27 +201,55 @@ pub async fn serve(
     Ok(())
 }
 
-/// Serves the admin listener until the node stops (the caller aborts it).
-async fn accept_admin(
+/// Which listener an accept loop serves.
+#[derive(Clone, Copy)]
+enum Side {
+    /// Clients: sockets get their send buffer bounded and keepalive (`socket.rs`).
+    Public(SocketOptions),
+    /// Operators.
+    Admin,
+}
+
+/// Accepts on `listener` until the node stops (the caller aborts it): each connection takes a
+/// permit or is refused with 503, and is served by hyper on the tracker.
+async fn accept_loop(
     listener: TcpListener,
+    side: Side,
     router: Router,
     app: Arc<App>,
     permits: Arc<Semaphore>,
     tracker: Tracker,
 ) {
+    let limit = match side {
+        Side::Public(_) => "connections_max",
+        Side::Admin => "admin_connections_max",
+    };
     loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => match permits.clone().try_acquire_owned() {
-                Ok(permit) => {
-                    let _ = stream.set_nodelay(true);
-                    let conn = serve_http(stream, peer, router.clone(), app.clone(), permit, None);
-                    tracker.spawn(conn);
-                }
-                Err(_) => refuse(stream, &app, "admin_connections_max"),
-            },
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(e) => {
-                tracing::warn!(error = %e, "admin accept failed");
+                // Typically EMFILE: back off briefly instead of spinning.
+                tracing::warn!(error = %e, limit, "accept failed");
                 tokio::time::sleep(ACCEPT_RETRY).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            refuse(stream, &app, limit);
+            continue;
+        };
+        let router = router.clone();
+        match side {
+            Side::Public(options) => match ClientSocket::new(stream, options) {
+                Ok(socket) => {
+                    let reset = Some(socket.reset_handle());
+                    tracker.spawn(serve_http(socket, peer, router, app.clone(), permit, reset));
+                }
+                Err(e) => tracing::debug!(error = %e, %peer, "socket setup failed"),
+            },
+            Side::Admin => {
+                let _ = stream.set_nodelay(true);
+                tracker.spawn(serve_http(stream, peer, router, app.clone(), permit, None));
             }
         }
     }
