@@ -292,3 +292,63 @@ async fn an_unreachable_database_refuses_gifts_and_the_node_recovers_by_itself()
     drop(server);
     drop(proxy);
 }
+
+/// A wallet that is new in a batch and nets to zero in it (topped up and spent in full by the
+/// same batch) still gets its account row. Once, the writer skipped zero-net wallets, so their
+/// entries named an account that did not exist and the audit failed now and then.
+#[tokio::test]
+async fn a_wallet_topped_up_and_spent_within_one_batch_is_still_an_account() {
+    use giftd::config::Config;
+    use giftd::ledger::postgres::{PostgresLedger, PostgresOptions};
+    use giftd::ledger::{GiftPurpose, GiftRequest, Ledger, SplitPolicy, TopUpRequest};
+
+    let schema = support::ledger::PgSchema::create();
+    let options = PostgresOptions {
+        url: schema.url.clone(),
+        batch_max: 1024,
+        queue_max: 4096,
+        call_timeout_ms: 10_000,
+        pool_max: 4,
+    };
+    let histogram = prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("t", "t"))
+        .expect("histogram");
+    let ledger = PostgresLedger::open(options, histogram).await.unwrap();
+    let split = Config::default().split;
+    let policy = SplitPolicy {
+        store_fees: split.store_fee_bps,
+        streamer_share_bps: split.streamer_share_bps_default,
+        spend_order: split.spend_order.clone(),
+    };
+    // Each pair is sent together, the top-up first, so most pairs share a batch.
+    let pairs = (0..40).map(|i| {
+        let (ledger, policy) = (&ledger, policy.clone());
+        async move {
+            let user = format!("fresh{i}");
+            let top_up = ledger.top_up(TopUpRequest {
+                user: user.clone(),
+                channel: giftd::gift::Channel::Web,
+                coins: 100,
+                purchase_id: format!("p{i}"),
+            });
+            let gift = ledger.gift(GiftRequest {
+                sender: user,
+                streamer: "star".into(),
+                room: "r".into(),
+                sticker: "coffee".into(),
+                price_coins: 100,
+                idempotency_key: format!("k{i}"),
+                purpose: GiftPurpose::Sticker,
+                policy,
+            });
+            let (t, _) = tokio::join!(top_up, gift);
+            t.unwrap();
+        }
+    });
+    join_all(pairs).await;
+    ledger.close().await;
+    let report = giftd::ledger::audit::audit_postgres(&schema.url)
+        .await
+        .unwrap();
+    assert!(report.violations.is_empty(), "{:#?}", report.violations);
+    assert_eq!(report.topups, 40);
+}

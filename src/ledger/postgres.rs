@@ -1162,8 +1162,9 @@ impl Rows {
             r.topup_coins.push(t.coins as i64);
             r.topup_balance.push(t.balance_coins as i64);
         }
-        let mut deltas: Vec<(String, i64)> =
-            plan.wallet_deltas.drain().filter(|d| d.1 != 0).collect();
+        // A wallet whose changes net to zero still goes through the upsert: it may be new in this
+        // batch (topped up and spent in full), and its entries need its account row.
+        let mut deltas: Vec<(String, i64)> = plan.wallet_deltas.drain().collect();
         deltas.sort_unstable();
         for (account, delta) in deltas {
             if delta < 0 {
