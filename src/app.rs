@@ -4,7 +4,9 @@
 //! catalog, rooms, ledger and metrics, it keeps the node's users: each authenticated user's open
 //! connections (so private messages such as a thank-you reach every device of the user) and the
 //! user's shared rate-limit buckets. Entries exist only while the user has a connection, so the
-//! map is bounded by `connections_max`.
+//! map is bounded by `connections_max`. In a cluster it also holds the node's link to the
+//! others (`cluster.rs`), through which private messages reach the user's other nodes and rooms
+//! are opened and released cluster-wide.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,8 +16,10 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
+use crate::cluster::Cluster;
 use crate::config::Config;
-use crate::fanout::Fanout;
+use crate::error::Result;
+use crate::fanout::{Fanout, LocalFanout};
 use crate::gift::catalog::Catalog;
 use crate::gifting::Inflight;
 use crate::ledger::Ledger;
@@ -25,7 +29,7 @@ use crate::protocol::Frame;
 use crate::ratelimit::Buckets;
 use crate::readiness::DiskReserve;
 use crate::room::registry::Registry;
-use crate::room::ConnId;
+use crate::room::{ConnId, Room};
 
 struct UserEntry {
     conns: Vec<(ConnId, Outbox)>,
@@ -39,6 +43,8 @@ pub struct App {
     pub rooms: Registry,
     pub ledger: Arc<dyn Ledger>,
     pub fanout: Arc<dyn Fanout>,
+    /// The other nodes, if this node is part of a cluster (`cluster.nats_url`).
+    pub cluster: Option<Arc<Cluster>>,
     pub metrics: Arc<Metrics>,
     pub inflight: Inflight,
     pub shutdown: CancellationToken,
@@ -53,10 +59,14 @@ impl App {
     pub fn new(
         config: Config,
         ledger: Arc<dyn Ledger>,
-        fanout: Arc<dyn Fanout>,
+        cluster: Option<Arc<Cluster>>,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> App {
+        let fanout: Arc<dyn Fanout> = match &cluster {
+            Some(cluster) => Arc::new(cluster.clone()),
+            None => Arc::new(LocalFanout),
+        };
         let catalog =
             Catalog::new(config.catalog()).expect("the catalog was validated with the config");
         App {
@@ -65,6 +75,7 @@ impl App {
             rooms: Registry::new(config.rooms.rooms_max, metrics.clone()),
             ledger,
             fanout,
+            cluster,
             metrics,
             inflight: Inflight::default(),
             shutdown,
@@ -101,12 +112,37 @@ impl App {
         });
     }
 
-    /// Queues a private frame to every connection `user` has on this node.
+    /// Queues a private frame to every connection `user` has, on this node and on the others.
     pub fn send_to_user(&self, user: &str, kind: OutKind, frame: &Frame) {
+        self.send_to_local_user(user, kind, frame);
+        if let Some(cluster) = &self.cluster {
+            cluster.send_to_user(user, kind, frame);
+        }
+    }
+
+    /// Queues a private frame to every connection `user` has on this node.
+    pub fn send_to_local_user(&self, user: &str, kind: OutKind, frame: &Frame) {
         if let Some(entry) = self.users.get(user) {
             for (_, outbox) in &entry.conns {
                 outbox.push(kind, frame.clone());
             }
+        }
+    }
+
+    /// Registers a newly opened room: on this node, and in a cluster also as the cluster's (or
+    /// `room_exists` if another node runs a room of that id).
+    pub async fn open_room(self: &Arc<Self>, room: Room) -> Result<Arc<Room>> {
+        match &self.cluster {
+            None => self.rooms.open(room),
+            Some(_) => Cluster::open(self, room).await,
+        }
+    }
+
+    /// Forgets a room that closed, here and in the cluster.
+    pub fn forget_room(&self, room: &Arc<Room>) {
+        self.rooms.remove(room);
+        if let Some(cluster) = &self.cluster {
+            cluster.release(&room.id);
         }
     }
 
@@ -120,10 +156,13 @@ impl App {
             .unwrap_or(split.streamer_share_bps_default)
     }
 
-    /// Ready to serve: not shutting down, the ledger's last write succeeded, and its disk keeps
-    /// its reserve (see `readiness.rs`).
+    /// Ready to serve: not shutting down, the ledger's last write succeeded, its disk keeps its
+    /// reserve (see `readiness.rs`), and in a cluster, NATS is connected.
     pub fn is_ready(&self) -> bool {
-        !self.shutdown.is_cancelled() && self.ledger.is_ready() && self.disk_reserve.is_kept()
+        !self.shutdown.is_cancelled()
+            && self.ledger.is_ready()
+            && self.disk_reserve.is_kept()
+            && self.cluster.as_ref().is_none_or(|c| c.is_connected())
     }
 }
 
@@ -132,7 +171,6 @@ impl App {
 #[cfg(test)]
 pub(crate) mod testing {
     use super::*;
-    use crate::fanout::LocalFanout;
 
     pub(crate) struct TestApp {
         pub(crate) app: Arc<App>,
@@ -168,13 +206,7 @@ pub(crate) mod testing {
         config.validate().unwrap();
         let metrics = Arc::new(Metrics::new());
         let ledger = crate::server::open_sqlite_ledger(&config, &metrics).unwrap();
-        let app = App::new(
-            config,
-            ledger,
-            Arc::new(LocalFanout),
-            metrics,
-            CancellationToken::new(),
-        );
+        let app = App::new(config, ledger, None, metrics, CancellationToken::new());
         TestApp {
             app: Arc::new(app),
             _dir: dir,

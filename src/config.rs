@@ -32,6 +32,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub rooms: RoomsConfig,
     pub ledger: LedgerConfig,
+    pub cluster: ClusterConfig,
     pub split: SplitConfig,
     pub limits: LimitsConfig,
     pub log: LogConfig,
@@ -258,6 +259,80 @@ pub enum LedgerBackend {
     Postgres,
 }
 
+/// Several nodes serving the same rooms over NATS (`cluster.rs`). Off unless `nats_url` is set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// NATS server with JetStream, e.g. `nats://127.0.0.1:4222`. Empty: a single node, no NATS.
+    pub nats_url: String,
+    /// This node's name in the cluster, `[A-Za-z0-9_-]`, unique per process. Empty: a random one.
+    pub node_id: String,
+    /// First token of every NATS subject, stream and bucket giftd uses, `[A-Za-z0-9_-]`. Nodes of
+    /// one cluster share it; two clusters on one NATS (or parallel tests) use different ones.
+    pub namespace: String,
+    /// How long a room's ownership lasts unless its node renews it (a third of this, each
+    /// time). A node that dies holds its rooms this long at most. 300 to 60000.
+    pub lease_ms: u64,
+    /// Events a room may have waiting for NATS to accept them. Beyond three quarters of it the
+    /// room refuses new commands with `room_busy` (nothing charged) until NATS catches up.
+    pub publish_queue_events: usize,
+    /// Deadline of a command forwarded to the room's owner node. 100 to 60000.
+    pub request_timeout_ms: u64,
+    /// Forwarded commands one node runs at once for rooms it owns; more wait.
+    pub remote_commands_max: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            nats_url: String::new(),
+            node_id: String::new(),
+            namespace: "giftd".into(),
+            lease_ms: 3_000,
+            publish_queue_events: 4_096,
+            request_timeout_ms: 5_000,
+            remote_commands_max: 1_024,
+        }
+    }
+}
+
+impl ClusterConfig {
+    pub fn enabled(&self) -> bool {
+        !self.nats_url.is_empty()
+    }
+
+    fn check(&self, ledger: &LedgerConfig, c: &mut Checks) {
+        let token = |s: &str| {
+            s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        };
+        c.need(!self.namespace.is_empty() && token(&self.namespace), || {
+            "cluster.namespace must match [A-Za-z0-9_-]{1,64}".into()
+        });
+        c.need(token(&self.node_id), || {
+            "cluster.node_id must match [A-Za-z0-9_-]{0,64}".into()
+        });
+        c.between("cluster.lease_ms", self.lease_ms, 300, 60_000);
+        c.at_least("cluster.publish_queue_events", self.publish_queue_events, 4);
+        c.between(
+            "cluster.request_timeout_ms",
+            self.request_timeout_ms,
+            100,
+            60_000,
+        );
+        c.at_least("cluster.remote_commands_max", self.remote_commands_max, 1);
+        // Nodes with ledgers of their own would each accept the same idempotency key once.
+        c.need(
+            !self.enabled() || ledger.backend == LedgerBackend::Postgres,
+            || {
+                "cluster.nats_url needs ledger.backend = \"postgres\" (one ledger for all nodes)"
+                    .into()
+            },
+        );
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LedgerConfig {
@@ -462,6 +537,7 @@ impl Config {
         self.auth.check(&self.server, &mut checks);
         self.rooms.check(&mut checks);
         self.ledger.check(&mut checks);
+        self.cluster.check(&self.ledger, &mut checks);
         self.split.check(&mut checks);
         self.limits.check(&mut checks);
         if let Err(e) = crate::gift::catalog::Catalog::new(self.catalog()) {

@@ -44,7 +44,8 @@ use crate::error::{CloseCode, Error};
 use crate::metrics::{Metrics, OutKind};
 use crate::outbox::{Kick, Outbound, Outbox, OutboxReceiver};
 use crate::protocol::server::{self, ServerMessage};
-use crate::protocol::Frame;
+use crate::protocol::{EventFrame, Frame};
+use crate::room::hub::Subscription;
 use crate::session::Session;
 use crate::socket::ResetOnDrop;
 
@@ -209,24 +210,32 @@ fn read_error(e: tungstenite::Error, outbox: &Outbox, app: &App) -> CloseCode {
 
 enum Step {
     Private(Outbound),
-    Ring(Result<Frame, broadcast::error::RecvError>),
+    Ring(Result<EventFrame, broadcast::error::RecvError>),
 }
 
 async fn next_ring(
-    ring: &mut Option<broadcast::Receiver<Frame>>,
-) -> Result<Frame, broadcast::error::RecvError> {
+    ring: &mut Option<Subscription>,
+) -> Result<EventFrame, broadcast::error::RecvError> {
     match ring {
-        Some(r) => r.recv().await,
+        Some(s) => s.ring.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+/// Adds a room event to the batch unless the member already has it.
+fn take_event(event: EventFrame, through_seq: u64, batch: &mut Vec<Frame>, events: &mut u64) {
+    if event.seq > through_seq {
+        *events += 1;
+        batch.push(event.bytes);
     }
 }
 
 /// Resolves once the room ring is about to overwrite events this writer has not sent: the
 /// client is a slow consumer. Checked while a write is stalled on a client that does not read.
-async fn ring_overrun(ring: &Option<broadcast::Receiver<Frame>>, ring_frames: usize) {
+async fn ring_overrun(ring: &Option<Subscription>, ring_frames: usize) {
     loop {
         tokio::time::sleep(STALL_CHECK).await;
-        if ring.as_ref().is_some_and(|r| r.len() >= ring_frames) {
+        if ring.as_ref().is_some_and(|s| s.ring.len() >= ring_frames) {
             return;
         }
     }
@@ -252,7 +261,7 @@ impl From<tungstenite::Error> for WriteFail {
 /// Takes what is ready from the outbox or ring into `batch`.
 fn collect(
     step: Step,
-    ring: &mut Option<broadcast::Receiver<Frame>>,
+    ring: &mut Option<Subscription>,
     batch: &mut Vec<Frame>,
     events: &mut u64,
     metrics: &Metrics,
@@ -262,30 +271,25 @@ fn collect(
             metrics.out(kind, 1);
             batch.push(frame);
         }
-        Step::Private(Outbound::Replay(frames)) => {
-            *events += frames.len() as u64;
-            batch.extend(frames);
+        Step::Private(Outbound::Replay(missed)) => {
+            *events += missed.len() as u64;
+            batch.extend(missed.into_iter().map(|e| e.bytes));
         }
-        Step::Private(Outbound::Subscribe(r)) => *ring = Some(r),
+        Step::Private(Outbound::Subscribe(s)) => *ring = Some(s),
         Step::Private(Outbound::Unsubscribe) => {
             // Forward what the room sent before it let go of us (such as room_closed).
-            if let Some(mut r) = ring.take() {
-                while let Ok(frame) = r.try_recv() {
-                    *events += 1;
-                    batch.push(frame);
+            if let Some(mut s) = ring.take() {
+                while let Ok(event) = s.ring.try_recv() {
+                    take_event(event, s.through_seq, batch, events);
                 }
             }
         }
-        Step::Ring(Ok(frame)) => {
-            *events += 1;
-            batch.push(frame);
-            if let Some(r) = ring.as_mut() {
+        Step::Ring(Ok(event)) => {
+            if let Some(s) = ring.as_mut() {
+                take_event(event, s.through_seq, batch, events);
                 while batch.len() < WRITE_BATCH_FRAMES_MAX {
-                    match r.try_recv() {
-                        Ok(frame) => {
-                            *events += 1;
-                            batch.push(frame);
-                        }
+                    match s.ring.try_recv() {
+                        Ok(event) => take_event(event, s.through_seq, batch, events),
                         Err(broadcast::error::TryRecvError::Lagged(_)) => {
                             return Err(WriteFail::Slow)
                         }
@@ -310,7 +314,7 @@ async fn write_loop<Si>(
 ) where
     Si: Sink<Message, Error = tungstenite::Error> + Unpin,
 {
-    let mut ring: Option<broadcast::Receiver<Frame>> = None;
+    let mut ring: Option<Subscription> = None;
     let mut batch: Vec<Frame> = Vec::new();
     // Registered once: a fresh `cancelled()` per iteration would take the token's lock each time.
     let kicked = kick.token().cancelled();

@@ -92,6 +92,8 @@ pub enum Error {
     RoomFull,
     #[error("this node is at its limit of live rooms")]
     TooManyRooms,
+    #[error("the room is busy; retry shortly (nothing was charged)")]
+    RoomBusy,
 
     #[error("internal error")]
     Internal(String),
@@ -99,6 +101,8 @@ pub enum Error {
     LedgerUnavailable(String),
     #[error("server is shutting down")]
     ShuttingDown,
+    #[error("the node that runs this room cannot be reached: {0}")]
+    RoomUnavailable(String),
 }
 
 /// An error's place on the wire: its stable code and name, and the HTTP status it gets when it
@@ -152,9 +156,11 @@ impl Error {
             Error::TooManyConnections => wire(15003, "too_many_connections", 503),
             Error::RoomFull => wire(15004, "room_full", 503),
             Error::TooManyRooms => wire(15005, "too_many_rooms", 503),
+            Error::RoomBusy => wire(15006, "room_busy", 503),
             Error::Internal(_) => wire(19001, "internal", 500),
             Error::LedgerUnavailable(_) => wire(19002, "ledger_unavailable", 503),
             Error::ShuttingDown => wire(19003, "shutting_down", 503),
+            Error::RoomUnavailable(_) => wire(19004, "room_unavailable", 503),
         }
     }
 
@@ -217,6 +223,9 @@ pub enum CloseCode {
     SlowConsumer,
     /// No valid `auth` arrived within `handshake_timeout_ms`.
     AuthTimeout,
+    /// This node lost events of the client's room on their way from the node that runs it; the
+    /// client re-joins with its last position and recovers them.
+    Resync,
     /// Authentication failed (bad, expired or forged token).
     AuthFailed,
     /// The client kept sending invalid commands.
@@ -235,6 +244,7 @@ impl CloseCode {
             CloseCode::InternalError => (1011, "internal_error"),
             CloseCode::SlowConsumer => (4000, "slow"),
             CloseCode::AuthTimeout => (4001, "auth_timeout"),
+            CloseCode::Resync => (4002, "resync"),
             CloseCode::AuthFailed => (4502, "auth_failed"),
             CloseCode::TooManyErrors => (4503, "too_many_errors"),
         }
@@ -304,9 +314,11 @@ pub(crate) mod tests {
             Error::TooManyConnections,
             Error::RoomFull,
             Error::TooManyRooms,
+            Error::RoomBusy,
             Error::Internal("x".into()),
             Error::LedgerUnavailable("x".into()),
             Error::ShuttingDown,
+            Error::RoomUnavailable("x".into()),
         ]
     }
 
@@ -344,10 +356,12 @@ pub(crate) mod tests {
             Error::Internal(_) => 29,
             Error::LedgerUnavailable(_) => 30,
             Error::ShuttingDown => 31,
+            Error::RoomBusy => 32,
+            Error::RoomUnavailable(_) => 33,
         }
     }
 
-    pub(crate) const ALL_CLOSE_CODES: [CloseCode; 10] = [
+    pub(crate) const ALL_CLOSE_CODES: [CloseCode; 11] = [
         CloseCode::Normal,
         CloseCode::GoingAway,
         CloseCode::InvalidPayload,
@@ -356,6 +370,7 @@ pub(crate) mod tests {
         CloseCode::InternalError,
         CloseCode::SlowConsumer,
         CloseCode::AuthTimeout,
+        CloseCode::Resync,
         CloseCode::AuthFailed,
         CloseCode::TooManyErrors,
     ];
@@ -364,7 +379,7 @@ pub(crate) mod tests {
     fn one_of_each_variant() {
         let mut seen: Vec<usize> = one_of_each().iter().map(variant_index).collect();
         seen.sort();
-        assert_eq!(seen, (0..32).collect::<Vec<_>>());
+        assert_eq!(seen, (0..34).collect::<Vec<_>>());
     }
 
     #[test]

@@ -1,75 +1,47 @@
-//! Fan-out: how a room's numbered, encoded events reach its members.
+//! Fan-out beyond this node: the link from a room's sequencer to the room's other nodes.
 //!
-//! A room sequences and encodes each event once, then hands the frame to its [`RoomChannel`].
-//! On one node the channel is a bounded broadcast ring ([`LocalFanout`]): every member's writer
-//! reads it at its own pace, and one that falls a whole ring behind is a slow consumer. This trait
-//! is the seam for scale-out: a NATS-backed fan-out returns channels that also publish each frame
-//! to the room's subject and feed the local ring from it on the other nodes, while rooms and
-//! connections stay as they are.
+//! A room numbers and encodes each event once, under its lock, delivers it to its members on
+//! this node through its hub (`room/hub.rs`), then hands it to its [`RoomLink`]. On a single
+//! node the link does nothing ([`LocalFanout`]): the hub is the whole fan-out. In a cluster
+//! (`cluster/link.rs`) the link queues the event, bounded and in order, for publication on the
+//! room's NATS subject, from which every other node's replica relays it to its own members.
+//! A single node is therefore a cluster of one, not a second code path.
 
-use tokio::sync::broadcast;
+use crate::protocol::EventFrame;
 
-use crate::protocol::Frame;
-
-/// Makes the event channel of each room.
+/// Makes the link of each room this node sequences.
 pub trait Fanout: Send + Sync + 'static {
-    /// The channel for a newly opened room, buffering at most `ring_frames` events per member.
-    fn channel(&self, room: &str, ring_frames: usize) -> Box<dyn RoomChannel>;
+    /// The link for a room this node now sequences.
+    fn link(&self, room: &str) -> Box<dyn RoomLink>;
 }
 
-/// One room's event channel.
-pub trait RoomChannel: Send + Sync {
-    /// Delivers one event to every subscriber. Called under the room's lock, in `seq` order, so it
-    /// must not block.
-    fn send(&self, frame: Frame);
+/// Where a room's events go beyond this node.
+pub trait RoomLink: Send + Sync {
+    /// Sends one event on to the other nodes; `last` marks the room's final event. Called under
+    /// the room's lock, in `seq` order, so it must not block.
+    fn publish(&self, event: &EventFrame, last: bool);
 
-    /// A new subscriber that receives every event sent after this call.
-    fn subscribe(&self) -> broadcast::Receiver<Frame>;
+    /// Whether the link can take another event now. A room refuses new commands (before any
+    /// money moves) while it cannot, rather than let its other nodes fall behind.
+    fn has_room(&self) -> bool;
 }
 
-/// Fan-out within this process.
+/// Fan-out within this process only.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LocalFanout;
 
-struct LocalChannel {
-    ring: broadcast::Sender<Frame>,
-}
+struct LocalLink;
 
 impl Fanout for LocalFanout {
-    fn channel(&self, _room: &str, ring_frames: usize) -> Box<dyn RoomChannel> {
-        assert!(ring_frames >= 1);
-        let (ring, _) = broadcast::channel(ring_frames);
-        Box::new(LocalChannel { ring })
+    fn link(&self, _room: &str) -> Box<dyn RoomLink> {
+        Box::new(LocalLink)
     }
 }
 
-impl RoomChannel for LocalChannel {
-    fn send(&self, frame: Frame) {
-        // No subscribers is fine: an empty room still numbers its events.
-        let _ = self.ring.send(frame);
-    }
+impl RoomLink for LocalLink {
+    fn publish(&self, _event: &EventFrame, _last: bool) {}
 
-    fn subscribe(&self) -> broadcast::Receiver<Frame> {
-        self.ring.subscribe()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn subscribers_see_later_frames_and_lag_is_reported() {
-        let ch = LocalFanout.channel("r", 2);
-        ch.send(Frame::from("before"));
-        let mut rx = ch.subscribe();
-        for i in 0..3 {
-            ch.send(Frame::from(format!("f{i}")));
-        }
-        assert!(matches!(
-            rx.try_recv(),
-            Err(broadcast::error::TryRecvError::Lagged(1))
-        ));
-        assert_eq!(rx.try_recv().unwrap().as_str(), "f1");
+    fn has_room(&self) -> bool {
+        true
     }
 }

@@ -242,8 +242,17 @@ async fn echo_upgrade(State((app, tracker)): AppState, req: Request) -> Response
     switching_protocols(&key)
 }
 
+/// The live rooms: this node's, or in a cluster every node's, as their owners last renewed
+/// their leases (so viewer counts may be a lease renewal old).
 async fn rooms(State((app, _)): AppState) -> Response {
-    Json(json!({ "rooms": app.rooms.summaries() })).into_response()
+    let rooms = match &app.cluster {
+        None => app.rooms.summaries(),
+        Some(cluster) => match cluster.rooms().await {
+            Ok(rooms) => rooms,
+            Err(e) => return error_response(&e),
+        },
+    };
+    Json(json!({ "rooms": rooms })).into_response()
 }
 
 async fn stickers(State((app, _)): AppState) -> Response {

@@ -51,6 +51,11 @@ pub enum OutKind {
 }
 
 impl OutKind {
+    /// The kind a label names, for private frames relayed from another node.
+    pub fn from_label(label: &str) -> Option<OutKind> {
+        OutKind::ALL.into_iter().find(|k| k.label() == label)
+    }
+
     const ALL: [OutKind; 6] = [
         OutKind::Welcome,
         OutKind::Ack,
@@ -60,7 +65,7 @@ impl OutKind {
         OutKind::Answered,
     ];
 
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             OutKind::Welcome => "welcome",
             OutKind::Ack => "ack",
@@ -94,6 +99,21 @@ pub struct Metrics {
     pub ledger_commit_seconds: Histogram,
     pub ack_seconds: HistogramVec,
     pub ledger_ready: IntGauge,
+    pub room_busy: IntCounter,
+    /// Rooms this node relays for another node (replicas).
+    pub cluster_replicas: IntGauge,
+    /// Commands forwarded to another node's room, and served for another node.
+    pub cluster_remote_commands: IntCounterVec,
+    /// Events waiting for NATS to accept them, summed over this node's rooms.
+    pub cluster_publish_queue_events: IntGauge,
+    pub cluster_publish_seconds: Histogram,
+    /// Messages for NATS dropped because the publish queue was full or the publish failed.
+    pub cluster_publish_dropped: IntCounter,
+    /// Replica members sent away to re-join after events were lost on their way to this node.
+    pub cluster_resyncs: IntCounter,
+    /// Room leases this node lost to another node.
+    pub cluster_leases_lost: IntCounter,
+    pub cluster_connected: IntGauge,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -154,6 +174,17 @@ impl Metrics {
         .expect("valid histogram");
         registry
             .register(Box::new(ack_seconds.clone()))
+            .expect("histogram registers once");
+        let cluster_publish_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "giftd_cluster_publish_seconds",
+                "Time from a room event's numbering to NATS JetStream accepting it.",
+            )
+            .buckets(latency_buckets()),
+        )
+        .expect("valid histogram");
+        registry
+            .register(Box::new(cluster_publish_seconds.clone()))
             .expect("histogram registers once");
 
         Metrics {
@@ -234,6 +265,40 @@ impl Metrics {
             ledger_ready: gauge(
                 "giftd_ledger_ready",
                 "1 while the ledger's last write succeeded.",
+            ),
+            room_busy: counter(
+                "giftd_room_busy_total",
+                "Commands refused with room_busy because a room's events were backed up.",
+            ),
+            cluster_replicas: gauge(
+                "giftd_cluster_replicas",
+                "Rooms run by another node that this node relays to its members.",
+            ),
+            cluster_remote_commands: counter_vec(
+                "giftd_cluster_remote_commands_total",
+                "Commands forwarded to the node that runs the room (sent), and run for another node (served).",
+                &["side"],
+            ),
+            cluster_publish_queue_events: gauge(
+                "giftd_cluster_publish_queue_events",
+                "Room events waiting for NATS to accept them.",
+            ),
+            cluster_publish_seconds,
+            cluster_publish_dropped: counter(
+                "giftd_cluster_publish_dropped_total",
+                "Messages for NATS dropped: the publish queue was full or the publish failed.",
+            ),
+            cluster_resyncs: counter(
+                "giftd_cluster_resyncs_total",
+                "Members of a relayed room sent to re-join (close 4002) after this node missed events.",
+            ),
+            cluster_leases_lost: counter(
+                "giftd_cluster_leases_lost_total",
+                "Rooms this node stopped running because it could not renew their lease.",
+            ),
+            cluster_connected: gauge(
+                "giftd_cluster_connected",
+                "1 while this node is connected to NATS (always 0 on a single node).",
             ),
             registry,
         }

@@ -23,12 +23,13 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::CloseCode;
 use crate::metrics::OutKind;
-use crate::protocol::Frame;
+use crate::protocol::{EventFrame, Frame};
+use crate::room::hub::Subscription;
 
 /// Items one command can queue at most: an ack (or error), a replay of missed events and a room
 /// subscription (`join`), or an unsubscribe (`leave`). `server.outbox_frames_max` is at least 8.
@@ -39,9 +40,10 @@ pub enum Outbound {
     /// Write one private frame.
     Frame(OutKind, Frame),
     /// Write a member's missed room events, recovered from the room's history, in order.
-    Replay(Vec<Frame>),
-    /// Start forwarding a room's events.
-    Subscribe(broadcast::Receiver<Frame>),
+    Replay(Vec<EventFrame>),
+    /// Start forwarding a room's events, from the first one after the subscription's
+    /// `through_seq`.
+    Subscribe(Subscription),
     /// Forward what the room already sent, then stop.
     Unsubscribe,
 }

@@ -19,6 +19,21 @@ use crate::error::{Error, Result};
 /// is encoded once and every member's writer gets a clone.
 pub type Frame = Utf8Bytes;
 
+/// A numbered room event: its encoded frame and its position in the room. Relays and writers
+/// check order and skip what a member already has by `seq` alone, without parsing the JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventFrame {
+    /// The room's incarnation; the wire shows it as 16 hex digits.
+    pub epoch: u64,
+    pub seq: u64,
+    pub bytes: Frame,
+}
+
+/// An epoch as the wire shows it.
+pub fn epoch_hex(epoch: u64) -> String {
+    format!("{epoch:016x}")
+}
+
 /// Decodes one client text frame. Returns the request id (when one could be read) alongside the
 /// result, so that errors can still be correlated by the client.
 pub fn decode(text: &str) -> (Option<u64>, Result<Command>) {

@@ -1,11 +1,19 @@
 //! A live room: its members, its event sequence and its ring of encoded events.
 //!
-//! Every room event is numbered and encoded once, under the room's lock, then pushed into the
-//! room's event channel (`fanout.rs`; on one node, a bounded broadcast ring). Each member's
-//! writer reads the ring at its own pace; a writer that falls more than `room_ring_frames` behind
-//! is dropped as a slow consumer, and neither the room nor the other members ever wait for it. Publishing is O(1) under the lock: numbering, encoding
-//! and one ring push. Because numbering and pushing happen under the same lock, every member sees
-//! events in sequence order with no gaps.
+//! A `Room` is the room's **sequencer**: it lives on the one node that owns the room (in a
+//! cluster, the holder of the room's lease; see `cluster.rs`). Every room event is numbered and
+//! encoded once, under the room's lock, delivered to the members on this node through the room's
+//! hub (`room/hub.rs`, a bounded broadcast ring that each member's writer reads at its own pace)
+//! and handed to the room's link (`fanout.rs`), which carries it to the room's replicas on other
+//! nodes (`room/replica.rs`). A writer that falls more than `room_ring_frames` behind is dropped
+//! as a slow consumer, and neither the room nor the other members ever wait for it. Publishing is
+//! O(1) under the lock: numbering, encoding, one ring push and one bounded queue push. Because
+//! numbering and pushing happen under the same lock, every member sees events in sequence order
+//! with no gaps.
+//!
+//! Members on other nodes count too: their nodes report how many viewers and streamer
+//! connections they hold ([`Room::report`]), and the room's viewer count and streamer-away timer
+//! use the cluster's totals.
 //!
 //! The lock is a plain mutex held for short, synchronous sections only (never across `.await`),
 //! which keeps the registry lock-free in the common case and the room's state consistent.
@@ -18,7 +26,9 @@
 //! events are replayed in order before live ones, with no gap and no duplicate, because the
 //! replay and the ring subscription are taken under the same lock.
 
+pub mod hub;
 pub mod registry;
+pub mod replica;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,39 +42,40 @@ use tokio::time::Instant;
 use crate::auth::Role;
 use crate::config::RoomsConfig;
 use crate::error::{Error, Result};
-use crate::fanout::{Fanout, RoomChannel};
+use crate::fanout::{Fanout, RoomLink};
 use crate::ledger::now_ms;
 use crate::metrics::Metrics;
-use crate::outbox::{Outbound, Outbox};
+use crate::outbox::Outbox;
 use crate::protocol::server::{EventKind, PaidView, QuestionView, Snapshot};
-use crate::protocol::{Event, Frame};
+use crate::protocol::{epoch_hex, Event, EventFrame};
 use crate::question::Questions;
+
+use hub::{Counts, Hub};
 
 /// Identifies one connection on this node.
 pub type ConnId = u64;
 
-struct Member {
-    role: Role,
-    outbox: Outbox,
-}
-
 /// One kept event.
 struct Kept {
-    seq: u64,
     at: Instant,
-    frame: Frame,
+    event: EventFrame,
+}
+
+/// The members another node holds in this room, as it last reported them.
+struct Remote {
+    counts: Counts,
+    at: Instant,
 }
 
 struct State {
     seq: u64,
     /// The latest events, oldest first, for recovery.
     history: VecDeque<Kept>,
-    members: HashMap<ConnId, Member>,
-    viewers: u64,
+    /// Other nodes' members, by node id.
+    remote: HashMap<String, Remote>,
     viewers_published: u64,
-    /// The streamer's connections in the room, and since when there have been none.
-    streamer_conns: u64,
-    /// Monotonic, so a wall-clock jump cannot close a room early or keep it open.
+    /// Since when the streamer has had no connection in the room on any node. Monotonic, so a
+    /// wall-clock jump cannot close a room early or keep it open.
     streamer_away_since: Option<Instant>,
     questions: Questions,
     /// Recent gift id -> sender, so the streamer can thank them; oldest dropped first.
@@ -74,18 +85,21 @@ struct State {
 
 pub struct Room {
     pub id: String,
-    /// This incarnation of the room, 16 hex digits.
+    /// This incarnation of the room, as the wire shows it (16 hex digits of `epoch_id`).
     pub epoch: String,
+    pub epoch_id: u64,
     pub streamer: String,
     pub title: String,
     pub opened_ms: u64,
-    events: Box<dyn RoomChannel>,
+    hub: Hub,
+    link: Box<dyn RoomLink>,
     state: Mutex<State>,
     closed: AtomicBool,
-    members_max: usize,
     recent_gifts_max: usize,
     history_events_max: usize,
     history_age: Duration,
+    /// A node's report older than this no longer counts.
+    report_stale: Duration,
     metrics: Arc<Metrics>,
 }
 
@@ -94,7 +108,20 @@ pub enum Entry {
     /// Its position could not be recovered: a fresh snapshot, events from `snapshot.seq + 1`.
     Fresh(Snapshot),
     /// The events after its position, to deliver before live ones.
-    Recovered { since_seq: u64, missed: Vec<Frame> },
+    Recovered {
+        since_seq: u64,
+        missed: Vec<EventFrame>,
+    },
+}
+
+impl Entry {
+    /// The last event the member has once this entry is delivered.
+    pub fn through_seq(&self) -> u64 {
+        match self {
+            Entry::Fresh(snapshot) => snapshot.seq,
+            Entry::Recovered { since_seq, missed } => since_seq + missed.len() as u64,
+        }
+    }
 }
 
 /// A member's last seen position, as a client sends it.
@@ -105,7 +132,7 @@ pub struct Position {
 }
 
 /// A room as `GET /rooms` lists it.
-#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct RoomSummary {
     pub room: String,
     pub title: String,
@@ -125,30 +152,31 @@ impl Room {
         metrics: Arc<Metrics>,
         fanout: &dyn Fanout,
     ) -> Room {
+        let epoch_id = rand::random::<u64>();
         Room {
             id: id.to_owned(),
-            epoch: format!("{:016x}", rand::random::<u64>()),
+            epoch: epoch_hex(epoch_id),
+            epoch_id,
             streamer: streamer.to_owned(),
             title: title.to_owned(),
             opened_ms: now_ms(),
-            events: fanout.channel(id, config.room_ring_frames),
+            hub: Hub::new(config.room_ring_frames, config.members_max),
+            link: fanout.link(id),
             state: Mutex::new(State {
                 seq: 0,
                 history: VecDeque::new(),
-                members: HashMap::new(),
-                viewers: 0,
+                remote: HashMap::new(),
                 viewers_published: 0,
-                streamer_conns: 0,
                 streamer_away_since: Some(Instant::now()),
                 questions: Questions::new(config.questions_open_max),
                 recent_gifts: HashMap::new(),
                 recent_order: VecDeque::new(),
             }),
             closed: AtomicBool::new(false),
-            members_max: config.members_max,
             recent_gifts_max: config.recent_gifts_max,
             history_events_max: config.history_events_max,
             history_age: Duration::from_millis(config.history_age_ms),
+            report_stale: Duration::from_millis(config.viewer_count_interval_ms.saturating_mul(3)),
             metrics,
         }
     }
@@ -159,35 +187,57 @@ impl Room {
 
     /// Locks the state of a live room. The guard is never held across `.await`.
     fn live(&self) -> Result<MutexGuard<'_, State>> {
-        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let state = self.lock();
         if self.is_closed() {
             return Err(Error::RoomNotFound(self.id.clone()));
         }
         Ok(state)
     }
 
-    /// Numbers, encodes and pushes one event. Must be called with the lock held.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Refuses a new command while the room's link to its other nodes is backed up, before any
+    /// money moves; the client may retry.
+    pub fn admit(&self) -> Result<()> {
+        if self.is_closed() {
+            return Err(Error::RoomNotFound(self.id.clone()));
+        }
+        if !self.link.has_room() {
+            self.metrics.room_busy.inc();
+            return Err(Error::RoomBusy);
+        }
+        Ok(())
+    }
+
+    /// Numbers, encodes and delivers one event. Must be called with the lock held.
     fn publish(&self, state: &mut State, kind: &EventKind) -> u64 {
         state.seq += 1;
-        let frame = Event::encode(&self.id, &self.epoch, state.seq, kind);
+        let event = EventFrame {
+            epoch: self.epoch_id,
+            seq: state.seq,
+            bytes: Event::encode(&self.id, &self.epoch, state.seq, kind),
+        };
         if self.history_events_max > 0 {
             if state.history.len() == self.history_events_max {
                 state.history.pop_front();
             }
             state.history.push_back(Kept {
-                seq: state.seq,
                 at: Instant::now(),
-                frame: frame.clone(),
+                event: event.clone(),
             });
         }
-        self.events.send(frame);
+        self.link
+            .publish(&event, matches!(kind, EventKind::RoomClosed { .. }));
+        self.hub.deliver(event);
         self.metrics.room_event(kind);
         state.seq
     }
 
     /// The events after `since`, if the history still holds all of them, none older than the
     /// history age.
-    fn missed_since(&self, state: &State, since: &Position) -> Option<Vec<Frame>> {
+    fn missed_since(&self, state: &State, since: &Position) -> Option<Vec<EventFrame>> {
         if since.epoch != self.epoch || since.seq > state.seq || self.history_events_max == 0 {
             return None;
         }
@@ -195,18 +245,18 @@ impl Room {
             return Some(Vec::new());
         }
         let first = state.history.front()?;
-        if first.seq > since.seq + 1 {
+        if first.event.seq > since.seq + 1 {
             return None;
         }
-        let start = (since.seq + 1 - first.seq) as usize;
+        let start = (since.seq + 1 - first.event.seq) as usize;
         let oldest_needed = &state.history[start];
         if oldest_needed.at.elapsed() > self.history_age {
             return None;
         }
-        let missed: Vec<Frame> = state
+        let missed: Vec<EventFrame> = state
             .history
             .range(start..)
-            .map(|k| k.frame.clone())
+            .map(|k| k.event.clone())
             .collect();
         assert_eq!(
             missed.len() as u64,
@@ -216,18 +266,45 @@ impl Room {
         Some(missed)
     }
 
+    /// The cluster's totals: this node's members plus every fresh report from other nodes.
+    fn counts(&self, state: &State) -> Counts {
+        let mut counts = self.hub.counts();
+        for remote in state.remote.values() {
+            if remote.at.elapsed() <= self.report_stale {
+                counts.viewers += remote.counts.viewers;
+                counts.streamers += remote.counts.streamers;
+            }
+        }
+        counts
+    }
+
     fn snapshot(&self, state: &mut State) -> Snapshot {
         let (questions_open, questions_pinned) = state.questions.snapshot(now_ms());
         Snapshot {
             room: self.id.clone(),
             title: self.title.clone(),
             streamer: self.streamer.clone(),
-            viewers: state.viewers,
+            viewers: self.counts(state).viewers,
             epoch: self.epoch.clone(),
             seq: state.seq,
             recovered: None,
             questions_open,
             questions_pinned,
+        }
+    }
+
+    fn entry(&self, state: &mut State, since: Option<&Position>) -> Entry {
+        match since.map(|p| (p, self.missed_since(state, p))) {
+            Some((p, Some(missed))) => Entry::Recovered {
+                since_seq: p.seq,
+                missed,
+            },
+            Some((_, None)) => {
+                let mut snapshot = self.snapshot(state);
+                snapshot.recovered = Some(false);
+                Entry::Fresh(snapshot)
+            }
+            None => Entry::Fresh(self.snapshot(state)),
         }
     }
 
@@ -238,7 +315,7 @@ impl Room {
         conn: ConnId,
         role: Role,
         outbox: Outbox,
-    ) -> Result<(Snapshot, broadcast::Receiver<Frame>)> {
+    ) -> Result<(Snapshot, broadcast::Receiver<EventFrame>)> {
         match self.join_since(conn, role, outbox, None)? {
             (Entry::Fresh(snapshot), ring) => Ok((snapshot, ring)),
             (Entry::Recovered { .. }, _) => unreachable!("no position was given"),
@@ -254,75 +331,84 @@ impl Room {
         role: Role,
         outbox: Outbox,
         since: Option<&Position>,
-    ) -> Result<(Entry, broadcast::Receiver<Frame>)> {
+    ) -> Result<(Entry, broadcast::Receiver<EventFrame>)> {
         let mut state = self.live()?;
-        if state.members.len() >= self.members_max {
-            return Err(Error::RoomFull);
+        let ring = self.hub.join(conn, role, outbox)?;
+        if role == Role::Streamer {
+            state.streamer_away_since = None;
         }
-        match role {
-            Role::Viewer => state.viewers += 1,
-            Role::Streamer => {
-                state.streamer_conns += 1;
-                state.streamer_away_since = None;
-            }
-        }
-        state.members.insert(conn, Member { role, outbox });
-        let entry = match since.map(|p| (p, self.missed_since(&state, p))) {
-            Some((p, Some(missed))) => Entry::Recovered {
-                since_seq: p.seq,
-                missed,
-            },
-            Some((_, None)) => {
-                let mut snapshot = self.snapshot(&mut state);
-                snapshot.recovered = Some(false);
-                Entry::Fresh(snapshot)
-            }
-            None => Entry::Fresh(self.snapshot(&mut state)),
-        };
-        Ok((entry, self.events.subscribe()))
+        Ok((self.entry(&mut state, since), ring))
+    }
+
+    /// What a member joining on another node gets: its missed events or a snapshot. That node
+    /// subscribed its member to its replica before asking, and skips what the entry covers.
+    pub fn entry_since(&self, since: Option<&Position>) -> Result<Entry> {
+        let mut state = self.live()?;
+        Ok(self.entry(&mut state, since))
     }
 
     pub fn leave(&self, conn: ConnId) {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(m) = state.members.remove(&conn) {
-            match m.role {
-                Role::Viewer => state.viewers -= 1,
-                Role::Streamer => {
-                    state.streamer_conns -= 1;
-                    if state.streamer_conns == 0 {
-                        state.streamer_away_since = Some(Instant::now());
-                    }
-                }
-            }
+        let mut state = self.lock();
+        if self.hub.leave(conn) == Some(Role::Streamer) && self.counts(&state).streamers == 0 {
+            state.streamer_away_since = Some(Instant::now());
         }
     }
 
-    /// Whether the streamer has had no connection in the room for at least `away`.
+    /// Records how many members another node holds in this room.
+    pub fn report(&self, node: &str, counts: Counts) {
+        let mut state = self.lock();
+        state.remote.insert(
+            node.to_owned(),
+            Remote {
+                counts,
+                at: Instant::now(),
+            },
+        );
+        if counts.streamers > 0 {
+            state.streamer_away_since = None;
+        }
+    }
+
+    /// Whether the streamer has had no connection in the room, on any node, for at least `away`.
     pub fn streamer_away_for(&self, away: Duration, now: Instant) -> bool {
-        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.lock();
         state
-            .streamer_away_since
-            .is_some_and(|since| now.saturating_duration_since(since) >= away)
+            .remote
+            .retain(|_, r| now.saturating_duration_since(r.at) <= self.report_stale);
+        if self.counts(&state).streamers > 0 {
+            state.streamer_away_since = None;
+            return false;
+        }
+        let since = *state.streamer_away_since.get_or_insert(now);
+        now.saturating_duration_since(since) >= away
     }
 
     /// Closes the room: publishes `room_closed` and tells every member's writer to finish with
     /// the ring. Returns the final sequence number.
     pub fn close(&self, reason: &str) -> Result<u64> {
-        let (seq, members) = {
+        let seq = {
             let mut state = self.live()?;
             self.closed.store(true, Ordering::Release);
-            let seq = self.publish(
+            self.publish(
                 &mut state,
                 &EventKind::RoomClosed {
                     reason: reason.to_owned(),
                 },
-            );
-            (seq, std::mem::take(&mut state.members))
+            )
         };
-        for member in members.into_values() {
-            member.outbox.send(Outbound::Unsubscribe);
-        }
+        self.hub.close();
         Ok(seq)
+    }
+
+    /// Stops sequencing the room on this node without a last event, because its lease was lost
+    /// and another node may run it now. Members are closed with 4002 `resync` and re-join
+    /// wherever the room now is.
+    pub fn abandon(&self) {
+        {
+            let _state = self.lock();
+            self.closed.store(true, Ordering::Release);
+        }
+        self.hub.kick_all(crate::error::CloseCode::Resync);
     }
 
     /// Publishes a committed gift and remembers it for thanking.
@@ -409,25 +495,25 @@ impl Room {
         Ok((sender, seq))
     }
 
-    /// Publishes the viewer count if it changed since it was last published. Called on a timer,
-    /// so joins and leaves reach the room coalesced.
+    /// Publishes the viewer count (the cluster's) if it changed since it was last published.
+    /// Called on a timer, so joins and leaves reach the room coalesced.
     pub fn publish_viewers_if_changed(&self) -> Option<u64> {
         let mut state = self.live().ok()?;
-        if state.viewers == state.viewers_published {
+        let count = self.counts(&state).viewers;
+        if count == state.viewers_published {
             return None;
         }
-        state.viewers_published = state.viewers;
-        let count = state.viewers;
+        state.viewers_published = count;
         Some(self.publish(&mut state, &EventKind::Viewers { count }))
     }
 
     pub fn summary(&self) -> RoomSummary {
-        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let state = self.lock();
         RoomSummary {
             room: self.id.clone(),
             title: self.title.clone(),
             streamer: self.streamer.clone(),
-            viewers: state.viewers,
+            viewers: self.counts(&state).viewers,
             epoch: self.epoch.clone(),
             seq: state.seq,
             opened_ms: self.opened_ms,
@@ -439,6 +525,7 @@ impl Room {
 mod tests {
     use super::*;
     use crate::fanout::LocalFanout;
+    use crate::outbox::Outbound;
 
     fn room() -> Room {
         room_with(RoomsConfig::default())
@@ -466,11 +553,12 @@ mod tests {
         r.gift("g2", "v1", "rose", "Rose", 1).unwrap();
         assert_eq!(r.publish_viewers_if_changed(), Some(3));
         assert_eq!(r.publish_viewers_if_changed(), None);
-        let first = ring.try_recv().unwrap();
+        let first = ring.try_recv().unwrap().bytes;
         assert!(first.as_str().contains(r#""seq":2"#), "{}", first.as_str());
         assert!(ring
             .try_recv()
             .unwrap()
+            .bytes
             .as_str()
             .contains(r#""kind":"viewers","count":1"#));
     }
@@ -497,12 +585,14 @@ mod tests {
         }
     }
 
-    fn seqs(frames: &[Frame]) -> Vec<u64> {
-        frames
+    /// The positions of `events`, read from their JSON, which must agree with their frames'.
+    fn seqs(events: &[EventFrame]) -> Vec<u64> {
+        events
             .iter()
-            .map(|f| {
-                let v: serde_json::Value = serde_json::from_str(f.as_str()).unwrap();
-                v["seq"].as_u64().unwrap()
+            .map(|e| {
+                let v: serde_json::Value = serde_json::from_str(e.bytes.as_str()).unwrap();
+                assert_eq!(v["seq"].as_u64(), Some(e.seq));
+                e.seq
             })
             .collect()
     }

@@ -37,9 +37,9 @@ use crate::app::App;
 use crate::bounds::{
     ACCEPT_RETRY, HTTP_BUFFER_BYTES_MAX, HTTP_HEADROOM_CONNECTIONS, LEDGER_CLOSE_MIN,
 };
+use crate::cluster::Cluster;
 use crate::config::{Config, LedgerBackend};
 use crate::error::{Error, Result};
-use crate::fanout::{Fanout, LocalFanout};
 use crate::http::{self, ConnSlot};
 use crate::ledger::postgres::{PostgresLedger, PostgresOptions};
 use crate::ledger::sqlite::{SqliteLedger, SqliteOptions};
@@ -125,14 +125,20 @@ pub async fn serve(
 ) -> Result<()> {
     let token = CancellationToken::new();
     let grace = Duration::from_millis(config.server.shutdown_grace_ms);
-    let fanout: Arc<dyn Fanout> = Arc::new(LocalFanout);
+    let cluster = match config.cluster.enabled() {
+        true => Some(Cluster::connect(&config.cluster, metrics.clone()).await?),
+        false => None,
+    };
     let app = Arc::new(App::new(
         config,
         ledger.clone(),
-        fanout,
+        cluster,
         metrics,
         token.clone(),
     ));
+    if app.cluster.is_some() {
+        Cluster::start(&app).await?;
+    }
     let tracker = Tracker::new();
     let public_router = http::public_router(app.clone(), tracker.clone());
     let admin_router = http::admin_router(app.clone());
@@ -329,10 +335,13 @@ async fn room_ticker(app: Arc<App>) {
                 if room.close("the streamer left").is_ok() {
                     tracing::info!(room = %room.id, "closed a room its streamer left");
                 }
-                app.rooms.remove(&room);
+                app.forget_room(&room);
             } else {
                 room.publish_viewers_if_changed();
             }
+        }
+        if let Some(cluster) = &app.cluster {
+            cluster.report_replicas();
         }
     }
 }
@@ -374,10 +383,11 @@ mod tests {
         }
         let last = last.expect("room events");
         assert!(
-            last.as_str()
+            last.bytes
+                .as_str()
                 .contains(r#""kind":"room_closed","reason":"the streamer left""#),
             "{}",
-            last.as_str()
+            last.bytes.as_str()
         );
         assert!(matches!(viewer_rx.try_recv(), Some(Outbound::Unsubscribe)));
         app.shutdown.cancel();

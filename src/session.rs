@@ -8,27 +8,37 @@
 //! This file holds the session's lifecycle and the checks every command shares (authentication,
 //! rate limits, roles, the current room); each command's handler lives with its family:
 //! `session/rooms.rs`, `session/gifts.rs` and `session/questions.rs`.
+//!
+//! In a cluster, a member of a room that another node runs is in that room through a replica
+//! (`room/replica.rs`). Its commands that act on the room are checked here (authentication, rate
+//! limits) and then run by the room's owner (`cluster/remote.rs`), whose session code is this
+//! same file, entered through [`Session::run_forwarded`].
 
 mod gifts;
 mod questions;
 mod rooms;
 
+pub(crate) use rooms::entry_reply;
+
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use serde_json::json;
-use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use crate::app::App;
 use crate::auth::{Identity, Role};
+use crate::cluster::remote::{self, Request};
 use crate::error::{CloseCode, Error, Result};
 use crate::gift::catalog::Sticker;
 use crate::metrics::OutKind;
+use crate::outbox::COMMAND_ITEMS_MAX;
 use crate::outbox::{Outbound, Outbox};
 use crate::protocol::server;
-use crate::protocol::{self, Command, Frame};
+use crate::protocol::{self, Command, EventFrame, Frame};
 use crate::ratelimit::{self, Buckets};
+use crate::room::hub::Subscription;
+use crate::room::replica::Replica;
 use crate::room::{ConnId, Room};
 
 fn ack<T: Serialize>(id: u64, result: &T) -> Result<Reply> {
@@ -40,7 +50,37 @@ enum Reply {
     Ack(Frame),
     /// An ack, the member's recovered events (if any), then a room subscription, queued in that
     /// order so the client sees its snapshot or its missed events before the room's next event.
-    AckThenSubscribe(Frame, Vec<Frame>, broadcast::Receiver<Frame>),
+    AckThenSubscribe(Frame, Vec<EventFrame>, Subscription),
+}
+
+/// The room a connection is in: one this node runs, or another node's through its replica.
+#[derive(Clone)]
+enum Membership {
+    Owned(Arc<Room>),
+    Relayed(Arc<Replica>),
+}
+
+impl Membership {
+    fn id(&self) -> &str {
+        match self {
+            Membership::Owned(room) => &room.id,
+            Membership::Relayed(replica) => &replica.id,
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        match self {
+            Membership::Owned(room) => room.is_closed(),
+            Membership::Relayed(replica) => replica.is_closed(),
+        }
+    }
+
+    fn leave(&self, conn: ConnId) {
+        match self {
+            Membership::Owned(room) => room.leave(conn),
+            Membership::Relayed(replica) => replica.leave(conn),
+        }
+    }
 }
 
 pub struct Session {
@@ -52,7 +92,7 @@ pub struct Session {
     conn_buckets: Buckets,
     /// Stands in for the user bucket before authentication; dropped after it.
     anonymous_buckets: Option<Box<Buckets>>,
-    room: Option<Arc<Room>>,
+    room: Option<Membership>,
     protocol_errors: u32,
 }
 
@@ -110,7 +150,10 @@ impl Session {
             Ok(command) => {
                 let id = id.expect("decoded commands carry an id");
                 match self.admit(&command) {
-                    Ok(()) => self.dispatch(id, command).await,
+                    Ok(()) => match self.relayed_room(&command) {
+                        Some(replica) => self.forward(&replica, text).await,
+                        None => self.dispatch(id, command).await,
+                    },
                     Err(e) => Err(e),
                 }
             }
@@ -204,8 +247,8 @@ impl Session {
             .expect("admit() lets only auth through unauthenticated")
     }
 
-    /// The live room this connection is in; forgets a room that closed.
-    fn current_room(&mut self) -> Result<Arc<Room>> {
+    /// The live room this connection is in, wherever it runs; forgets a room that closed.
+    fn membership(&mut self) -> Result<Membership> {
         match &self.room {
             Some(room) if !room.is_closed() => Ok(room.clone()),
             Some(_) => {
@@ -213,6 +256,97 @@ impl Session {
                 Err(Error::NotInRoom)
             }
             None => Err(Error::NotInRoom),
+        }
+    }
+
+    /// The live room this connection is in, run by this node. Commands for a room another node
+    /// runs never get here: they are forwarded first.
+    fn current_room(&mut self) -> Result<Arc<Room>> {
+        match self.membership()? {
+            Membership::Owned(room) => {
+                room.admit()?;
+                Ok(room)
+            }
+            Membership::Relayed(_) => unreachable!("room commands of relayed rooms are forwarded"),
+        }
+    }
+
+    /// The replica `command` must go to, if it acts on a room that another node runs.
+    fn relayed_room(&mut self, command: &Command) -> Option<Arc<Replica>> {
+        if !command.acts_on_room() {
+            return None;
+        }
+        match self.membership() {
+            Ok(Membership::Relayed(replica)) => Some(replica),
+            _ => None,
+        }
+    }
+
+    /// Has the room's owner run `text`, and returns its ack or error as the owner encoded it.
+    async fn forward(&mut self, replica: &Replica, text: &str) -> Result<Reply> {
+        let who = self.who();
+        let request = Request::Command {
+            user: who.user.clone(),
+            role: who.role,
+            frame: text.to_owned(),
+        };
+        let answer = remote::ask(&self.app, &replica.id, &request).await?;
+        Ok(Reply::Ack(Frame::from(answer.frame)))
+    }
+
+    /// Runs a command that a member on another node sent for `room`, which this node runs, as
+    /// that member's own node would run it here; returns the ack or error for the client.
+    ///
+    /// Boxed, because a forwarded command may open rooms whose own command service runs
+    /// forwarded commands: the future's type would otherwise contain itself.
+    pub fn run_forwarded(
+        app: Arc<App>,
+        identity: Identity,
+        room: Arc<Room>,
+        text: String,
+    ) -> futures_util::future::BoxFuture<'static, Frame> {
+        Box::pin(Self::run_forwarded_inner(app, identity, room, text))
+    }
+
+    async fn run_forwarded_inner(
+        app: Arc<App>,
+        identity: Identity,
+        room: Arc<Room>,
+        text: String,
+    ) -> Frame {
+        let (id, decoded) = protocol::decode(&text);
+        let command = match decoded {
+            Ok(command) if command.acts_on_room() => command,
+            Ok(_) => {
+                let e = Error::InvalidMessage("only room commands are forwarded".into());
+                return server::error(id, &e);
+            }
+            Err(e) => return server::error(id, &e),
+        };
+        let id = id.expect("decoded commands carry an id");
+        // The member's node already checked the member's rate limits and holds its connection;
+        // the room commands queue nothing on this outbox, which only satisfies the session.
+        let (outbox, queued) = Outbox::new(COMMAND_ITEMS_MAX * 2, 1 << 16);
+        let mut session = Session::new(app, 0, outbox);
+        session.identity = Some(identity);
+        session.room = Some(Membership::Owned(room));
+        let reply = session.dispatch(id, command).await;
+        assert!(
+            queued.try_recv().is_none(),
+            "room commands reply only by their result"
+        );
+        match reply {
+            Ok(Reply::Ack(frame)) => frame,
+            Ok(Reply::AckThenSubscribe(..)) => unreachable!("joins are not forwarded commands"),
+            Err(e) => {
+                session
+                    .app
+                    .metrics
+                    .errors
+                    .with_label_values(&[e.reason()])
+                    .inc();
+                server::error(Some(id), &e)
+            }
         }
     }
 
@@ -238,9 +372,9 @@ impl Session {
     async fn dispatch(&mut self, id: u64, command: Command) -> Result<Reply> {
         match command {
             Command::Auth { token } => self.handle_auth(id, &token),
-            Command::OpenRoom { room, title } => self.handle_open_room(id, &room, &title),
+            Command::OpenRoom { room, title } => self.handle_open_room(id, &room, &title).await,
             Command::CloseRoom {} => self.handle_close_room(id),
-            Command::Join { room, since } => self.handle_join(id, &room, since),
+            Command::Join { room, since } => self.handle_join(id, &room, since).await,
             Command::Leave {} => self.handle_leave(id),
             Command::SendGift { sticker, key } => self.handle_send_gift(id, sticker, &key).await,
             Command::Ask { text, sticker, key } => self.handle_ask(id, text, sticker, key).await,

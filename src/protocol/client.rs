@@ -102,6 +102,19 @@ impl Command {
         }
     }
 
+    /// Whether the command acts on the sender's current room, and so runs on the node that runs
+    /// the room (in a cluster, possibly another node).
+    pub fn acts_on_room(&self) -> bool {
+        matches!(
+            self,
+            Command::SendGift { .. }
+                | Command::Ask { .. }
+                | Command::Answer { .. }
+                | Command::Thank { .. }
+                | Command::CloseRoom {}
+        )
+    }
+
     pub fn rate_class(&self) -> RateClass {
         match self {
             Command::SendGift { .. } => RateClass::Gifts,

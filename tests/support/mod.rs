@@ -5,6 +5,7 @@
 //! `docs/PROTOCOL.md` describes it, so tests read like the protocol.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod cluster;
 pub mod ledger;
 pub mod raw_ws;
 pub mod rooms;

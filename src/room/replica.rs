@@ -1,0 +1,136 @@
+//! A room that another node runs, as this node serves it to its own members.
+//!
+//! The replica is a hub (`hub.rs`) fed by a relay: the task that reads the room's NATS subject
+//! and delivers each event, already encoded by the owner, to the hub's ring. The relay checks
+//! each event's position from its headers without parsing the JSON: an event of another epoch
+//! (another incarnation of the room) or one it already delivered is skipped, and a gap means this
+//! node lost events on their way from the owner (NATS dropped them, or this node was
+//! disconnected). Then the replica cannot vouch for its members' streams any more: it sends each
+//! of them away with close 4002 `resync`, after which they re-join with their last position and
+//! recover the missed events from the owner's history, and the replica ends. It also ends with
+//! the room's last event (`room_closed`), or when it has no members left.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_nats::Subscriber;
+use futures_util::StreamExt;
+use tokio::task::AbortHandle;
+
+use super::hub::{Counts, Hub};
+use super::{ConnId, RoomSummary};
+use crate::auth::Role;
+use crate::cluster::link::{HEADER_EPOCH, HEADER_LAST, HEADER_SEQ};
+use crate::cluster::Cluster;
+use crate::config::RoomsConfig;
+use crate::error::{CloseCode, Error, Result};
+use crate::outbox::Outbox;
+use crate::protocol::{EventFrame, Frame};
+
+use super::hub::Subscription;
+
+pub struct Replica {
+    pub id: String,
+    pub streamer: String,
+    pub epoch_id: u64,
+    hub: Hub,
+    /// The last event the relay delivered; 0 before the first.
+    last_seq: AtomicU64,
+    relay: Mutex<Option<AbortHandle>>,
+}
+
+impl Replica {
+    /// A replica of the room its lease describes.
+    pub fn new(summary: &RoomSummary, config: &RoomsConfig) -> Result<Replica> {
+        let epoch_id = u64::from_str_radix(&summary.epoch, 16)
+            .map_err(|_| Error::Internal(format!("bad epoch in the lease of {}", summary.room)))?;
+        Ok(Replica {
+            id: summary.room.clone(),
+            streamer: summary.streamer.clone(),
+            epoch_id,
+            hub: Hub::new(config.room_ring_frames, config.members_max),
+            last_seq: AtomicU64::new(0),
+            relay: Mutex::new(None),
+        })
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.hub.is_closed()
+    }
+
+    pub(crate) fn set_relay(&self, relay: AbortHandle) {
+        *self.relay.lock().unwrap_or_else(|p| p.into_inner()) = Some(relay);
+    }
+
+    /// Ends the replica: its relay stops and its members' subscriptions end.
+    pub(crate) fn stop(&self) {
+        if let Some(relay) = self.relay.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            relay.abort();
+        }
+        self.hub.close();
+    }
+
+    /// Adds a member, subscribed to every event the relay delivers from now on. Its writer skips
+    /// what its entry covers (set with [`Subscription::through_seq`] once the owner answered).
+    pub fn join(&self, conn: ConnId, role: Role, outbox: Outbox) -> Result<Subscription> {
+        let ring = self.hub.join(conn, role, outbox).map_err(|e| match e {
+            Error::NotInRoom => Error::RoomNotFound(self.id.clone()),
+            other => other,
+        })?;
+        Ok(Subscription {
+            ring,
+            through_seq: 0,
+        })
+    }
+
+    pub fn leave(&self, conn: ConnId) {
+        self.hub.leave(conn);
+    }
+
+    pub fn counts(&self) -> Counts {
+        self.hub.counts()
+    }
+
+    /// Relays the room's events from NATS to the hub until the room ends or the relay finds a
+    /// gap.
+    pub(crate) async fn relay(self: Arc<Self>, mut events: Subscriber, cluster: Arc<Cluster>) {
+        while let Some(message) = events.next().await {
+            let headers = message.headers.as_ref();
+            let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
+            let epoch = header(HEADER_EPOCH).and_then(|e| u64::from_str_radix(e, 16).ok());
+            let seq = header(HEADER_SEQ).and_then(|s| s.parse::<u64>().ok());
+            let (Some(epoch), Some(seq)) = (epoch, seq) else {
+                continue;
+            };
+            if epoch != self.epoch_id {
+                continue; // another incarnation of the room
+            }
+            let last = self.last_seq.load(Ordering::Acquire);
+            if last != 0 && seq <= last {
+                continue; // delivered already
+            }
+            if last != 0 && seq != last + 1 {
+                tracing::warn!(room = %self.id, last, seq, "events were lost on their way here; members re-join");
+                self.resync(&cluster);
+                return;
+            }
+            let Ok(bytes) = Frame::try_from(message.payload.clone()) else {
+                continue;
+            };
+            self.last_seq.store(seq, Ordering::Release);
+            self.hub.deliver(EventFrame { epoch, seq, bytes });
+            if header(HEADER_LAST).is_some() {
+                self.hub.close();
+                cluster.drop_replica(&self);
+                return;
+            }
+        }
+    }
+
+    /// Sends every member away to re-join and recover, and ends the replica.
+    fn resync(self: &Arc<Self>, cluster: &Cluster) {
+        let kicked = self.hub.kick_all(CloseCode::Resync);
+        cluster.metrics.cluster_resyncs.inc_by(kicked as u64);
+        cluster.drop_replica(self);
+    }
+}

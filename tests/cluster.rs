@@ -1,0 +1,315 @@
+//! One room across several giftd nodes over the real NATS and one PostgreSQL ledger
+//! (docs/ARCHITECTURE.md, "Cluster"). The room runs on the node where it was opened; viewers on
+//! every node see every event in the same `seq` order, commands from any node get the same acks
+//! and receipts as on the room's own node, and private messages, viewer counts, closing and
+//! recovery work across nodes.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::cluster::TestCluster;
+use support::Client;
+
+/// Reads events until one with `seq`, returning every event (viewer counts included).
+async fn events_through(client: &mut Client, seq: u64) -> Vec<Value> {
+    let mut seen = Vec::new();
+    // Bounded: the events asked for plus the viewer counts between them.
+    for _ in 0..10_000 {
+        let e = client.next_event().await;
+        let s = e["seq"].as_u64().unwrap();
+        seen.push(e);
+        if s >= seq {
+            return seen;
+        }
+    }
+    panic!("never reached seq {seq}");
+}
+
+/// The positions of `events`, which must be consecutive.
+fn assert_gap_free(events: &[Value]) {
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    for pair in seqs.windows(2) {
+        assert_eq!(pair[1], pair[0] + 1, "gap or duplicate in {seqs:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_across_three_nodes_is_one_room() {
+    let mut cluster = TestCluster::start(3).await;
+    let [a, b, c] = &cluster.nodes[..] else {
+        unreachable!()
+    };
+    for (node, user) in [(a, "va"), (b, "vb"), (c, "vc")] {
+        node.top_up(user, "web", 10_000, &format!("p-{user}")).await;
+    }
+    let mut star = a.streamer("star").await;
+    let opened = star.open_room("r", "Live").await;
+    let epoch = opened["epoch"].as_str().unwrap().to_owned();
+
+    let mut viewers = Vec::new();
+    for (node, user) in [(a, "va"), (b, "vb"), (c, "vc")] {
+        let mut v = node.viewer(user).await;
+        let snapshot = v.join("r").await;
+        assert_eq!(snapshot["epoch"], epoch.as_str(), "{snapshot}");
+        assert_eq!(snapshot["streamer"], "star");
+        viewers.push(v);
+    }
+
+    // Gifts from every node, the room's own first.
+    let mut receipts = Vec::new();
+    for (i, v) in viewers.iter_mut().enumerate() {
+        for k in 0..5 {
+            let r = v.send_gift("rose", &format!("k{i}-{k}")).await.unwrap();
+            assert_eq!(r["replayed"], false, "{r}");
+            assert!(r["seq"].as_u64().unwrap() >= 1, "{r}");
+            receipts.push(r);
+        }
+    }
+    let last_gift_seq = receipts
+        .iter()
+        .map(|r| r["seq"].as_u64().unwrap())
+        .max()
+        .unwrap();
+
+    // Every viewer sees the same gifts in the same order, gap-free.
+    let mut orders = Vec::new();
+    for v in viewers.iter_mut() {
+        let events = events_through(v, last_gift_seq).await;
+        assert_gap_free(&events);
+        let gifts: Vec<(u64, String)> = events
+            .iter()
+            .filter(|e| e["kind"] == "gift")
+            .map(|e| {
+                (
+                    e["seq"].as_u64().unwrap(),
+                    e["gift_id"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(gifts.len(), 15, "{events:?}");
+        orders.push(gifts);
+    }
+    assert_eq!(orders[0], orders[1]);
+    assert_eq!(orders[0], orders[2]);
+    // The receipts' positions are the events' positions.
+    let by_id: HashMap<&str, u64> = receipts
+        .iter()
+        .map(|r| (r["gift_id"].as_str().unwrap(), r["seq"].as_u64().unwrap()))
+        .collect();
+    for (seq, id) in &orders[0] {
+        assert_eq!(by_id[id.as_str()], *seq);
+    }
+
+    // The thank-you for a gift sent on node C reaches its sender there.
+    let from_c = receipts[10]["gift_id"].as_str().unwrap().to_owned();
+    let thanked = star
+        .ok(json!({ "type": "thank", "gift_id": from_c, "text": "ty C" }))
+        .await;
+    assert_eq!(thanked["to"], "vc");
+    let thanks = viewers[2].next_of("thanks").await;
+    assert_eq!(
+        (thanks["gift_id"].as_str(), thanks["text"].as_str()),
+        (Some(from_c.as_str()), Some("ty C"))
+    );
+
+    // A question asked on node B, answered by the streamer on node A, reaches its asker on B.
+    let asked = viewers[1]
+        .ok(json!({ "type": "ask", "text": "where are you?" }))
+        .await;
+    let question_id = asked["question_id"].as_u64().unwrap();
+    star.ok(json!({ "type": "answer", "question_id": question_id, "text": "Lisbon" }))
+        .await;
+    let answered = viewers[1].next_of("answered").await;
+    assert_eq!(answered["question_id"], question_id);
+
+    // The viewer count is the cluster's: three viewers on three nodes.
+    let mut count = 0;
+    for _ in 0..200 {
+        let e = star.next_event().await;
+        if e["kind"] == "viewers" {
+            count = e["count"].as_u64().unwrap();
+            if count == 3 {
+                break;
+            }
+        }
+    }
+    assert_eq!(count, 3);
+
+    // Every node lists the room, with the cluster's viewers.
+    for node in [a, b, c] {
+        let mut listed = Value::Null;
+        for _ in 0..50 {
+            let (status, body) = node.http("GET", "/rooms", None, None).await;
+            assert_eq!(status, 200, "{body}");
+            listed = serde_json::from_str(&body).unwrap();
+            if listed["rooms"][0]["viewers"] == 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(listed["rooms"][0]["room"], "r", "{listed}");
+        assert_eq!(listed["rooms"][0]["viewers"], 3, "{listed}");
+    }
+
+    // Money: every gift was charged once, on the one ledger.
+    let rose = price(a, "rose").await;
+    for user in ["va", "vb", "vc"] {
+        assert_eq!(a.balance(user).await, 10_000 - 5 * rose, "{user}");
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_opening_the_same_room_at_once_one_wins() {
+    let mut cluster = TestCluster::start(2).await;
+    let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+    for round in 0..5 {
+        let room = format!("r{round}");
+        let mut on_a = a.streamer("star").await;
+        let mut on_b = b.streamer("star").await;
+        let open = |room: &str| json!({ "type": "open_room", "room": room, "title": "t" });
+        let (ra, rb) = tokio::join!(on_a.request(open(&room)), on_b.request(open(&room)));
+        let (won, lost) = match (ra, rb) {
+            (Ok(w), Err(l)) | (Err(l), Ok(w)) => (w, l),
+            other => panic!("exactly one open must win: {other:?}"),
+        };
+        assert_eq!(won["room"], room.as_str());
+        assert_eq!(
+            (lost["code"].as_u64(), lost["reason"].as_str()),
+            (Some(13002), Some("room_exists")),
+            "{lost}"
+        );
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_key_on_two_nodes_at_once_debits_once() {
+    let mut cluster = TestCluster::start(3).await;
+    let [a, b, c] = &cluster.nodes[..] else {
+        unreachable!()
+    };
+    a.top_up("bob", "web", 10_000, "p1").await;
+    let mut star = a.streamer("star").await;
+    star.open_room("r", "t").await;
+    let mut on_b = b.viewer("bob").await;
+    on_b.join("r").await;
+    let mut on_c = c.viewer("bob").await;
+    on_c.join("r").await;
+    for round in 0..10 {
+        let key = format!("k{round}");
+        let (rb, rc) = tokio::join!(
+            on_b.send_gift("coffee", &key),
+            on_c.send_gift("coffee", &key)
+        );
+        let (rb, rc) = (rb.unwrap(), rc.unwrap());
+        assert_eq!(rb["gift_id"], rc["gift_id"], "{rb} {rc}");
+        assert_eq!(rb["seq"], rc["seq"], "{rb} {rc}");
+        let replays = [&rb, &rc].iter().filter(|r| r["replayed"] == true).count();
+        assert_eq!(replays, 1, "{rb} {rc}");
+    }
+    let coffee = price(a, "coffee").await;
+    assert_eq!(a.balance("bob").await, 10_000 - 10 * coffee);
+    cluster.shutdown().await;
+}
+
+/// The price of `sticker` in the node's catalog.
+async fn price(node: &support::TestServer, sticker: &str) -> u64 {
+    let (_, body) = node.http("GET", "/stickers", None, None).await;
+    let stickers: Value = serde_json::from_str(&body).unwrap();
+    stickers["stickers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == sticker)
+        .unwrap()["price_coins"]
+        .as_u64()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_from_another_node_reaches_every_node() {
+    let mut cluster = TestCluster::start(3).await;
+    let [a, b, c] = &cluster.nodes[..] else {
+        unreachable!()
+    };
+    let mut star = a.streamer("star").await;
+    star.open_room("r", "t").await;
+    let mut viewers = Vec::new();
+    for (node, user) in [(a, "va"), (b, "vb"), (c, "vc")] {
+        let mut v = node.viewer(user).await;
+        v.join("r").await;
+        viewers.push(v);
+    }
+    // The streamer's second device, on node B, closes the room.
+    let mut console = b.streamer("star").await;
+    console.join("r").await;
+    let closed = console.ok(json!({ "type": "close_room" })).await;
+    let last = closed["seq"].as_u64().unwrap();
+    for v in viewers.iter_mut().chain([&mut star, &mut console]) {
+        let e = v.next_event_of("room_closed").await;
+        assert_eq!(e["seq"], last);
+    }
+    // The room is gone everywhere, and its id can be opened again, with a new epoch.
+    for node in [a, b, c] {
+        let mut late = node.viewer("late").await;
+        let e = late
+            .request(json!({ "type": "join", "room": "r" }))
+            .await
+            .unwrap_err();
+        assert_eq!(e["reason"], "room_not_found", "{e}");
+    }
+    let mut again = c.streamer("star").await;
+    again.open_room("r", "again").await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_that_moves_to_another_node_recovers_what_it_missed() {
+    let mut cluster = TestCluster::start(3).await;
+    let [a, b, c] = &cluster.nodes[..] else {
+        unreachable!()
+    };
+    a.top_up("fan", "web", 100_000, "p1").await;
+    let mut star = a.streamer("star").await;
+    let opened = star.open_room("r", "t").await;
+    let epoch = opened["epoch"].as_str().unwrap().to_owned();
+    let mut fan = a.viewer("fan").await;
+    fan.join("r").await;
+    let mut bob = b.viewer("bob").await;
+    bob.join("r").await;
+    let first = fan.send_gift("rose", "k0").await.unwrap();
+    let seen = events_through(&mut bob, first["seq"].as_u64().unwrap()).await;
+    let last_seen = seen.last().unwrap()["seq"].as_u64().unwrap();
+    drop(bob);
+
+    // 100 events go by while bob is away.
+    let mut last = 0;
+    for k in 1..=100 {
+        let r = fan.send_gift("rose", &format!("k{k}")).await.unwrap();
+        last = r["seq"].as_u64().unwrap();
+    }
+
+    // Bob comes back on node C with his position and gets every event he missed, in order.
+    let mut bob = c.viewer("bob").await;
+    let ack = bob
+        .ok(json!({ "type": "join", "room": "r", "since": { "epoch": epoch, "seq": last_seen } }))
+        .await;
+    assert_eq!(ack["recovered"], true, "{ack}");
+    assert_eq!(ack["seq"], last_seen);
+    let events = events_through(&mut bob, last).await;
+    assert_eq!(events[0]["seq"].as_u64().unwrap(), last_seen + 1);
+    assert_gap_free(&events);
+    let gifts = events.iter().filter(|e| e["kind"] == "gift").count();
+    assert_eq!(gifts, 100);
+
+    // Then live events follow, with no gap.
+    let next = fan.send_gift("rose", "k-live").await.unwrap();
+    let live = events_through(&mut bob, next["seq"].as_u64().unwrap()).await;
+    assert_eq!(live[0]["seq"].as_u64().unwrap(), last + 1);
+    assert_gap_free(&live);
+    cluster.shutdown().await;
+}
