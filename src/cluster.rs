@@ -25,6 +25,7 @@
 
 pub mod link;
 pub mod remote;
+pub mod takeover;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,7 +41,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
-use crate::config::{ClusterConfig, RoomsConfig};
+use crate::config::{Config, RoomsConfig};
 use crate::error::{Error, Result};
 use crate::metrics::{Metrics, OutKind};
 use crate::protocol::Frame;
@@ -69,6 +70,9 @@ pub struct Cluster {
     namespace: String,
     client: async_nats::Client,
     leases: kv::Store,
+    /// Every room's latest events, for takeovers.
+    events: jetstream::stream::Stream,
+    events_per_room_max: usize,
     lease: Duration,
     request_timeout: Duration,
     owned: DashMap<String, Owned>,
@@ -83,7 +87,8 @@ pub struct Cluster {
 
 impl Cluster {
     /// Connects to NATS and opens (or creates) the lease bucket.
-    pub async fn connect(config: &ClusterConfig, metrics: Arc<Metrics>) -> Result<Arc<Cluster>> {
+    pub async fn connect(whole: &Config, metrics: Arc<Metrics>) -> Result<Arc<Cluster>> {
+        let config = &whole.cluster;
         let node_id = if config.node_id.is_empty() {
             format!("node-{:08x}", rand::random::<u32>())
         } else {
@@ -100,6 +105,22 @@ impl Cluster {
         let leases = open_lease_bucket(&js, &bucket, Duration::from_millis(config.lease_ms))
             .await
             .map_err(|e| unavailable(&e))?;
+        let events_per_room_max = whole.rooms.history_events_max.max(1);
+        let events = js
+            .get_or_create_stream(jetstream::stream::Config {
+                name: format!("{}_events", config.namespace),
+                description: Some("giftd room events, kept for takeovers".into()),
+                subjects: vec![format!("{}.room.*.events", config.namespace)],
+                max_messages_per_subject: events_per_room_max as i64,
+                max_age: Duration::from_millis(config.events_kept_ms),
+                storage: jetstream::stream::StorageType::File,
+                allow_direct: true,
+                discard: jetstream::stream::DiscardPolicy::Old,
+                num_replicas: 1,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable(&e))?;
         let (outgoing, outgoing_rx) = mpsc::channel(config.publish_queue_events);
         metrics.cluster_connected.set(1);
         Ok(Arc::new(Cluster {
@@ -107,6 +128,8 @@ impl Cluster {
             namespace: config.namespace.clone(),
             client,
             leases,
+            events,
+            events_per_room_max,
             lease: Duration::from_millis(config.lease_ms),
             request_timeout: Duration::from_millis(config.request_timeout_ms),
             owned: DashMap::new(),
@@ -312,6 +335,17 @@ impl Cluster {
         Ok(entry)
     }
 
+    /// Forgets a replica whose room this node took over; its hub lives on in the room.
+    fn forget_replica(&self, replica: &Arc<Replica>) {
+        if self
+            .replicas
+            .remove_if(&replica.id, |_, r| Arc::ptr_eq(r, replica))
+            .is_some()
+        {
+            self.metrics.cluster_replicas.dec();
+        }
+    }
+
     /// Forgets a replica that ended (closed, resynced or empty).
     pub(crate) fn drop_replica(&self, replica: &Arc<Replica>) {
         if self
@@ -486,5 +520,6 @@ async fn keep_leases(app: Arc<App>) {
                 }
             }
         }
+        takeover::take_over_orphans(&app).await;
     }
 }

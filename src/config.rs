@@ -280,6 +280,10 @@ pub struct ClusterConfig {
     pub request_timeout_ms: u64,
     /// Forwarded commands one node runs at once for rooms it owns; more wait.
     pub remote_commands_max: usize,
+    /// How long NATS keeps a room's latest events (at most `rooms.history_events_max` per room),
+    /// from which a node that takes over a room whose owner died restores it. A room idle for
+    /// longer than this cannot be taken over. 1000 to 604800000 (a week).
+    pub events_kept_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -292,6 +296,7 @@ impl Default for ClusterConfig {
             publish_queue_events: 4_096,
             request_timeout_ms: 5_000,
             remote_commands_max: 1_024,
+            events_kept_ms: 3_600_000,
         }
     }
 }
@@ -322,6 +327,12 @@ impl ClusterConfig {
             60_000,
         );
         c.at_least("cluster.remote_commands_max", self.remote_commands_max, 1);
+        c.between(
+            "cluster.events_kept_ms",
+            self.events_kept_ms,
+            1_000,
+            604_800_000,
+        );
         // Nodes with ledgers of their own would each accept the same idempotency key once.
         c.need(
             !self.enabled() || ledger.backend == LedgerBackend::Postgres,

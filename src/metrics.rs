@@ -113,6 +113,8 @@ pub struct Metrics {
     pub cluster_resyncs: IntCounter,
     /// Room leases this node lost to another node.
     pub cluster_leases_lost: IntCounter,
+    /// Rooms this node took over from a node that died.
+    pub cluster_takeovers: IntCounter,
     pub cluster_connected: IntGauge,
 }
 
@@ -295,6 +297,10 @@ impl Metrics {
             cluster_leases_lost: counter(
                 "giftd_cluster_leases_lost_total",
                 "Rooms this node stopped running because it could not renew their lease.",
+            ),
+            cluster_takeovers: counter(
+                "giftd_cluster_takeovers_total",
+                "Rooms this node took over because their node stopped renewing their lease.",
             ),
             cluster_connected: gauge(
                 "giftd_cluster_connected",

@@ -96,6 +96,17 @@ impl Questions {
         view
     }
 
+    /// Restores a question a room published before this node ran it (a takeover): the same id,
+    /// and later questions numbered after it.
+    pub fn restore(&mut self, view: QuestionView, now_ms: u64) {
+        self.next_id = self.next_id.max(view.question_id + 1);
+        self.by_id.insert(view.question_id, Question { view });
+        self.prune(now_ms);
+        while self.by_id.len() > self.open_max {
+            self.by_id.pop_first();
+        }
+    }
+
     /// Marks a question answered and returns it.
     pub fn answer(&mut self, question_id: u64, now_ms: u64) -> Result<QuestionView> {
         self.prune(now_ms);

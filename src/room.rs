@@ -91,7 +91,7 @@ pub struct Room {
     pub streamer: String,
     pub title: String,
     pub opened_ms: u64,
-    hub: Hub,
+    hub: Arc<Hub>,
     link: Box<dyn RoomLink>,
     state: Mutex<State>,
     closed: AtomicBool,
@@ -152,16 +152,36 @@ impl Room {
         metrics: Arc<Metrics>,
         fanout: &dyn Fanout,
     ) -> Room {
-        let epoch_id = rand::random::<u64>();
+        let summary = RoomSummary {
+            room: id.to_owned(),
+            title: title.to_owned(),
+            streamer: streamer.to_owned(),
+            viewers: 0,
+            epoch: String::new(),
+            seq: 0,
+            opened_ms: now_ms(),
+        };
+        let hub = Arc::new(Hub::new(config.room_ring_frames, config.members_max));
+        Room::build(&summary, rand::random(), hub, config, metrics, fanout)
+    }
+
+    fn build(
+        summary: &RoomSummary,
+        epoch_id: u64,
+        hub: Arc<Hub>,
+        config: &RoomsConfig,
+        metrics: Arc<Metrics>,
+        fanout: &dyn Fanout,
+    ) -> Room {
         Room {
-            id: id.to_owned(),
+            id: summary.room.clone(),
             epoch: epoch_hex(epoch_id),
             epoch_id,
-            streamer: streamer.to_owned(),
-            title: title.to_owned(),
-            opened_ms: now_ms(),
-            hub: Hub::new(config.room_ring_frames, config.members_max),
-            link: fanout.link(id),
+            streamer: summary.streamer.clone(),
+            title: summary.title.clone(),
+            opened_ms: summary.opened_ms,
+            hub,
+            link: fanout.link(&summary.room),
             state: Mutex::new(State {
                 seq: 0,
                 history: VecDeque::new(),
@@ -179,6 +199,74 @@ impl Room {
             report_stale: Duration::from_millis(config.viewer_count_interval_ms.saturating_mul(3)),
             metrics,
         }
+    }
+
+    /// Continues a room whose owner died, on this node (a takeover, see `cluster/takeover.rs`):
+    /// the same epoch, and the state its latest events give (`history`, oldest first, each with
+    /// its age): the sequence number, the history itself, open and pinned questions, and recent
+    /// gifts for thanking. The members this node had through its replica keep their place in
+    /// `hub`. Returns `None` if the history is empty or ends with the room's close.
+    pub fn resume(
+        summary: &RoomSummary,
+        epoch_id: u64,
+        hub: Arc<Hub>,
+        history: Vec<(EventFrame, Duration)>,
+        config: &RoomsConfig,
+        metrics: Arc<Metrics>,
+        fanout: &dyn Fanout,
+    ) -> Option<Room> {
+        let room = Room::build(summary, epoch_id, hub, config, metrics, fanout);
+        {
+            let mut state = room.lock();
+            let now = Instant::now();
+            for (event, age) in history {
+                assert_eq!(event.epoch, epoch_id, "a room resumes its own epoch only");
+                assert!(
+                    state.seq == 0 || event.seq == state.seq + 1,
+                    "a room's kept events are gap-free"
+                );
+                let value: serde_json::Value = serde_json::from_str(event.bytes.as_str()).ok()?;
+                match value["kind"].as_str() {
+                    Some("room_closed") => return None,
+                    Some("gift") => {
+                        if let (Some(id), Some(from)) =
+                            (value["gift_id"].as_str(), value["from"].as_str())
+                        {
+                            room.remember_gift(&mut state, id, from);
+                        }
+                    }
+                    Some("question") => {
+                        if let Ok(view) = serde_json::from_value::<QuestionView>(value.clone()) {
+                            if let Some(paid) = &view.paid {
+                                room.remember_gift(&mut state, &paid.gift_id, &view.from);
+                            }
+                            state.questions.restore(view, now_ms());
+                        }
+                    }
+                    Some("answer") => {
+                        if let Some(id) = value["question_id"].as_u64() {
+                            let _ = state.questions.answer(id, now_ms());
+                        }
+                    }
+                    Some("viewers") => {
+                        state.viewers_published = value["count"].as_u64().unwrap_or(0);
+                    }
+                    _ => {}
+                }
+                state.seq = event.seq;
+                if room.history_events_max > 0 {
+                    if state.history.len() == room.history_events_max {
+                        state.history.pop_front();
+                    }
+                    let at = now.checked_sub(age).unwrap_or(now);
+                    state.history.push_back(Kept { at, event });
+                }
+            }
+            if state.seq == 0 {
+                return None;
+            }
+        }
+        Some(room)
     }
 
     pub fn is_closed(&self) -> bool {

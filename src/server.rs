@@ -126,7 +126,7 @@ pub async fn serve(
     let token = CancellationToken::new();
     let grace = Duration::from_millis(config.server.shutdown_grace_ms);
     let cluster = match config.cluster.enabled() {
-        true => Some(Cluster::connect(&config.cluster, metrics.clone()).await?),
+        true => Some(Cluster::connect(&config, metrics.clone()).await?),
         false => None,
     };
     let app = Arc::new(App::new(

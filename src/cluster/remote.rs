@@ -21,6 +21,7 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use super::link::Outgoing;
 use crate::app::App;
 use crate::auth::{Identity, Role};
 use crate::error::{Error, Result};
@@ -143,14 +144,21 @@ pub async fn serve_room(
         let Ok(permit) = cluster.remote_permits.clone().acquire_owned().await else {
             return;
         };
-        let (app, room, client) = (app.clone(), room.clone(), cluster.client.clone());
+        let (app, room, cluster) = (app.clone(), room.clone(), cluster.clone());
         tokio::spawn(async move {
             app.metrics
                 .cluster_remote_commands
                 .with_label_values(&["served"])
                 .inc();
             let answer = answer(&app, &room, request).await;
-            let _ = client.publish(reply, answer.encode()).await;
+            // Through the node's ordered queue, behind the command's event: an owner that dies
+            // after sending a receipt has published the event it numbers.
+            cluster.queue(Outgoing {
+                subject: reply.to_string(),
+                headers: async_nats::HeaderMap::new(),
+                payload: answer.encode(),
+                numbered_at: None,
+            });
             drop(permit);
         });
     }

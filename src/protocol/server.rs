@@ -4,7 +4,7 @@
 //! Every message is encoded exactly once into a [`Frame`]. For room events that single frame is
 //! what every member receives.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::Frame;
 use crate::auth::Role;
@@ -166,7 +166,7 @@ impl EventKind {
 }
 
 /// A question as rooms and snapshots show it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct QuestionView {
     pub question_id: u64,
     pub from: String,
@@ -181,7 +181,7 @@ pub struct QuestionView {
     pub answered: bool,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PaidView {
     pub gift_id: String,
     pub sticker: String,

@@ -33,7 +33,9 @@ pub struct Replica {
     pub id: String,
     pub streamer: String,
     pub epoch_id: u64,
-    hub: Hub,
+    /// The room as its owner's lease described it when this replica began.
+    pub summary: RoomSummary,
+    hub: Arc<Hub>,
     /// The last event the relay delivered; 0 before the first.
     last_seq: AtomicU64,
     relay: Mutex<Option<AbortHandle>>,
@@ -48,7 +50,8 @@ impl Replica {
             id: summary.room.clone(),
             streamer: summary.streamer.clone(),
             epoch_id,
-            hub: Hub::new(config.room_ring_frames, config.members_max),
+            summary: summary.clone(),
+            hub: Arc::new(Hub::new(config.room_ring_frames, config.members_max)),
             last_seq: AtomicU64::new(0),
             relay: Mutex::new(None),
         })
@@ -60,6 +63,15 @@ impl Replica {
 
     pub(crate) fn set_relay(&self, relay: AbortHandle) {
         *self.relay.lock().unwrap_or_else(|p| p.into_inner()) = Some(relay);
+    }
+
+    /// Stops relaying because this node now runs the room (a takeover), and hands over the hub,
+    /// whose members stay subscribed. Returns the last event the relay delivered.
+    pub(crate) fn hand_over(&self) -> (Arc<Hub>, u64) {
+        if let Some(relay) = self.relay.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            relay.abort();
+        }
+        (self.hub.clone(), self.last_seq.load(Ordering::Acquire))
     }
 
     /// Ends the replica: its relay stops and its members' subscriptions end.

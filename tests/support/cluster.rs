@@ -2,8 +2,8 @@
 //! namespace of their own.
 //!
 //! Each [`TestCluster`] gets a namespace `t<random>`, so its subjects and its lease bucket are
-//! its own and tests run in parallel; the bucket is deleted when the cluster drops, after its
-//! nodes stopped, and the schema with the first node. NATS is the one already running
+//! its own and tests run in parallel; its lease bucket and event stream are deleted when the
+//! cluster drops, after its nodes stopped, and its PostgreSQL schema with them. NATS is the one already running
 //! (`GIFTD_TEST_NATS_URL`, default `nats://127.0.0.1:4222`).
 
 use giftd::config::{Config, LedgerBackend};
@@ -62,6 +62,7 @@ impl TestCluster {
 impl Drop for TestCluster {
     fn drop(&mut self) {
         let bucket = format!("{}_rooms", self.namespace);
+        let events = format!("{}_events", self.namespace);
         // On its own thread and runtime: a drop may run inside (or outside) a test's runtime.
         let deleted = std::thread::spawn(move || {
             tokio::runtime::Builder::new_current_thread()
@@ -72,6 +73,7 @@ impl Drop for TestCluster {
                     let client = async_nats::connect(nats_url()).await?;
                     let js = async_nats::jetstream::new(client);
                     js.delete_key_value(&bucket).await?;
+                    js.delete_stream(&events).await?;
                     Ok::<_, async_nats::Error>(())
                 })
         })
