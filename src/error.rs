@@ -54,6 +54,10 @@ pub enum Error {
     TokenRoomMismatch,
     #[error("Origin not allowed")]
     OriginNotAllowed,
+    #[error("the demo's development tools are off; set demo.dev_tools = true to use them")]
+    DevToolsDisabled,
+    #[error("the demo's development tools answer only connections from a loopback address")]
+    LoopbackOnly,
 
     #[error("room `{0}` not found")]
     RoomNotFound(String),
@@ -136,6 +140,8 @@ impl Error {
             Error::NotRoomOwner => wire(12004, "not_room_owner", 403),
             Error::TokenRoomMismatch => wire(12005, "token_room_mismatch", 403),
             Error::OriginNotAllowed => wire(12006, "origin_not_allowed", 403),
+            Error::DevToolsDisabled => wire(12007, "dev_tools_disabled", 403),
+            Error::LoopbackOnly => wire(12008, "loopback_only", 403),
             Error::RoomNotFound(_) => wire(13001, "room_not_found", 404),
             Error::RoomExists(_) => wire(13002, "room_exists", 409),
             Error::NotInRoom => wire(13003, "not_in_room", 409),
@@ -285,6 +291,8 @@ pub(crate) mod tests {
             Error::NotRoomOwner,
             Error::TokenRoomMismatch,
             Error::OriginNotAllowed,
+            Error::DevToolsDisabled,
+            Error::LoopbackOnly,
             Error::RoomNotFound("r".into()),
             Error::RoomExists("r".into()),
             Error::NotInRoom,
@@ -344,6 +352,8 @@ pub(crate) mod tests {
             Error::Internal(_) => 29,
             Error::LedgerUnavailable(_) => 30,
             Error::ShuttingDown => 31,
+            Error::DevToolsDisabled => 32,
+            Error::LoopbackOnly => 33,
         }
     }
 
@@ -364,7 +374,7 @@ pub(crate) mod tests {
     fn one_of_each_variant() {
         let mut seen: Vec<usize> = one_of_each().iter().map(variant_index).collect();
         seen.sort();
-        assert_eq!(seen, (0..32).collect::<Vec<_>>());
+        assert_eq!(seen, (0..34).collect::<Vec<_>>());
     }
 
     #[test]

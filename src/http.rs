@@ -1,5 +1,6 @@
 //! The HTTP surface, as two routers: the public one (the WebSocket upgrade, room listing, the
-//! sticker catalog) and the admin one (health, readiness, metrics and the admin API), served on
+//! sticker catalog and the demo pages of `demo.rs`) and
+//! the admin one (health, readiness, metrics and the admin API), served on
 //! separate listeners by `server.rs`.
 //!
 //! The upgrade is done by hand on hyper's connection so that the socket goes straight into
@@ -47,7 +48,8 @@ pub fn public_router(app: Arc<App>, tracker: Tracker) -> Router {
     let mut router = Router::new()
         .route("/ws", get(ws_upgrade))
         .route("/rooms", get(rooms))
-        .route("/stickers", get(stickers));
+        .route("/stickers", get(stickers))
+        .merge(crate::demo::router(app.clone()));
     if app.config.server.echo_endpoint {
         router = router.route("/echo", get(echo_upgrade));
     }
@@ -69,7 +71,7 @@ type AppState = State<(Arc<App>, Tracker)>;
 type AdminState = State<Arc<App>>;
 
 /// An error as an HTTP response: its status from [`Error::wire`] and the wire error body.
-fn error_response(e: &Error) -> Response {
+pub(crate) fn error_response(e: &Error) -> Response {
     let status = StatusCode::from_u16(e.http_status()).expect("wire statuses are valid");
     (status, Json(e.body())).into_response()
 }
@@ -289,7 +291,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn check_admin(app: &App, headers: &HeaderMap) -> Result<(), Error> {
+pub(crate) fn check_admin(app: &App, headers: &HeaderMap) -> Result<(), Error> {
     match bearer(headers) {
         Some(t) if constant_time_eq(t.as_bytes(), app.config.auth.admin_token.as_bytes()) => Ok(()),
         _ => Err(Error::InvalidToken(
@@ -319,7 +321,7 @@ fn topup_coins(value: &serde_json::Value) -> Result<u64, Error> {
     }
 }
 
-async fn top_up(State(app): AdminState, headers: HeaderMap, body: Bytes) -> Response {
+pub(crate) async fn top_up(State(app): AdminState, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(e) = check_admin(&app, &headers) {
         return error_response(&e);
     }

@@ -13,6 +13,7 @@ pub mod auth;
 pub mod bounds;
 pub mod config;
 pub mod connection;
+pub mod demo;
 pub mod error;
 pub mod fanout;
 pub mod gift;
