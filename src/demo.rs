@@ -157,7 +157,7 @@ async fn dev_token(State(app): State<Arc<App>>, req: Request) -> Response {
 /// demo pages, which cannot reach the admin listener.
 async fn dev_topup(State(app): State<Arc<App>>, req: Request) -> Response {
     match dev_request(&app, req).await {
-        Ok(dev) => top_up(State(app), dev.headers, dev.body).await,
+        Ok(dev) => top_up(State(app), dev.headers, Ok(dev.body)).await,
         Err(e) => error_response(&e),
     }
 }

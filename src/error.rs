@@ -38,6 +38,10 @@ pub enum Error {
     AlreadyAuthenticated,
     #[error("message exceeds {limit_bytes} bytes")]
     MessageTooLarge { limit_bytes: usize },
+    #[error("no such endpoint")]
+    NoSuchEndpoint,
+    #[error("this endpoint does not take that method")]
+    MethodNotAllowed,
 
     #[error("invalid token: {0}")]
     InvalidToken(String),
@@ -134,6 +138,8 @@ impl Error {
             Error::NotAuthenticated => wire(11005, "not_authenticated", 401),
             Error::AlreadyAuthenticated => wire(11006, "already_authenticated", 400),
             Error::MessageTooLarge { .. } => wire(11007, "message_too_large", 413),
+            Error::NoSuchEndpoint => wire(11008, "no_such_endpoint", 404),
+            Error::MethodNotAllowed => wire(11009, "method_not_allowed", 405),
             Error::InvalidToken(_) => wire(12001, "invalid_token", 401),
             Error::TokenExpired => wire(12002, "token_expired", 401),
             Error::WrongRole { .. } => wire(12003, "wrong_role", 403),
@@ -293,6 +299,8 @@ pub(crate) mod tests {
             Error::OriginNotAllowed,
             Error::DevToolsDisabled,
             Error::LoopbackOnly,
+            Error::NoSuchEndpoint,
+            Error::MethodNotAllowed,
             Error::RoomNotFound("r".into()),
             Error::RoomExists("r".into()),
             Error::NotInRoom,
@@ -354,6 +362,8 @@ pub(crate) mod tests {
             Error::ShuttingDown => 31,
             Error::DevToolsDisabled => 32,
             Error::LoopbackOnly => 33,
+            Error::NoSuchEndpoint => 34,
+            Error::MethodNotAllowed => 35,
         }
     }
 
@@ -374,7 +384,7 @@ pub(crate) mod tests {
     fn one_of_each_variant() {
         let mut seen: Vec<usize> = one_of_each().iter().map(variant_index).collect();
         seen.sort();
-        assert_eq!(seen, (0..34).collect::<Vec<_>>());
+        assert_eq!(seen, (0..36).collect::<Vec<_>>());
     }
 
     #[test]
