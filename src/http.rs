@@ -1,5 +1,5 @@
 //! The HTTP surface, as two routers: the public one (the WebSocket upgrade, room listing, the
-//! sticker catalog and the demo pages of `demo.rs`) and
+//! sticker catalog, `docs/openapi.yaml` at `/openapi.yaml`, and the demo pages of `demo.rs`) and
 //! the admin one (health, readiness, metrics and the admin API), served on
 //! separate listeners by `server.rs`.
 //!
@@ -50,6 +50,7 @@ pub fn public_router(app: Arc<App>, tracker: Tracker) -> Router {
         .route("/ws", get(ws_upgrade))
         .route("/rooms", get(rooms))
         .route("/stickers", get(stickers))
+        .route("/openapi.yaml", get(openapi))
         .merge(crate::demo::router(app.clone()));
     if app.config.server.echo_endpoint {
         router = router.route("/echo", get(echo_upgrade));
@@ -266,6 +267,18 @@ async fn stickers(State((app, _)): AppState) -> Response {
     Json(json!({ "stickers": app.catalog.all() })).into_response()
 }
 
+/// The description of every HTTP endpoint (`docs/openapi.yaml`), served as is.
+const OPENAPI_YAML: &str = include_str!("../docs/openapi.yaml");
+
+async fn openapi() -> Response {
+    let mut res = OPENAPI_YAML.into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/yaml"),
+    );
+    res
+}
+
 async fn readyz(State(app): AdminState) -> Response {
     // While unready, each readiness check probes storage, so the node comes back by itself once
     // storage recovers.
@@ -449,8 +462,8 @@ mod tests {
         for ok in [json!(1), json!(100), json!(TOPUP_COINS_MAX)] {
             assert!(topup_coins(&ok).is_ok(), "{ok}");
         }
-        // A whole number written with a fraction part is a whole number (JSON Schema's
-        // `integer` says so too).
+        // Found by the OpenAPI check: a whole number written with a fraction part is a whole
+        // number (JSON Schema's `integer` says so too).
         assert_eq!(topup_coins(&json!(100.0)), Ok(100));
         assert_eq!(topup_coins(&json!(1e9)), Ok(TOPUP_COINS_MAX));
         for bad in [
@@ -578,7 +591,7 @@ mod tests {
         )
     }
 
-    /// axum's own rejections answered in plain text, without a code.
+    /// Found by the OpenAPI check: axum's own rejections answered in plain text, without a code.
     #[tokio::test]
     async fn an_unparsable_ws_query_gets_the_wire_error() {
         let app = app(|_| {});
@@ -642,5 +655,20 @@ mod tests {
         )
         .await;
         assert_eq!((status.as_u16(), &body["code"]), (405, &json!(11009)));
+    }
+
+    #[tokio::test]
+    async fn the_openapi_description_is_served() {
+        let app = app(|_| {});
+        let res = public_router(app.app.clone(), Tracker::new())
+            .oneshot(Request::get("/openapi.yaml").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.headers()[header::CONTENT_TYPE], "application/yaml");
+        let text = axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        assert!(text.starts_with(b"openapi: 3.1"));
     }
 }
