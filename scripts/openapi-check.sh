@@ -5,7 +5,8 @@
 # Builds giftd, starts it on free loopback ports with a throwaway ledger and the demo's dev tools
 # on, checks that it serves the same openapi.yaml as the file, then runs schemathesis twice, each
 # bounded in time: the public and demo operations against the public listener, the admin ones
-# against the admin listener (with the admin token). Every check is on: no 5xx, only documented
+# against the admin listener; the admin token (the development default) goes where the
+# description asks for it. Every check is on: no 5xx, only documented
 # statuses, content types and bodies, bad input refused and good input accepted
 # (scripts/openapi-check.toml holds the few settings per operation). Exits non-zero
 # on any failure, or if giftd dies.
@@ -20,7 +21,6 @@ OUT=${OPENAPI_OUT:-target/openapi-check}
 MAX_SECS=${OPENAPI_MAX_SECS:-60}
 SCHEMATHESIS_VERSION=4.32.5
 SPEC=docs/openapi.yaml
-ADMIN_TOKEN=giftd-dev-admin-token
 
 echo "== openapi: schemathesis $SCHEMATHESIS_VERSION in $VENV"
 if [[ ! -x "$VENV/bin/python" ]]; then
@@ -96,8 +96,6 @@ run() {
         exit 1
     fi
 }
-run public "http://127.0.0.1:$PORT" --include-tag public --include-tag demo \
-    -H "Authorization: Bearer $ADMIN_TOKEN"
-run admin "http://127.0.0.1:$ADMIN_PORT" --include-tag admin \
-    -H "Authorization: Bearer $ADMIN_TOKEN"
+run public "http://127.0.0.1:$PORT" --include-tag public --include-tag demo
+run admin "http://127.0.0.1:$ADMIN_PORT" --include-tag admin
 exit $status
