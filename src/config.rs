@@ -36,6 +36,7 @@ pub struct Config {
     pub split: SplitConfig,
     pub limits: LimitsConfig,
     pub log: LogConfig,
+    pub demo: DemoConfig,
     /// The sticker catalog. Empty means the built-in catalog.
     pub stickers: Vec<Sticker>,
 }
@@ -495,6 +496,26 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
+/// The demo room served at `/demo` (`demo.rs`).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct DemoConfig {
+    /// Let the demo pages mint tokens and top up wallets (`/demo/dev/*`), behind the admin token
+    /// and only for loopback peers. For development: needs `server.listen` on loopback.
+    pub dev_tools: bool,
+}
+
+impl DemoConfig {
+    fn check(&self, server: &ServerConfig, c: &mut Checks) {
+        c.need(!self.dev_tools || server.listen.ip().is_loopback(), || {
+            format!(
+                "demo.dev_tools is for development and needs a loopback server.listen, not {}",
+                server.listen
+            )
+        });
+    }
+}
+
 impl Config {
     /// Loads defaults, then the file (if any), then `GIFTD_` environment overrides.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
@@ -551,6 +572,7 @@ impl Config {
         self.cluster.check(&self.ledger, &mut checks);
         self.split.check(&mut checks);
         self.limits.check(&mut checks);
+        self.demo.check(&self.server, &mut checks);
         if let Err(e) = crate::gift::catalog::Catalog::new(self.catalog()) {
             checks.0.push(format!("stickers: {e}"));
         }
@@ -914,6 +936,10 @@ mod tests {
             ("[split.streamer_share_bps]\nstar = 10001", "split.streamer_share_bps.star"),
             ("[limits.user.gifts]\nper_sec = 0.0\nburst = 1", "limits.user.gifts"),
             ("[limits.connection.commands]\nper_sec = 1.0\nburst = 0", "limits.connection.commands"),
+            (
+                "[server]\nlisten = \"0.0.0.0:8080\"\n[auth]\njwt_secret = \"a-production-jwt-secret\"\nadmin_token = \"a-production-admin-token\"\n[demo]\ndev_tools = true",
+                "demo.dev_tools",
+            ),
         ];
         for (toml, expected) in cases {
             let err = Config::from_toml(toml)

@@ -38,6 +38,10 @@ pub enum Error {
     AlreadyAuthenticated,
     #[error("message exceeds {limit_bytes} bytes")]
     MessageTooLarge { limit_bytes: usize },
+    #[error("no such endpoint")]
+    NoSuchEndpoint,
+    #[error("this endpoint does not take that method")]
+    MethodNotAllowed,
 
     #[error("invalid token: {0}")]
     InvalidToken(String),
@@ -54,6 +58,10 @@ pub enum Error {
     TokenRoomMismatch,
     #[error("Origin not allowed")]
     OriginNotAllowed,
+    #[error("the demo's development tools are off; set demo.dev_tools = true to use them")]
+    DevToolsDisabled,
+    #[error("the demo's development tools answer only connections from a loopback address")]
+    LoopbackOnly,
 
     #[error("room `{0}` not found")]
     RoomNotFound(String),
@@ -134,12 +142,16 @@ impl Error {
             Error::NotAuthenticated => wire(11005, "not_authenticated", 401),
             Error::AlreadyAuthenticated => wire(11006, "already_authenticated", 400),
             Error::MessageTooLarge { .. } => wire(11007, "message_too_large", 413),
+            Error::NoSuchEndpoint => wire(11008, "no_such_endpoint", 404),
+            Error::MethodNotAllowed => wire(11009, "method_not_allowed", 405),
             Error::InvalidToken(_) => wire(12001, "invalid_token", 401),
             Error::TokenExpired => wire(12002, "token_expired", 401),
             Error::WrongRole { .. } => wire(12003, "wrong_role", 403),
             Error::NotRoomOwner => wire(12004, "not_room_owner", 403),
             Error::TokenRoomMismatch => wire(12005, "token_room_mismatch", 403),
             Error::OriginNotAllowed => wire(12006, "origin_not_allowed", 403),
+            Error::DevToolsDisabled => wire(12007, "dev_tools_disabled", 403),
+            Error::LoopbackOnly => wire(12008, "loopback_only", 403),
             Error::RoomNotFound(_) => wire(13001, "room_not_found", 404),
             Error::RoomExists(_) => wire(13002, "room_exists", 409),
             Error::NotInRoom => wire(13003, "not_in_room", 409),
@@ -295,6 +307,10 @@ pub(crate) mod tests {
             Error::NotRoomOwner,
             Error::TokenRoomMismatch,
             Error::OriginNotAllowed,
+            Error::DevToolsDisabled,
+            Error::LoopbackOnly,
+            Error::NoSuchEndpoint,
+            Error::MethodNotAllowed,
             Error::RoomNotFound("r".into()),
             Error::RoomExists("r".into()),
             Error::NotInRoom,
@@ -358,6 +374,10 @@ pub(crate) mod tests {
             Error::ShuttingDown => 31,
             Error::RoomBusy => 32,
             Error::RoomUnavailable(_) => 33,
+            Error::DevToolsDisabled => 34,
+            Error::LoopbackOnly => 35,
+            Error::NoSuchEndpoint => 36,
+            Error::MethodNotAllowed => 37,
         }
     }
 
@@ -379,7 +399,7 @@ pub(crate) mod tests {
     fn one_of_each_variant() {
         let mut seen: Vec<usize> = one_of_each().iter().map(variant_index).collect();
         seen.sort();
-        assert_eq!(seen, (0..34).collect::<Vec<_>>());
+        assert_eq!(seen, (0..38).collect::<Vec<_>>());
     }
 
     #[test]

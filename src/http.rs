@@ -1,5 +1,6 @@
 //! The HTTP surface, as two routers: the public one (the WebSocket upgrade, room listing, the
-//! sticker catalog) and the admin one (health, readiness, metrics and the admin API), served on
+//! sticker catalog, `docs/openapi.yaml` at `/openapi.yaml`, and the demo pages of `demo.rs`) and
+//! the admin one (health, readiness, metrics and the admin API), served on
 //! separate listeners by `server.rs`.
 //!
 //! The upgrade is done by hand on hyper's connection so that the socket goes straight into
@@ -11,6 +12,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -47,29 +49,38 @@ pub fn public_router(app: Arc<App>, tracker: Tracker) -> Router {
     let mut router = Router::new()
         .route("/ws", get(ws_upgrade))
         .route("/rooms", get(rooms))
-        .route("/stickers", get(stickers));
+        .route("/stickers", get(stickers))
+        .route("/openapi.yaml", get(openapi))
+        .merge(crate::demo::router(app.clone()));
     if app.config.server.echo_endpoint {
         router = router.route("/echo", get(echo_upgrade));
     }
-    router.with_state((app, tracker))
+    with_error_fallbacks(router).with_state((app, tracker))
 }
 
 /// The operator endpoints: liveness, readiness, metrics and the admin API.
 pub fn admin_router(app: Arc<App>) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/admin/topup", post(top_up))
-        .route("/admin/wallets/{user}", get(wallet))
-        .with_state(app)
+        .route("/admin/wallets/{user}", get(wallet));
+    with_error_fallbacks(router).with_state(app)
+}
+
+/// Unknown paths and methods get the wire error body too, like every other refusal.
+fn with_error_fallbacks<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Router<S> {
+    router
+        .fallback(|| async { error_response(&Error::NoSuchEndpoint) })
+        .method_not_allowed_fallback(|| async { error_response(&Error::MethodNotAllowed) })
 }
 
 type AppState = State<(Arc<App>, Tracker)>;
 type AdminState = State<Arc<App>>;
 
 /// An error as an HTTP response: its status from [`Error::wire`] and the wire error body.
-fn error_response(e: &Error) -> Response {
+pub(crate) fn error_response(e: &Error) -> Response {
     let status = StatusCode::from_u16(e.http_status()).expect("wire statuses are valid");
     (status, Json(e.body())).into_response()
 }
@@ -180,9 +191,15 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 async fn ws_upgrade(
     State((app, tracker)): AppState,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Query(query): Query<WsQuery>,
+    query: Result<Query<WsQuery>, QueryRejection>,
     req: Request,
 ) -> Response {
+    // A query string that does not parse (a repeated `token`, bad percent-encoding) is a bad
+    // request with the wire error body, not axum's plain-text rejection.
+    let query = match query {
+        Ok(Query(query)) => query,
+        Err(e) => return bad_upgrade(&format!("bad query string: {}", e.body_text())),
+    };
     let key = match upgrade_key(req.headers()) {
         Ok(key) => key.clone(),
         Err(msg) => return bad_upgrade(msg),
@@ -259,6 +276,18 @@ async fn stickers(State((app, _)): AppState) -> Response {
     Json(json!({ "stickers": app.catalog.all() })).into_response()
 }
 
+/// The description of every HTTP endpoint (`docs/openapi.yaml`), served as is.
+const OPENAPI_YAML: &str = include_str!("../docs/openapi.yaml");
+
+async fn openapi() -> Response {
+    let mut res = OPENAPI_YAML.into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/yaml"),
+    );
+    res
+}
+
 async fn readyz(State(app): AdminState) -> Response {
     // While unready, each readiness check probes storage, so the node comes back by itself once
     // storage recovers.
@@ -298,7 +327,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn check_admin(app: &App, headers: &HeaderMap) -> Result<(), Error> {
+pub(crate) fn check_admin(app: &App, headers: &HeaderMap) -> Result<(), Error> {
     match bearer(headers) {
         Some(t) if constant_time_eq(t.as_bytes(), app.config.auth.admin_token.as_bytes()) => Ok(()),
         _ => Err(Error::InvalidToken(
@@ -320,7 +349,15 @@ struct TopUpBody {
 
 /// A top-up amount: a whole number of coins from 1 to [`TOPUP_COINS_MAX`].
 fn topup_coins(value: &serde_json::Value) -> Result<u64, Error> {
-    match value.as_u64() {
+    // JSON has one number type: `100.0` is the same whole number as `100` (and exact below the
+    // bound, far under 2^53).
+    let whole = value.as_u64().or_else(|| {
+        value
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && (1.0..=TOPUP_COINS_MAX as f64).contains(f))
+            .map(|f| f as u64)
+    });
+    match whole {
         Some(coins) if (1..=TOPUP_COINS_MAX).contains(&coins) => Ok(coins),
         _ => Err(Error::InvalidAmount(format!(
             "coins must be a whole number from 1 to {TOPUP_COINS_MAX}, got {value}"
@@ -328,10 +365,24 @@ fn topup_coins(value: &serde_json::Value) -> Result<u64, Error> {
     }
 }
 
-async fn top_up(State(app): AdminState, headers: HeaderMap, body: Bytes) -> Response {
+pub(crate) async fn top_up(
+    State(app): AdminState,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     if let Err(e) = check_admin(&app, &headers) {
         return error_response(&e);
     }
+    // Bodies past axum's own buffer limit are refused like those past ours.
+    let body = match body {
+        Ok(body) => body,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return error_response(&Error::MessageTooLarge {
+                limit_bytes: ADMIN_BODY_BYTES_MAX,
+            })
+        }
+        Err(e) => return error_response(&Error::InvalidMessage(e.body_text())),
+    };
     if body.len() > ADMIN_BODY_BYTES_MAX {
         return error_response(&Error::MessageTooLarge {
             limit_bytes: ADMIN_BODY_BYTES_MAX,
@@ -376,10 +427,16 @@ async fn top_up(State(app): AdminState, headers: HeaderMap, body: Bytes) -> Resp
     }
 }
 
-async fn wallet(State(app): AdminState, headers: HeaderMap, Path(user): Path<String>) -> Response {
+async fn wallet(
+    State(app): AdminState,
+    headers: HeaderMap,
+    user: Result<Path<String>, PathRejection>,
+) -> Response {
     if let Err(e) = check_admin(&app, &headers) {
         return error_response(&e);
     }
+    // A path segment that is not UTF-8 once decoded is a bad user id like any other.
+    let user = user.map(|Path(user)| user).unwrap_or_default();
     if check_user_id(&user).is_err() {
         return error_response(&Error::InvalidMessage("bad user id".into()));
     }
@@ -414,10 +471,18 @@ mod tests {
         for ok in [json!(1), json!(100), json!(TOPUP_COINS_MAX)] {
             assert!(topup_coins(&ok).is_ok(), "{ok}");
         }
+        // Found by the OpenAPI check: a whole number written with a fraction part is a whole
+        // number (JSON Schema's `integer` says so too).
+        assert_eq!(topup_coins(&json!(100.0)), Ok(100));
+        assert_eq!(topup_coins(&json!(1e9)), Ok(TOPUP_COINS_MAX));
         for bad in [
             json!(0),
             json!(-5),
             json!(1.5),
+            json!(0.0),
+            json!(-0.0),
+            json!(1e9 + 1.0),
+            json!(1e300),
             json!("100"),
             json!(null),
             json!(TOPUP_COINS_MAX + 1),
@@ -518,5 +583,101 @@ mod tests {
             let res = admin_router(app.app.clone()).oneshot(req).await.unwrap();
             assert_eq!(res.status(), StatusCode::NOT_FOUND, "{path}");
         }
+    }
+
+    async fn public(app: &Arc<App>, req: Request<Body>) -> (StatusCode, serde_json::Value) {
+        let res = public_router(app.clone(), Tracker::new())
+            .oneshot(req)
+            .await
+            .unwrap();
+        let status = res.status();
+        let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// Found by the OpenAPI check: axum's own rejections answered in plain text, without a code.
+    #[tokio::test]
+    async fn an_unparsable_ws_query_gets_the_wire_error() {
+        let app = app(|_| {});
+        for uri in ["/ws?token=a&token=b", "/ws?token=%FF"] {
+            let mut req = Request::get(uri).body(Body::empty()).unwrap();
+            let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+            req.extensions_mut().insert(ConnectInfo(peer));
+            let (status, body) = public(&app, req).await;
+            assert_eq!(
+                (status.as_u16(), &body["code"]),
+                (400, &json!(11003)),
+                "{uri}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_wallet_path_that_is_not_utf8_gets_the_wire_error() {
+        let app = app(|_| {});
+        let req = Request::get("/admin/wallets/%FF")
+            .header(
+                header::AUTHORIZATION,
+                format!("Bearer {}", crate::config::DEV_ADMIN_TOKEN),
+            )
+            .body(Body::empty())
+            .unwrap();
+        let (status, body) = admin(&app, req).await;
+        assert_eq!((status.as_u16(), &body["code"]), (400, &json!(11003)));
+    }
+
+    #[tokio::test]
+    async fn a_topup_body_past_the_buffer_limit_gets_message_too_large() {
+        let app = app(|_| {});
+        let req = Request::post("/admin/topup")
+            .header(
+                header::AUTHORIZATION,
+                format!("Bearer {}", crate::config::DEV_ADMIN_TOKEN),
+            )
+            .body(Body::from(vec![b'a'; 3 << 20]))
+            .unwrap();
+        let (status, body) = admin(&app, req).await;
+        assert_eq!((status.as_u16(), &body["code"]), (413, &json!(11007)));
+    }
+
+    #[tokio::test]
+    async fn unknown_paths_and_methods_get_the_wire_error() {
+        let app = app(|_| {});
+        let (status, body) = public(&app, Request::get("/nope").body(Body::empty()).unwrap()).await;
+        assert_eq!((status.as_u16(), &body["code"]), (404, &json!(11008)));
+        let (status, body) = admin(&app, Request::get("/nope").body(Body::empty()).unwrap()).await;
+        assert_eq!((status.as_u16(), &body["code"]), (404, &json!(11008)));
+        let res = public_router(app.app.clone(), Tracker::new())
+            .oneshot(Request::post("/rooms").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(res.headers()[header::ALLOW], "GET,HEAD");
+        let (status, body) = admin(
+            &app,
+            Request::get("/admin/topup").body(Body::empty()).unwrap(),
+        )
+        .await;
+        assert_eq!((status.as_u16(), &body["code"]), (405, &json!(11009)));
+    }
+
+    #[tokio::test]
+    async fn the_openapi_description_is_served() {
+        let app = app(|_| {});
+        let res = public_router(app.app.clone(), Tracker::new())
+            .oneshot(Request::get("/openapi.yaml").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.headers()[header::CONTENT_TYPE], "application/yaml");
+        let text = axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        assert!(text.starts_with(b"openapi: 3.1"));
     }
 }

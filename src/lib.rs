@@ -14,6 +14,7 @@ pub mod bounds;
 pub mod cluster;
 pub mod config;
 pub mod connection;
+pub mod demo;
 pub mod error;
 pub mod fanout;
 pub mod gift;
