@@ -313,3 +313,131 @@ async fn a_viewer_that_moves_to_another_node_recovers_what_it_missed() {
     assert_gap_free(&live);
     cluster.shutdown().await;
 }
+
+/// Sends gift `key` until it gets a receipt, through outages (bounded: 30 s).
+async fn gift_until_acked(client: &mut Client, key: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match client.send_gift("rose", key).await {
+            Ok(receipt) => return receipt,
+            Err(e) => {
+                let retryable = ["room_unavailable", "room_busy", "ledger_unavailable"];
+                assert!(
+                    retryable.contains(&e["reason"].as_str().unwrap_or("")),
+                    "{e}"
+                );
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no receipt for {key} in 30 s: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_rooms_node_is_killed_another_takes_the_room_over() {
+    let mut cluster = TestCluster::start(2).await;
+    let mut owner = cluster.spawn_process("owner").await;
+    let (b, c) = (&cluster.nodes[0], &cluster.nodes[1]);
+    b.top_up("fan", "web", 100_000, "p1").await;
+    let mut star = owner.connect("star", giftd::auth::Role::Streamer).await;
+    let opened = star.open_room("r", "Live").await;
+    let epoch = opened["epoch"].as_str().unwrap().to_owned();
+    let mut on_owner = owner.connect("va", giftd::auth::Role::Viewer).await;
+    on_owner.join("r").await;
+    let mut vb = b.viewer("vb").await;
+    vb.join("r").await;
+    let mut vc = c.viewer("vc").await;
+    vc.join("r").await;
+    let mut fan = b.viewer("fan").await;
+    fan.join("r").await;
+    let asked = fan
+        .ok(json!({ "type": "ask", "text": "still there?" }))
+        .await;
+
+    // Gifts before the kill, then the kill -9, then gifts that wait for the takeover.
+    let mut receipts = Vec::new();
+    for k in 0..20 {
+        receipts.push(gift_until_acked(&mut fan, &format!("k{k}")).await);
+    }
+    let seen_on_owner = events_through(&mut on_owner, receipts[9]["seq"].as_u64().unwrap()).await;
+    let owner_last_seen = seen_on_owner.last().unwrap()["seq"].as_u64().unwrap();
+    owner.kill();
+    for k in 20..40 {
+        receipts.push(gift_until_acked(&mut fan, &format!("k{k}")).await);
+    }
+    let last = receipts
+        .iter()
+        .filter_map(|r| r["seq"].as_u64())
+        .max()
+        .unwrap();
+
+    // Viewers on the surviving nodes saw every event, the takeover included, gap-free, and
+    // every receipt's gift at its position.
+    for v in [&mut vb, &mut vc] {
+        let events = events_through(v, last).await;
+        assert_gap_free(&events);
+        assert_eq!(events[0]["epoch"], epoch.as_str());
+        let at: HashMap<u64, &Value> = events
+            .iter()
+            .map(|e| (e["seq"].as_u64().unwrap(), e))
+            .collect();
+        for r in &receipts {
+            if let Some(seq) = r["seq"].as_u64() {
+                if seq > events[0]["seq"].as_u64().unwrap() {
+                    assert_eq!(at[&seq]["gift_id"], r["gift_id"], "{r}");
+                }
+            }
+        }
+    }
+
+    // The viewer whose node died re-joins elsewhere with its position and recovers.
+    let mut va = c.viewer("va").await;
+    let ack = va
+        .ok(json!({ "type": "join", "room": "r", "since": { "epoch": epoch, "seq": owner_last_seen } }))
+        .await;
+    assert_eq!(ack["recovered"], true, "{ack}");
+    let recovered = events_through(&mut va, last).await;
+    assert_eq!(recovered[0]["seq"].as_u64().unwrap(), owner_last_seen + 1);
+    assert_gap_free(&recovered);
+
+    // The room's state survived: the question is still open and can be answered from any node,
+    // and the streamer, back on a surviving node, thanks a gift sent before the kill.
+    let mut star = c.streamer("star").await;
+    let snapshot = star.join("r").await;
+    let open: Vec<u64> = snapshot["questions_open"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["question_id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        open,
+        vec![asked["question_id"].as_u64().unwrap()],
+        "{snapshot}"
+    );
+    star.ok(json!({ "type": "answer", "question_id": asked["question_id"], "text": "yes" }))
+        .await;
+    star.ok(json!({ "type": "thank", "gift_id": receipts[5]["gift_id"] }))
+        .await;
+    assert_eq!(
+        fan.next_of("thanks").await["gift_id"],
+        receipts[5]["gift_id"]
+    );
+
+    // Money: each key charged once, and the ledger audits clean.
+    let rose = price(b, "rose").await;
+    assert_eq!(b.balance("fan").await, 100_000 - 40 * rose);
+    let db = support::ledger::LedgerDb::open(&b.config).await;
+    let report = db.audit().await;
+    assert!(report.violations.is_empty(), "{report:?}");
+    assert_eq!(report.gifts, 40);
+    assert_eq!(
+        b.metric("giftd_cluster_takeovers_total").await
+            + c.metric("giftd_cluster_takeovers_total").await,
+        1.0
+    );
+    cluster.shutdown().await;
+}

@@ -83,3 +83,104 @@ impl Drop for TestCluster {
         }
     }
 }
+
+/// A node of a [`TestCluster`] in a process of its own, so a test can kill it with SIGKILL.
+pub struct NodeProcess {
+    pub child: std::process::Child,
+    pub addr: std::net::SocketAddr,
+    pub admin_addr: std::net::SocketAddr,
+    pub config: Config,
+    _dir: tempfile::TempDir,
+}
+
+impl NodeProcess {
+    pub fn url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// Connects as `user` with a token in the handshake and consumes the welcome.
+    pub async fn connect(&self, user: &str, role: giftd::auth::Role) -> super::Client {
+        let token = giftd::auth::Authenticator::new(&self.config.auth)
+            .mint(user, role, None, 3600)
+            .unwrap();
+        let mut client = super::Client::connect(&self.url(), Some(&token))
+            .await
+            .unwrap();
+        let welcome = client.next_message().await;
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        client
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+impl TestCluster {
+    /// Starts one more node of this cluster as a `giftd serve` process (its config is the first
+    /// node's, with its own ports and node id) and waits until it is ready.
+    pub async fn spawn_process(&self, node_id: &str) -> NodeProcess {
+        let dir = tempfile::tempdir().unwrap();
+        // A port can be taken between choosing it and the bind: retry, bounded.
+        for _attempt in 0..10 {
+            let mut config = self.nodes[0].config.clone();
+            config.server.listen = free_addr();
+            config.server.admin_listen = free_addr();
+            config.cluster.node_id = node_id.to_owned();
+            let path = dir.path().join("giftd.toml");
+            std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+            let log = std::fs::File::create(dir.path().join("giftd.log")).unwrap();
+            let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_giftd"));
+            for (name, _) in std::env::vars_os() {
+                if name.to_string_lossy().starts_with("GIFTD_") {
+                    command.env_remove(name);
+                }
+            }
+            let child = command
+                .args(["serve", "--config"])
+                .arg(&path)
+                .env("RUST_LOG", "warn")
+                .stdin(std::process::Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("giftd starts");
+            let mut node = NodeProcess {
+                child,
+                addr: config.server.listen,
+                admin_addr: config.server.admin_listen,
+                config,
+                _dir: tempfile::tempdir().unwrap(),
+            };
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while std::time::Instant::now() < deadline {
+                if let Ok(Some(_)) = node.child.try_wait() {
+                    break;
+                }
+                let ready = super::try_http(node.admin_addr, "GET", "/readyz", None, None).await;
+                if matches!(ready, Ok((200, _))) {
+                    node._dir = dir;
+                    return node;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            node.kill();
+        }
+        let log = std::fs::read_to_string(dir.path().join("giftd.log")).unwrap_or_default();
+        panic!("the giftd process did not become ready; its log:\n{log}");
+    }
+}
