@@ -37,6 +37,16 @@ pub const METRIC_NAMES: &[&str] = &[
     "giftd_ack_seconds",
     "giftd_ledger_ready",
     "giftd_recoveries_total",
+    "giftd_room_busy_total",
+    "giftd_cluster_connected",
+    "giftd_cluster_replicas",
+    "giftd_cluster_remote_commands_total",
+    "giftd_cluster_publish_queue_events",
+    "giftd_cluster_publish_seconds",
+    "giftd_cluster_publish_dropped_total",
+    "giftd_cluster_resyncs_total",
+    "giftd_cluster_leases_lost_total",
+    "giftd_cluster_takeovers_total",
 ];
 
 /// Kinds of frames a connection writes, for `giftd_messages_out_total{type}`.
@@ -374,6 +384,7 @@ mod tests {
         m.errors.with_label_values(&["x"]).inc();
         m.topup_coins.with_label_values(&["web"]).inc();
         m.ack_seconds.with_label_values(&["x"]).observe(0.1);
+        m.cluster_remote_commands.with_label_values(&["sent"]).inc();
         m.record_split(&crate::gift::split::split(
             [10, 0, 0],
             crate::config::SplitConfig::default().store_fee_bps,

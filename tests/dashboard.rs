@@ -12,7 +12,11 @@ use giftd::metrics::METRIC_NAMES;
 use serde_json::Value;
 
 /// The histogram families; only these may carry the `_bucket`/`_sum`/`_count` suffixes.
-const HISTOGRAMS: &[&str] = &["giftd_ledger_commit_seconds", "giftd_ack_seconds"];
+const HISTOGRAMS: &[&str] = &[
+    "giftd_ledger_commit_seconds",
+    "giftd_ack_seconds",
+    "giftd_cluster_publish_seconds",
+];
 const HISTOGRAM_SUFFIXES: &[&str] = &["_bucket", "_sum", "_count"];
 
 fn load_dashboard() -> Value {
