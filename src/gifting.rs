@@ -1,5 +1,5 @@
-//! Sending a gift end to end: idempotency, the ledger commit, the room event, metrics and the
-//! optional automatic thank-you.
+//! Sending a gift end to end: idempotency, the ledger commit, the room event, the streamer's
+//! private `gift_received` with the split, metrics and the optional automatic thank-you.
 //!
 //! Order matters for money: the ledger commits first, and only then is the gift published and the
 //! receipt sent. A retry of the same idempotency key that arrives while the first attempt is
@@ -189,6 +189,18 @@ async fn commit_and_publish(
         }
     };
     r.seq = seq;
+    let earned = encode(&ServerMessage::GiftReceived {
+        room: &room.id,
+        gift_id: &r.gift_id,
+        from: &r.sender,
+        sticker: &r.sticker,
+        price_coins: r.price_coins,
+        store_coins: r.store_coins,
+        streamer_coins: r.streamer_coins,
+        platform_coins: r.platform_coins,
+        seq,
+    });
+    app.send_to_user(&room.streamer, OutKind::GiftReceived, &earned);
     if let Some(seq) = seq {
         app.ledger.note_gift_seq(&r.gift_id, seq);
         auto_thank(app, room, &r.gift_id, &r.sender, &sticker.name);

@@ -58,6 +58,7 @@ pub enum OutKind {
     Event,
     Thanks,
     Answered,
+    GiftReceived,
 }
 
 impl OutKind {
@@ -66,13 +67,14 @@ impl OutKind {
         OutKind::ALL.into_iter().find(|k| k.label() == label)
     }
 
-    const ALL: [OutKind; 6] = [
+    const ALL: [OutKind; 7] = [
         OutKind::Welcome,
         OutKind::Ack,
         OutKind::Error,
         OutKind::Event,
         OutKind::Thanks,
         OutKind::Answered,
+        OutKind::GiftReceived,
     ];
 
     pub fn label(self) -> &'static str {
@@ -83,6 +85,7 @@ impl OutKind {
             OutKind::Event => "event",
             OutKind::Thanks => "thanks",
             OutKind::Answered => "answered",
+            OutKind::GiftReceived => "gift_received",
         }
     }
 }

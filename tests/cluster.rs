@@ -103,6 +103,13 @@ async fn a_room_across_three_nodes_is_one_room() {
         assert_eq!(by_id[id.as_str()], *seq);
     }
 
+    // The streamer's private split of each gift reaches its connections on every node.
+    let mut console = b.streamer("star").await;
+    let late = viewers[2].send_gift("rose", "k-late").await.unwrap();
+    let earned = console.next_of("gift_received").await;
+    assert_eq!(earned["gift_id"], late["gift_id"]);
+    assert_eq!(earned["streamer_coins"], late["streamer_coins"]);
+
     // The thank-you for a gift sent on node C reaches its sender there.
     let from_c = receipts[10]["gift_id"].as_str().unwrap().to_owned();
     let thanked = star
@@ -157,7 +164,8 @@ async fn a_room_across_three_nodes_is_one_room() {
     // Money: every gift was charged once, on the one ledger.
     let rose = price(a, "rose").await;
     for user in ["va", "vb", "vc"] {
-        assert_eq!(a.balance(user).await, 10_000 - 5 * rose, "{user}");
+        let late = if user == "vc" { rose } else { 0 };
+        assert_eq!(a.balance(user).await, 10_000 - 5 * rose - late, "{user}");
     }
     cluster.shutdown().await;
 }

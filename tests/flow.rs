@@ -56,6 +56,17 @@ on_both_ledgers! {
             })
         );
         assert_eq!(bob.next_event_of("gift").await, event);
+        // The streamer alone also gets the gift's split, privately.
+        let earned = star.next_of("gift_received").await;
+        assert_eq!(
+            earned,
+            json!({
+                "type": "gift_received", "room": "live1", "gift_id": gift_id, "from": "bob",
+                "sticker": "coffee", "price_coins": 100, "store_coins": 30,
+                "streamer_coins": 35, "platform_coins": 35, "seq": gift_seq,
+            })
+        );
+        assert!(bob.backlog().iter().all(|m| m["type"] != "gift_received"));
 
         // The streamer thanks the gift: the room sees it and bob gets a private thank-you.
         let thanked = star

@@ -1,4 +1,5 @@
-//! Messages giftd sends: replies to one client (`ack`, `error`, `welcome`, `thanks`, `answered`)
+//! Messages giftd sends: replies to one client (`ack`, `error`, `welcome`, `thanks`, `answered`,
+//! `gift_received`)
 //! and room events (`event`), which carry the room's sequence number.
 //!
 //! Every message is encoded exactly once into a [`Frame`]. For room events that single frame is
@@ -39,6 +40,21 @@ pub enum ServerMessage<'a> {
         room: &'a str,
         question_id: u64,
         text: &'a str,
+    },
+    /// Private, to the streamer: a gift was committed in your room, with its exact split. The
+    /// room's `gift` event leaves the split out, because it depends on which app store the
+    /// sender's coins came from.
+    GiftReceived {
+        room: &'a str,
+        gift_id: &'a str,
+        from: &'a str,
+        sticker: &'a str,
+        price_coins: u64,
+        store_coins: u64,
+        streamer_coins: u64,
+        platform_coins: u64,
+        /// The gift's room event, absent if the room closed before it was published.
+        seq: Option<u64>,
     },
 }
 
