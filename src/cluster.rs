@@ -429,7 +429,8 @@ async fn open_lease_bucket(
         subjects: vec![format!("$KV.{bucket}.>")],
         max_messages_per_subject: 1,
         max_age: lease,
-        storage: jetstream::stream::StorageType::Memory,
+        // On disk, so leases outlive a NATS restart shorter than the lease.
+        storage: jetstream::stream::StorageType::File,
         allow_rollup: true,
         deny_delete: true,
         allow_direct: true,

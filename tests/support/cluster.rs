@@ -18,6 +18,7 @@ pub fn nats_url() -> String {
 pub struct TestCluster {
     pub nodes: Vec<TestServer>,
     pub namespace: String,
+    nats_url: String,
     /// Dropped after the nodes: they use the schema until they stop.
     _schema: PgSchema,
 }
@@ -27,6 +28,7 @@ impl TestCluster {
     pub async fn start_with(n: usize, tweak: impl Fn(&mut Config)) -> TestCluster {
         let schema = PgSchema::create();
         let namespace = format!("t{:016x}", rand::random::<u64>());
+        let mut nats = nats_url();
         let mut nodes = Vec::with_capacity(n);
         for i in 0..n {
             let dir = tempfile::tempdir().unwrap();
@@ -38,11 +40,13 @@ impl TestCluster {
             config.cluster.node_id = format!("n{i}");
             config.cluster.lease_ms = 1_500;
             tweak(&mut config);
+            nats = config.cluster.nats_url.clone();
             nodes.push(TestServer::start_in(dir, config).await);
         }
         TestCluster {
             nodes,
             namespace,
+            nats_url: nats,
             _schema: schema,
         }
     }
@@ -63,6 +67,7 @@ impl Drop for TestCluster {
     fn drop(&mut self) {
         let bucket = format!("{}_rooms", self.namespace);
         let events = format!("{}_events", self.namespace);
+        let url = self.nats_url.clone();
         // On its own thread and runtime: a drop may run inside (or outside) a test's runtime.
         let deleted = std::thread::spawn(move || {
             tokio::runtime::Builder::new_current_thread()
@@ -70,7 +75,7 @@ impl Drop for TestCluster {
                 .build()
                 .unwrap()
                 .block_on(async move {
-                    let client = async_nats::connect(nats_url()).await?;
+                    let client = async_nats::connect(url).await?;
                     let js = async_nats::jetstream::new(client);
                     js.delete_key_value(&bucket).await?;
                     js.delete_stream(&events).await?;
@@ -182,5 +187,70 @@ impl TestCluster {
         }
         let log = std::fs::read_to_string(dir.path().join("giftd.log")).unwrap_or_default();
         panic!("the giftd process did not become ready; its log:\n{log}");
+    }
+}
+
+/// A NATS server of a test's own (the machine's `nats-server` binary, with JetStream in a
+/// temporary directory), for tests that restart NATS without disturbing the shared one.
+pub struct OwnNats {
+    child: std::process::Child,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl OwnNats {
+    pub async fn start() -> OwnNats {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_addr().port();
+        let child = OwnNats::spawn(port, dir.path());
+        let nats = OwnNats { child, port, dir };
+        nats.wait_up().await;
+        nats
+    }
+
+    fn spawn(port: u16, dir: &std::path::Path) -> std::process::Child {
+        let binary = std::env::var("GIFTD_TEST_NATS_SERVER")
+            .unwrap_or_else(|_| "/usr/sbin/nats-server".to_owned());
+        std::process::Command::new(binary)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server starts (GIFTD_TEST_NATS_SERVER)")
+    }
+
+    async fn wait_up(&self) {
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("nats-server did not listen on {} within 5 s", self.port);
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server (SIGKILL), waits `down`, and starts it again on the same port and store.
+    pub async fn restart(&mut self, down: std::time::Duration) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        tokio::time::sleep(down).await;
+        self.child = OwnNats::spawn(self.port, self.dir.path());
+        self.wait_up().await;
+    }
+}
+
+impl Drop for OwnNats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -450,6 +450,20 @@ impl Client {
         }
     }
 
+    /// The next room event, or `None` once the connection ended.
+    pub async fn try_next_event(&mut self) -> Option<Value> {
+        if let Some(pos) = self.backlog.iter().position(|v| v["type"] == "event") {
+            return self.backlog.remove(pos);
+        }
+        loop {
+            let v = self.read().await?;
+            if v["type"] == "event" {
+                return Some(v);
+            }
+            self.backlog.push_back(v);
+        }
+    }
+
     /// The next room event.
     pub async fn next_event(&mut self) -> Value {
         self.next_of("event").await
@@ -470,6 +484,20 @@ impl Client {
     pub async fn request(&mut self, body: Value) -> Result<Value, Value> {
         let id = self.send(body).await;
         self.reply(id).await
+    }
+
+    /// Sends a command and waits for its ack or error; `None` if the connection ended first.
+    pub async fn try_request(&mut self, body: Value) -> Option<Result<Value, Value>> {
+        let id = self.send(body).await;
+        let matches =
+            |v: &Value| (v["type"] == "ack" || v["type"] == "error") && v["id"] == json!(id);
+        loop {
+            let v = self.read().await?;
+            if matches(&v) {
+                return Some(unpack(v));
+            }
+            self.backlog.push_back(v);
+        }
     }
 
     /// Waits for the ack or error of request `id`.
