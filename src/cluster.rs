@@ -379,8 +379,7 @@ impl Cluster {
             let counts = replica.counts();
             let report = remote::Request::Report {
                 node: self.node_id.clone(),
-                viewers: counts.viewers,
-                streamers: counts.streamers,
+                counts,
             };
             self.queue(Outgoing {
                 subject: self.commands_subject(&replica.id),

@@ -244,7 +244,7 @@ mod tests {
         let room = open_room(app, "r", "star");
         let (outbox, rx) = Outbox::new(64, 1 << 20);
         app.register_user("bob", 7, outbox.clone());
-        room.join(7, Role::Viewer, outbox).unwrap();
+        room.join(7, Role::Viewer, "u", outbox).unwrap();
         (room, rx)
     }
 

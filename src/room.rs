@@ -361,6 +361,8 @@ impl Room {
             if remote.at.elapsed() <= self.report_stale {
                 counts.viewers += remote.counts.viewers;
                 counts.streamers += remote.counts.streamers;
+                // A user watching on two nodes counts once per node.
+                counts.users += remote.counts.users;
             }
         }
         counts
@@ -368,11 +370,13 @@ impl Room {
 
     fn snapshot(&self, state: &mut State) -> Snapshot {
         let (questions_open, questions_pinned) = state.questions.snapshot(now_ms());
+        let counts = self.counts(state);
         Snapshot {
             room: self.id.clone(),
             title: self.title.clone(),
             streamer: self.streamer.clone(),
-            viewers: self.counts(state).viewers,
+            viewers: counts.viewers,
+            users: counts.users,
             epoch: self.epoch.clone(),
             seq: state.seq,
             recovered: None,
@@ -402,9 +406,10 @@ impl Room {
         &self,
         conn: ConnId,
         role: Role,
+        user: &str,
         outbox: Outbox,
     ) -> Result<(Snapshot, broadcast::Receiver<EventFrame>)> {
-        match self.join_since(conn, role, outbox, None)? {
+        match self.join_since(conn, role, user, outbox, None)? {
             (Entry::Fresh(snapshot), ring) => Ok((snapshot, ring)),
             (Entry::Recovered { .. }, _) => unreachable!("no position was given"),
         }
@@ -417,11 +422,12 @@ impl Room {
         &self,
         conn: ConnId,
         role: Role,
+        user: &str,
         outbox: Outbox,
         since: Option<&Position>,
     ) -> Result<(Entry, broadcast::Receiver<EventFrame>)> {
         let mut state = self.live()?;
-        let ring = self.hub.join(conn, role, outbox)?;
+        let ring = self.hub.join(conn, role, user, outbox)?;
         if role == Role::Streamer {
             state.streamer_away_since = None;
         }
@@ -635,7 +641,7 @@ mod tests {
         let r = room();
         r.gift("g1", "v1", "rose", "Rose", 1).unwrap();
         let (outbox, _rx) = Outbox::new(8, 1 << 20);
-        let (snap, mut ring) = r.join(7, Role::Viewer, outbox).unwrap();
+        let (snap, mut ring) = r.join(7, Role::Viewer, "bob", outbox).unwrap();
         assert_eq!(snap.seq, 1);
         assert_eq!(snap.viewers, 1);
         r.gift("g2", "v1", "rose", "Rose", 1).unwrap();
@@ -655,7 +661,7 @@ mod tests {
     fn closed_room_refuses_everything() {
         let r = room();
         let (outbox, rx) = Outbox::new(8, 1 << 20);
-        r.join(1, Role::Viewer, outbox).unwrap();
+        r.join(1, Role::Viewer, "bob", outbox).unwrap();
         assert_eq!(r.close("bye").unwrap(), 1);
         assert!(matches!(rx.try_recv(), Some(Outbound::Unsubscribe)));
         assert!(matches!(
@@ -663,7 +669,7 @@ mod tests {
             Err(Error::RoomNotFound(_))
         ));
         let (outbox, _rx) = Outbox::new(8, 1 << 20);
-        assert!(r.join(2, Role::Viewer, outbox).is_err());
+        assert!(r.join(2, Role::Viewer, "bob", outbox).is_err());
     }
 
     fn at(r: &Room, seq: u64) -> Position {
@@ -693,7 +699,7 @@ mod tests {
         }
         let (outbox, _rx) = Outbox::new(8, 1 << 20);
         let (entry, mut ring) = r
-            .join_since(7, Role::Viewer, outbox, Some(&at(&r, 4)))
+            .join_since(7, Role::Viewer, "bob", outbox, Some(&at(&r, 4)))
             .unwrap();
         let Entry::Recovered { since_seq, missed } = entry else {
             panic!("not recovered")
@@ -710,7 +716,7 @@ mod tests {
         r.gift("g1", "v1", "rose", "Rose", 1).unwrap();
         let (outbox, _rx) = Outbox::new(8, 1 << 20);
         let (entry, _) = r
-            .join_since(1, Role::Viewer, outbox.clone(), Some(&at(&r, 1)))
+            .join_since(1, Role::Viewer, "bob", outbox.clone(), Some(&at(&r, 1)))
             .unwrap();
         assert!(
             matches!(entry, Entry::Recovered { since_seq: 1, ref missed } if missed.is_empty())
@@ -723,7 +729,7 @@ mod tests {
             at(&r, 2), // ahead of the room
         ] {
             let (entry, _) = r
-                .join_since(2, Role::Viewer, outbox.clone(), Some(&since))
+                .join_since(2, Role::Viewer, "bob", outbox.clone(), Some(&since))
                 .unwrap();
             let Entry::Fresh(snapshot) = entry else {
                 panic!("recovered from {since:?}")
@@ -745,11 +751,11 @@ mod tests {
         let (outbox, _rx) = Outbox::new(8, 1 << 20);
         // Events 16..=20 are kept: from 15 on it recovers, from 14 it cannot.
         let (entry, _) = r
-            .join_since(1, Role::Viewer, outbox.clone(), Some(&at(&r, 15)))
+            .join_since(1, Role::Viewer, "bob", outbox.clone(), Some(&at(&r, 15)))
             .unwrap();
         assert!(matches!(entry, Entry::Recovered { ref missed, .. } if missed.len() == 5));
         let (entry, _) = r
-            .join_since(2, Role::Viewer, outbox, Some(&at(&r, 14)))
+            .join_since(2, Role::Viewer, "bob", outbox, Some(&at(&r, 14)))
             .unwrap();
         assert!(matches!(entry, Entry::Fresh(_)));
     }
@@ -767,11 +773,11 @@ mod tests {
         let (outbox, _rx) = Outbox::new(8, 1 << 20);
         // Event 1 is 61 s old: too old. Event 2 is 31 s old: fine.
         let (entry, _) = r
-            .join_since(1, Role::Viewer, outbox.clone(), Some(&at(&r, 0)))
+            .join_since(1, Role::Viewer, "bob", outbox.clone(), Some(&at(&r, 0)))
             .unwrap();
         assert!(matches!(entry, Entry::Fresh(_)));
         let (entry, _) = r
-            .join_since(2, Role::Viewer, outbox, Some(&at(&r, 1)))
+            .join_since(2, Role::Viewer, "bob", outbox, Some(&at(&r, 1)))
             .unwrap();
         assert!(matches!(entry, Entry::Recovered { ref missed, .. } if missed.len() == 1));
     }

@@ -359,8 +359,8 @@ mod tests {
         let room = open_room(&app, "r", "star");
         let (star, _star_rx) = Outbox::new(8, 1 << 20);
         let (viewer, viewer_rx) = Outbox::new(8, 1 << 20);
-        room.join(1, Role::Streamer, star).unwrap();
-        let (_, mut events) = room.join(2, Role::Viewer, viewer).unwrap();
+        room.join(1, Role::Streamer, "u", star).unwrap();
+        let (_, mut events) = room.join(2, Role::Viewer, "u", viewer).unwrap();
         let ticker = tokio::spawn(room_ticker(app.app.clone()));
 
         // The streamer drops; coming back within the grace period keeps the room.
@@ -368,7 +368,7 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(59)).await;
         assert!(!room.is_closed());
         let (star, _star_rx) = Outbox::new(8, 1 << 20);
-        room.join(3, Role::Streamer, star).unwrap();
+        room.join(3, Role::Streamer, "u", star).unwrap();
         tokio::time::sleep(Duration::from_secs(120)).await;
         assert!(!room.is_closed());
 

@@ -144,6 +144,15 @@ async fn a_room_across_three_nodes_is_one_room() {
         }
     }
     assert_eq!(count, 3);
+    // A second device of a viewer is one more viewer connection but not one more user.
+    let mut second = a.viewer("va").await;
+    let snapshot = second.join("r").await;
+    assert_eq!(
+        (snapshot["viewers"].as_u64(), snapshot["users"].as_u64()),
+        (Some(4), Some(3)),
+        "{snapshot}"
+    );
+    drop(second);
 
     // Every node lists the room, with the cluster's viewers.
     for node in [a, b, c] {

@@ -46,11 +46,7 @@ pub enum Request {
         since: Option<(String, u64)>,
     },
     /// The node's members in the room. Sent without a reply subject.
-    Report {
-        node: String,
-        viewers: u64,
-        streamers: u64,
-    },
+    Report { node: String, counts: Counts },
 }
 
 impl Request {
@@ -123,19 +119,8 @@ pub async fn serve_room(
             tracing::warn!(room = %room.id, "ignored a malformed cluster request");
             continue;
         };
-        if let Request::Report {
-            node,
-            viewers,
-            streamers,
-        } = &request
-        {
-            room.report(
-                node,
-                Counts {
-                    viewers: *viewers,
-                    streamers: *streamers,
-                },
-            );
+        if let Request::Report { node, counts } = &request {
+            room.report(node, *counts);
             continue;
         }
         let Some(reply) = message.reply else {

@@ -54,6 +54,7 @@ pub enum ServerMessage<'a> {
         streamer_coins: u64,
         platform_coins: u64,
         /// The gift's room event, absent if the room closed before it was published.
+        #[serde(skip_serializing_if = "Option::is_none")]
         seq: Option<u64>,
     },
 }
@@ -211,6 +212,9 @@ pub struct Snapshot {
     pub title: String,
     pub streamer: String,
     pub viewers: u64,
+    /// Distinct viewer users (a user on several devices counts once; in a cluster, once per
+    /// node they watch on).
+    pub users: u64,
     /// The room's incarnation: a new room (or one reopened) has a new epoch and numbers its events
     /// from 1 again.
     pub epoch: String,

@@ -23,6 +23,7 @@ use super::ConnId;
 
 struct Member {
     role: Role,
+    user: String,
     outbox: Outbox,
 }
 
@@ -31,6 +32,8 @@ struct Members {
     by_conn: HashMap<ConnId, Member>,
     viewers: u64,
     streamers: u64,
+    /// Viewer connections per user, so a user on two devices counts once in `users`.
+    viewer_conns_by_user: HashMap<String, u32>,
 }
 
 /// A member's view of a room's ring: every event after `through_seq`, in order. Whatever the
@@ -41,11 +44,12 @@ pub struct Subscription {
     pub through_seq: u64,
 }
 
-/// How many of a hub's members are viewers and how many are the streamer's connections.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// A hub's members: viewer connections, the streamer's connections, and distinct viewer users.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Counts {
     pub viewers: u64,
     pub streamers: u64,
+    pub users: u64,
 }
 
 pub struct Hub {
@@ -89,6 +93,7 @@ impl Hub {
         &self,
         conn: ConnId,
         role: Role,
+        user: &str,
         outbox: Outbox,
     ) -> Result<broadcast::Receiver<EventFrame>> {
         let mut members = self.members();
@@ -99,10 +104,17 @@ impl Hub {
             return Err(Error::RoomFull);
         }
         match role {
-            Role::Viewer => members.viewers += 1,
+            Role::Viewer => {
+                members.viewers += 1;
+                *members
+                    .viewer_conns_by_user
+                    .entry(user.to_owned())
+                    .or_default() += 1;
+            }
             Role::Streamer => members.streamers += 1,
         }
-        members.by_conn.insert(conn, Member { role, outbox });
+        let user = user.to_owned();
+        members.by_conn.insert(conn, Member { role, user, outbox });
         Ok(self.ring.subscribe())
     }
 
@@ -111,7 +123,15 @@ impl Hub {
         let mut members = self.members();
         let member = members.by_conn.remove(&conn)?;
         match member.role {
-            Role::Viewer => members.viewers -= 1,
+            Role::Viewer => {
+                members.viewers -= 1;
+                if let Some(n) = members.viewer_conns_by_user.get_mut(&member.user) {
+                    *n -= 1;
+                    if *n == 0 {
+                        members.viewer_conns_by_user.remove(&member.user);
+                    }
+                }
+            }
             Role::Streamer => members.streamers -= 1,
         }
         Some(member.role)
@@ -122,6 +142,7 @@ impl Hub {
         Counts {
             viewers: members.viewers,
             streamers: members.streamers,
+            users: members.viewer_conns_by_user.len() as u64,
         }
     }
 
@@ -172,7 +193,7 @@ mod tests {
         let hub = Hub::new(2, 10);
         hub.deliver(event(1));
         let (outbox, _rx) = Outbox::new(8, 1 << 20);
-        let mut ring = hub.join(1, Role::Viewer, outbox).unwrap();
+        let mut ring = hub.join(1, Role::Viewer, "bob", outbox).unwrap();
         for seq in 2..=4 {
             hub.deliver(event(seq));
         }
@@ -184,27 +205,42 @@ mod tests {
     }
 
     #[test]
+    fn a_user_on_two_devices_is_one_user() {
+        let hub = Hub::new(4, 10);
+        let (outbox, _rx) = Outbox::new(8, 1 << 20);
+        hub.join(1, Role::Viewer, "bob", outbox.clone()).unwrap();
+        hub.join(2, Role::Viewer, "bob", outbox.clone()).unwrap();
+        hub.join(3, Role::Viewer, "amy", outbox).unwrap();
+        assert_eq!((hub.counts().viewers, hub.counts().users), (3, 2));
+        hub.leave(1);
+        assert_eq!((hub.counts().viewers, hub.counts().users), (2, 2));
+        hub.leave(2);
+        assert_eq!((hub.counts().viewers, hub.counts().users), (1, 1));
+    }
+
+    #[test]
     fn counts_follow_joins_and_leaves_and_a_closed_hub_refuses_members() {
         let hub = Hub::new(4, 2);
         let (outbox, rx) = Outbox::new(8, 1 << 20);
-        hub.join(1, Role::Viewer, outbox.clone()).unwrap();
-        hub.join(2, Role::Streamer, outbox.clone()).unwrap();
+        hub.join(1, Role::Viewer, "bob", outbox.clone()).unwrap();
+        hub.join(2, Role::Streamer, "star", outbox.clone()).unwrap();
         assert_eq!(
-            hub.join(3, Role::Viewer, outbox.clone()).err(),
+            hub.join(3, Role::Viewer, "amy", outbox.clone()).err(),
             Some(Error::RoomFull)
         );
         assert_eq!(
             hub.counts(),
             Counts {
                 viewers: 1,
-                streamers: 1
+                streamers: 1,
+                users: 1,
             }
         );
         assert_eq!(hub.leave(2), Some(Role::Streamer));
         assert_eq!(hub.leave(2), None);
         hub.close();
         assert!(matches!(rx.try_recv(), Some(Outbound::Unsubscribe)));
-        assert!(hub.join(4, Role::Viewer, outbox).is_err());
+        assert!(hub.join(4, Role::Viewer, "bob", outbox).is_err());
         assert_eq!(hub.counts(), Counts::default());
     }
 }

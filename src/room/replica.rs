@@ -84,11 +84,20 @@ impl Replica {
 
     /// Adds a member, subscribed to every event the relay delivers from now on. Its writer skips
     /// what its entry covers (set with [`Subscription::through_seq`] once the owner answered).
-    pub fn join(&self, conn: ConnId, role: Role, outbox: Outbox) -> Result<Subscription> {
-        let ring = self.hub.join(conn, role, outbox).map_err(|e| match e {
-            Error::NotInRoom => Error::RoomNotFound(self.id.clone()),
-            other => other,
-        })?;
+    pub fn join(
+        &self,
+        conn: ConnId,
+        role: Role,
+        user: &str,
+        outbox: Outbox,
+    ) -> Result<Subscription> {
+        let ring = self
+            .hub
+            .join(conn, role, user, outbox)
+            .map_err(|e| match e {
+                Error::NotInRoom => Error::RoomNotFound(self.id.clone()),
+                other => other,
+            })?;
         Ok(Subscription {
             ring,
             through_seq: 0,

@@ -140,7 +140,8 @@ impl Session {
         since: Option<Position>,
     ) -> Result<Reply> {
         let role = self.role_in(&replica.streamer);
-        let mut subscription = replica.join(self.conn, role, self.outbox.clone())?;
+        let user = self.who().user.clone();
+        let mut subscription = replica.join(self.conn, role, &user, self.outbox.clone())?;
         let request = Request::Join {
             id,
             since: since.as_ref().map(|p| (p.epoch.clone(), p.seq)),
@@ -173,7 +174,8 @@ impl Session {
 
     fn enter_since(&mut self, id: u64, room: Arc<Room>, since: Option<&Position>) -> Result<Reply> {
         let role = self.role_in(&room.streamer);
-        let (entry, ring) = room.join_since(self.conn, role, self.outbox.clone(), since)?;
+        let user = self.who().user.clone();
+        let (entry, ring) = room.join_since(self.conn, role, &user, self.outbox.clone(), since)?;
         if since.is_some() {
             let recovered = matches!(entry, Entry::Recovered { .. });
             self.app.metrics.recovery(recovered);
