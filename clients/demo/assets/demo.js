@@ -190,6 +190,9 @@ var GiftdClient = class extends TypedEmitter {
   /**
    * Sends a gift. The idempotency key (made here unless given) is reused on every resend, across
    * reconnects, so the gift is charged at most once; on failure the error carries it as `key`.
+   * The SDK resends only after a lost connection; it does not retry error replies. After
+   * `room_busy` (nothing charged) or `room_unavailable` (charged or not: unknown), retry with
+   * the SAME key, `sendGift(sticker, { key: error.key })`, never a new one.
    */
   sendGift(sticker, options = {}) {
     const key = options.key ?? newIdempotencyKey();
@@ -400,6 +403,9 @@ var GiftdClient = class extends TypedEmitter {
         return;
       case "answered":
         this.emit("answered", msg);
+        return;
+      case "gift_received":
+        this.emit("gift_received", msg);
         return;
       default:
         return;
@@ -631,10 +637,7 @@ var GiftdClient = class extends TypedEmitter {
       this.finish(this.lastClose.code, this.lastClose.reason);
       return;
     }
-    const initial = r.initialDelayMs ?? 250;
-    const max = r.maxDelayMs ?? 1e4;
-    const base = Math.min(max, initial * 2 ** (this.attempt - 1));
-    const delayMs = Math.round(base / 2 + Math.random() * (base / 2));
+    const delayMs = reconnectDelay(this.attempt, this.lastClose.code, r);
     this.state_ = "reconnecting";
     this.emit("reconnecting", { attempt: this.attempt, delayMs });
     const hold = this.holdReconnect;
@@ -670,6 +673,14 @@ var GiftdClient = class extends TypedEmitter {
     if (!wasClosed) this.emit("closed", { code, reason });
   }
 };
+var RESYNC_CLOSE_CODE = 4002;
+function reconnectDelay(attempt, closeCode, options = {}, random = Math.random) {
+  if (closeCode === RESYNC_CLOSE_CODE && attempt === 1) return 0;
+  const initial = options.initialDelayMs ?? 250;
+  const max = options.maxDelayMs ?? 1e4;
+  const base = Math.min(max, initial * 2 ** (attempt - 1));
+  return Math.round(base / 2 + random() * (base / 2));
+}
 function keyOf(key) {
   return key === void 0 ? {} : { key };
 }
@@ -840,12 +851,12 @@ var StreamerRoom = class {
     open.addEventListener(
       "click",
       () => guarded("open room", async () => {
-        const balance = await client.balance();
-        this.earningsAtOpen = balance.earnings_coins ?? 0;
-        this.gifted = 0;
-        this.showEarnings(this.earningsAtOpen);
         $("gifts").replaceChildren();
         const room = $("room").value.trim();
+        this.room = room;
+        this.earned = { price: 0, store: 0, streamer: 0, platform: 0 };
+        this.counted.clear();
+        this.showEarnings();
         await client.openRoom(room, $("title").value.trim());
         open.disabled = true;
         close.disabled = false;
@@ -868,6 +879,7 @@ var StreamerRoom = class {
     });
     client.on("viewers", (e) => $("viewers").textContent = String(e.count));
     client.on("gift", (e) => this.gift(e));
+    client.on("gift_received", (m) => this.earn(m));
     client.on("question", (e) => this.questions.add(e));
     client.on("answer", (e) => this.questions.answered(e.question_id, e.text));
     client.on("room_closed", (e) => {
@@ -879,9 +891,12 @@ var StreamerRoom = class {
   }
   client;
   questions;
-  /** The ledger's earnings when the room opened, so the page shows this room's part. */
-  earningsAtOpen = 0;
-  gifted = 0;
+  /** The room open on this page, whose gifts the earnings panel adds up. */
+  room = null;
+  /** Running totals of this room's gifts since it opened, by share. */
+  earned = { price: 0, store: 0, streamer: 0, platform: 0 };
+  /** Gifts already counted (a gift is counted once, whatever arrives twice). */
+  counted = /* @__PURE__ */ new Set();
   gift(e) {
     const li = el("li");
     li.dataset.giftId = e.gift_id;
@@ -902,17 +917,22 @@ var StreamerRoom = class {
     actions.append(thank);
     li.append(actions);
     prepend($("gifts"), li);
-    this.gifted += e.price_coins;
-    void guarded("balance", async () => {
-      const balance = await this.client.balance();
-      this.showEarnings(balance.earnings_coins ?? 0);
-    });
   }
-  showEarnings(earnings) {
-    const mine = earnings - this.earningsAtOpen;
-    $("earn-total").textContent = String(this.gifted);
-    $("earn-streamer").textContent = String(mine);
-    $("earn-others").textContent = String(Math.max(0, this.gifted - mine));
+  /** A gift's exact split (sent to the streamer only): add it to the room's running totals. */
+  earn(m) {
+    if (m.room !== this.room || this.counted.has(m.gift_id)) return;
+    this.counted.add(m.gift_id);
+    this.earned.price += m.price_coins;
+    this.earned.store += m.store_coins;
+    this.earned.streamer += m.streamer_coins;
+    this.earned.platform += m.platform_coins;
+    this.showEarnings();
+  }
+  showEarnings() {
+    $("earn-total").textContent = String(this.earned.price);
+    $("earn-store").textContent = String(this.earned.store);
+    $("earn-streamer").textContent = String(this.earned.streamer);
+    $("earn-platform").textContent = String(this.earned.platform);
   }
   questionItem(q) {
     const li = questionLine(q);

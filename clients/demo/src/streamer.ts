@@ -1,6 +1,7 @@
-// The streamer page: open a room, watch gifts arrive and thank them, follow earnings, answer
-// questions (paid ones pinned), close the room.
-import type { GiftdClient, GiftEvent, Question } from '../../typescript/src/index.js';
+// The streamer page: open a room, watch gifts arrive and thank them, follow earnings (each gift's
+// three-way split, from the private `gift_received`), answer questions (paid ones pinned), close
+// the room.
+import type { GiftdClient, GiftEvent, GiftReceivedMessage, Question } from '../../typescript/src/index.js';
 import { $, button, el, guarded, log, prepend, Questions, questionLine, connectPanel } from './common.js';
 
 export function streamerPage(): void {
@@ -12,9 +13,12 @@ export function streamerPage(): void {
 
 class StreamerRoom {
   private questions: Questions;
-  /** The ledger's earnings when the room opened, so the page shows this room's part. */
-  private earningsAtOpen = 0;
-  private gifted = 0;
+  /** The room open on this page, whose gifts the earnings panel adds up. */
+  private room: string | null = null;
+  /** Running totals of this room's gifts since it opened, by share. */
+  private earned = { price: 0, store: 0, streamer: 0, platform: 0 };
+  /** Gifts already counted (a gift is counted once, whatever arrives twice). */
+  private counted = new Set<string>();
 
   constructor(private client: GiftdClient) {
     this.questions = new Questions((q) => this.questionItem(q));
@@ -22,12 +26,12 @@ class StreamerRoom {
     const close = $<HTMLButtonElement>('close-room');
     open.addEventListener('click', () =>
       guarded('open room', async () => {
-        const balance = await client.balance();
-        this.earningsAtOpen = balance.earnings_coins ?? 0;
-        this.gifted = 0;
-        this.showEarnings(this.earningsAtOpen);
         $('gifts').replaceChildren();
         const room = $<HTMLInputElement>('room').value.trim();
+        this.room = room;
+        this.earned = { price: 0, store: 0, streamer: 0, platform: 0 };
+        this.counted.clear();
+        this.showEarnings();
         await client.openRoom(room, $<HTMLInputElement>('title').value.trim());
         open.disabled = true;
         close.disabled = false;
@@ -49,6 +53,7 @@ class StreamerRoom {
     });
     client.on('viewers', (e) => ($('viewers').textContent = String(e.count)));
     client.on('gift', (e) => this.gift(e));
+    client.on('gift_received', (m) => this.earn(m));
     client.on('question', (e) => this.questions.add(e));
     client.on('answer', (e) => this.questions.answered(e.question_id, e.text));
     client.on('room_closed', (e) => {
@@ -78,19 +83,24 @@ class StreamerRoom {
     actions.append(thank);
     li.append(actions);
     prepend($('gifts'), li);
-    this.gifted += e.price_coins;
-    // The ledger committed the gift before the room heard of it, so the share is there already.
-    void guarded('balance', async () => {
-      const balance = await this.client.balance();
-      this.showEarnings(balance.earnings_coins ?? 0);
-    });
   }
 
-  private showEarnings(earnings: number): void {
-    const mine = earnings - this.earningsAtOpen;
-    $('earn-total').textContent = String(this.gifted);
-    $('earn-streamer').textContent = String(mine);
-    $('earn-others').textContent = String(Math.max(0, this.gifted - mine));
+  /** A gift's exact split (sent to the streamer only): add it to the room's running totals. */
+  private earn(m: GiftReceivedMessage): void {
+    if (m.room !== this.room || this.counted.has(m.gift_id)) return;
+    this.counted.add(m.gift_id);
+    this.earned.price += m.price_coins;
+    this.earned.store += m.store_coins;
+    this.earned.streamer += m.streamer_coins;
+    this.earned.platform += m.platform_coins;
+    this.showEarnings();
+  }
+
+  private showEarnings(): void {
+    $('earn-total').textContent = String(this.earned.price);
+    $('earn-store').textContent = String(this.earned.store);
+    $('earn-streamer').textContent = String(this.earned.streamer);
+    $('earn-platform').textContent = String(this.earned.platform);
   }
 
   private questionItem(q: Question & { answer?: string }): HTMLElement {

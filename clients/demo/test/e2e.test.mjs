@@ -101,6 +101,24 @@ async function open(page, user) {
 }
 
 const expectText = (locator, text) => locator.filter({ hasText: text }).first().waitFor();
+/** Waits until `locator`'s whole text is `text` (a number shown must not merely contain it). */
+const expectExactly = (locator, text) => locator.filter({ hasText: new RegExp(`^\\s*${text}\\s*$`) }).first().waitFor();
+
+/** The three shares of every receipt on a viewer page, summed. */
+async function receiptSums(tab) {
+  const sums = { price: 0, store: 0, streamer: 0, platform: 0 };
+  for (const li of await tab.locator('#receipts li').all()) {
+    const price = /^(\d+) coins$/.exec((await li.locator('.price').textContent()).trim());
+    if (!price) throw new Error(`unreadable receipt: ${await li.textContent()}`);
+    sums.price += Number(price[1]);
+    for (const share of ['store', 'streamer', 'platform']) {
+      const m = new RegExp(`^${share} (\\d+)$`).exec((await li.locator(`.${share}`).textContent()).trim());
+      if (!m) throw new Error(`receipt lacks its ${share} share: ${await li.textContent()}`);
+      sums[share] += Number(m[1]);
+    }
+  }
+  return sums;
+}
 
 test('a streamer and two viewers: gift, receipt, ticker, thanks, question and answer', async () => {
   const room = `e2e-${process.pid}`;
@@ -139,9 +157,11 @@ test('a streamer and two viewers: gift, receipt, ticker, thanks, question and an
   await expectText(amy.tab.locator('#ticker li'), 'bob sent Coffee 100 coins');
   const gift = star.tab.locator('#gifts li').filter({ hasText: 'bob sent Coffee' });
   await gift.waitFor();
-  await expectText(star.tab.locator('#earn-total'), '100');
-  await expectText(star.tab.locator('#earn-streamer'), '35');
-  await expectText(star.tab.locator('#earn-others'), '65');
+  // The streamer's earnings: the gift's exact split, as on bob's receipt.
+  await expectExactly(star.tab.locator('#earn-total'), '100');
+  await expectExactly(star.tab.locator('#earn-store'), '30');
+  await expectExactly(star.tab.locator('#earn-streamer'), '35');
+  await expectExactly(star.tab.locator('#earn-platform'), '35');
   await gift.getByRole('button', { name: 'Thank' }).click();
   await expectText(gift, 'thanked');
   await expectText(bob.tab.locator('#thanks li'), 'star: Thank you bob for the Coffee!');
@@ -164,6 +184,30 @@ test('a streamer and two viewers: gift, receipt, ticker, thanks, question and an
   await expectText(star.tab.locator('#pinned li'), 'Can you say hi to my sister?');
   await expectText(amy.tab.locator('#pinned li'), 'paid 100 coins');
   await expectText(bob.tab.locator('#balance'), '800');
+
+  // Viewer 2 pays with web coins, which no app store takes a share of: a different split.
+  await amy.tab.fill('#topup-coins', '1000');
+  await amy.tab.selectOption('#topup-channel', 'web');
+  await amy.tab.click('#topup');
+  await expectText(amy.tab.locator('#balance'), '1000');
+  await amy.tab.click('#sticker-picker button[data-sticker="coffee"]');
+  await expectText(amy.tab.locator('#receipts li').first(), 'store 0');
+
+  // The streamer's earnings are the sums of the receipts' shares (bob's gift, bob's paid
+  // question, amy's gift): 30+30+0 to the stores, 35+35+50 to the streamer, 35+35+50 to the
+  // platform.
+  const sums = { price: 0, store: 0, streamer: 0, platform: 0 };
+  for (const v of [bob, amy]) {
+    const s = await receiptSums(v.tab);
+    for (const k of Object.keys(sums)) sums[k] += s[k];
+  }
+  if (JSON.stringify(sums) !== JSON.stringify({ price: 300, store: 60, streamer: 120, platform: 120 })) {
+    throw new Error(`unexpected receipts: ${JSON.stringify(sums)}`);
+  }
+  await expectExactly(star.tab.locator('#earn-total'), String(sums.price));
+  await expectExactly(star.tab.locator('#earn-store'), String(sums.store));
+  await expectExactly(star.tab.locator('#earn-streamer'), String(sums.streamer));
+  await expectExactly(star.tab.locator('#earn-platform'), String(sums.platform));
 
   mkdirSync(SHOTS, { recursive: true });
   await star.tab.screenshot({ path: join(SHOTS, 'demo-streamer.png'), fullPage: true });

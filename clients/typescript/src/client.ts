@@ -12,6 +12,7 @@ import type {
   ErrorReason,
   FreeAskResult,
   GiftEvent,
+  GiftReceivedMessage,
   JoinResult,
   LeaveResult,
   PaidAskResult,
@@ -116,6 +117,11 @@ export interface ClientEvents {
   thanked: ThanksMessage;
   /** Private: the streamer answered this user's question. */
   answered: AnsweredMessage;
+  /**
+   * Private, to the streamer: a gift (or paid question) was committed in their room, with its
+   * exact split (`store_coins`, `streamer_coins`, `platform_coins`), which the `gift` event lacks.
+   */
+  gift_received: GiftReceivedMessage;
   /** An error not tied to a command (a final close, an `error` with `id: null`). */
   error: GiftdError;
   /** The client stopped for good: `close()`, a final close code, or reconnects exhausted. */
@@ -262,6 +268,9 @@ export class GiftdClient extends TypedEmitter<ClientEvents> {
   /**
    * Sends a gift. The idempotency key (made here unless given) is reused on every resend, across
    * reconnects, so the gift is charged at most once; on failure the error carries it as `key`.
+   * The SDK resends only after a lost connection; it does not retry error replies. After
+   * `room_busy` (nothing charged) or `room_unavailable` (charged or not: unknown), retry with
+   * the SAME key, `sendGift(sticker, { key: error.key })`, never a new one.
    */
   sendGift(sticker: string, options: { key?: string } = {}): Promise<Receipt> {
     const key = options.key ?? newIdempotencyKey();
@@ -501,6 +510,9 @@ export class GiftdClient extends TypedEmitter<ClientEvents> {
         return;
       case 'answered':
         this.emit('answered', msg as unknown as AnsweredMessage);
+        return;
+      case 'gift_received':
+        this.emit('gift_received', msg as unknown as GiftReceivedMessage);
         return;
       default:
         return; // a newer server's frame: ignore it
@@ -747,10 +759,7 @@ export class GiftdClient extends TypedEmitter<ClientEvents> {
       this.finish(this.lastClose.code, this.lastClose.reason);
       return;
     }
-    const initial = r.initialDelayMs ?? 250;
-    const max = r.maxDelayMs ?? 10_000;
-    const base = Math.min(max, initial * 2 ** (this.attempt - 1));
-    const delayMs = Math.round(base / 2 + Math.random() * (base / 2)); // "equal jitter"
+    const delayMs = reconnectDelay(this.attempt, this.lastClose.code, r);
     this.state_ = 'reconnecting';
     this.emit('reconnecting', { attempt: this.attempt, delayMs });
     const hold = this.holdReconnect;
@@ -786,6 +795,28 @@ export class GiftdClient extends TypedEmitter<ClientEvents> {
     waiter?.reject(new GiftdError(0, 'closed', 'the client closed'));
     if (!wasClosed) this.emit('closed', { code, reason });
   }
+}
+
+/** Close 4002 `resync` (PROTOCOL.md §9, §12): reconnect at once and re-join with `since`. */
+export const RESYNC_CLOSE_CODE = 4002;
+
+/**
+ * The delay before reconnect attempt `attempt` (1 for the first after a loss): exponential from
+ * `initialDelayMs` up to `maxDelayMs`, with "equal jitter" (half fixed, half random). The first
+ * attempt after close 4002 `resync` is immediate: the server asks for it, nothing is wrong with
+ * the client or its network. If that attempt fails, the usual backoff follows.
+ */
+export function reconnectDelay(
+  attempt: number,
+  closeCode: number,
+  options: ReconnectOptions = {},
+  random: () => number = Math.random,
+): number {
+  if (closeCode === RESYNC_CLOSE_CODE && attempt === 1) return 0;
+  const initial = options.initialDelayMs ?? 250;
+  const max = options.maxDelayMs ?? 10_000;
+  const base = Math.min(max, initial * 2 ** (attempt - 1));
+  return Math.round(base / 2 + random() * (base / 2));
 }
 
 function keyOf(key: string | undefined): { key?: string } {

@@ -39,8 +39,8 @@ export class GiftdError extends Error {
 
 /**
  * The close-code rule of PROTOCOL.md §9: 4000–4499 and 1001/1011/1006 (plus the transient
- * 1005/1012/1013/1014) reconnect with backoff; 4500–4999, 1000, 1007–1009 and anything else are
- * final.
+ * 1005/1012/1013/1014) reconnect with backoff (4002 `resync`: at once, see `reconnectDelay`);
+ * 4500–4999, 1000, 1007–1009 and anything else are final.
  */
 export function shouldReconnect(code: number): boolean {
   if (code >= 4000 && code <= 4499) return true;

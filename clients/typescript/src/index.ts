@@ -1,4 +1,4 @@
-export { GiftdClient, newIdempotencyKey } from './client.js';
+export { GiftdClient, newIdempotencyKey, reconnectDelay, RESYNC_CLOSE_CODE } from './client.js';
 export type {
   ClientEvents,
   ClientState,

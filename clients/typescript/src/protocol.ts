@@ -52,7 +52,8 @@ export type IdempotencyKey = string;
  * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
  * via the `definition` "ServerMessage".
  */
-export type ServerMessage = WelcomeMessage | AckMessage | ErrorMessage | RoomEvent | ThanksMessage | AnsweredMessage;
+export type ServerMessage =
+  WelcomeMessage | AckMessage | ErrorMessage | RoomEvent | ThanksMessage | AnsweredMessage | GiftReceivedMessage;
 /**
  * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
  * via the `definition` "Role".
@@ -97,9 +98,11 @@ export type ErrorReason =
   | "too_many_connections"
   | "room_full"
   | "too_many_rooms"
+  | "room_busy"
   | "internal"
   | "ledger_unavailable"
-  | "shutting_down";
+  | "shutting_down"
+  | "room_unavailable";
 /**
  * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
  * via the `definition` "RoomEvent".
@@ -383,6 +386,24 @@ export interface AnsweredMessage {
   room: RoomId;
   question_id: number;
   text: string;
+}
+/**
+ * Private, to the streamer: a gift (or paid question) was committed in your room, with its exact three-way split, which the public `gift` event leaves out. `seq` is the gift's room event; PROTOCOL.md §4 says it is absent if the room closed before the gift was published (giftd sends `null` then, so both are accepted).
+ *
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "GiftReceivedMessage".
+ */
+export interface GiftReceivedMessage {
+  type: "gift_received";
+  room: RoomId;
+  gift_id: string;
+  from: string;
+  sticker: string;
+  price_coins: Coins;
+  store_coins: Coins;
+  streamer_coins: Coins;
+  platform_coins: Coins;
+  seq?: Seq | null;
 }
 /**
  * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema

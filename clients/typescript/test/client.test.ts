@@ -6,6 +6,8 @@ import {
   GiftdClient,
   GiftdError,
   type GiftdClientOptions,
+  type GiftReceivedMessage,
+  type Receipt,
   type RejoinedInfo,
   type RoomEvent,
 } from '../src/index.js';
@@ -77,6 +79,61 @@ describe('commands', () => {
     const ack = await s.thank(receipt.gift_id, 'Thanks!');
     expect(ack).toMatchObject({ gift_id: receipt.gift_id, to: bob });
     expect(await thanked).toMatchObject({ gift_id: receipt.gift_id, text: 'Thanks!', room });
+  });
+
+  it('the streamer (every connection of theirs) gets gift_received with the receipt\'s exact split', async () => {
+    const { room, star, s } = await stage();
+    // A second connection of the streamer, in no room: private messages go to every connection.
+    const s2 = await client(star, 'streamer');
+    const bob = uid('bob');
+    // Coins from two stores, so that the gifts' splits differ (the store's share depends on it):
+    // the coffee is paid with iOS coins, the rest with web coins, added after it.
+    await topup(bob, 'ios', 100);
+    const b = await client(bob, 'viewer');
+    const c = await client(uid('carol'), 'viewer');
+    await b.join(room);
+    await c.join(room);
+    const got = { s: [] as GiftReceivedMessage[], s2: [] as GiftReceivedMessage[], b: [] as unknown[], c: [] as unknown[] };
+    s.on('gift_received', (m) => got.s.push(m));
+    s2.on('gift_received', (m) => got.s2.push(m));
+    b.on('gift_received', (m) => got.b.push(m));
+    c.on('gift_received', (m) => got.c.push(m));
+    const earningsBefore = (await s.balance()).earnings_coins ?? 0;
+
+    const receipts: Receipt[] = [];
+    receipts.push(await b.sendGift('coffee'));
+    await topup(bob, 'web', 2_000);
+    receipts.push(await b.sendGift('rose'));
+    receipts.push((await b.ask('Shout-out?', { sticker: 'coffee' })).receipt);
+    await until('3 gift_received at both streamer connections', () => got.s.length === 3 && got.s2.length === 3);
+
+    const expected = receipts.map((r) => ({
+      type: 'gift_received',
+      room,
+      gift_id: r.gift_id,
+      from: bob,
+      sticker: r.sticker,
+      price_coins: r.price_coins,
+      store_coins: r.store_coins,
+      streamer_coins: r.streamer_coins,
+      platform_coins: r.platform_coins,
+      seq: r.seq,
+    }));
+    expect(got.s).toEqual(expected);
+    expect(got.s2).toEqual(expected);
+    // Not a test that passes on zeros: the splits are real and differ between the stores.
+    for (const m of got.s) {
+      expect(m.store_coins + m.streamer_coins + m.platform_coins).toBe(m.price_coins);
+      expect(m.streamer_coins).toBeGreaterThan(0);
+    }
+    expect(new Set(got.s.map((m) => m.store_coins / m.price_coins)).size).toBeGreaterThan(1);
+    // The streamer's shares are what the ledger credited.
+    const streamerSum = got.s.reduce((n, m) => n + m.streamer_coins, 0);
+    expect((await s.balance()).earnings_coins).toBe(earningsBefore + streamerSum);
+    // Viewers never get it (a ping after the receipts flushes anything sent to them before).
+    await Promise.all([b.ping(), c.ping()]);
+    expect(got.b).toEqual([]);
+    expect(got.c).toEqual([]);
   });
 
   it('errors reject with a typed GiftdError carrying code and reason (and the gift key)', async () => {

@@ -1,5 +1,5 @@
-// Starts one real giftd (../../target/debug/giftd, built by `npm test`'s pretest) on free
-// loopback ports with a throwaway ledger, and hands its addresses to the tests.
+// Starts one real giftd ($CARGO_TARGET_DIR or ../../target, then debug/giftd, built by `npm test`'s
+// pretest) on free loopback ports with a throwaway ledger, and hands its addresses to the tests.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
@@ -7,7 +7,11 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { TestProject } from 'vitest/node';
 
-export const GIFTD_BIN = resolve(__dirname, '../../../target/debug/giftd');
+// Where `npm test`'s pretest (`cargo build`) puts it.
+const TARGET = process.env.CARGO_TARGET_DIR
+  ? resolve(process.env.CARGO_TARGET_DIR)
+  : resolve(__dirname, '../../../target');
+export const GIFTD_BIN = join(TARGET, 'debug/giftd');
 
 declare module 'vitest' {
   export interface ProvidedContext {

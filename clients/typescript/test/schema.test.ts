@@ -147,6 +147,7 @@ describe('protocol schema', () => {
       'error',
       'thanks',
       'answered',
+      'gift_received',
       ...['auth', 'open_room', 'close_room', 'join', 'join(recovered)', 'join(not recovered)', 'leave'].map((k) => `ack:${k}`),
       ...['send_gift', 'ask(free)', 'ask(paid)', 'answer', 'thank', 'balance', 'balance(streamer)', 'ping'].map(
         (k) => `ack:${k}`,
@@ -184,5 +185,26 @@ describe('protocol schema', () => {
     expect(v({ type: 'welcome', user: 'u', role: 'viewer', server_time_ms: 1, extra: 1 })).toBe(false);
     expect(validator('Receipt')({ gift_id: 'g1' })).toBe(false);
     expect(validator('ClientMessage')({ type: 'send_gift', id: 1, sticker: 'rose' })).toBe(false);
+  });
+
+  it('gift_received: PROTOCOL.md §4\'s example passes, with or without `seq`; broken ones fail', () => {
+    const v = validator('ServerMessage');
+    const example = {
+      type: 'gift_received', room: 'live1', gift_id: 'g1a2017cb8bde3f62d4b7a4f86d8', from: 'bob', sticker: 'coffee',
+      price_coins: 100, store_coins: 30, streamer_coins: 35, platform_coins: 35, seq: 5,
+    };
+    expectValid('GiftReceivedMessage', example);
+    expect(v(example)).toBe(true);
+    const { seq: _seq, ...unpublished } = example;
+    expect(v(unpublished)).toBe(true); // the room closed before the gift was published
+    expect(v({ ...example, seq: null })).toBe(true);
+    for (const field of ['store_coins', 'streamer_coins', 'platform_coins', 'gift_id', 'room', 'from']) {
+      const { [field]: _gone, ...missing } = example as Record<string, unknown>;
+      expect(v(missing), `without ${field}`).toBe(false);
+    }
+    expect(v({ ...example, balance_coins: 900 }), 'an extra field').toBe(false);
+    expect(v({ ...example, store_coins: -1 }), 'a negative share').toBe(false);
+    expect(v({ ...example, seq: 'five' }), 'a string seq').toBe(false);
+    expect(v({ ...example, type: 'gift_receivd' }), 'another type').toBe(false);
   });
 });
