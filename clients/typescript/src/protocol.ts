@@ -445,7 +445,14 @@ export interface Snapshot {
   room: RoomId;
   title: string;
   streamer: string;
+  /**
+   * Viewer connections (the cluster's).
+   */
   viewers: number;
+  /**
+   * Distinct viewer users: a user on two devices counts once (in a cluster, once per node).
+   */
+  users: number;
   epoch: Epoch;
   seq: Seq;
   recovered?: false;
@@ -476,7 +483,14 @@ export interface OpenRoomResult {
   room: RoomId;
   title: string;
   streamer: string;
+  /**
+   * Viewer connections (the cluster's).
+   */
   viewers: number;
+  /**
+   * Distinct viewer users: a user on two devices counts once (in a cluster, once per node).
+   */
+  users: number;
   epoch: Epoch;
   seq: Seq;
   recovered?: false;
