@@ -79,7 +79,7 @@ fn bench_join_leave(c: &mut Criterion) {
     let mut keep = Vec::new();
     for conn in 0..10_000u64 {
         let (outbox, rx) = Outbox::new(8, 1 << 20);
-        let (_, ring) = room.join(conn, Role::Viewer, outbox).expect("join");
+        let (_, ring) = room.join(conn, Role::Viewer, "u", outbox).expect("join");
         keep.push((rx, ring));
     }
     let mut g = c.benchmark_group("room");
@@ -88,7 +88,7 @@ fn bench_join_leave(c: &mut Criterion) {
         b.iter(|| {
             let conn = next.fetch_add(1, Ordering::Relaxed);
             let (outbox, _rx) = Outbox::new(8, 1 << 20);
-            let joined = room.join(conn, Role::Viewer, outbox).expect("join");
+            let joined = room.join(conn, Role::Viewer, "u", outbox).expect("join");
             room.leave(conn);
             joined
         })
@@ -101,7 +101,7 @@ fn bench_join_leave(c: &mut Criterion) {
                     move |_, _| {
                         let conn = next.fetch_add(1, Ordering::Relaxed);
                         let (outbox, _rx) = Outbox::new(8, 1 << 20);
-                        black_box(room.join(conn, Role::Viewer, outbox).expect("join"));
+                        black_box(room.join(conn, Role::Viewer, "u", outbox).expect("join"));
                         room.leave(conn);
                     }
                 })
