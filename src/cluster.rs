@@ -190,7 +190,7 @@ impl Cluster {
         self.queue(Outgoing {
             subject: self.user_subject(user),
             headers,
-            payload: Bytes::copy_from_slice(frame.as_bytes()),
+            payload: Bytes::from(frame.clone()),
             numbered_at: None,
         });
     }

@@ -69,7 +69,8 @@ impl RoomLink for NatsLink {
         let queued = self.cluster.queue(Outgoing {
             subject: self.subject.clone(),
             headers,
-            payload: Bytes::copy_from_slice(event.bytes.as_bytes()),
+            // Shares the encoded bytes: no copy per publication.
+            payload: Bytes::from(event.bytes.clone()),
             numbered_at: Some(Instant::now()),
         });
         if !queued {
