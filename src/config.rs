@@ -33,6 +33,7 @@ pub struct Config {
     pub rooms: RoomsConfig,
     pub ledger: LedgerConfig,
     pub split: SplitConfig,
+    pub spending: SpendingConfig,
     pub limits: LimitsConfig,
     pub log: LogConfig,
     /// The sticker catalog. Empty means the built-in catalog.
@@ -327,6 +328,31 @@ impl Default for SplitConfig {
     }
 }
 
+/// Per-user spending caps: coins a user may spend on gifts in a rolling window. The admin API
+/// overrides the cap per user and flags minors (`PUT /admin/users/{user}/limits`); the ledger
+/// checks the cap in the same transaction as the debit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpendingConfig {
+    /// Length of the rolling window, in ms (a day by default). 1000 to 2592000000 (30 days).
+    pub window_ms: u64,
+    /// Coins a user may spend in one window unless the admin API sets their own cap.
+    pub window_coins_max: u64,
+    /// Coins a user flagged as a minor may spend in one window; 0 forbids spending. It bounds a
+    /// minor's own cap too (the lower of the two applies).
+    pub minor_window_coins_max: u64,
+}
+
+impl Default for SpendingConfig {
+    fn default() -> Self {
+        SpendingConfig {
+            window_ms: 86_400_000,
+            window_coins_max: 1_000_000,
+            minor_window_coins_max: 5_000,
+        }
+    }
+}
+
 /// A token bucket: refills at `per_sec`, holds at most `burst`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -463,6 +489,7 @@ impl Config {
         self.rooms.check(&mut checks);
         self.ledger.check(&mut checks);
         self.split.check(&mut checks);
+        self.spending.check(&mut checks);
         self.limits.check(&mut checks);
         if let Err(e) = crate::gift::catalog::Catalog::new(self.catalog()) {
             checks.0.push(format!("stickers: {e}"));
@@ -697,6 +724,20 @@ impl SplitConfig {
         c.need(
             order.len() == Channel::ALL.len() && self.spend_order.len() == Channel::ALL.len(),
             || "split.spend_order must list ios, android and web exactly once each".into(),
+        );
+    }
+}
+
+impl SpendingConfig {
+    fn check(&self, c: &mut Checks) {
+        c.between("spending.window_ms", self.window_ms, 1_000, 2_592_000_000);
+        let max = crate::bounds::SPEND_CAP_COINS_MAX;
+        c.between("spending.window_coins_max", self.window_coins_max, 0, max);
+        c.between(
+            "spending.minor_window_coins_max",
+            self.minor_window_coins_max,
+            0,
+            max,
         );
     }
 }

@@ -81,6 +81,12 @@ pub enum Error {
     IdempotencyConflict(String),
     #[error("invalid amount: {0}")]
     InvalidAmount(String),
+    #[error("spending cap reached: {remaining_coins} of {cap_coins} coins left in the current window, price {price_coins} coins")]
+    SpendingCapExceeded {
+        cap_coins: u64,
+        remaining_coins: u64,
+        price_coins: u64,
+    },
 
     #[error("rate limit exceeded for {0}; retry later")]
     RateLimited(&'static str),
@@ -147,6 +153,7 @@ impl Error {
             Error::UnknownSticker(_) => wire(14002, "unknown_sticker", 404),
             Error::IdempotencyConflict(_) => wire(14003, "idempotency_conflict", 409),
             Error::InvalidAmount(_) => wire(14004, "invalid_amount", 400),
+            Error::SpendingCapExceeded { .. } => wire(14005, "spending_cap_exceeded", 402),
             Error::RateLimited(_) => wire(15001, "rate_limited", 429),
             Error::TextTooLong { .. } => wire(15002, "text_too_long", 400),
             Error::TooManyConnections => wire(15003, "too_many_connections", 503),
@@ -184,7 +191,22 @@ impl Error {
 
     /// The JSON body of this error, the same on WebSocket (plus `type` and `id`) and HTTP.
     pub fn body(&self) -> serde_json::Value {
-        serde_json::json!({ "code": self.code(), "reason": self.reason(), "message": self.client_message() })
+        let mut body = serde_json::json!({ "code": self.code(), "reason": self.reason(), "message": self.client_message() });
+        if let Some(remaining) = self.remaining_coins() {
+            body["remaining_coins"] = remaining.into();
+        }
+        body
+    }
+
+    /// For a refusal by a spending cap: the coins the user may still spend in the window, which
+    /// the error carries as a field of its own so clients need not parse the message.
+    pub fn remaining_coins(&self) -> Option<u64> {
+        match self {
+            Error::SpendingCapExceeded {
+                remaining_coins, ..
+            } => Some(*remaining_coins),
+            _ => None,
+        }
     }
 
     /// Whether a connection that caused this error should count it as misbehaviour. Repeated
@@ -299,6 +321,11 @@ pub(crate) mod tests {
             Error::UnknownSticker("s".into()),
             Error::IdempotencyConflict("k".into()),
             Error::InvalidAmount("x".into()),
+            Error::SpendingCapExceeded {
+                cap_coins: 10,
+                remaining_coins: 0,
+                price_coins: 1,
+            },
             Error::RateLimited("gifts"),
             Error::TextTooLong { limit_chars: 1 },
             Error::TooManyConnections,
@@ -344,6 +371,7 @@ pub(crate) mod tests {
             Error::Internal(_) => 29,
             Error::LedgerUnavailable(_) => 30,
             Error::ShuttingDown => 31,
+            Error::SpendingCapExceeded { .. } => 32,
         }
     }
 
@@ -364,7 +392,7 @@ pub(crate) mod tests {
     fn one_of_each_variant() {
         let mut seen: Vec<usize> = one_of_each().iter().map(variant_index).collect();
         seen.sort();
-        assert_eq!(seen, (0..32).collect::<Vec<_>>());
+        assert_eq!(seen, (0..33).collect::<Vec<_>>());
     }
 
     #[test]

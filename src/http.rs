@@ -26,13 +26,13 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::app::App;
 use crate::auth::check_user_id;
-use crate::bounds::{ADMIN_BODY_BYTES_MAX, TOPUP_COINS_MAX};
+use crate::bounds::{ADMIN_BODY_BYTES_MAX, SPEND_CAP_COINS_MAX, TOPUP_COINS_MAX};
 
 use crate::config::ServerConfig;
 use crate::connection;
 use crate::error::Error;
 use crate::gift::Channel;
-use crate::ledger::TopUpRequest;
+use crate::ledger::{TopUpRequest, UserLimits};
 use crate::server::Tracker;
 use crate::socket::ResetOnDrop;
 use crate::throttle::Throttled;
@@ -62,6 +62,7 @@ pub fn admin_router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics))
         .route("/admin/topup", post(top_up))
         .route("/admin/wallets/{user}", get(wallet))
+        .route("/admin/users/{user}/limits", get(limits).put(set_limits))
         .with_state(app)
 }
 
@@ -365,6 +366,98 @@ async fn top_up(State(app): AdminState, headers: HeaderMap, body: Bytes) -> Resp
         }
         Err(e) => error_response(&e),
     }
+}
+
+/// Parses an admin JSON body: `bad_json` for what is not JSON, `invalid_message` for the wrong
+/// shape, `message_too_large` beyond [`ADMIN_BODY_BYTES_MAX`].
+fn admin_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
+    if body.len() > ADMIN_BODY_BYTES_MAX {
+        return Err(Error::MessageTooLarge {
+            limit_bytes: ADMIN_BODY_BYTES_MAX,
+        });
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            Error::BadJson(e.to_string())
+        } else {
+            Error::InvalidMessage(e.to_string())
+        }
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsBody {
+    /// The user's own cap per window: a whole number of coins, or null (or absent) for the
+    /// configured default. Any JSON value, so a bad amount gets `invalid_amount`.
+    #[serde(default)]
+    window_coins_max: serde_json::Value,
+    minor: bool,
+}
+
+/// A cap: null, or a whole number of coins from 0 to [`SPEND_CAP_COINS_MAX`].
+fn cap_coins(value: &serde_json::Value) -> Result<Option<u64>, Error> {
+    match value {
+        serde_json::Value::Null => Ok(None),
+        v => match v.as_u64() {
+            Some(coins) if coins <= SPEND_CAP_COINS_MAX => Ok(Some(coins)),
+            _ => Err(Error::InvalidAmount(format!(
+                "window_coins_max must be null or a whole number from 0 to {SPEND_CAP_COINS_MAX}, got {v}"
+            ))),
+        },
+    }
+}
+
+/// The user's limits and spending, as `GET` and `PUT /admin/users/{user}/limits` answer.
+async fn spending_response(app: &App, user: &str) -> Response {
+    match app.ledger.spending(user, app.cap_policy()).await {
+        Ok(spending) => {
+            let mut body = serde_json::to_value(spending).expect("spending serializes");
+            body["user"] = user.into();
+            Json(body).into_response()
+        }
+        Err(e) => error_response(&e),
+    }
+}
+
+async fn limits(State(app): AdminState, headers: HeaderMap, Path(user): Path<String>) -> Response {
+    if let Err(e) = check_admin(&app, &headers) {
+        return error_response(&e);
+    }
+    if check_user_id(&user).is_err() {
+        return error_response(&Error::InvalidMessage("bad user id".into()));
+    }
+    spending_response(&app, &user).await
+}
+
+async fn set_limits(
+    State(app): AdminState,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+    body: Bytes,
+) -> Response {
+    if let Err(e) = check_admin(&app, &headers) {
+        return error_response(&e);
+    }
+    if check_user_id(&user).is_err() {
+        return error_response(&Error::InvalidMessage("bad user id".into()));
+    }
+    let parsed: LimitsBody = match admin_body(&body) {
+        Ok(b) => b,
+        Err(e) => return error_response(&e),
+    };
+    let limits = match cap_coins(&parsed.window_coins_max) {
+        Ok(cap) => UserLimits {
+            window_coins_max: cap,
+            minor: parsed.minor,
+        },
+        Err(e) => return error_response(&e),
+    };
+    if let Err(e) = app.ledger.set_limits(&user, limits).await {
+        return error_response(&e);
+    }
+    tracing::info!(user, ?limits, "spending limits set");
+    spending_response(&app, &user).await
 }
 
 async fn wallet(State(app): AdminState, headers: HeaderMap, Path(user): Path<String>) -> Response {

@@ -82,8 +82,57 @@ pub struct SplitPolicy {
     pub spend_order: Vec<Channel>,
 }
 
-/// Everything the ledger needs to apply one gift. The split policy travels with the request so
-/// the ledger stays free of config.
+/// How a sender's spending is capped, from the configuration (`[spending]`). The ledger's own
+/// type, like [`SplitPolicy`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CapPolicy {
+    /// Length of the rolling window, in ms.
+    pub window_ms: u64,
+    /// Coins per window for a user without their own cap.
+    pub window_coins_max: u64,
+    /// Coins per window for a minor; it also bounds a minor's own cap.
+    pub minor_window_coins_max: u64,
+}
+
+/// A user's own spending limits, as the admin API set them (the defaults for a user it never
+/// set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct UserLimits {
+    /// The user's own cap per window, in coins; `None` means the configured default.
+    pub window_coins_max: Option<u64>,
+    /// A minor is capped at `spending.minor_window_coins_max` at most.
+    pub minor: bool,
+}
+
+/// A user's spending in the current window, as committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Spending {
+    #[serde(flatten)]
+    pub limits: UserLimits,
+    /// The cap in force: the user's own or the default, bounded by the minor cap for a minor.
+    pub cap_coins: u64,
+    /// Coins spent on gifts within the last `window_ms`.
+    pub spent_coins: u64,
+    /// What the user may still spend now: `cap_coins - spent_coins`, or 0.
+    pub remaining_coins: u64,
+    pub window_ms: u64,
+}
+
+impl Spending {
+    pub fn new(limits: UserLimits, policy: &CapPolicy, spent_coins: u64) -> Spending {
+        let cap_coins = posting::cap_coins(policy, &limits);
+        Spending {
+            limits,
+            cap_coins,
+            spent_coins,
+            remaining_coins: cap_coins.saturating_sub(spent_coins),
+            window_ms: policy.window_ms,
+        }
+    }
+}
+
+/// Everything the ledger needs to apply one gift. The split and cap policies travel with the
+/// request so the ledger stays free of config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GiftRequest {
     pub sender: String,
@@ -94,6 +143,7 @@ pub struct GiftRequest {
     pub idempotency_key: String,
     pub purpose: GiftPurpose,
     pub policy: SplitPolicy,
+    pub caps: CapPolicy,
 }
 
 impl GiftRequest {
@@ -211,6 +261,12 @@ pub trait Ledger: Send + Sync + 'static {
 
     /// A streamer's committed earnings in coins.
     async fn earnings(&self, streamer: &str) -> Result<u64>;
+
+    /// Sets a user's own spending limits. Gifts decided after it returns use them, on every node.
+    async fn set_limits(&self, user: &str, limits: UserLimits) -> Result<()>;
+
+    /// The user's limits and what they spent within the window ending now, as committed.
+    async fn spending(&self, user: &str, policy: CapPolicy) -> Result<Spending>;
 
     /// Makes a trivial durable write to learn whether storage works; updates [`Ledger::is_ready`].
     async fn probe(&self) -> Result<()>;

@@ -339,6 +339,11 @@ async fn a_wallet_topped_up_and_spent_within_one_batch_is_still_an_account() {
                 idempotency_key: format!("k{i}"),
                 purpose: GiftPurpose::Sticker,
                 policy,
+                caps: giftd::ledger::CapPolicy {
+                    window_ms: 86_400_000,
+                    window_coins_max: 1_000_000,
+                    minor_window_coins_max: 0,
+                },
             });
             let (t, _) = tokio::join!(top_up, gift);
             t.unwrap();

@@ -287,6 +287,11 @@ mod tests {
                 streamer_share_bps: split.streamer_share_bps_default,
                 spend_order: split.spend_order.clone(),
             },
+            caps: crate::ledger::CapPolicy {
+                window_ms: 1_000,
+                window_coins_max: 1_000,
+                minor_window_coins_max: 0,
+            },
         };
         ledger.gift(gift).await.unwrap();
         ledger.close().await;

@@ -59,10 +59,11 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::NoTls;
 
 use super::deadline::{self, Ticket};
+use super::posting::Allowance;
 use super::posting::{self, BatchSums, Entry};
 use super::{
-    new_gift_id, now_ms, GiftOutcome, GiftReceipt, GiftRequest, Ledger, TopUpReceipt, TopUpRequest,
-    Wallet,
+    new_gift_id, now_ms, CapPolicy, GiftOutcome, GiftReceipt, GiftRequest, Ledger, Spending,
+    TopUpReceipt, TopUpRequest, UserLimits, Wallet,
 };
 use crate::error::{Error, Result};
 use crate::gift::{Channel, ChannelCoins};
@@ -77,7 +78,8 @@ const BATCH_ATTEMPTS_MAX: usize = 4;
 
 /// The schema, one migration per entry, applied in order at start and recorded in
 /// `giftd_migrations`. Never edit one that shipped; append another.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE SEQUENCE txn_ids;
 CREATE TABLE account_rows (
     account       TEXT NOT NULL,
@@ -135,7 +137,17 @@ CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE INDEX gifts_by_sender ON gifts (sender, created_ms);
+CREATE TABLE user_limits (
+    "user"            TEXT PRIMARY KEY,
+    window_coins_max  BIGINT CHECK (window_coins_max >= 0),
+    minor             SMALLINT NOT NULL CHECK (minor IN (0, 1)),
+    updated_ms        BIGINT NOT NULL
+);
+"#,
+];
 
 /// Options for [`PostgresLedger::open`].
 #[derive(Debug, Clone)]
@@ -206,6 +218,7 @@ enum Op {
     TopUp(TopUpRequest, Reply<TopUpReceipt>, Ticket),
     Gift(Box<GiftRequest>, Reply<GiftOutcome>, Ticket),
     GiftSeq(String, u64),
+    SetLimits(String, UserLimits, Reply<()>, Ticket),
     Probe(Reply<()>, Ticket),
     Shutdown(oneshot::Sender<()>),
 }
@@ -339,6 +352,66 @@ impl AsyncRead<u64> for ReadEarnings<'_> {
     }
 }
 
+struct ReadSpending<'a>(&'a str, CapPolicy);
+
+impl AsyncRead<Spending> for ReadSpending<'_> {
+    async fn run(self, client: &deadpool_postgres::Client) -> Result<Spending> {
+        let users = vec![self.0.to_owned()];
+        let since = vec![now_ms().saturating_sub(self.1.window_ms) as i64];
+        let (limits, spent) = tokio::try_join!(
+            read_limits(client, &users),
+            read_spent(client, &users, &since)
+        )
+        .map_err(pg)?;
+        let limits = limits.get(self.0).copied().unwrap_or_default();
+        let spent = spent.get(self.0).copied().unwrap_or(0);
+        Ok(Spending::new(limits, &self.1, spent))
+    }
+}
+
+/// The own limits of `users` that have any.
+async fn read_limits(
+    client: &deadpool_postgres::Client,
+    users: &[String],
+) -> std::result::Result<HashMap<String, UserLimits>, tokio_postgres::Error> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT \"user\", window_coins_max, minor FROM user_limits WHERE \"user\" = ANY($1)",
+        )
+        .await?;
+    let rows = client.query(&stmt, &[&users]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let limits = UserLimits {
+                window_coins_max: r.get::<_, Option<i64>>(1).map(|c| c as u64),
+                minor: r.get::<_, i16>(2) != 0,
+            };
+            (r.get(0), limits)
+        })
+        .collect())
+}
+
+/// Coins each of `users` spent on gifts created after their `since` (ms); one index range each.
+async fn read_spent(
+    client: &deadpool_postgres::Client,
+    users: &[String],
+    since: &[i64],
+) -> std::result::Result<HashMap<String, u64>, tokio_postgres::Error> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT k.sender, s.coins FROM unnest($1::TEXT[], $2::BIGINT[]) AS k(sender, since)
+             CROSS JOIN LATERAL (SELECT COALESCE(SUM(g.price_coins), 0)::BIGINT AS coins FROM gifts g
+                 WHERE g.sender = k.sender AND g.created_ms > k.since) AS s",
+        )
+        .await?;
+    let rows = client.query(&stmt, &[&users, &since]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), nonnegative("spending", r.get(1))))
+        .collect())
+}
+
 /// A committed internal balance; a negative one would be a broken ledger, never clamped.
 fn nonnegative(account: &str, balance_coins: i64) -> u64 {
     assert!(
@@ -370,6 +443,15 @@ impl Ledger for PostgresLedger {
 
     async fn earnings(&self, streamer: &str) -> Result<u64> {
         self.read(ReadEarnings(streamer)).await
+    }
+
+    async fn set_limits(&self, user: &str, limits: UserLimits) -> Result<()> {
+        let user = user.to_owned();
+        self.call(|r, t| Op::SetLimits(user, limits, r, t)).await
+    }
+
+    async fn spending(&self, user: &str, policy: CapPolicy) -> Result<Spending> {
+        self.read(ReadSpending(user, policy)).await
     }
 
     async fn probe(&self) -> Result<()> {
@@ -407,6 +489,7 @@ struct Writer {
 enum Work {
     TopUp(TopUpRequest, Reply<TopUpReceipt>),
     Gift(Box<GiftRequest>, Reply<GiftOutcome>),
+    SetLimits(String, UserLimits, Reply<()>),
     Probe(Reply<()>),
 }
 
@@ -414,7 +497,8 @@ enum Work {
 enum Answer {
     TopUp(Result<TopUpReceipt>),
     Gift(Box<Result<GiftOutcome>>),
-    Probe,
+    /// A probe or a limits change: nothing to answer but the commit.
+    Done,
 }
 
 /// Why a batch attempt did not commit.
@@ -482,9 +566,14 @@ impl Writer {
                 Op::GiftSeq(id, seq) => seqs.push((id, seq as i64)),
                 // A caller that gave up before its request started was told nothing was
                 // charged: skip it so that stays true.
-                Op::TopUp(_, _, t) | Op::Gift(_, _, t) | Op::Probe(_, t) if !t.start() => {}
+                Op::TopUp(_, _, t)
+                | Op::Gift(_, _, t)
+                | Op::SetLimits(_, _, _, t)
+                | Op::Probe(_, t)
+                    if !t.start() => {}
                 Op::TopUp(req, r, _) => works.push(Work::TopUp(req, r)),
                 Op::Gift(req, r, _) => works.push(Work::Gift(req, r)),
+                Op::SetLimits(user, limits, r, _) => works.push(Work::SetLimits(user, limits, r)),
                 Op::Probe(r, _) => works.push(Work::Probe(r)),
             }
         }
@@ -517,7 +606,8 @@ impl Writer {
                     match (work, answer) {
                         (Work::TopUp(_, r), Answer::TopUp(a)) => drop(r.send(a)),
                         (Work::Gift(_, r), Answer::Gift(a)) => drop(r.send(*a)),
-                        (Work::Probe(r), Answer::Probe) => drop(r.send(Ok(()))),
+                        (Work::Probe(r), Answer::Done) => drop(r.send(Ok(()))),
+                        (Work::SetLimits(_, _, r), Answer::Done) => drop(r.send(Ok(()))),
                         _ => unreachable!("answers follow their requests"),
                     }
                 }
@@ -535,7 +625,7 @@ impl Writer {
                     match work {
                         Work::TopUp(_, r) => drop(r.send(Err(e.clone()))),
                         Work::Gift(_, r) => drop(r.send(Err(e.clone()))),
-                        Work::Probe(r) => drop(r.send(Err(e.clone()))),
+                        Work::Probe(r) | Work::SetLimits(_, _, r) => drop(r.send(Err(e.clone()))),
                     }
                 }
             }
@@ -610,7 +700,7 @@ impl Writer {
             .filter_map(|w| match w {
                 Work::TopUp(req, _) => Some(req.user.as_str()),
                 Work::Gift(req, _) => Some(req.sender.as_str()),
-                Work::Probe(_) => None,
+                Work::SetLimits(..) | Work::Probe(_) => None,
             })
             .flat_map(|user| Channel::ALL.map(|ch| posting::wallet_account(user, ch)))
             .collect();
@@ -649,18 +739,23 @@ impl Writer {
         let lock_params: [&(dyn ToSql + Sync); 1] = [&wallets];
         let prior_params: [&(dyn ToSql + Sync); 3] = [&kinds, &actors, &idem_keys];
         let draw_params: [&(dyn ToSql + Sync); 1] = [&n];
-        let (_, locked, prior_rows, id_rows) = tokio::try_join!(
+        // The spending of the batch's senders, read after their wallets are locked: a gift from
+        // the same sender on another node either committed before (and is counted) or waits.
+        let (spenders, since) = spenders(works);
+        let (_, locked, prior_rows, id_rows, limits, spent) = tokio::try_join!(
             client.batch_execute(&begin),
             client.query(&lock, &lock_params),
             client.query(&priors, &prior_params),
             client.query(&draw, &draw_params),
+            read_limits(client, &spenders),
+            read_spent(client, &spenders, &since),
         )?;
         let mut balances: HashMap<String, i64> =
             locked.iter().map(|row| (row.get(0), row.get(1))).collect();
         let prior = Prior::read(client, &prior_rows).await?;
 
         // 2. Decide every request in memory, in order.
-        let mut plan = Plan::new(id_rows.iter().map(|r| r.get(0)).collect());
+        let mut plan = Plan::new(id_rows.iter().map(|r| r.get(0)).collect(), limits, spent);
         let answers: Vec<Answer> = works
             .iter()
             .map(|w| plan.decide(w, &prior, &mut balances))
@@ -680,6 +775,26 @@ impl Writer {
     }
 }
 
+/// The users whose limits and spending a batch reads (gift senders and users whose limits it
+/// sets), each with the start of their window (ms).
+fn spenders(works: &[Work]) -> (Vec<String>, Vec<i64>) {
+    let now = now_ms();
+    let mut found: HashMap<&str, u64> = HashMap::new();
+    for w in works {
+        let (user, window_ms) = match w {
+            Work::Gift(req, _) => (req.sender.as_str(), req.caps.window_ms),
+            Work::SetLimits(user, _, _) => (user.as_str(), 0),
+            Work::TopUp(..) | Work::Probe(_) => continue,
+        };
+        let since = found.entry(user).or_insert(now);
+        *since = (*since).min(now.saturating_sub(window_ms));
+    }
+    found
+        .into_iter()
+        .map(|(u, since)| (u.to_owned(), since as i64))
+        .unzip()
+}
+
 impl Work {
     /// The request's idempotency scope: `(kind, actor, key)`.
     fn key(&self) -> Option<(&str, &str, &str)> {
@@ -687,7 +802,7 @@ impl Work {
             // Purchase ids are the store's, unique across users: the scope is the store.
             Work::TopUp(req, _) => Some(("topup", "store", req.purchase_id.as_str())),
             Work::Gift(req, _) => Some(("gift", req.sender.as_str(), req.idempotency_key.as_str())),
-            Work::Probe(_) => None,
+            Work::SetLimits(..) | Work::Probe(_) => None,
         }
     }
 }
@@ -796,6 +911,12 @@ struct Plan {
     wallet_deltas: HashMap<String, i64>,
     hot: BatchSums,
     probe: bool,
+    /// Users' own limits as committed, then as this batch sets them.
+    limits: HashMap<String, UserLimits>,
+    /// Coins each sender spent in their window, as committed plus this batch's gifts.
+    spent: HashMap<String, u64>,
+    /// Limits the batch sets, to write in order (a later change of the same user wins).
+    set_limits: Vec<(String, UserLimits)>,
 }
 
 /// A receipt applied earlier in the same batch, for an in-batch repeat of its key.
@@ -806,8 +927,15 @@ enum Applied {
 }
 
 impl Plan {
-    fn new(ids: Vec<i64>) -> Plan {
+    fn new(
+        ids: Vec<i64>,
+        limits: HashMap<String, UserLimits>,
+        spent: HashMap<String, u64>,
+    ) -> Plan {
         Plan {
+            limits,
+            spent,
+            set_limits: Vec::new(),
             ids: ids.into_iter(),
             applied: HashMap::new(),
             txn_id: Vec::new(),
@@ -834,7 +962,12 @@ impl Plan {
         match work {
             Work::Probe(_) => {
                 self.probe = true;
-                Answer::Probe
+                Answer::Done
+            }
+            Work::SetLimits(user, limits, _) => {
+                self.limits.insert(user.clone(), *limits);
+                self.set_limits.push((user.clone(), *limits));
+                Answer::Done
             }
             Work::TopUp(req, _) => Answer::TopUp(self.top_up(req, prior, balances)),
             Work::Gift(req, _) => Answer::Gift(Box::new(self.gift(req, prior, balances))),
@@ -961,7 +1094,11 @@ impl Plan {
             None => {}
         }
         // Refusals come from the plan, before anything is recorded for this request.
-        let plan = posting::gift(req, wallet_of(balances, &req.sender))?;
+        let spent = self.spent.get(&req.sender).copied().unwrap_or(0);
+        let limits = self.limits.get(&req.sender).copied().unwrap_or_default();
+        let allowance = Allowance::new(&req.caps, &limits, spent);
+        let plan = posting::gift(req, wallet_of(balances, &req.sender), allowance)?;
+        *self.spent.entry(req.sender.clone()).or_insert(0) += req.price_coins;
         let created_ms = now_ms();
         let txn_id = self.open_txn(
             "gift",
@@ -1044,7 +1181,14 @@ impl Plan {
         let probe_ms = now_ms().to_string();
         let probe: [&(dyn ToSql + Sync); 1] = [&probe_ms];
         let seqs: [&(dyn ToSql + Sync); 2] = [&rows.seq_gift, &rows.seq_value];
-        let mut calls: Vec<Call<'_>> = Vec::with_capacity(9);
+        let now = now_ms() as i64;
+        let limits: [&(dyn ToSql + Sync); 4] = [
+            &rows.limits_user,
+            &rows.limits_cap,
+            &rows.limits_minor,
+            &now,
+        ];
+        let mut calls: Vec<Call<'_>> = Vec::with_capacity(10);
         calls.push(Box::pin(client.execute(&st.txns, &txns)));
         if !rows.entry_txn.is_empty() {
             calls.push(Box::pin(client.execute(&st.entries, &entries)));
@@ -1070,6 +1214,9 @@ impl Plan {
         }
         if !rows.seq_gift.is_empty() {
             calls.push(Box::pin(client.execute(&st.seqs, &seqs)));
+        }
+        if !rows.limits_user.is_empty() {
+            calls.push(Box::pin(client.execute(&st.limits, &limits)));
         }
         let counts = futures_util::future::try_join_all(calls).await?;
         if counts[0] != self.txn_id.len() as u64 {
@@ -1118,6 +1265,10 @@ struct Rows {
     hot_external: Vec<i16>,
     seq_gift: Vec<String>,
     seq_value: Vec<i64>,
+    /// Users' new limits, one row per user (the batch's last change of each).
+    limits_user: Vec<String>,
+    limits_cap: Vec<Option<i64>>,
+    limits_minor: Vec<i16>,
 }
 
 impl Rows {
@@ -1187,6 +1338,15 @@ impl Rows {
             r.seq_gift.push(id.clone());
             r.seq_value.push(*seq);
         }
+        let last: HashMap<&String, &UserLimits> =
+            plan.set_limits.iter().map(|(u, l)| (u, l)).collect();
+        let mut last: Vec<_> = last.into_iter().collect();
+        last.sort_unstable_by_key(|(u, _)| *u);
+        for (user, limits) in last {
+            r.limits_user.push(user.clone());
+            r.limits_cap.push(limits.window_coins_max.map(|c| c as i64));
+            r.limits_minor.push(limits.minor as i16);
+        }
         r
     }
 }
@@ -1201,6 +1361,7 @@ struct Statements {
     upsert: tokio_postgres::Statement,
     probe: tokio_postgres::Statement,
     seqs: tokio_postgres::Statement,
+    limits: tokio_postgres::Statement,
 }
 
 impl Statements {
@@ -1262,6 +1423,14 @@ impl Statements {
                     "UPDATE gifts AS g SET room_seq = d.seq
                      FROM unnest($1::TEXT[], $2::BIGINT[]) AS d(gift_id, seq)
                      WHERE g.gift_id = ANY($1) AND g.gift_id = d.gift_id AND g.room_seq IS NULL",
+                )
+                .await?,
+            limits: client
+                .prepare_cached(
+                    "INSERT INTO user_limits (\"user\", window_coins_max, minor, updated_ms)
+                     SELECT u, c, m, $4 FROM unnest($1::TEXT[], $2::BIGINT[], $3::SMALLINT[]) AS l(u, c, m)
+                     ON CONFLICT (\"user\") DO UPDATE SET window_coins_max = excluded.window_coins_max,
+                         minor = excluded.minor, updated_ms = excluded.updated_ms",
                 )
                 .await?,
         })

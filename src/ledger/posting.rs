@@ -30,7 +30,7 @@
 
 use std::collections::HashMap;
 
-use super::{GiftRequest, TopUpRequest};
+use super::{CapPolicy, GiftRequest, TopUpRequest, UserLimits};
 use crate::error::{Error, Result};
 use crate::gift::split::{draw, split, Split};
 use crate::gift::{Channel, ChannelCoins};
@@ -188,10 +188,53 @@ impl GiftPlan {
     }
 }
 
-/// Plans a gift against the sender's committed `balances` (per channel), or refuses it with
-/// [`Error::InsufficientFunds`]. The plan debits the wallet channels in the spend order and
-/// credits store, streamer and platform per channel.
-pub fn gift(req: &GiftRequest, balances: ChannelCoins) -> Result<GiftPlan> {
+/// The spending cap in force for a user: their own cap or the default, and for a minor never more
+/// than the minor cap.
+pub fn cap_coins(policy: &CapPolicy, limits: &UserLimits) -> u64 {
+    let own = limits.window_coins_max.unwrap_or(policy.window_coins_max);
+    if limits.minor {
+        own.min(policy.minor_window_coins_max)
+    } else {
+        own
+    }
+}
+
+/// What a sender may still spend, as read (under the sender's lock) when a gift is decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allowance {
+    pub cap_coins: u64,
+    /// Coins spent on gifts within the window ending now, including earlier gifts of the batch.
+    pub spent_coins: u64,
+}
+
+impl Allowance {
+    pub fn new(policy: &CapPolicy, limits: &UserLimits, spent_coins: u64) -> Allowance {
+        Allowance {
+            cap_coins: cap_coins(policy, limits),
+            spent_coins,
+        }
+    }
+
+    /// Refuses a price beyond what is left, with what is left.
+    fn check(&self, price_coins: u64) -> Result<()> {
+        let remaining_coins = self.cap_coins.saturating_sub(self.spent_coins);
+        if price_coins > remaining_coins {
+            return Err(Error::SpendingCapExceeded {
+                cap_coins: self.cap_coins,
+                remaining_coins,
+                price_coins,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Plans a gift against the sender's committed `balances` (per channel) and spending
+/// `allowance`, or refuses it with [`Error::SpendingCapExceeded`] (checked first: a capped user
+/// learns about the cap, not about topping up) or [`Error::InsufficientFunds`]. The plan debits
+/// the wallet channels in the spend order and credits store, streamer and platform per channel.
+pub fn gift(req: &GiftRequest, balances: ChannelCoins, allowance: Allowance) -> Result<GiftPlan> {
+    allowance.check(req.price_coins)?;
     let total: u64 = balances.iter().sum();
     let Some(funding) = draw(balances, req.price_coins, &req.policy.spend_order) else {
         return Err(Error::InsufficientFunds {
@@ -286,6 +329,19 @@ mod tests {
     use crate::ledger::{GiftPurpose, SplitPolicy};
     use proptest::prelude::*;
 
+    const UNCAPPED: Allowance = Allowance {
+        cap_coins: u64::MAX,
+        spent_coins: 0,
+    };
+
+    pub(crate) fn caps() -> CapPolicy {
+        CapPolicy {
+            window_ms: 86_400_000,
+            window_coins_max: 1_000_000,
+            minor_window_coins_max: 5_000,
+        }
+    }
+
     fn request(price_coins: u64, fees: StoreFees, share: u32, order: Vec<Channel>) -> GiftRequest {
         GiftRequest {
             sender: "v".into(),
@@ -300,7 +356,80 @@ mod tests {
                 streamer_share_bps: share,
                 spend_order: order,
             },
+            caps: caps(),
         }
+    }
+
+    #[test]
+    fn the_cap_in_force_is_the_users_own_or_the_default_and_a_minor_never_exceeds_the_minor_cap() {
+        let p = caps();
+        let own = |cap, minor| UserLimits {
+            window_coins_max: cap,
+            minor,
+        };
+        assert_eq!(cap_coins(&p, &own(None, false)), 1_000_000);
+        assert_eq!(cap_coins(&p, &own(Some(20), false)), 20);
+        assert_eq!(cap_coins(&p, &own(None, true)), 5_000);
+        assert_eq!(cap_coins(&p, &own(Some(20), true)), 20);
+        assert_eq!(cap_coins(&p, &own(Some(9_000), true)), 5_000);
+    }
+
+    #[test]
+    fn a_gift_over_the_remaining_allowance_is_refused_with_what_is_left() {
+        let req = request(
+            100,
+            StoreFees {
+                ios: 0,
+                android: 0,
+                web: 0,
+            },
+            5000,
+            Channel::ALL.to_vec(),
+        );
+        let allowance = Allowance {
+            cap_coins: 250,
+            spent_coins: 160,
+        };
+        assert_eq!(
+            gift(&req, [1_000, 0, 0], allowance),
+            Err(Error::SpendingCapExceeded {
+                cap_coins: 250,
+                remaining_coins: 90,
+                price_coins: 100
+            })
+        );
+        let spent = Allowance {
+            cap_coins: 250,
+            spent_coins: 300,
+        };
+        assert!(matches!(
+            gift(&req, [1_000, 0, 0], spent),
+            Err(Error::SpendingCapExceeded {
+                remaining_coins: 0,
+                ..
+            })
+        ));
+        let exact = Allowance {
+            cap_coins: 260,
+            spent_coins: 160,
+        };
+        assert!(gift(&req, [1_000, 0, 0], exact).is_ok());
+        // A zero cap (a minor who may not spend) refuses even the cheapest sticker.
+        let zero = Allowance {
+            cap_coins: 0,
+            spent_coins: 0,
+        };
+        let rose = request(
+            1,
+            StoreFees {
+                ios: 0,
+                android: 0,
+                web: 0,
+            },
+            5000,
+            Channel::ALL.to_vec(),
+        );
+        assert!(gift(&rose, [1_000, 0, 0], zero).is_err());
     }
 
     #[test]
@@ -356,7 +485,7 @@ mod tests {
             let fees = StoreFees { ios: fee_ios, android: fee_android, web: fee_web };
             let req = request(price, fees, share, order);
             let total: u64 = balances.iter().sum();
-            match gift(&req, balances) {
+            match gift(&req, balances, UNCAPPED) {
                 Err(Error::InsufficientFunds { balance_coins, price_coins }) => {
                     prop_assert!(total < price);
                     prop_assert_eq!((balance_coins, price_coins), (total, price));
@@ -408,6 +537,27 @@ mod tests {
         }
 
         #[test]
+        fn a_sequence_of_gifts_never_spends_past_the_cap(
+            cap in 0u64..2_000,
+            prices in proptest::collection::vec(1u64..600, 1..30),
+        ) {
+            // As a backend decides a batch: each gift sees the spending the previous ones left.
+            let mut spent = 0;
+            for price in prices {
+                let req = request(price, StoreFees { ios: 0, android: 0, web: 0 }, 5000, Channel::ALL.to_vec());
+                match gift(&req, [100_000, 0, 0], Allowance { cap_coins: cap, spent_coins: spent }) {
+                    Ok(_) => spent += price,
+                    Err(Error::SpendingCapExceeded { remaining_coins, cap_coins, .. }) => {
+                        prop_assert_eq!((remaining_coins, cap_coins), (cap - spent, cap));
+                        prop_assert!(price > remaining_coins);
+                    }
+                    Err(e) => prop_assert!(false, "unexpected refusal {e}"),
+                }
+                prop_assert!(spent <= cap);
+            }
+        }
+
+        #[test]
         fn a_batch_of_gifts_never_overdraws(
             start in proptest::array::uniform3(0u64..300),
             prices in proptest::collection::vec(1u64..200, 1..20),
@@ -418,7 +568,7 @@ mod tests {
             let mut spent = 0;
             for price in prices {
                 let req = request(price, StoreFees { ios: 3000, android: 3000, web: 0 }, 5000, Channel::ALL.to_vec());
-                if let Ok(plan) = gift(&req, balances) {
+                if let Ok(plan) = gift(&req, balances, UNCAPPED) {
                     balances = plan.balances_after;
                     spent += price;
                 }

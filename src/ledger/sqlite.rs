@@ -30,10 +30,11 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
 use super::deadline::{self, Ticket};
+use super::posting::Allowance;
 use super::posting::{self, AccountKind, BatchSums, Entry};
 use super::{
-    new_gift_id, now_ms, GiftOutcome, GiftReceipt, GiftRequest, Ledger, TopUpReceipt, TopUpRequest,
-    Wallet,
+    new_gift_id, now_ms, CapPolicy, GiftOutcome, GiftReceipt, GiftRequest, Ledger, Spending,
+    TopUpReceipt, TopUpRequest, UserLimits, Wallet,
 };
 use crate::error::{Error, Result};
 use crate::gift::{Channel, ChannelCoins};
@@ -102,6 +103,17 @@ CREATE TABLE IF NOT EXISTS gifts (
     created_ms     INTEGER NOT NULL,
     CHECK (store_coins + streamer_coins + platform_coins = price_coins)
 );
+CREATE TABLE IF NOT EXISTS user_limits (
+    user              TEXT PRIMARY KEY,
+    window_coins_max  INTEGER CHECK (window_coins_max >= 0),
+    minor             INTEGER NOT NULL CHECK (minor IN (0, 1)),
+    updated_ms        INTEGER NOT NULL
+) WITHOUT ROWID;
+"#;
+
+/// Indexes, created after the tables' migrations (a rebuilt table loses its indexes).
+const INDEXES: &str = r#"
+CREATE INDEX IF NOT EXISTS gifts_by_sender ON gifts (sender, created_ms);
 "#;
 
 type Reply<T> = oneshot::Sender<Result<T>>;
@@ -110,6 +122,7 @@ enum Op {
     TopUp(TopUpRequest, Reply<TopUpReceipt>, Ticket),
     Gift(Box<GiftRequest>, Reply<GiftOutcome>, Ticket),
     GiftSeq(String, u64),
+    SetLimits(String, UserLimits, Reply<()>, Ticket),
     Probe(Reply<()>, Ticket),
     Fault(Option<StorageFault>),
     Shutdown(oneshot::Sender<()>),
@@ -238,6 +251,7 @@ pub fn open_connection(path: &Path) -> Result<Connection> {
     .db()?;
     conn.execute_batch(SCHEMA).db()?;
     migrate_gift_ids(&conn)?;
+    conn.execute_batch(INDEXES).db()?;
     Ok(conn)
 }
 
@@ -295,6 +309,21 @@ impl Ledger for SqliteLedger {
     async fn earnings(&self, streamer: &str) -> Result<u64> {
         let streamer = streamer.to_owned();
         self.read(move |conn| earnings(conn, &streamer)).await
+    }
+
+    async fn set_limits(&self, user: &str, limits: UserLimits) -> Result<()> {
+        let user = user.to_owned();
+        self.call(|r, t| Op::SetLimits(user, limits, r, t)).await
+    }
+
+    async fn spending(&self, user: &str, policy: CapPolicy) -> Result<Spending> {
+        let user = user.to_owned();
+        self.read(move |conn| {
+            let limits = limits_of(conn, &user)?;
+            let spent = spent_since(conn, &user, now_ms().saturating_sub(policy.window_ms))?;
+            Ok(Spending::new(limits, &policy, spent))
+        })
+        .await
     }
 
     async fn probe(&self) -> Result<()> {
@@ -422,7 +451,14 @@ impl Writer {
                     }
                     // A caller that gave up before its request started was told nothing was
                     // charged: skip it (dropping its reply) so that stays true.
-                    Op::TopUp(_, _, t) | Op::Gift(_, _, t) | Op::Probe(_, t) if !t.start() => None,
+                    Op::TopUp(_, _, t)
+                    | Op::Gift(_, _, t)
+                    | Op::SetLimits(_, _, _, t)
+                    | Op::Probe(_, t)
+                        if !t.start() =>
+                    {
+                        None
+                    }
                     Op::TopUp(req, r, _) => {
                         let result = apply_top_up(&tx, &req, &mut credits);
                         let failed = storage_failure(&result);
@@ -436,6 +472,12 @@ impl Writer {
                         failed
                     }
                     Op::GiftSeq(id, seq) => storage_failure(&apply_gift_seq(&tx, &id, seq)),
+                    Op::SetLimits(user, limits, r, _) => {
+                        let result = apply_set_limits(&tx, &user, limits);
+                        let failed = storage_failure(&result);
+                        pending.push(Pending::Probe(r, result));
+                        failed
+                    }
                     Op::Probe(r, _) => {
                         let result = apply_probe(&tx);
                         let failed = storage_failure(&result);
@@ -483,7 +525,7 @@ impl Writer {
                         Op::Shutdown(done) => shutdown = Some(done),
                         Op::TopUp(_, r, _) => drop(r.send(Err(e.clone()))),
                         Op::Gift(_, r, _) => drop(r.send(Err(e.clone()))),
-                        Op::Probe(r, _) => drop(r.send(Err(e.clone()))),
+                        Op::Probe(r, _) | Op::SetLimits(_, _, r, _) => drop(r.send(Err(e.clone()))),
                         Op::GiftSeq(..) | Op::Fault(_) => {}
                     }
                 }
@@ -700,9 +742,17 @@ fn apply_gift(conn: &Connection, req: &GiftRequest, sums: &mut BatchSums) -> Res
             split: None,
         });
     }
-    // Refusals come from the plan, before the first write: a refused gift leaves nothing.
-    let plan = posting::gift(req, channels(conn, &req.sender)?)?;
+    // Refusals come from the plan, before the first write: a refused gift leaves nothing. The
+    // single writer sees every earlier gift of the batch through the open transaction, so the
+    // allowance counts them and concurrent gifts cannot pass the cap together.
     let created_ms = now_ms();
+    let since_ms = created_ms.saturating_sub(req.caps.window_ms);
+    let allowance = Allowance::new(
+        &req.caps,
+        &limits_of(conn, &req.sender)?,
+        spent_since(conn, &req.sender, since_ms)?,
+    );
+    let plan = posting::gift(req, channels(conn, &req.sender)?, allowance)?;
     let txn_id = open_txn(
         conn,
         "gift",
@@ -775,6 +825,51 @@ fn load_gift(conn: &Connection, txn_id: i64) -> Result<GiftReceipt> {
     Ok(receipt)
 }
 
+/// A user's own limits (the defaults if none were set).
+fn limits_of(conn: &Connection, user: &str) -> Result<UserLimits> {
+    let row: Option<(Option<i64>, i64)> = conn
+        .prepare_cached("SELECT window_coins_max, minor FROM user_limits WHERE user = ?1")
+        .db()?
+        .query_row([user], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+        .db()?;
+    Ok(
+        row.map_or_else(UserLimits::default, |(cap, minor)| UserLimits {
+            window_coins_max: cap.map(|c| c as u64),
+            minor: minor != 0,
+        }),
+    )
+}
+
+/// Coins `user` spent on gifts created after `since_ms` (an index range over their gifts).
+fn spent_since(conn: &Connection, user: &str, since_ms: u64) -> Result<u64> {
+    let spent: i64 = conn
+        .prepare_cached(
+            "SELECT COALESCE(SUM(price_coins), 0) FROM gifts WHERE sender = ?1 AND created_ms > ?2",
+        )
+        .db()?
+        .query_row(params![user, since_ms as i64], |r| r.get(0))
+        .db()?;
+    Ok(nonnegative("spending", spent))
+}
+
+fn apply_set_limits(conn: &Connection, user: &str, limits: UserLimits) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO user_limits(user, window_coins_max, minor, updated_ms) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT(user) DO UPDATE SET window_coins_max = excluded.window_coins_max,
+             minor = excluded.minor, updated_ms = excluded.updated_ms",
+    )
+    .db()?
+    .execute(params![
+        user,
+        limits.window_coins_max.map(|c| c as i64),
+        limits.minor as i64,
+        now_ms() as i64
+    ])
+    .db()?;
+    Ok(())
+}
+
 fn apply_probe(conn: &Connection) -> Result<()> {
     conn.prepare_cached(
         "INSERT INTO meta(key, value) VALUES ('probe_ms', ?1)
@@ -805,7 +900,7 @@ fn apply_gift_seq(conn: &Connection, gift_id: &str, seq: u64) -> Result<()> {
 mod tests {
     use super::*;
     use crate::config::StoreFees;
-    use crate::ledger::{GiftPurpose, SplitPolicy};
+    use crate::ledger::{CapPolicy, GiftPurpose, SplitPolicy};
 
     fn histogram() -> Histogram {
         Histogram::with_opts(prometheus::HistogramOpts::new("t", "t")).unwrap()
@@ -838,6 +933,11 @@ mod tests {
                 },
                 streamer_share_bps: 5000,
                 spend_order: vec![Channel::Web, Channel::Android, Channel::Ios],
+            },
+            caps: CapPolicy {
+                window_ms: 86_400_000,
+                window_coins_max: 1_000,
+                minor_window_coins_max: 0,
             },
         }
     }

@@ -26,6 +26,9 @@ pub enum ServerMessage<'a> {
         code: u16,
         reason: &'static str,
         message: String,
+        /// Only on `spending_cap_exceeded`: what the user may still spend in the window.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        remaining_coins: Option<u64>,
     },
     /// Private: the streamer thanked your gift.
     Thanks {
@@ -71,6 +74,7 @@ pub fn error(id: Option<u64>, e: &Error) -> Frame {
         code: e.code(),
         reason: e.reason(),
         message: e.client_message(),
+        remaining_coins: e.remaining_coins(),
     })
 }
 
