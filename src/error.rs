@@ -87,6 +87,8 @@ pub enum Error {
         remaining_coins: u64,
         price_coins: u64,
     },
+    #[error("no top-up with purchase id `{0}`")]
+    PurchaseNotFound(String),
 
     #[error("rate limit exceeded for {0}; retry later")]
     RateLimited(&'static str),
@@ -154,6 +156,7 @@ impl Error {
             Error::IdempotencyConflict(_) => wire(14003, "idempotency_conflict", 409),
             Error::InvalidAmount(_) => wire(14004, "invalid_amount", 400),
             Error::SpendingCapExceeded { .. } => wire(14005, "spending_cap_exceeded", 402),
+            Error::PurchaseNotFound(_) => wire(14006, "purchase_not_found", 404),
             Error::RateLimited(_) => wire(15001, "rate_limited", 429),
             Error::TextTooLong { .. } => wire(15002, "text_too_long", 400),
             Error::TooManyConnections => wire(15003, "too_many_connections", 503),
@@ -326,6 +329,7 @@ pub(crate) mod tests {
                 remaining_coins: 0,
                 price_coins: 1,
             },
+            Error::PurchaseNotFound("p".into()),
             Error::RateLimited("gifts"),
             Error::TextTooLong { limit_chars: 1 },
             Error::TooManyConnections,
@@ -372,6 +376,7 @@ pub(crate) mod tests {
             Error::LedgerUnavailable(_) => 30,
             Error::ShuttingDown => 31,
             Error::SpendingCapExceeded { .. } => 32,
+            Error::PurchaseNotFound(_) => 33,
         }
     }
 
@@ -392,7 +397,7 @@ pub(crate) mod tests {
     fn one_of_each_variant() {
         let mut seen: Vec<usize> = one_of_each().iter().map(variant_index).collect();
         seen.sort();
-        assert_eq!(seen, (0..33).collect::<Vec<_>>());
+        assert_eq!(seen, (0..34).collect::<Vec<_>>());
     }
 
     #[test]

@@ -32,7 +32,9 @@ use crate::config::ServerConfig;
 use crate::connection;
 use crate::error::Error;
 use crate::gift::Channel;
-use crate::ledger::{TopUpRequest, UserLimits};
+use crate::ledger::{RefundReason, RefundRequest, TopUpRequest, UserLimits};
+use crate::metrics::OutKind;
+use crate::protocol::server::{encode, ServerMessage};
 use crate::server::Tracker;
 use crate::socket::ResetOnDrop;
 use crate::throttle::Throttled;
@@ -61,6 +63,7 @@ pub fn admin_router(app: Arc<App>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/admin/topup", post(top_up))
+        .route("/admin/refund", post(refund))
         .route("/admin/wallets/{user}", get(wallet))
         .route("/admin/users/{user}/limits", get(limits).put(set_limits))
         .with_state(app)
@@ -361,6 +364,12 @@ async fn top_up(State(app): AdminState, headers: HeaderMap, body: Bytes) -> Resp
                     .topup_coins
                     .with_label_values(&[channel.as_str()])
                     .inc_by(receipt.coins);
+                if receipt.repaid_coins > 0 {
+                    app.metrics
+                        .debt_repaid_coins
+                        .with_label_values(&[channel.as_str()])
+                        .inc_by(receipt.repaid_coins);
+                }
             }
             Json(receipt).into_response()
         }
@@ -460,6 +469,62 @@ async fn set_limits(
     spending_response(&app, &user).await
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefundBody {
+    purchase_id: String,
+    /// `refund` or `chargeback`.
+    reason: String,
+}
+
+/// Reverses a top-up (`POST /admin/refund`) and tells the user's connections on this node.
+async fn refund(State(app): AdminState, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(e) = check_admin(&app, &headers) {
+        return error_response(&e);
+    }
+    let parsed: RefundBody = match admin_body(&body) {
+        Ok(b) => b,
+        Err(e) => return error_response(&e),
+    };
+    let Some(reason) = RefundReason::parse(&parsed.reason) else {
+        return error_response(&Error::InvalidMessage(
+            "reason must be refund or chargeback".into(),
+        ));
+    };
+    let req = RefundRequest {
+        purchase_id: parsed.purchase_id,
+        reason,
+        spend_order: app.config.split.spend_order.clone(),
+    };
+    let receipt = match app.ledger.refund(req).await {
+        Ok(r) => r,
+        Err(e) => return error_response(&e),
+    };
+    if !receipt.replayed {
+        app.metrics.record_refund(&receipt);
+        tracing::info!(
+            purchase_id = receipt.purchase_id,
+            user = receipt.user,
+            reason = receipt.reason.as_str(),
+            coins = receipt.coins,
+            debt_coins = receipt.debt_coins,
+            "top-up reversed"
+        );
+        let notice = encode(&ServerMessage::Refund {
+            purchase_id: &receipt.purchase_id,
+            reason: receipt.reason,
+            channel: receipt.channel,
+            coins: receipt.coins,
+            wallet_coins: receipt.wallet_coins,
+            debt_coins: receipt.debt_coins,
+            balance_coins: receipt.balance_coins,
+            owed_coins: receipt.owed_coins,
+        });
+        app.send_to_user(&receipt.user, OutKind::Refund, &notice);
+    }
+    Json(receipt).into_response()
+}
+
 async fn wallet(State(app): AdminState, headers: HeaderMap, Path(user): Path<String>) -> Response {
     if let Err(e) = check_admin(&app, &headers) {
         return error_response(&e);
@@ -481,6 +546,7 @@ async fn wallet(State(app): AdminState, headers: HeaderMap, Path(user): Path<Str
         "ios_coins": wallet.ios_coins,
         "android_coins": wallet.android_coins,
         "web_coins": wallet.web_coins,
+        "owed_coins": wallet.owed_coins,
         "earnings_coins": earnings,
     }))
     .into_response()

@@ -59,8 +59,78 @@ pub struct TopUpReceipt {
     pub channel: Channel,
     pub coins: u64,
     pub purchase_id: String,
+    /// Coins of this top-up that repaid the user's debt (left by a refund of coins already
+    /// spent) before the rest reached the wallet.
+    pub repaid_coins: u64,
     pub balance_coins: u64,
     /// True when this purchase id had already been applied and this is the original result.
+    pub replayed: bool,
+}
+
+/// Why a store took a purchase back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefundReason {
+    /// The store refunded the purchase (the user asked for it).
+    Refund,
+    /// The card issuer reversed the payment.
+    Chargeback,
+}
+
+impl RefundReason {
+    pub const ALL: [RefundReason; 2] = [RefundReason::Refund, RefundReason::Chargeback];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefundReason::Refund => "refund",
+            RefundReason::Chargeback => "chargeback",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RefundReason> {
+        RefundReason::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// The reversal of a top-up, named by its store purchase id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundRequest {
+    /// The purchase id of the top-up; the idempotency key of the reversal.
+    pub purchase_id: String,
+    pub reason: RefundReason,
+    /// The order in which the user's other wallet channels are drawn once the purchase's own
+    /// channel is empty (the configured spend order).
+    pub spend_order: Vec<Channel>,
+}
+
+impl RefundRequest {
+    /// A purchase is reversed once; a repeat for another reason is a conflict.
+    pub fn payload_digest(&self) -> String {
+        self.reason.as_str().to_owned()
+    }
+}
+
+/// The committed record of a reversed top-up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundReceipt {
+    pub txn_id: u64,
+    pub purchase_id: String,
+    pub reason: RefundReason,
+    pub user: String,
+    /// The channel the purchase was made through, which the coins go back out of.
+    pub channel: Channel,
+    /// The purchase's coins, all reversed.
+    pub coins: u64,
+    /// Coins taken back from the wallet.
+    pub wallet_coins: u64,
+    /// Coins already spent, now owed by the user: `coins - wallet_coins`.
+    pub debt_coins: u64,
+    /// The user's wallet right after the reversal.
+    pub balance_coins: u64,
+    /// Everything the user owes right after the reversal.
+    pub owed_coins: u64,
+    pub created_ms: u64,
+    /// True when this purchase had already been reversed and this is the original result.
     pub replayed: bool,
 }
 
@@ -225,14 +295,17 @@ pub struct Wallet {
     pub ios_coins: u64,
     pub android_coins: u64,
     pub web_coins: u64,
+    /// What the user owes after a refund of coins already spent; later top-ups repay it first.
+    pub owed_coins: u64,
 }
 
 impl Wallet {
-    pub fn from_channels(c: ChannelCoins) -> Wallet {
+    pub fn from_channels(c: ChannelCoins, owed_coins: u64) -> Wallet {
         Wallet {
             ios_coins: c[0],
             android_coins: c[1],
             web_coins: c[2],
+            owed_coins,
         }
     }
 
@@ -245,6 +318,11 @@ impl Wallet {
 pub trait Ledger: Send + Sync + 'static {
     /// Credits a wallet for a confirmed store purchase. Idempotent on `purchase_id`.
     async fn top_up(&self, req: TopUpRequest) -> Result<TopUpReceipt>;
+
+    /// Reverses a top-up by its purchase id: the coins leave the wallet, and what was already
+    /// spent becomes the user's debt (see `ledger/posting.rs`). Idempotent on `purchase_id`;
+    /// [`crate::error::Error::PurchaseNotFound`] for a purchase the ledger never applied.
+    async fn refund(&self, req: RefundRequest) -> Result<RefundReceipt>;
 
     /// Debits the sender, splits the price, credits store, streamer and platform. Idempotent on
     /// `(sender, idempotency_key)`.

@@ -33,6 +33,9 @@ pub const METRIC_NAMES: &[&str] = &[
     "giftd_gifts_total",
     "giftd_gift_coins_total",
     "giftd_topup_coins_total",
+    "giftd_refunds_total",
+    "giftd_refund_coins_total",
+    "giftd_debt_repaid_coins_total",
     "giftd_ledger_commit_seconds",
     "giftd_ack_seconds",
     "giftd_ledger_ready",
@@ -48,16 +51,18 @@ pub enum OutKind {
     Event,
     Thanks,
     Answered,
+    Refund,
 }
 
 impl OutKind {
-    const ALL: [OutKind; 6] = [
+    const ALL: [OutKind; 7] = [
         OutKind::Welcome,
         OutKind::Ack,
         OutKind::Error,
         OutKind::Event,
         OutKind::Thanks,
         OutKind::Answered,
+        OutKind::Refund,
     ];
 
     fn label(self) -> &'static str {
@@ -68,6 +73,7 @@ impl OutKind {
             OutKind::Event => "event",
             OutKind::Thanks => "thanks",
             OutKind::Answered => "answered",
+            OutKind::Refund => "refund",
         }
     }
 }
@@ -91,6 +97,9 @@ pub struct Metrics {
     pub gifts: IntCounter,
     gift_coins: IntCounterVec,
     pub topup_coins: IntCounterVec,
+    refunds: IntCounterVec,
+    refund_coins: IntCounterVec,
+    pub debt_repaid_coins: IntCounterVec,
     pub ledger_commit_seconds: Histogram,
     pub ack_seconds: HistogramVec,
     pub ledger_ready: IntGauge,
@@ -229,6 +238,21 @@ impl Metrics {
                 "Coins topped up, by channel.",
                 &["channel"],
             ),
+            refunds: counter_vec(
+                "giftd_refunds_total",
+                "Top-ups reversed, by purchase channel and reason (refund or chargeback).",
+                &["channel", "reason"],
+            ),
+            refund_coins: counter_vec(
+                "giftd_refund_coins_total",
+                "Coins of reversed top-ups, by purchase channel, reason, and whether they left the wallet or became debt.",
+                &["channel", "reason", "from"],
+            ),
+            debt_repaid_coins: counter_vec(
+                "giftd_debt_repaid_coins_total",
+                "Coins of top-ups that repaid a debt left by a refund, by channel.",
+                &["channel"],
+            ),
             ledger_commit_seconds,
             ack_seconds,
             ledger_ready: gauge(
@@ -272,6 +296,17 @@ impl Metrics {
         }
     }
 
+    /// Counts a committed (not replayed) reversal of a top-up.
+    pub fn record_refund(&self, r: &crate::ledger::RefundReceipt) {
+        let (channel, reason) = (r.channel.as_str(), r.reason.as_str());
+        self.refunds.with_label_values(&[channel, reason]).inc();
+        for (from, coins) in [("wallet", r.wallet_coins), ("debt", r.debt_coins)] {
+            self.refund_coins
+                .with_label_values(&[channel, reason, from])
+                .inc_by(coins);
+        }
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
@@ -302,6 +337,11 @@ mod tests {
         m.room_event(&EventKind::Viewers { count: 1 });
         m.errors.with_label_values(&["x"]).inc();
         m.topup_coins.with_label_values(&["web"]).inc();
+        m.debt_repaid_coins.with_label_values(&["web"]).inc();
+        m.refunds.with_label_values(&["web", "refund"]).inc();
+        m.refund_coins
+            .with_label_values(&["web", "refund", "debt"])
+            .inc();
         m.ack_seconds.with_label_values(&["x"]).observe(0.1);
         m.record_split(&crate::gift::split::split(
             [10, 0, 0],

@@ -16,6 +16,11 @@
 //!
 //! A refusal is decided before anything is written, so it leaves nothing behind.
 //!
+//! Step 1 also locks each top-up's and refund's `receivable:<user>` (their rules read the
+//! user's debt) and reads the spending of each gift's sender (caps). A refund names a purchase,
+//! not a user: the top-ups it reverses are read first, outside the transaction (a top-up never
+//! changes), so that their users' rows are locked with the rest.
+//!
 //! # Idempotency across nodes
 //! `txns` has `UNIQUE (kind, actor, idem_key)`. A gift's actor is its sender, whose wallet rows
 //! the batch locked first, so two nodes applying the same key are serialised on those rows and
@@ -62,8 +67,8 @@ use super::deadline::{self, Ticket};
 use super::posting::Allowance;
 use super::posting::{self, BatchSums, Entry};
 use super::{
-    new_gift_id, now_ms, CapPolicy, GiftOutcome, GiftReceipt, GiftRequest, Ledger, Spending,
-    TopUpReceipt, TopUpRequest, UserLimits, Wallet,
+    new_gift_id, now_ms, CapPolicy, GiftOutcome, GiftReceipt, GiftRequest, Ledger, RefundReason,
+    RefundReceipt, RefundRequest, Spending, TopUpReceipt, TopUpRequest, UserLimits, Wallet,
 };
 use crate::error::{Error, Result};
 use crate::gift::{Channel, ChannelCoins};
@@ -147,6 +152,24 @@ CREATE TABLE user_limits (
     updated_ms        BIGINT NOT NULL
 );
 "#,
+    r#"
+ALTER TABLE topups ADD COLUMN repaid_coins BIGINT NOT NULL DEFAULT 0
+    CHECK (repaid_coins BETWEEN 0 AND coins);
+CREATE TABLE refunds (
+    txn_id        BIGINT PRIMARY KEY REFERENCES txns (txn_id),
+    purchase_id   TEXT NOT NULL UNIQUE,
+    reason        TEXT NOT NULL,
+    "user"        TEXT NOT NULL,
+    channel       TEXT NOT NULL,
+    coins         BIGINT NOT NULL CHECK (coins > 0),
+    wallet_coins  BIGINT NOT NULL CHECK (wallet_coins >= 0),
+    debt_coins    BIGINT NOT NULL CHECK (debt_coins >= 0),
+    balance_coins BIGINT NOT NULL,
+    owed_coins    BIGINT NOT NULL,
+    created_ms    BIGINT NOT NULL,
+    CHECK (wallet_coins + debt_coins = coins)
+);
+"#,
 ];
 
 /// Options for [`PostgresLedger::open`].
@@ -217,6 +240,7 @@ type Reply<T> = oneshot::Sender<Result<T>>;
 enum Op {
     TopUp(TopUpRequest, Reply<TopUpReceipt>, Ticket),
     Gift(Box<GiftRequest>, Reply<GiftOutcome>, Ticket),
+    Refund(RefundRequest, Reply<RefundReceipt>, Ticket),
     GiftSeq(String, u64),
     SetLimits(String, UserLimits, Reply<()>, Ticket),
     Probe(Reply<()>, Ticket),
@@ -315,10 +339,11 @@ struct ReadWallet<'a>(&'a str);
 
 impl AsyncRead<Wallet> for ReadWallet<'_> {
     async fn run(self, client: &deadpool_postgres::Client) -> Result<Wallet> {
-        let accounts: Vec<String> = Channel::ALL
+        let mut accounts: Vec<String> = Channel::ALL
             .iter()
             .map(|ch| posting::wallet_account(self.0, *ch))
             .collect();
+        accounts.push(posting::receivable_account(self.0));
         let stmt = client
             .prepare_cached(
                 "SELECT account, balance_coins FROM account_rows WHERE shard = 0 AND account = ANY($1)",
@@ -326,13 +351,16 @@ impl AsyncRead<Wallet> for ReadWallet<'_> {
             .await
             .map_err(pg)?;
         let mut c = [0u64; 3];
+        let mut owed = 0;
         for row in client.query(&stmt, &[&accounts]).await.map_err(pg)? {
             let account: String = row.get(0);
-            if let Some(i) = accounts.iter().position(|a| *a == account) {
-                c[i] = nonnegative(&account, row.get(1));
+            match accounts.iter().position(|a| *a == account) {
+                Some(3) => owed = owed_of_balance(&account, row.get(1)),
+                Some(i) => c[i] = nonnegative(&account, row.get(1)),
+                None => {}
             }
         }
-        Ok(Wallet::from_channels(c))
+        Ok(Wallet::from_channels(c, owed))
     }
 }
 
@@ -412,6 +440,15 @@ async fn read_spent(
         .collect())
 }
 
+/// What a receivable's balance says is owed; a positive one would be a broken ledger.
+fn owed_of_balance(account: &str, balance_coins: i64) -> u64 {
+    assert!(
+        balance_coins <= 0,
+        "receivable {account} holds {balance_coins} coins"
+    );
+    balance_coins.unsigned_abs()
+}
+
 /// A committed internal balance; a negative one would be a broken ledger, never clamped.
 fn nonnegative(account: &str, balance_coins: i64) -> u64 {
     assert!(
@@ -431,6 +468,11 @@ impl Ledger for PostgresLedger {
     async fn gift(&self, req: GiftRequest) -> Result<GiftOutcome> {
         super::check_key(&req.idempotency_key, "key")?;
         self.call(|r, t| Op::Gift(Box::new(req), r, t)).await
+    }
+
+    async fn refund(&self, req: RefundRequest) -> Result<RefundReceipt> {
+        super::check_key(&req.purchase_id, "purchase_id")?;
+        self.call(|r, t| Op::Refund(req, r, t)).await
     }
 
     fn note_gift_seq(&self, gift_id: &str, seq: u64) {
@@ -489,6 +531,7 @@ struct Writer {
 enum Work {
     TopUp(TopUpRequest, Reply<TopUpReceipt>),
     Gift(Box<GiftRequest>, Reply<GiftOutcome>),
+    Refund(RefundRequest, Reply<RefundReceipt>),
     SetLimits(String, UserLimits, Reply<()>),
     Probe(Reply<()>),
 }
@@ -497,6 +540,7 @@ enum Work {
 enum Answer {
     TopUp(Result<TopUpReceipt>),
     Gift(Box<Result<GiftOutcome>>),
+    Refund(Result<RefundReceipt>),
     /// A probe or a limits change: nothing to answer but the commit.
     Done,
 }
@@ -568,11 +612,13 @@ impl Writer {
                 // charged: skip it so that stays true.
                 Op::TopUp(_, _, t)
                 | Op::Gift(_, _, t)
+                | Op::Refund(_, _, t)
                 | Op::SetLimits(_, _, _, t)
                 | Op::Probe(_, t)
                     if !t.start() => {}
                 Op::TopUp(req, r, _) => works.push(Work::TopUp(req, r)),
                 Op::Gift(req, r, _) => works.push(Work::Gift(req, r)),
+                Op::Refund(req, r, _) => works.push(Work::Refund(req, r)),
                 Op::SetLimits(user, limits, r, _) => works.push(Work::SetLimits(user, limits, r)),
                 Op::Probe(r, _) => works.push(Work::Probe(r)),
             }
@@ -606,6 +652,7 @@ impl Writer {
                     match (work, answer) {
                         (Work::TopUp(_, r), Answer::TopUp(a)) => drop(r.send(a)),
                         (Work::Gift(_, r), Answer::Gift(a)) => drop(r.send(*a)),
+                        (Work::Refund(_, r), Answer::Refund(a)) => drop(r.send(a)),
                         (Work::Probe(r), Answer::Done) => drop(r.send(Ok(()))),
                         (Work::SetLimits(_, _, r), Answer::Done) => drop(r.send(Ok(()))),
                         _ => unreachable!("answers follow their requests"),
@@ -625,6 +672,7 @@ impl Writer {
                     match work {
                         Work::TopUp(_, r) => drop(r.send(Err(e.clone()))),
                         Work::Gift(_, r) => drop(r.send(Err(e.clone()))),
+                        Work::Refund(_, r) => drop(r.send(Err(e.clone()))),
                         Work::Probe(r) | Work::SetLimits(_, _, r) => drop(r.send(Err(e.clone()))),
                     }
                 }
@@ -695,14 +743,24 @@ impl Writer {
     ) -> std::result::Result<Vec<Answer>, Failed> {
         // 1. Begin; lock the batch's wallets in account order and read their balances; read
         //    the prior applications of its keys; draw its transaction ids.
+        // The users a refund reverses a purchase of: top-ups never change, so they are read
+        // before the transaction, to lock those users' wallets with the rest.
+        let purchases = read_purchases(client, works).await?;
         let mut wallets: Vec<String> = works
             .iter()
             .filter_map(|w| match w {
                 Work::TopUp(req, _) => Some(req.user.as_str()),
                 Work::Gift(req, _) => Some(req.sender.as_str()),
+                Work::Refund(req, _) => purchases.get(&req.purchase_id).map(|p| p.user.as_str()),
                 Work::SetLimits(..) | Work::Probe(_) => None,
             })
-            .flat_map(|user| Channel::ALL.map(|ch| posting::wallet_account(user, ch)))
+            .flat_map(|user| {
+                // Top-ups and refunds read what the user owes; locking it costs gifts nothing.
+                Channel::ALL
+                    .map(|ch| posting::wallet_account(user, ch))
+                    .into_iter()
+                    .chain([posting::receivable_account(user)])
+            })
             .collect();
         wallets.sort_unstable();
         wallets.dedup();
@@ -756,6 +814,7 @@ impl Writer {
 
         // 2. Decide every request in memory, in order.
         let mut plan = Plan::new(id_rows.iter().map(|r| r.get(0)).collect(), limits, spent);
+        plan.purchases = purchases;
         let answers: Vec<Answer> = works
             .iter()
             .map(|w| plan.decide(w, &prior, &mut balances))
@@ -775,6 +834,42 @@ impl Writer {
     }
 }
 
+/// The top-ups that the batch's refunds reverse, by purchase id (one round trip, only for a
+/// batch that holds refunds).
+async fn read_purchases(
+    client: &deadpool_postgres::Client,
+    works: &[Work],
+) -> std::result::Result<HashMap<String, posting::Purchase>, Failed> {
+    let ids: Vec<&str> = works
+        .iter()
+        .filter_map(|w| match w {
+            Work::Refund(req, _) => Some(req.purchase_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let stmt = client
+        .prepare_cached(
+            "SELECT x.idem_key, t.\"user\", t.channel, t.coins FROM txns x JOIN topups t ON t.txn_id = x.txn_id
+             WHERE x.kind = 'topup' AND x.actor = 'store' AND x.idem_key = ANY($1)",
+        )
+        .await?;
+    let mut found = HashMap::new();
+    for r in client.query(&stmt, &[&ids]).await? {
+        let channel: String = r.get(2);
+        let purchase = posting::Purchase {
+            user: r.get(1),
+            channel: Channel::parse(&channel)
+                .ok_or_else(|| Failed::Storage(Error::Internal("bad channel".into())))?,
+            coins: r.get::<_, i64>(3) as u64,
+        };
+        found.insert(r.get(0), purchase);
+    }
+    Ok(found)
+}
+
 /// The users whose limits and spending a batch reads (gift senders and users whose limits it
 /// sets), each with the start of their window (ms).
 fn spenders(works: &[Work]) -> (Vec<String>, Vec<i64>) {
@@ -784,7 +879,7 @@ fn spenders(works: &[Work]) -> (Vec<String>, Vec<i64>) {
         let (user, window_ms) = match w {
             Work::Gift(req, _) => (req.sender.as_str(), req.caps.window_ms),
             Work::SetLimits(user, _, _) => (user.as_str(), 0),
-            Work::TopUp(..) | Work::Probe(_) => continue,
+            Work::TopUp(..) | Work::Refund(..) | Work::Probe(_) => continue,
         };
         let since = found.entry(user).or_insert(now);
         *since = (*since).min(now.saturating_sub(window_ms));
@@ -802,6 +897,7 @@ impl Work {
             // Purchase ids are the store's, unique across users: the scope is the store.
             Work::TopUp(req, _) => Some(("topup", "store", req.purchase_id.as_str())),
             Work::Gift(req, _) => Some(("gift", req.sender.as_str(), req.idempotency_key.as_str())),
+            Work::Refund(req, _) => Some(("refund", "store", req.purchase_id.as_str())),
             Work::SetLimits(..) | Work::Probe(_) => None,
         }
     }
@@ -819,6 +915,7 @@ struct Prior {
     txns: HashMap<Key, (i64, String)>,
     gifts: HashMap<i64, GiftReceipt>,
     topups: HashMap<i64, TopUpReceipt>,
+    refunds: HashMap<i64, RefundReceipt>,
 }
 
 impl Prior {
@@ -847,15 +944,44 @@ impl Prior {
             .await?;
         let topups = client
             .prepare_cached(
-                "SELECT t.txn_id, t.\"user\", t.channel, t.coins, t.balance_coins, x.idem_key
+                "SELECT t.txn_id, t.\"user\", t.channel, t.coins, t.balance_coins, x.idem_key, t.repaid_coins
                  FROM topups t JOIN txns x ON x.txn_id = t.txn_id WHERE t.txn_id = ANY($1)",
             )
             .await?;
+        let refunds = client
+            .prepare_cached(
+                "SELECT txn_id, purchase_id, reason, \"user\", channel, coins, wallet_coins, debt_coins,
+                        balance_coins, owed_coins, created_ms
+                 FROM refunds WHERE txn_id = ANY($1)",
+            )
+            .await?;
         let params: [&(dyn ToSql + Sync); 1] = [&ids];
-        let (gift_rows, topup_rows) = tokio::try_join!(
+        let (gift_rows, topup_rows, refund_rows) = tokio::try_join!(
             client.query(&gifts, &params),
             client.query(&topups, &params),
+            client.query(&refunds, &params),
         )?;
+        let bad = |what: &str| Failed::Storage(Error::Internal(format!("bad {what} in ledger")));
+        for r in refund_rows {
+            let u = |i: usize| r.get::<_, i64>(i) as u64;
+            let reason: String = r.get(2);
+            let channel: String = r.get(4);
+            let receipt = RefundReceipt {
+                txn_id: u(0),
+                purchase_id: r.get(1),
+                reason: RefundReason::parse(&reason).ok_or_else(|| bad("refund reason"))?,
+                user: r.get(3),
+                channel: Channel::parse(&channel).ok_or_else(|| bad("channel"))?,
+                coins: u(5),
+                wallet_coins: u(6),
+                debt_coins: u(7),
+                balance_coins: u(8),
+                owed_coins: u(9),
+                created_ms: u(10),
+                replayed: true,
+            };
+            prior.refunds.insert(r.get(0), receipt);
+        }
         for r in gift_rows {
             let u = |i: usize| r.get::<_, i64>(i) as u64;
             let receipt = GiftReceipt {
@@ -884,6 +1010,7 @@ impl Prior {
                     .ok_or_else(|| Failed::Storage(Error::Internal("bad channel".into())))?,
                 coins: r.get::<_, i64>(3) as u64,
                 purchase_id: r.get(5),
+                repaid_coins: r.get::<_, i64>(6) as u64,
                 balance_coins: r.get::<_, i64>(4) as u64,
                 replayed: true,
             };
@@ -917,6 +1044,9 @@ struct Plan {
     spent: HashMap<String, u64>,
     /// Limits the batch sets, to write in order (a later change of the same user wins).
     set_limits: Vec<(String, UserLimits)>,
+    /// The committed top-ups the batch's refunds reverse, by purchase id.
+    purchases: HashMap<String, posting::Purchase>,
+    refunds: Vec<(i64, RefundReceipt)>,
 }
 
 /// A receipt applied earlier in the same batch, for an in-batch repeat of its key.
@@ -924,6 +1054,7 @@ struct Plan {
 enum Applied {
     TopUp(TopUpReceipt),
     Gift(GiftReceipt),
+    Refund(RefundReceipt),
 }
 
 impl Plan {
@@ -936,6 +1067,8 @@ impl Plan {
             limits,
             spent,
             set_limits: Vec::new(),
+            purchases: HashMap::new(),
+            refunds: Vec::new(),
             ids: ids.into_iter(),
             applied: HashMap::new(),
             txn_id: Vec::new(),
@@ -971,6 +1104,7 @@ impl Plan {
             }
             Work::TopUp(req, _) => Answer::TopUp(self.top_up(req, prior, balances)),
             Work::Gift(req, _) => Answer::Gift(Box::new(self.gift(req, prior, balances))),
+            Work::Refund(req, _) => Answer::Refund(self.refund(req, prior, balances)),
         }
     }
 
@@ -997,6 +1131,12 @@ impl Plan {
                 .get(txn_id)
                 .cloned()
                 .map(Applied::Gift)
+                .ok_or_else(missing),
+            "refund" => prior
+                .refunds
+                .get(txn_id)
+                .cloned()
+                .map(Applied::Refund)
                 .ok_or_else(missing),
             _ => prior
                 .topups
@@ -1033,7 +1173,15 @@ impl Plan {
             } else {
                 let balance = balances.entry(e.account.clone()).or_insert(0);
                 *balance += e.amount_coins;
-                assert!(*balance >= 0, "wallet {} would go negative", e.account);
+                if e.kind() == posting::AccountKind::Receivable {
+                    assert!(
+                        *balance <= 0,
+                        "receivable {} would go above zero",
+                        e.account
+                    );
+                } else {
+                    assert!(*balance >= 0, "wallet {} would go negative", e.account);
+                }
                 *self.wallet_deltas.entry(e.account.clone()).or_insert(0) += e.amount_coins;
             }
             self.entries.push((txn_id, e.clone()));
@@ -1053,11 +1201,14 @@ impl Plan {
                 receipt.replayed = true;
                 return Ok(receipt);
             }
-            Some(Applied::Gift(_)) => unreachable!("a top-up key names a top-up"),
+            Some(Applied::Gift(_) | Applied::Refund(_)) => {
+                unreachable!("a top-up key names a top-up")
+            }
             None => {}
         }
+        let plan = posting::top_up(req, owed_of(balances, &req.user));
         let txn_id = self.open_txn("topup", "store", &req.purchase_id, &digest, now_ms());
-        self.post(txn_id, posting::top_up(req).entries(), balances);
+        self.post(txn_id, plan.posting.entries(), balances);
         let balance_coins = wallet_of(balances, &req.user).iter().sum();
         let receipt = TopUpReceipt {
             txn_id: txn_id as u64,
@@ -1065,12 +1216,71 @@ impl Plan {
             channel: req.channel,
             coins: req.coins,
             purchase_id: req.purchase_id.clone(),
+            repaid_coins: plan.repaid_coins,
             balance_coins,
             replayed: false,
         };
         self.topups.push((txn_id, receipt.clone()));
         self.applied
             .insert(key, (digest, Applied::TopUp(receipt.clone())));
+        Ok(receipt)
+    }
+
+    fn refund(
+        &mut self,
+        req: &RefundRequest,
+        prior: &Prior,
+        balances: &mut HashMap<String, i64>,
+    ) -> Result<RefundReceipt> {
+        let digest = req.payload_digest();
+        let key = owned(("refund", "store", &req.purchase_id));
+        match self.earlier(key.clone(), &digest, prior)? {
+            Some(Applied::Refund(mut receipt)) => {
+                receipt.replayed = true;
+                return Ok(receipt);
+            }
+            Some(_) => unreachable!("a refund key names a refund"),
+            None => {}
+        }
+        // A top-up earlier in this same batch is not in `purchases` (read before it committed).
+        let topup_key = owned(("topup", "store", &req.purchase_id));
+        let purchase = match (
+            self.purchases.get(&req.purchase_id),
+            self.applied.get(&topup_key),
+        ) {
+            (Some(p), _) => p.clone(),
+            (None, Some((_, Applied::TopUp(t)))) => posting::Purchase {
+                user: t.user.clone(),
+                channel: t.channel,
+                coins: t.coins,
+            },
+            _ => return Err(Error::PurchaseNotFound(req.purchase_id.clone())),
+        };
+        let plan = posting::refund(
+            &purchase,
+            wallet_of(balances, &purchase.user),
+            &req.spend_order,
+        );
+        let created_ms = now_ms();
+        let txn_id = self.open_txn("refund", "store", &req.purchase_id, &digest, created_ms);
+        self.post(txn_id, plan.posting.entries(), balances);
+        let receipt = RefundReceipt {
+            txn_id: txn_id as u64,
+            purchase_id: req.purchase_id.clone(),
+            reason: req.reason,
+            balance_coins: wallet_of(balances, &purchase.user).iter().sum(),
+            owed_coins: owed_of(balances, &purchase.user),
+            user: purchase.user,
+            channel: purchase.channel,
+            coins: purchase.coins,
+            wallet_coins: plan.wallet_coins(),
+            debt_coins: plan.debt_coins,
+            created_ms,
+            replayed: false,
+        };
+        self.refunds.push((txn_id, receipt.clone()));
+        self.applied
+            .insert(key, (digest, Applied::Refund(receipt.clone())));
         Ok(receipt)
     }
 
@@ -1090,7 +1300,7 @@ impl Plan {
                     split: None,
                 })
             }
-            Some(Applied::TopUp(_)) => unreachable!("a gift key names a gift"),
+            Some(Applied::TopUp(_) | Applied::Refund(_)) => unreachable!("a gift key names a gift"),
             None => {}
         }
         // Refusals come from the plan, before anything is recorded for this request.
@@ -1157,13 +1367,19 @@ impl Plan {
                 .chain(rows.gift_text.iter().map(|c| c as &(dyn ToSql + Sync)))
                 .chain(rows.gift_int.iter().map(|c| c as &(dyn ToSql + Sync)))
                 .collect();
-        let topups: [&(dyn ToSql + Sync); 5] = [
+        let topups: [&(dyn ToSql + Sync); 6] = [
             &rows.topup_txn,
             &rows.topup_user,
             &rows.topup_channel,
             &rows.topup_coins,
             &rows.topup_balance,
+            &rows.topup_repaid,
         ];
+        let refunds: Vec<&(dyn ToSql + Sync)> =
+            std::iter::once(&rows.refund_txn as &(dyn ToSql + Sync))
+                .chain(rows.refund_text.iter().map(|c| c as &(dyn ToSql + Sync)))
+                .chain(rows.refund_int.iter().map(|c| c as &(dyn ToSql + Sync)))
+                .collect();
         let debits: [&(dyn ToSql + Sync); 2] = [&rows.debit_account, &rows.debit_amount];
         let zero = 0i16;
         let credits: [&(dyn ToSql + Sync); 4] = [
@@ -1188,7 +1404,7 @@ impl Plan {
             &rows.limits_minor,
             &now,
         ];
-        let mut calls: Vec<Call<'_>> = Vec::with_capacity(10);
+        let mut calls: Vec<Call<'_>> = Vec::with_capacity(11);
         calls.push(Box::pin(client.execute(&st.txns, &txns)));
         if !rows.entry_txn.is_empty() {
             calls.push(Box::pin(client.execute(&st.entries, &entries)));
@@ -1198,6 +1414,9 @@ impl Plan {
         }
         if !rows.topup_txn.is_empty() {
             calls.push(Box::pin(client.execute(&st.topups, &topups)));
+        }
+        if !rows.refund_txn.is_empty() {
+            calls.push(Box::pin(client.execute(&st.refunds, &refunds)));
         }
         let debit_call = calls.len();
         if !rows.debit_account.is_empty() {
@@ -1252,6 +1471,12 @@ struct Rows {
     topup_channel: Vec<&'static str>,
     topup_coins: Vec<i64>,
     topup_balance: Vec<i64>,
+    topup_repaid: Vec<i64>,
+    refund_txn: Vec<i64>,
+    /// purchase_id, reason, user, channel.
+    refund_text: [Vec<String>; 4],
+    /// coins, wallet, debt, balance, owed, created_ms.
+    refund_int: [Vec<i64>; 6],
     /// Wallets whose balance the batch lowers (rows that exist and are locked), in account order.
     debit_account: Vec<String>,
     debit_amount: Vec<i64>,
@@ -1312,13 +1537,43 @@ impl Rows {
             r.topup_channel.push(t.channel.as_str());
             r.topup_coins.push(t.coins as i64);
             r.topup_balance.push(t.balance_coins as i64);
+            r.topup_repaid.push(t.repaid_coins as i64);
+        }
+        for (txn, f) in &plan.refunds {
+            r.refund_txn.push(*txn);
+            for (col, v) in r.refund_text.iter_mut().zip([
+                f.purchase_id.as_str(),
+                f.reason.as_str(),
+                f.user.as_str(),
+                f.channel.as_str(),
+            ]) {
+                col.push(v.to_owned());
+            }
+            for (col, v) in r.refund_int.iter_mut().zip([
+                f.coins,
+                f.wallet_coins,
+                f.debt_coins,
+                f.balance_coins,
+                f.owed_coins,
+                f.created_ms,
+            ]) {
+                col.push(v as i64);
+            }
         }
         // A wallet whose changes net to zero still goes through the upsert: it may be new in this
         // batch (topped up and spent in full), and its entries need its account row.
         let mut deltas: Vec<(String, i64)> = plan.wallet_deltas.drain().collect();
         deltas.sort_unstable();
         for (account, delta) in deltas {
-            if delta < 0 {
+            // A receivable may be new and negative at once: it is always upserted, as an
+            // account that may go negative.
+            let receivable =
+                posting::AccountKind::of(&account) == Some(posting::AccountKind::Receivable);
+            if receivable {
+                r.credit_account.push(account);
+                r.credit_amount.push(delta);
+                r.credit_external.push(1);
+            } else if delta < 0 {
                 r.debit_account.push(account);
                 r.debit_amount.push(delta);
             } else {
@@ -1328,8 +1583,8 @@ impl Rows {
             }
         }
         for (account, delta) in plan.hot.drain_sorted() {
-            let external =
-                posting::AccountKind::of(&account).is_some_and(posting::AccountKind::is_external);
+            let external = posting::AccountKind::of(&account)
+                .is_some_and(posting::AccountKind::may_go_negative);
             r.hot_account.push(account);
             r.hot_amount.push(delta);
             r.hot_external.push(external as i16);
@@ -1357,6 +1612,7 @@ struct Statements {
     entries: tokio_postgres::Statement,
     gifts: tokio_postgres::Statement,
     topups: tokio_postgres::Statement,
+    refunds: tokio_postgres::Statement,
     debits: tokio_postgres::Statement,
     upsert: tokio_postgres::Statement,
     probe: tokio_postgres::Statement,
@@ -1392,8 +1648,16 @@ impl Statements {
                 .await?,
             topups: client
                 .prepare_cached(
-                    "INSERT INTO topups (txn_id, \"user\", channel, coins, balance_coins)
-                     SELECT * FROM unnest($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::BIGINT[])",
+                    "INSERT INTO topups (txn_id, \"user\", channel, coins, balance_coins, repaid_coins)
+                     SELECT * FROM unnest($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::BIGINT[], $6::BIGINT[])",
+                )
+                .await?,
+            refunds: client
+                .prepare_cached(
+                    "INSERT INTO refunds (txn_id, purchase_id, reason, \"user\", channel, coins, wallet_coins,
+                         debt_coins, balance_coins, owed_coins, created_ms)
+                     SELECT * FROM unnest($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[],
+                         $6::BIGINT[], $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], $10::BIGINT[], $11::BIGINT[])",
                 )
                 .await?,
             debits: client
@@ -1435,6 +1699,12 @@ impl Statements {
                 .await?,
         })
     }
+}
+
+/// What a user owes, from the batch's balances.
+fn owed_of(balances: &HashMap<String, i64>, user: &str) -> u64 {
+    let account = posting::receivable_account(user);
+    owed_of_balance(&account, balances.get(&account).copied().unwrap_or(0))
 }
 
 /// A user's wallet per channel from the batch's balances.

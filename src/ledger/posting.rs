@@ -13,8 +13,19 @@
 //! | `store:<channel>` | the store fees owed to a channel | no |
 //! | `platform` | the platform's revenue | no |
 //! | `external:<channel>` | money that entered through a channel (minus all top-ups) | yes |
+//! | `receivable:<user>` | minus what the user owes after a refund of coins already spent | only ≤ 0 |
 //!
 //! Money enters only through the external accounts, so all balances always sum to zero.
+//!
+//! # Refunds and chargebacks
+//! A reversed top-up sends its coins back out through its channel's external account. They are
+//! taken from the wallet, the purchase's channel first and then the others in the spend order;
+//! whatever the user already spent becomes debt, a negative balance on `receivable:<user>` (an
+//! asset of the platform, so the only internal account below zero, and never above it). Gifts
+//! paid with those coins stay settled: the streamer, store and platform keep their shares. Later
+//! top-ups repay the debt first and only the rest reaches the wallet. A user in debt thus holds
+//! no coins (the refund emptied the wallet first), and every coin the user spends afterwards was
+//! paid for. `docs/ARCHITECTURE.md` says why this policy rather than clawing gifts back.
 //!
 //! # Invariants
 //! Checked with release-build `assert!`s, because a violation means a bug that must stop the
@@ -31,6 +42,7 @@
 use std::collections::HashMap;
 
 use super::{CapPolicy, GiftRequest, TopUpRequest, UserLimits};
+
 use crate::error::{Error, Result};
 use crate::gift::split::{draw, split, Split};
 use crate::gift::{Channel, ChannelCoins};
@@ -40,6 +52,9 @@ pub const PLATFORM: &str = "platform";
 
 /// At most: a debit and three credits per channel.
 pub const ENTRIES_PER_TXN_MAX: usize = 12;
+
+/// A sane bound on a refund's entries: the external account, three wallet channels, the debt.
+const REFUND_ENTRIES_MAX: usize = 5;
 
 /// Coins accepted in one top-up at most (the protocol's bound, `bounds.rs`): far below
 /// `i64::MAX`, so sums of many stay exact.
@@ -53,6 +68,7 @@ pub enum AccountKind {
     Store,
     Platform,
     External,
+    Receivable,
 }
 
 impl AccountKind {
@@ -65,6 +81,7 @@ impl AccountKind {
             "store" => Channel::parse(rest).map(|_| AccountKind::Store),
             "platform" if rest.is_empty() => Some(AccountKind::Platform),
             "external" => Channel::parse(rest).map(|_| AccountKind::External),
+            "receivable" if !rest.is_empty() => Some(AccountKind::Receivable),
             _ => None,
         }
     }
@@ -74,15 +91,26 @@ impl AccountKind {
         self == AccountKind::External
     }
 
+    /// Whether the account may hold a negative balance (stored with the `external` flag, which
+    /// lifts the non-negative constraint): the external accounts, and receivables, whose
+    /// balance is minus a debt.
+    pub fn may_go_negative(self) -> bool {
+        matches!(self, AccountKind::External | AccountKind::Receivable)
+    }
+
     /// Whether no rule reads this account while applying a transaction, so its changes may be
     /// summed over a batch (see the module doc).
     pub fn is_hot(self) -> bool {
-        self != AccountKind::Wallet
+        !matches!(self, AccountKind::Wallet | AccountKind::Receivable)
     }
 }
 
 pub fn wallet_account(user: &str, ch: Channel) -> String {
     format!("wallet:{user}:{ch}")
+}
+
+pub fn receivable_account(user: &str) -> String {
+    format!("receivable:{user}")
 }
 
 pub fn streamer_account(streamer: &str) -> String {
@@ -141,8 +169,8 @@ impl Posting {
         for e in &entries {
             let kind = e.kind();
             assert!(
-                kind.is_external() || kind == AccountKind::Wallet || e.amount_coins > 0,
-                "only wallets and external accounts are ever debited: {e:?}"
+                kind.may_go_negative() || kind == AccountKind::Wallet || e.amount_coins > 0,
+                "only wallets, receivables and external accounts are ever debited: {e:?}"
             );
         }
         Posting { entries }
@@ -153,22 +181,132 @@ impl Posting {
     }
 }
 
-/// A top-up: the channel's external account pays the user's wallet for that channel.
-pub fn top_up(req: &TopUpRequest) -> Posting {
+/// What applying a top-up does, decided from what the user owes before it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopUpPlan {
+    /// Coins that repay the user's debt; the rest reaches the wallet.
+    pub repaid_coins: u64,
+    pub posting: Posting,
+}
+
+/// A top-up: the channel's external account pays the user's debt (`owed_coins`) first and the
+/// wallet for that channel with the rest.
+pub fn top_up(req: &TopUpRequest, owed_coins: u64) -> TopUpPlan {
     assert!(req.coins > 0 && req.coins <= TOP_UP_COINS_MAX);
-    let coins = req.coins as i64;
-    Posting::new(vec![
-        Entry {
-            account: external_account(req.channel).to_owned(),
-            amount_coins: -coins,
+    let repaid_coins = req.coins.min(owed_coins);
+    let mut entries = vec![Entry {
+        account: external_account(req.channel).to_owned(),
+        amount_coins: -(req.coins as i64),
+        channel: req.channel,
+    }];
+    if repaid_coins > 0 {
+        entries.push(Entry {
+            account: receivable_account(&req.user),
+            amount_coins: repaid_coins as i64,
             channel: req.channel,
-        },
-        Entry {
+        });
+    }
+    if req.coins > repaid_coins {
+        entries.push(Entry {
             account: wallet_account(&req.user, req.channel),
-            amount_coins: coins,
+            amount_coins: (req.coins - repaid_coins) as i64,
             channel: req.channel,
-        },
-    ])
+        });
+    }
+    TopUpPlan {
+        repaid_coins,
+        posting: Posting::new(entries),
+    }
+}
+
+/// The top-up a refund reverses, as the ledger recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Purchase {
+    pub user: String,
+    pub channel: Channel,
+    pub coins: u64,
+}
+
+/// What reversing a top-up does, decided from the user's wallet before it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundPlan {
+    /// Coins taken from each wallet channel.
+    pub taken_coins: ChannelCoins,
+    /// Coins already spent, which become debt.
+    pub debt_coins: u64,
+    pub posting: Posting,
+    /// The wallet per channel after the refund.
+    pub balances_after: ChannelCoins,
+}
+
+impl RefundPlan {
+    pub fn wallet_coins(&self) -> u64 {
+        self.taken_coins.iter().sum()
+    }
+}
+
+/// Plans the reversal of `purchase` against the user's `balances` (see the module doc): the
+/// coins leave through the purchase's external account, taken from the purchase's channel, then
+/// the others in `spend_order`, and what is missing becomes debt.
+pub fn refund(purchase: &Purchase, balances: ChannelCoins, spend_order: &[Channel]) -> RefundPlan {
+    assert!(purchase.coins > 0 && purchase.coins <= TOP_UP_COINS_MAX);
+    let order = std::iter::once(purchase.channel).chain(
+        spend_order
+            .iter()
+            .copied()
+            .filter(|c| *c != purchase.channel),
+    );
+    let mut taken_coins = [0u64; 3];
+    let mut left = purchase.coins;
+    for ch in order {
+        let take = left.min(balances[ch.index()] - taken_coins[ch.index()]);
+        taken_coins[ch.index()] += take;
+        left -= take;
+    }
+    let debt_coins = left;
+    let mut entries = Vec::with_capacity(REFUND_ENTRIES_MAX);
+    entries.push(Entry {
+        account: external_account(purchase.channel).to_owned(),
+        amount_coins: purchase.coins as i64,
+        channel: purchase.channel,
+    });
+    for ch in Channel::ALL {
+        if taken_coins[ch.index()] > 0 {
+            entries.push(Entry {
+                account: wallet_account(&purchase.user, ch),
+                amount_coins: -(taken_coins[ch.index()] as i64),
+                channel: ch,
+            });
+        }
+    }
+    if debt_coins > 0 {
+        entries.push(Entry {
+            account: receivable_account(&purchase.user),
+            amount_coins: -(debt_coins as i64),
+            channel: purchase.channel,
+        });
+    }
+    let mut balances_after = balances;
+    for i in 0..3 {
+        balances_after[i] = balances[i]
+            .checked_sub(taken_coins[i])
+            .expect("a refund never takes more than a wallet channel holds");
+    }
+    assert_eq!(
+        taken_coins.iter().sum::<u64>() + debt_coins,
+        purchase.coins,
+        "a refund reverses exactly the purchase"
+    );
+    assert!(
+        debt_coins == 0 || balances_after.iter().all(|b| *b == 0),
+        "debt only once the wallet is empty"
+    );
+    RefundPlan {
+        taken_coins,
+        debt_coins,
+        posting: Posting::new(entries),
+        balances_after,
+    }
 }
 
 /// What applying a gift does, decided from the sender's balances before it.
@@ -450,7 +588,7 @@ mod tests {
             coins: 7,
             purchase_id: "p".into(),
         };
-        let p = top_up(&req);
+        let p = top_up(&req, 0).posting;
         let e: Vec<_> = p
             .entries()
             .iter()
@@ -531,9 +669,55 @@ mod tests {
                 coins,
                 purchase_id: "p".into(),
             };
-            let p = top_up(&req);
+            let p = top_up(&req, 0).posting;
             prop_assert_eq!(p.entries().iter().map(|e| e.amount_coins).sum::<i64>(), 0);
             prop_assert_eq!(p.entries()[1].amount_coins, coins as i64);
+        }
+
+        #[test]
+        fn a_top_up_repays_debt_first(coins in 1u64..10_000, owed in 0u64..10_000) {
+            let req = TopUpRequest {
+                user: "u".into(),
+                channel: Channel::Ios,
+                coins,
+                purchase_id: "p".into(),
+            };
+            let plan = top_up(&req, owed);
+            let entries = plan.posting.entries();
+            prop_assert_eq!(entries.iter().map(|e| e.amount_coins).sum::<i64>(), 0);
+            prop_assert_eq!(plan.repaid_coins, coins.min(owed));
+            let to = |kind: AccountKind| -> i64 {
+                entries.iter().filter(|e| e.kind() == kind).map(|e| e.amount_coins).sum()
+            };
+            prop_assert_eq!(to(AccountKind::Receivable), plan.repaid_coins as i64);
+            prop_assert_eq!(to(AccountKind::Wallet), (coins - plan.repaid_coins) as i64);
+        }
+
+        #[test]
+        fn a_refund_reverses_the_purchase_exactly_from_the_wallet_then_as_debt(
+            coins in 1u64..10_000,
+            balances in proptest::array::uniform3(0u64..5_000),
+            ch in 0usize..3,
+            order in channel_order(),
+        ) {
+            let purchase = Purchase { user: "u".into(), channel: Channel::ALL[ch], coins };
+            let plan = refund(&purchase, balances, &order);
+            let entries = plan.posting.entries();
+            prop_assert_eq!(entries.iter().map(|e| e.amount_coins).sum::<i64>(), 0);
+            let total: u64 = balances.iter().sum();
+            prop_assert_eq!(plan.wallet_coins(), coins.min(total));
+            prop_assert_eq!(plan.debt_coins, coins.saturating_sub(total));
+            // The purchase's own channel is drawn first.
+            prop_assert_eq!(plan.taken_coins[ch], coins.min(balances[ch]));
+            for (i, balance) in balances.iter().enumerate() {
+                prop_assert!(plan.taken_coins[i] <= *balance);
+                prop_assert_eq!(plan.balances_after[i], balance - plan.taken_coins[i]);
+            }
+            let sum = |kind: AccountKind| -> i64 {
+                entries.iter().filter(|e| e.kind() == kind).map(|e| e.amount_coins).sum()
+            };
+            prop_assert_eq!(sum(AccountKind::External), coins as i64);
+            prop_assert_eq!(sum(AccountKind::Receivable), -(plan.debt_coins as i64));
         }
 
         #[test]

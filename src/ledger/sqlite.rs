@@ -33,8 +33,8 @@ use super::deadline::{self, Ticket};
 use super::posting::Allowance;
 use super::posting::{self, AccountKind, BatchSums, Entry};
 use super::{
-    new_gift_id, now_ms, CapPolicy, GiftOutcome, GiftReceipt, GiftRequest, Ledger, Spending,
-    TopUpReceipt, TopUpRequest, UserLimits, Wallet,
+    new_gift_id, now_ms, CapPolicy, GiftOutcome, GiftReceipt, GiftRequest, Ledger, RefundReason,
+    RefundReceipt, RefundRequest, Spending, TopUpReceipt, TopUpRequest, UserLimits, Wallet,
 };
 use crate::error::{Error, Result};
 use crate::gift::{Channel, ChannelCoins};
@@ -82,7 +82,8 @@ CREATE TABLE IF NOT EXISTS topups (
     user          TEXT NOT NULL,
     channel       TEXT NOT NULL,
     coins         INTEGER NOT NULL CHECK (coins > 0),
-    balance_coins INTEGER NOT NULL
+    balance_coins INTEGER NOT NULL,
+    repaid_coins  INTEGER NOT NULL DEFAULT 0 CHECK (repaid_coins BETWEEN 0 AND coins)
 );
 CREATE TABLE IF NOT EXISTS gifts (
     txn_id         INTEGER PRIMARY KEY REFERENCES txns(txn_id),
@@ -103,6 +104,20 @@ CREATE TABLE IF NOT EXISTS gifts (
     created_ms     INTEGER NOT NULL,
     CHECK (store_coins + streamer_coins + platform_coins = price_coins)
 );
+CREATE TABLE IF NOT EXISTS refunds (
+    txn_id        INTEGER PRIMARY KEY REFERENCES txns(txn_id),
+    purchase_id   TEXT NOT NULL UNIQUE,
+    reason        TEXT NOT NULL,
+    user          TEXT NOT NULL,
+    channel       TEXT NOT NULL,
+    coins         INTEGER NOT NULL CHECK (coins > 0),
+    wallet_coins  INTEGER NOT NULL CHECK (wallet_coins >= 0),
+    debt_coins    INTEGER NOT NULL CHECK (debt_coins >= 0),
+    balance_coins INTEGER NOT NULL,
+    owed_coins    INTEGER NOT NULL,
+    created_ms    INTEGER NOT NULL,
+    CHECK (wallet_coins + debt_coins = coins)
+);
 CREATE TABLE IF NOT EXISTS user_limits (
     user              TEXT PRIMARY KEY,
     window_coins_max  INTEGER CHECK (window_coins_max >= 0),
@@ -121,6 +136,7 @@ type Reply<T> = oneshot::Sender<Result<T>>;
 enum Op {
     TopUp(TopUpRequest, Reply<TopUpReceipt>, Ticket),
     Gift(Box<GiftRequest>, Reply<GiftOutcome>, Ticket),
+    Refund(RefundRequest, Reply<RefundReceipt>, Ticket),
     GiftSeq(String, u64),
     SetLimits(String, UserLimits, Reply<()>, Ticket),
     Probe(Reply<()>, Ticket),
@@ -251,6 +267,7 @@ pub fn open_connection(path: &Path) -> Result<Connection> {
     .db()?;
     conn.execute_batch(SCHEMA).db()?;
     migrate_gift_ids(&conn)?;
+    migrate_topup_repaid(&conn)?;
     conn.execute_batch(INDEXES).db()?;
     Ok(conn)
 }
@@ -285,6 +302,25 @@ fn migrate_gift_ids(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// Files written before refunds have no `topups.repaid_coins`: add it (every old top-up repaid
+/// nothing, since there was no debt to repay).
+fn migrate_topup_repaid(conn: &Connection) -> Result<()> {
+    let has: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info('topups') WHERE name = 'repaid_coins')",
+            [],
+            |r| r.get(0),
+        )
+        .db()?;
+    if !has {
+        conn.execute_batch(
+            "ALTER TABLE topups ADD COLUMN repaid_coins INTEGER NOT NULL DEFAULT 0 CHECK (repaid_coins BETWEEN 0 AND coins)",
+        )
+        .db()?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl Ledger for SqliteLedger {
     async fn top_up(&self, req: TopUpRequest) -> Result<TopUpReceipt> {
@@ -295,6 +331,11 @@ impl Ledger for SqliteLedger {
     async fn gift(&self, req: GiftRequest) -> Result<GiftOutcome> {
         super::check_key(&req.idempotency_key, "key")?;
         self.call(|r, t| Op::Gift(Box::new(req), r, t)).await
+    }
+
+    async fn refund(&self, req: RefundRequest) -> Result<RefundReceipt> {
+        super::check_key(&req.purchase_id, "purchase_id")?;
+        self.call(|r, t| Op::Refund(req, r, t)).await
     }
 
     fn note_gift_seq(&self, gift_id: &str, seq: u64) {
@@ -360,6 +401,7 @@ struct Writer {
 enum Pending {
     TopUp(Reply<TopUpReceipt>, Result<TopUpReceipt>),
     Gift(Reply<GiftOutcome>, Box<Result<GiftOutcome>>),
+    Refund(Reply<RefundReceipt>, Result<RefundReceipt>),
     Probe(Reply<()>, Result<()>),
 }
 
@@ -368,6 +410,7 @@ impl Pending {
         match self {
             Pending::TopUp(r, _) => Pending::TopUp(r, Err(e.clone())),
             Pending::Gift(r, _) => Pending::Gift(r, Box::new(Err(e.clone()))),
+            Pending::Refund(r, _) => Pending::Refund(r, Err(e.clone())),
             Pending::Probe(r, _) => Pending::Probe(r, Err(e.clone())),
         }
     }
@@ -378,6 +421,7 @@ impl Pending {
         match self {
             Pending::TopUp(_, v) => unavailable(v.as_ref().err()),
             Pending::Gift(_, v) => unavailable(v.as_ref().as_ref().err()),
+            Pending::Refund(_, v) => unavailable(v.as_ref().err()),
             Pending::Probe(_, v) => unavailable(v.as_ref().err()),
         }
     }
@@ -388,6 +432,7 @@ impl Pending {
         match self {
             Pending::TopUp(r, v) => drop(r.send(v)),
             Pending::Gift(r, v) => drop(r.send(*v)),
+            Pending::Refund(r, v) => drop(r.send(v)),
             Pending::Probe(r, v) => drop(r.send(v)),
         }
     }
@@ -453,6 +498,7 @@ impl Writer {
                     // charged: skip it (dropping its reply) so that stays true.
                     Op::TopUp(_, _, t)
                     | Op::Gift(_, _, t)
+                    | Op::Refund(_, _, t)
                     | Op::SetLimits(_, _, _, t)
                     | Op::Probe(_, t)
                         if !t.start() =>
@@ -469,6 +515,12 @@ impl Writer {
                         let result = apply_gift(&tx, &req, &mut credits);
                         let failed = storage_failure(&result);
                         pending.push(Pending::Gift(r, Box::new(result)));
+                        failed
+                    }
+                    Op::Refund(req, r, _) => {
+                        let result = apply_refund(&tx, &req, &mut credits);
+                        let failed = storage_failure(&result);
+                        pending.push(Pending::Refund(r, result));
                         failed
                     }
                     Op::GiftSeq(id, seq) => storage_failure(&apply_gift_seq(&tx, &id, seq)),
@@ -525,6 +577,7 @@ impl Writer {
                         Op::Shutdown(done) => shutdown = Some(done),
                         Op::TopUp(_, r, _) => drop(r.send(Err(e.clone()))),
                         Op::Gift(_, r, _) => drop(r.send(Err(e.clone()))),
+                        Op::Refund(_, r, _) => drop(r.send(Err(e.clone()))),
                         Op::Probe(r, _) | Op::SetLimits(_, _, r, _) => drop(r.send(Err(e.clone()))),
                         Op::GiftSeq(..) | Op::Fault(_) => {}
                     }
@@ -546,7 +599,7 @@ fn storage_failure<T>(result: &Result<T>) -> Option<Error> {
 
 /// Adds `amount_coins` to an account's balance, creating the account if needed.
 fn adjust(conn: &Connection, account: &str, amount_coins: i64) -> Result<()> {
-    let external = AccountKind::of(account).is_some_and(AccountKind::is_external);
+    let external = AccountKind::of(account).is_some_and(AccountKind::may_go_negative);
     // Update first: the account usually exists. (An upsert would check the CHECK constraint
     // against the would-be inserted row, which is negative for every debit.)
     let updated = conn
@@ -641,7 +694,24 @@ fn channels(conn: &Connection, user: &str) -> Result<ChannelCoins> {
 }
 
 fn wallet(conn: &Connection, user: &str) -> Result<Wallet> {
-    Ok(Wallet::from_channels(channels(conn, user)?))
+    Ok(Wallet::from_channels(
+        channels(conn, user)?,
+        owed(conn, user)?,
+    ))
+}
+
+/// What `user` owes: minus their receivable's balance, which is never above zero.
+fn owed(conn: &Connection, user: &str) -> Result<u64> {
+    let account = posting::receivable_account(user);
+    let v: Option<i64> = conn
+        .prepare_cached("SELECT balance_coins FROM accounts WHERE account = ?1")
+        .db()?
+        .query_row([&account], |r| r.get(0))
+        .optional()
+        .db()?;
+    let balance = v.unwrap_or(0);
+    assert!(balance <= 0, "receivable {account} holds {balance} coins");
+    Ok(balance.unsigned_abs())
 }
 
 fn earnings(conn: &Connection, streamer: &str) -> Result<u64> {
@@ -693,33 +763,34 @@ fn apply_top_up(
 ) -> Result<TopUpReceipt> {
     let digest = req.payload_digest();
     if let Some(txn_id) = prior(conn, "topup", "store", &req.purchase_id, &digest)? {
-        let (user, channel, coins, balance): (String, String, i64, i64) = conn
+        let (user, channel, coins, balance, repaid): (String, String, i64, i64, i64) = conn
             .prepare_cached(
-                "SELECT user, channel, coins, balance_coins FROM topups WHERE txn_id = ?1",
+                "SELECT user, channel, coins, balance_coins, repaid_coins FROM topups WHERE txn_id = ?1",
             )
             .db()?
             .query_row([txn_id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
             })
             .db()?;
         return Ok(TopUpReceipt {
             txn_id: txn_id as u64,
             user,
-            channel: Channel::parse(&channel)
-                .ok_or_else(|| Error::Internal("bad channel in ledger".into()))?,
+            channel: parse_channel(&channel)?,
             coins: coins as u64,
             purchase_id: req.purchase_id.clone(),
+            repaid_coins: repaid as u64,
             balance_coins: balance as u64,
             replayed: true,
         });
     }
     // Purchase ids are the store's, unique across users, so the idempotency scope is the store.
+    let plan = posting::top_up(req, owed(conn, &req.user)?);
     let txn_id = open_txn(conn, "topup", "store", &req.purchase_id, &digest, now_ms())?;
-    post(conn, txn_id, posting::top_up(req).entries(), sums)?;
+    post(conn, txn_id, plan.posting.entries(), sums)?;
     let balance_coins = wallet(conn, &req.user)?.total_coins();
-    conn.prepare_cached("INSERT INTO topups(txn_id, user, channel, coins, balance_coins) VALUES (?1, ?2, ?3, ?4, ?5)")
+    conn.prepare_cached("INSERT INTO topups(txn_id, user, channel, coins, balance_coins, repaid_coins) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
         .db()?
-        .execute(params![txn_id, req.user, req.channel.as_str(), req.coins as i64, balance_coins as i64])
+        .execute(params![txn_id, req.user, req.channel.as_str(), req.coins as i64, balance_coins as i64, plan.repaid_coins as i64])
         .db()?;
     Ok(TopUpReceipt {
         txn_id: txn_id as u64,
@@ -727,7 +798,128 @@ fn apply_top_up(
         channel: req.channel,
         coins: req.coins,
         purchase_id: req.purchase_id.clone(),
+        repaid_coins: plan.repaid_coins,
         balance_coins,
+        replayed: false,
+    })
+}
+
+fn parse_channel(channel: &str) -> Result<Channel> {
+    Channel::parse(channel).ok_or_else(|| Error::Internal("bad channel in ledger".into()))
+}
+
+fn apply_refund(
+    conn: &Connection,
+    req: &RefundRequest,
+    sums: &mut BatchSums,
+) -> Result<RefundReceipt> {
+    let digest = req.payload_digest();
+    if let Some(txn_id) = prior(conn, "refund", "store", &req.purchase_id, &digest)? {
+        let mut receipt = load_refund(conn, txn_id)?;
+        receipt.replayed = true;
+        return Ok(receipt);
+    }
+    let purchase: Option<(String, String, i64)> = conn
+        .prepare_cached(
+            "SELECT t.user, t.channel, t.coins FROM txns x JOIN topups t ON t.txn_id = x.txn_id
+             WHERE x.kind = 'topup' AND x.actor = 'store' AND x.idem_key = ?1",
+        )
+        .db()?
+        .query_row([&req.purchase_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .optional()
+        .db()?;
+    let Some((user, channel, coins)) = purchase else {
+        return Err(Error::PurchaseNotFound(req.purchase_id.clone()));
+    };
+    let purchase = posting::Purchase {
+        user,
+        channel: parse_channel(&channel)?,
+        coins: coins as u64,
+    };
+    let plan = posting::refund(&purchase, channels(conn, &purchase.user)?, &req.spend_order);
+    let created_ms = now_ms();
+    let txn_id = open_txn(
+        conn,
+        "refund",
+        "store",
+        &req.purchase_id,
+        &digest,
+        created_ms,
+    )?;
+    post(conn, txn_id, plan.posting.entries(), sums)?;
+    let after = wallet(conn, &purchase.user)?;
+    let receipt = RefundReceipt {
+        txn_id: txn_id as u64,
+        purchase_id: req.purchase_id.clone(),
+        reason: req.reason,
+        user: purchase.user,
+        channel: purchase.channel,
+        coins: purchase.coins,
+        wallet_coins: plan.wallet_coins(),
+        debt_coins: plan.debt_coins,
+        balance_coins: after.total_coins(),
+        owed_coins: after.owed_coins,
+        created_ms,
+        replayed: false,
+    };
+    conn.prepare_cached(
+        "INSERT INTO refunds(txn_id, purchase_id, reason, user, channel, coins, wallet_coins, debt_coins,
+             balance_coins, owed_coins, created_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )
+    .db()?
+    .execute(params![
+        txn_id,
+        receipt.purchase_id,
+        receipt.reason.as_str(),
+        receipt.user,
+        receipt.channel.as_str(),
+        receipt.coins as i64,
+        receipt.wallet_coins as i64,
+        receipt.debt_coins as i64,
+        receipt.balance_coins as i64,
+        receipt.owed_coins as i64,
+        created_ms as i64,
+    ])
+    .db()?;
+    Ok(receipt)
+}
+
+fn load_refund(conn: &Connection, txn_id: i64) -> Result<RefundReceipt> {
+    let row = conn
+        .prepare_cached(
+            "SELECT purchase_id, reason, user, channel, coins, wallet_coins, debt_coins, balance_coins,
+                    owed_coins, created_ms
+             FROM refunds WHERE txn_id = ?1",
+        )
+        .db()?
+        .query_row([txn_id], |r| {
+            let u = |i: usize| r.get::<_, i64>(i).map(|v| v as u64);
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                [u(4)?, u(5)?, u(6)?, u(7)?, u(8)?, u(9)?],
+            ))
+        })
+        .db()?;
+    let (purchase_id, reason, user, channel, n) = row;
+    Ok(RefundReceipt {
+        txn_id: txn_id as u64,
+        purchase_id,
+        reason: RefundReason::parse(&reason)
+            .ok_or_else(|| Error::Internal("bad refund reason in ledger".into()))?,
+        user,
+        channel: parse_channel(&channel)?,
+        coins: n[0],
+        wallet_coins: n[1],
+        debt_coins: n[2],
+        balance_coins: n[3],
+        owed_coins: n[4],
+        created_ms: n[5],
         replayed: false,
     })
 }

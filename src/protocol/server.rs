@@ -37,6 +37,17 @@ pub enum ServerMessage<'a> {
         from: &'a str,
         text: &'a str,
     },
+    /// Private: a top-up of yours was reversed (the store refunded it or a chargeback arrived).
+    Refund {
+        purchase_id: &'a str,
+        reason: crate::ledger::RefundReason,
+        channel: crate::gift::Channel,
+        coins: u64,
+        wallet_coins: u64,
+        debt_coins: u64,
+        balance_coins: u64,
+        owed_coins: u64,
+    },
     /// Private: the streamer answered your question.
     Answered {
         room: &'a str,

@@ -249,6 +249,13 @@ impl TestServer {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
+    /// Reverses a top-up through the admin API (`reason`: `refund` or `chargeback`); returns the
+    /// status and body.
+    pub async fn refund(&self, purchase_id: &str, reason: &str) -> (u16, Value) {
+        let body = json!({ "purchase_id": purchase_id, "reason": reason });
+        self.admin("POST", "/admin/refund", Some(&body)).await
+    }
+
     /// Sets `user`'s spending limits through the admin API; returns their limits and spending.
     pub async fn set_limits(&self, user: &str, limits: Value) -> Value {
         let path = format!("/admin/users/{user}/limits");
