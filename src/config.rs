@@ -819,6 +819,10 @@ mod tests {
     fn every_documented_constraint_is_checked() {
         let cases = [
             ("[server]\nadmin_listen = \"127.0.0.1:8080\"", "server.admin_listen"),
+            ("[spending]\nwindow_ms = 999", "spending.window_ms"),
+            ("[spending]\nwindow_ms = 2592000001", "spending.window_ms"),
+            ("[spending]\nwindow_coins_max = 1000000000001", "spending.window_coins_max"),
+            ("[spending]\nminor_window_coins_max = 1000000000001", "spending.minor_window_coins_max"),
             ("[server]\nadmin_connections_max = 0", "server.admin_connections_max"),
             ("[server]\nconnections_max = 0", "server.connections_max"),
             ("[server]\nhandshake_timeout_ms = 99", "server.handshake_timeout_ms"),
