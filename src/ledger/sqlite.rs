@@ -1217,6 +1217,35 @@ mod tests {
         assert!(!l.is_ready());
     }
 
+    #[tokio::test]
+    async fn a_file_from_before_refunds_gains_repaid_coins_and_keeps_its_top_ups() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE topups (
+                     txn_id        INTEGER PRIMARY KEY REFERENCES txns(txn_id),
+                     user          TEXT NOT NULL,
+                     channel       TEXT NOT NULL,
+                     coins         INTEGER NOT NULL CHECK (coins > 0),
+                     balance_coins INTEGER NOT NULL
+                 );",
+            )
+            .unwrap();
+        }
+        let l = open(&dir);
+        l.top_up(top_up("v", Channel::Web, 50, "p1")).await.unwrap();
+        let replay = l.top_up(top_up("v", Channel::Web, 50, "p1")).await.unwrap();
+        assert_eq!((replay.repaid_coins, replay.replayed), (0, true));
+        l.close().await;
+        // Opening it again finds the column and leaves it alone.
+        let l = open(&dir);
+        assert_eq!(l.wallet("v").await.unwrap().total_coins(), 50);
+        l.close().await;
+        assert!(audit_ok(&path));
+    }
+
     fn audit_ok(path: &Path) -> bool {
         crate::ledger::audit::audit(path)
             .unwrap()

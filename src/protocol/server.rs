@@ -1,4 +1,5 @@
-//! Messages giftd sends: replies to one client (`ack`, `error`, `welcome`, `thanks`, `answered`)
+//! Messages giftd sends: replies and private notices to one client (`ack`, `error`, `welcome`,
+//! `thanks`, `answered`, `refund`)
 //! and room events (`event`), which carry the room's sequence number.
 //!
 //! Every message is encoded exactly once into a [`Frame`]. For room events that single frame is
