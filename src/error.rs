@@ -69,6 +69,12 @@ pub enum Error {
     GiftNotFound(String),
     #[error("a streamer cannot send gifts to their own room")]
     SelfGift,
+    #[error("red packet `{0}` not found in this room")]
+    PacketNotFound(String),
+    #[error("all shares of this red packet are taken")]
+    PacketEmpty,
+    #[error("this red packet expired")]
+    PacketExpired,
 
     #[error("insufficient funds: balance {balance_coins} coins, price {price_coins} coins")]
     InsufficientFunds {
@@ -151,6 +157,9 @@ impl Error {
             Error::QuestionNotFound(_) => wire(13005, "question_not_found", 404),
             Error::GiftNotFound(_) => wire(13006, "gift_not_found", 404),
             Error::SelfGift => wire(13007, "self_gift", 403),
+            Error::PacketNotFound(_) => wire(13008, "red_packet_not_found", 404),
+            Error::PacketEmpty => wire(13009, "red_packet_empty", 409),
+            Error::PacketExpired => wire(13010, "red_packet_expired", 409),
             Error::InsufficientFunds { .. } => wire(14001, "insufficient_funds", 402),
             Error::UnknownSticker(_) => wire(14002, "unknown_sticker", 404),
             Error::IdempotencyConflict(_) => wire(14003, "idempotency_conflict", 409),
@@ -330,6 +339,9 @@ pub(crate) mod tests {
                 price_coins: 1,
             },
             Error::PurchaseNotFound("p".into()),
+            Error::PacketNotFound("p".into()),
+            Error::PacketEmpty,
+            Error::PacketExpired,
             Error::RateLimited("gifts"),
             Error::TextTooLong { limit_chars: 1 },
             Error::TooManyConnections,
@@ -377,6 +389,9 @@ pub(crate) mod tests {
             Error::ShuttingDown => 31,
             Error::SpendingCapExceeded { .. } => 32,
             Error::PurchaseNotFound(_) => 33,
+            Error::PacketNotFound(_) => 34,
+            Error::PacketEmpty => 35,
+            Error::PacketExpired => 36,
         }
     }
 
@@ -397,7 +412,7 @@ pub(crate) mod tests {
     fn one_of_each_variant() {
         let mut seen: Vec<usize> = one_of_each().iter().map(variant_index).collect();
         seen.sort();
-        assert_eq!(seen, (0..34).collect::<Vec<_>>());
+        assert_eq!(seen, (0..37).collect::<Vec<_>>());
     }
 
     #[test]

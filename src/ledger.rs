@@ -32,6 +32,10 @@ use crate::error::Result;
 use crate::gift::split::Split;
 use crate::gift::{Channel, ChannelCoins, StoreFees};
 
+/// Red packets ended per [`Ledger::expire_packets`] call at most; a sweep calls again while
+/// there are more.
+pub const PACKETS_EXPIRED_PER_CALL_MAX: usize = 64;
+
 /// Longest idempotency key or purchase id accepted, in bytes.
 pub const KEY_BYTES_MAX: usize = 128;
 
@@ -132,6 +136,108 @@ pub struct RefundReceipt {
     pub created_ms: u64,
     /// True when this purchase had already been reversed and this is the original result.
     pub replayed: bool,
+}
+
+/// A red packet dropped into a room: its coins leave the sender's wallet at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PacketDrop {
+    pub sender: String,
+    pub room: String,
+    pub total_coins: u64,
+    pub shares: u64,
+    /// The sender's idempotency key, in the same scope as gift keys' but its own kind.
+    pub key: String,
+    /// Until when (ms since the epoch) the packet can be grabbed; then the rest returns.
+    pub expires_ms: u64,
+    pub spend_order: Vec<Channel>,
+    pub caps: CapPolicy,
+}
+
+impl PacketDrop {
+    /// Digest of what the sender asked for. A retried key must carry the same digest.
+    pub fn payload_digest(&self) -> String {
+        format!("{}:{}:{}", self.room, self.total_coins, self.shares)
+    }
+}
+
+/// The committed record of a dropped red packet, as the sender's ack shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PacketReceipt {
+    pub packet_id: String,
+    pub room: String,
+    pub sender: String,
+    pub total_coins: u64,
+    pub shares: u64,
+    /// Coins drawn from each channel of the sender's wallet: `[ios, android, web]`.
+    pub funding_coins: ChannelCoins,
+    /// The sender's balance right after the drop.
+    pub balance_coins: u64,
+    pub created_ms: u64,
+    pub expires_ms: u64,
+    pub replayed: bool,
+}
+
+/// A viewer (or the streamer) grabbing a share of a red packet in their room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PacketGrab {
+    pub packet_id: String,
+    pub user: String,
+    /// The grabber's room: a packet is grabbed only in the room it was dropped into.
+    pub room: String,
+    pub now_ms: u64,
+}
+
+/// One grabbed share.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GrabReceipt {
+    pub packet_id: String,
+    pub user: String,
+    /// Which share (0-based): the k-th grabber gets the k-th share of the recorded cut.
+    pub share_index: u64,
+    pub coins: u64,
+    /// The channels the coins count as in the grabber's wallet, as the sender bought them.
+    pub funding_coins: ChannelCoins,
+    /// The grabber's balance right after.
+    pub balance_coins: u64,
+    /// Shares grabbed so far, this one included.
+    pub grabbed_shares: u64,
+    pub shares: u64,
+    /// True when this user had grabbed the packet before and this is that grab.
+    pub replayed: bool,
+    /// Set when this grab took the last share: the packet's end.
+    #[serde(skip)]
+    pub end: Option<PacketEnd>,
+}
+
+/// Why a red packet ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PacketEndReason {
+    AllTaken,
+    Expired,
+}
+
+/// A red packet that ended, with what became of its coins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PacketEnd {
+    pub packet_id: String,
+    pub room: String,
+    pub sender: String,
+    pub reason: PacketEndReason,
+    pub total_coins: u64,
+    pub shares: u64,
+    pub grabbed_shares: u64,
+    pub grabbed_coins: u64,
+    /// Coins returned to the sender's wallet (expiry only).
+    pub returned_coins: u64,
+    /// Who grabbed how much, in share order.
+    pub grabs: Vec<GrabView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GrabView {
+    pub user: String,
+    pub coins: u64,
 }
 
 /// What a gift buys: a plain sticker or a paid question.
@@ -324,6 +430,20 @@ pub trait Ledger: Send + Sync + 'static {
     /// [`crate::error::Error::PurchaseNotFound`] for a purchase the ledger never applied.
     async fn refund(&self, req: RefundRequest) -> Result<RefundReceipt>;
 
+    /// Drops a red packet: the total leaves the sender's wallet for the packet's own account,
+    /// and the cut into shares is drawn and recorded. Idempotent on `(sender, key)`; counts
+    /// against the sender's spending cap.
+    async fn drop_packet(&self, req: PacketDrop) -> Result<PacketReceipt>;
+
+    /// Credits the next share of a red packet to the grabber. A user grabs a packet at most once
+    /// (a unique key in the ledger, across nodes): a repeat returns the first grab, replayed.
+    async fn grab_packet(&self, req: PacketGrab) -> Result<GrabReceipt>;
+
+    /// Ends up to [`PACKETS_EXPIRED_PER_CALL_MAX`] packets whose time ran out before `now_ms`,
+    /// returning what was not grabbed to their senders, each exactly once across nodes and
+    /// restarts. Returns the packets this call ended.
+    async fn expire_packets(&self, now_ms: u64) -> Result<Vec<PacketEnd>>;
+
     /// Debits the sender, splits the price, credits store, streamer and platform. Idempotent on
     /// `(sender, idempotency_key)`.
     async fn gift(&self, req: GiftRequest) -> Result<GiftOutcome>;
@@ -389,6 +509,11 @@ fn hex(bytes: &[u8]) -> String {
         out.push(DIGITS[(b & 15) as usize] as char);
     }
     out
+}
+
+/// A new red packet id: `p`, the creation time in ms and 64 random bits, in hex.
+pub(crate) fn new_packet_id(created_ms: u64) -> String {
+    format!("p{created_ms:011x}{:016x}", rand::random::<u64>())
 }
 
 /// A new gift id: `g`, the creation time in ms and 64 random bits, in hex. Unique across nodes

@@ -36,6 +36,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "giftd_refunds_total",
     "giftd_refund_coins_total",
     "giftd_debt_repaid_coins_total",
+    "giftd_red_packet_coins_total",
     "giftd_ledger_commit_seconds",
     "giftd_ack_seconds",
     "giftd_ledger_ready",
@@ -52,10 +53,11 @@ pub enum OutKind {
     Thanks,
     Answered,
     Refund,
+    RedPacketSummary,
 }
 
 impl OutKind {
-    const ALL: [OutKind; 7] = [
+    const ALL: [OutKind; 8] = [
         OutKind::Welcome,
         OutKind::Ack,
         OutKind::Error,
@@ -63,6 +65,7 @@ impl OutKind {
         OutKind::Thanks,
         OutKind::Answered,
         OutKind::Refund,
+        OutKind::RedPacketSummary,
     ];
 
     fn label(self) -> &'static str {
@@ -74,6 +77,7 @@ impl OutKind {
             OutKind::Thanks => "thanks",
             OutKind::Answered => "answered",
             OutKind::Refund => "refund",
+            OutKind::RedPacketSummary => "red_packet_summary",
         }
     }
 }
@@ -100,6 +104,7 @@ pub struct Metrics {
     refunds: IntCounterVec,
     refund_coins: IntCounterVec,
     pub debt_repaid_coins: IntCounterVec,
+    pub red_packet_coins: IntCounterVec,
     pub ledger_commit_seconds: Histogram,
     pub ack_seconds: HistogramVec,
     pub ledger_ready: IntGauge,
@@ -253,6 +258,11 @@ impl Metrics {
                 "Coins of top-ups that repaid a debt left by a refund, by channel.",
                 &["channel"],
             ),
+            red_packet_coins: counter_vec(
+                "giftd_red_packet_coins_total",
+                "Coins of red packets: dropped (left senders), grabbed (reached grabbers), returned (expired).",
+                &["movement"],
+            ),
             ledger_commit_seconds,
             ack_seconds,
             ledger_ready: gauge(
@@ -338,6 +348,7 @@ mod tests {
         m.errors.with_label_values(&["x"]).inc();
         m.topup_coins.with_label_values(&["web"]).inc();
         m.debt_repaid_coins.with_label_values(&["web"]).inc();
+        m.red_packet_coins.with_label_values(&["dropped"]).inc();
         m.refunds.with_label_values(&["web", "refund"]).inc();
         m.refund_coins
             .with_label_values(&["web", "refund", "debt"])

@@ -1,12 +1,13 @@
 //! The bank invariant under concurrency.
 //!
-//! Many viewers gift at once in two rooms while top-ups (some of them replayed) land and
-//! purchases are reversed (refunds and chargebacks, some replayed, many of coins already spent),
+//! Many viewers gift at once in two rooms while top-ups (some of them replayed) land,
+//! purchases are reversed (refunds and chargebacks, some replayed, many of coins already spent)
+//! and red packets are dropped and grabbed by the gifting viewers from second connections,
 //! and a checker reads the ledger read-only, over and over, in its own connection (SQLite's WAL or
 //! PostgreSQL's snapshots let it read while the writer commits). At every read, in one
 //! consistent snapshot:
 //!
-//!   wallets + streamer earnings + stores + platform - debts
+//!   wallets + streamer earnings + stores + platform + red packets - debts
 //!     == top-ups - refunds == -(external accounts)
 //!
 //! and no non-external balance is negative, no receivable positive. At the end, with everything quiet, the same totals
@@ -37,6 +38,8 @@ const GIFTS_PER_VIEWER: usize = 50;
 const EXTRA_TOPUPS: usize = 60;
 /// Viewers whose first purchase is reversed while they gift.
 const REVERSED_VIEWERS: usize = 6;
+/// Red packets dropped into room `bank-a` while the viewers gift.
+const PACKETS: usize = 5;
 const STICKERS: [(&str, u64); 5] = [
     ("rose", 1),
     ("heart", 5),
@@ -81,6 +84,10 @@ async fn money_is_conserved_at_every_read_under_concurrent_gifts_and_top_ups() {
         *topped.entry(user).or_default() += coins;
         topup_total += coins;
     }
+
+    server.top_up("dropper", "android", 3_000, "init-dropper").await;
+    topped.insert("dropper".into(), 3_000);
+    topup_total += 3_000;
 
     let stop = Arc::new(AtomicBool::new(false));
     let checker = tokio::spawn(checker(LedgerDb::open(&server.config).await, stop.clone()));
@@ -137,6 +144,52 @@ async fn money_is_conserved_at_every_read_under_concurrent_gifts_and_top_ups() {
         })
     };
 
+    // Red packets: each is grabbed at once by every viewer, each from a second connection.
+    let packets = {
+        let server = server.clone();
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x9ac7);
+        tokio::spawn(async move {
+            let mut dropper = server.viewer("dropper").await;
+            dropper.join("bank-a").await;
+            let mut grabbers = Vec::new();
+            for v in 0..VIEWERS {
+                let mut c = server.viewer(&format!("viewer{v}")).await;
+                c.join("bank-a").await;
+                grabbers.push((format!("viewer{v}"), c));
+            }
+            let mut dropped = 0u64;
+            let mut grabbed: Vec<(String, u64)> = Vec::new();
+            for i in 0..PACKETS {
+                let total = rng.random_range(50..600);
+                let shares = rng.random_range(3..12);
+                let body = json!({ "type": "drop_red_packet", "total_coins": total, "shares": shares, "key": format!("rp{i}") });
+                let r = dropper.request(body).await.unwrap();
+                dropped += total;
+                let packet_id = r["packet_id"].as_str().unwrap().to_owned();
+                let grabs = grabbers.iter_mut().map(|(user, c)| {
+                    let packet_id = packet_id.clone();
+                    async move {
+                        let r = c.request(json!({ "type": "grab_red_packet", "packet_id": packet_id })).await;
+                        (user.clone(), r)
+                    }
+                });
+                let mut shares_taken = 0;
+                for (user, r) in futures_util::future::join_all(grabs).await {
+                    match r {
+                        Ok(g) => {
+                            shares_taken += 1;
+                            grabbed.push((user, g["coins"].as_u64().unwrap()));
+                        }
+                        Err(e) => assert_eq!(e["reason"], "red_packet_empty", "{e}"),
+                    }
+                }
+                assert_eq!(shares_taken, shares.min(VIEWERS as u64));
+                tokio::time::sleep(Duration::from_millis(rng.random_range(0..20))).await;
+            }
+            (dropped, grabbed)
+        })
+    };
+
     let mut viewers = Vec::new();
     for v in 0..VIEWERS {
         let server = server.clone();
@@ -190,6 +243,11 @@ async fn money_is_conserved_at_every_read_under_concurrent_gifts_and_top_ups() {
         topup_total += coins;
     }
     reversed.extend(reversals.await.unwrap());
+    let (dropped, grabs) = packets.await.unwrap();
+    let mut grabbed: HashMap<String, u64> = HashMap::new();
+    for (user, coins) in grabs {
+        *grabbed.entry(user).or_default() += coins;
+    }
     let mut taken: HashMap<String, u64> = HashMap::new();
     let mut debt: HashMap<String, u64> = HashMap::new();
     let mut refund_total = 0u64;
@@ -229,7 +287,7 @@ async fn money_is_conserved_at_every_read_under_concurrent_gifts_and_top_ups() {
         );
         assert_eq!(
             balance + get(&taken) + spent + get(&repaid),
-            topped[user],
+            topped[user] + get(&grabbed),
             "{user}: balance disagrees with its receipts"
         );
         assert_eq!(owed + get(&repaid), get(&debt), "{user}: debt disagrees with its receipts");
@@ -257,6 +315,11 @@ async fn money_is_conserved_at_every_read_under_concurrent_gifts_and_top_ups() {
         end.gifts as u64, receipts,
         "gifts in the ledger without a receipt"
     );
+    let dropper = server.balance("dropper").await;
+    assert_eq!(dropper + dropped, 3_000, "the dropper paid for every packet, once");
+    wallets_api += dropper;
+    let packets_left = dropped - grabbed.values().sum::<u64>();
+    assert_eq!(packets_left as i64, end.packets);
     let earnings = server.wallet("star").await["earnings_coins"]
         .as_u64()
         .unwrap()
@@ -267,7 +330,7 @@ async fn money_is_conserved_at_every_read_under_concurrent_gifts_and_top_ups() {
     assert_eq!(wallets_api as i64, end.wallets);
     assert_eq!(owed_api as i64, -end.receivables);
     assert_eq!(
-        wallets_api + earnings + end.stores as u64 + end.platform as u64,
+        wallets_api + earnings + end.stores as u64 + end.platform as u64 + packets_left,
         topup_total - refund_total + owed_api
     );
 

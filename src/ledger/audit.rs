@@ -24,6 +24,10 @@
 //!    entries send exactly those coins back out through the external account, taking what its
 //!    record says from the wallet and adding the rest to the user's debt.
 //! 10. No receivable (minus a user's debt) is above zero.
+//! 11. Every red packet's recorded shares are as many as it says and sum to its total; its
+//!     accounts hold exactly what was neither grabbed nor returned (nothing once it ended); every
+//!     grab took its recorded share, from the packet's accounts into the grabber's wallet, and
+//!     the packet's grab counts agree with its grabs.
 
 use std::path::Path;
 
@@ -141,6 +145,37 @@ const CHECKS: &[(&str, &str)] = &[
          OR r.wallet_coins != -SUM(CASE WHEN x.account IN ('wallet:' || r.user || ':ios',
                 'wallet:' || r.user || ':android', 'wallet:' || r.user || ':web') THEN x.amount_coins ELSE 0 END)
          OR r.debt_coins != -SUM(CASE WHEN x.account = 'receivable:' || r.user THEN x.amount_coins ELSE 0 END)",
+    ),
+    (
+        "red packet or grab transaction without its record",
+        "SELECT txn_id FROM txns WHERE (kind = 'packet' AND txn_id NOT IN (SELECT txn_id FROM packets))
+            OR (kind = 'grab' AND txn_id NOT IN (SELECT txn_id FROM packet_grabs))",
+    ),
+    (
+        "red packet shares do not cut its total",
+        "SELECT p.packet_id FROM packets p LEFT JOIN packet_shares s ON s.packet_id = p.packet_id
+         GROUP BY p.packet_id, p.total_coins, p.shares
+         HAVING COUNT(s.coins) != p.shares OR COALESCE(SUM(s.coins), 0) != p.total_coins OR MIN(s.coins) < 1",
+    ),
+    (
+        "red packet accounts differ from what was neither grabbed nor returned",
+        "SELECT p.packet_id FROM packets p WHERE p.total_coins - p.grabbed_coins - p.returned_coins
+            != COALESCE((SELECT SUM(a.balance_coins) FROM accounts a WHERE a.account LIKE 'packet:' || p.packet_id || ':%'), 0)
+         OR (p.ended_ms IS NOT NULL AND p.grabbed_coins + p.returned_coins != p.total_coins)",
+    ),
+    (
+        "red packet grabs disagree with its shares or counts",
+        "SELECT p.packet_id FROM packets p WHERE p.grabbed_shares != (SELECT COUNT(*) FROM packet_grabs g WHERE g.packet_id = p.packet_id)
+            OR p.grabbed_coins != (SELECT COALESCE(SUM(g.coins), 0) FROM packet_grabs g WHERE g.packet_id = p.packet_id)
+            OR EXISTS (SELECT 1 FROM packet_grabs g JOIN packet_shares s ON s.packet_id = g.packet_id
+                AND s.share_index = g.share_index WHERE g.packet_id = p.packet_id AND s.coins != g.coins)",
+    ),
+    (
+        "red packet grab entries do not match it",
+        "SELECT g.packet_id, g.grabber FROM packet_grabs g JOIN entries x ON x.txn_id = g.txn_id
+         GROUP BY g.txn_id, g.packet_id, g.grabber, g.coins HAVING
+            g.coins != -SUM(CASE WHEN x.account LIKE 'packet:' || g.packet_id || ':%' THEN x.amount_coins ELSE 0 END)
+         OR g.coins != SUM(CASE WHEN x.account LIKE 'wallet:' || g.grabber || ':%' THEN x.amount_coins ELSE 0 END)",
     ),
     (
         "receivable above zero",

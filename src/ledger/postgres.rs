@@ -67,8 +67,9 @@ use super::deadline::{self, Ticket};
 use super::posting::Allowance;
 use super::posting::{self, BatchSums, Entry};
 use super::{
-    new_gift_id, now_ms, CapPolicy, GiftOutcome, GiftReceipt, GiftRequest, Ledger, RefundReason,
-    RefundReceipt, RefundRequest, Spending, TopUpReceipt, TopUpRequest, UserLimits, Wallet,
+    new_gift_id, now_ms, CapPolicy, GiftOutcome, GiftReceipt, GiftRequest, GrabReceipt, Ledger,
+    PacketDrop, PacketEnd, PacketGrab, PacketReceipt, RefundReason, RefundReceipt, RefundRequest,
+    Spending, TopUpReceipt, TopUpRequest, UserLimits, Wallet,
 };
 use crate::error::{Error, Result};
 use crate::gift::{Channel, ChannelCoins};
@@ -170,6 +171,51 @@ CREATE TABLE refunds (
     CHECK (wallet_coins + debt_coins = coins)
 );
 "#,
+    r#"
+CREATE TABLE packets (
+    txn_id          BIGINT PRIMARY KEY REFERENCES txns (txn_id),
+    packet_id       TEXT NOT NULL UNIQUE,
+    room            TEXT NOT NULL,
+    sender          TEXT NOT NULL,
+    total_coins     BIGINT NOT NULL CHECK (total_coins > 0),
+    shares          BIGINT NOT NULL CHECK (shares >= 1 AND shares <= total_coins),
+    funding_ios     BIGINT NOT NULL,
+    funding_android BIGINT NOT NULL,
+    funding_web     BIGINT NOT NULL,
+    balance_coins   BIGINT NOT NULL,
+    grabbed_shares  BIGINT NOT NULL DEFAULT 0 CHECK (grabbed_shares BETWEEN 0 AND shares),
+    grabbed_coins   BIGINT NOT NULL DEFAULT 0,
+    returned_coins  BIGINT NOT NULL DEFAULT 0,
+    created_ms      BIGINT NOT NULL,
+    expires_ms      BIGINT NOT NULL,
+    ended_ms        BIGINT,
+    CHECK (funding_ios + funding_android + funding_web = total_coins),
+    CHECK (grabbed_coins + returned_coins <= total_coins)
+);
+CREATE INDEX packets_by_sender ON packets (sender, created_ms);
+CREATE INDEX packets_open ON packets (expires_ms) WHERE ended_ms IS NULL;
+CREATE TABLE packet_shares (
+    packet_id   TEXT NOT NULL,
+    share_index BIGINT NOT NULL,
+    coins       BIGINT NOT NULL CHECK (coins >= 1),
+    PRIMARY KEY (packet_id, share_index)
+);
+CREATE TABLE packet_grabs (
+    txn_id        BIGINT PRIMARY KEY REFERENCES txns (txn_id),
+    packet_id     TEXT NOT NULL,
+    share_index   BIGINT NOT NULL,
+    grabber       TEXT NOT NULL,
+    coins         BIGINT NOT NULL CHECK (coins >= 1),
+    ch_ios        BIGINT NOT NULL,
+    ch_android    BIGINT NOT NULL,
+    ch_web        BIGINT NOT NULL,
+    balance_coins BIGINT NOT NULL,
+    created_ms    BIGINT NOT NULL,
+    UNIQUE (packet_id, grabber),
+    UNIQUE (packet_id, share_index),
+    CHECK (ch_ios + ch_android + ch_web = coins)
+);
+"#,
 ];
 
 /// Options for [`PostgresLedger::open`].
@@ -241,6 +287,7 @@ enum Op {
     TopUp(TopUpRequest, Reply<TopUpReceipt>, Ticket),
     Gift(Box<GiftRequest>, Reply<GiftOutcome>, Ticket),
     Refund(RefundRequest, Reply<RefundReceipt>, Ticket),
+    Packet(PacketOp, Ticket),
     GiftSeq(String, u64),
     SetLimits(String, UserLimits, Reply<()>, Ticket),
     Probe(Reply<()>, Ticket),
@@ -420,7 +467,8 @@ async fn read_limits(
         .collect())
 }
 
-/// Coins each of `users` spent on gifts created after their `since` (ms); one index range each.
+/// Coins each of `users` spent on gifts and red packets created after their `since` (ms); index
+/// ranges each.
 async fn read_spent(
     client: &deadpool_postgres::Client,
     users: &[String],
@@ -428,9 +476,11 @@ async fn read_spent(
 ) -> std::result::Result<HashMap<String, u64>, tokio_postgres::Error> {
     let stmt = client
         .prepare_cached(
-            "SELECT k.sender, s.coins FROM unnest($1::TEXT[], $2::BIGINT[]) AS k(sender, since)
+            "SELECT k.sender, (s.coins + p.coins)::BIGINT FROM unnest($1::TEXT[], $2::BIGINT[]) AS k(sender, since)
              CROSS JOIN LATERAL (SELECT COALESCE(SUM(g.price_coins), 0)::BIGINT AS coins FROM gifts g
-                 WHERE g.sender = k.sender AND g.created_ms > k.since) AS s",
+                 WHERE g.sender = k.sender AND g.created_ms > k.since) AS s
+             CROSS JOIN LATERAL (SELECT COALESCE(SUM(x.total_coins), 0)::BIGINT AS coins FROM packets x
+                 WHERE x.sender = k.sender AND x.created_ms > k.since) AS p",
         )
         .await?;
     let rows = client.query(&stmt, &[&users, &since]).await?;
@@ -473,6 +523,22 @@ impl Ledger for PostgresLedger {
     async fn refund(&self, req: RefundRequest) -> Result<RefundReceipt> {
         super::check_key(&req.purchase_id, "purchase_id")?;
         self.call(|r, t| Op::Refund(req, r, t)).await
+    }
+
+    async fn drop_packet(&self, req: PacketDrop) -> Result<PacketReceipt> {
+        super::check_key(&req.key, "key")?;
+        self.call(|r, t| Op::Packet(PacketOp::Drop(Box::new(req), r), t))
+            .await
+    }
+
+    async fn grab_packet(&self, req: PacketGrab) -> Result<GrabReceipt> {
+        self.call(|r, t| Op::Packet(PacketOp::Grab(req, r), t))
+            .await
+    }
+
+    async fn expire_packets(&self, now_ms: u64) -> Result<Vec<PacketEnd>> {
+        self.call(|r, t| Op::Packet(PacketOp::Expire(now_ms, r), t))
+            .await
     }
 
     fn note_gift_seq(&self, gift_id: &str, seq: u64) {
@@ -604,9 +670,15 @@ impl Writer {
         let mut shutdown = None;
         let mut works = Vec::with_capacity(batch.len());
         let mut seqs = Vec::new();
+        let mut packets = Vec::new();
         for op in batch.drain(..) {
             match op {
                 Op::Shutdown(done) => shutdown = Some(done),
+                Op::Packet(op, t) => {
+                    if t.start() {
+                        packets.push(op);
+                    }
+                }
                 Op::GiftSeq(id, seq) => seqs.push((id, seq as i64)),
                 // A caller that gave up before its request started was told nothing was
                 // charged: skip it so that stays true.
@@ -622,6 +694,10 @@ impl Writer {
                 Op::SetLimits(user, limits, r, _) => works.push(Work::SetLimits(user, limits, r)),
                 Op::Probe(r, _) => works.push(Work::Probe(r)),
             }
+        }
+        // Red packets are rare next to gifts: each is its own transaction (`packets::apply`).
+        for op in packets {
+            packets::apply(self, op).await;
         }
         if works.is_empty() && seqs.is_empty() {
             return shutdown;
@@ -1713,4 +1789,575 @@ fn wallet_of(balances: &HashMap<String, i64>, user: &str) -> ChannelCoins {
         let account = posting::wallet_account(user, ch);
         nonnegative(&account, balances.get(&account).copied().unwrap_or(0))
     })
+}
+
+/// A red packet request and its reply.
+enum PacketOp {
+    Drop(Box<PacketDrop>, Reply<PacketReceipt>),
+    Grab(PacketGrab, Reply<GrabReceipt>),
+    Expire(u64, Reply<Vec<PacketEnd>>),
+}
+
+/// Red packets on PostgreSQL: each request is one transaction of its own, run by the writer
+/// between batches. Its rows are locked in account order, as a batch locks them, so the two
+/// never deadlock; a packet's accounts are locked by every grab and expiry of it, so grabs on
+/// several nodes take shares one at a time and an expiry runs once.
+mod packets {
+    use super::*;
+    use crate::gift::red_packet;
+    use crate::ledger::{new_packet_id, GrabView, PacketEndReason, PACKETS_EXPIRED_PER_CALL_MAX};
+    use std::future::Future;
+    use std::pin::Pin;
+    use tokio_postgres::Transaction;
+
+    type Step<'a, T> = Pin<Box<dyn Future<Output = std::result::Result<T, Failed>> + Send + 'a>>;
+
+    pub(super) async fn apply(writer: &Writer, op: PacketOp) {
+        match op {
+            PacketOp::Drop(req, r) => {
+                let result = in_txn(writer, |tx| {
+                    let req = req.clone();
+                    Box::pin(async move { drop_packet(tx, &req).await })
+                })
+                .await;
+                drop(r.send(result));
+            }
+            PacketOp::Grab(req, r) => {
+                let result = in_txn(writer, |tx| {
+                    let req = req.clone();
+                    Box::pin(async move { grab(tx, &req).await })
+                })
+                .await;
+                drop(r.send(result));
+            }
+            PacketOp::Expire(now, r) => {
+                let result = expire(writer, now).await;
+                drop(r.send(result));
+            }
+        }
+    }
+
+    /// Runs `step` in a transaction, deciding again after a lost race, up to the batch bound.
+    async fn in_txn<T, F>(writer: &Writer, step: F) -> Result<T>
+    where
+        F: for<'a> Fn(&'a Transaction<'a>) -> Step<'a, T>,
+    {
+        let mut why = String::new();
+        for _ in 0..BATCH_ATTEMPTS_MAX {
+            let mut client = writer.pool.get().await.map_err(pool_error)?;
+            let tx = client.transaction().await.map_err(pg)?;
+            tx.batch_execute(&format!(
+                "SET LOCAL statement_timeout = {}",
+                writer.statement_timeout_ms
+            ))
+            .await
+            .map_err(pg)?;
+            match step(&tx).await {
+                Ok(value) => match tx.commit().await {
+                    Ok(()) => return Ok(value),
+                    Err(e) => match Failed::from(e) {
+                        Failed::Retry(w) => why = w,
+                        _ => {
+                            return Err(Error::LedgerUnavailable("red packet commit failed".into()))
+                        }
+                    },
+                },
+                Err(Failed::Retry(w)) => why = w,
+                Err(Failed::Storage(e)) => return Err(e),
+                Err(Failed::Unknown(e, ..)) => return Err(e),
+            }
+        }
+        Err(Error::LedgerUnavailable(format!(
+            "red packet lost {BATCH_ATTEMPTS_MAX} races: {why}"
+        )))
+    }
+
+    /// Refusals travel as `Failed::Storage` of the crate's error, so the transaction rolls back.
+    fn refuse(e: Error) -> Failed {
+        Failed::Storage(e)
+    }
+
+    /// Locks `accounts` (shard 0) in account order and returns their balances.
+    async fn lock(
+        tx: &Transaction<'_>,
+        accounts: &[String],
+    ) -> std::result::Result<HashMap<String, i64>, Failed> {
+        let rows = tx
+            .query(
+                "SELECT account, balance_coins FROM account_rows
+                 WHERE shard = 0 AND account = ANY($1) ORDER BY account FOR UPDATE",
+                &[&accounts],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    fn coins_of(
+        balances: &HashMap<String, i64>,
+        account: impl Fn(Channel) -> String,
+    ) -> ChannelCoins {
+        Channel::ALL.map(|ch| {
+            let a = account(ch);
+            nonnegative(&a, balances.get(&a).copied().unwrap_or(0))
+        })
+    }
+
+    /// The prior application of `(kind, actor, key)`: its txn id, or a conflict.
+    async fn prior(
+        tx: &Transaction<'_>,
+        kind: &str,
+        actor: &str,
+        key: &str,
+        digest: &str,
+    ) -> std::result::Result<Option<i64>, Failed> {
+        let row = tx
+            .query_opt(
+                "SELECT txn_id, payload_sha256 FROM txns WHERE kind = $1 AND actor = $2 AND idem_key = $3",
+                &[&kind, &actor, &key],
+            )
+            .await?;
+        match row {
+            Some(r) if r.get::<_, String>(1) != digest => {
+                Err(refuse(Error::IdempotencyConflict(key.to_owned())))
+            }
+            Some(r) => Ok(Some(r.get(0))),
+            None => Ok(None),
+        }
+    }
+
+    /// Records a transaction and its entries; debits go to locked rows that exist.
+    async fn post(
+        tx: &Transaction<'_>,
+        (kind, actor, key, digest): (&str, &str, &str, &str),
+        created_ms: u64,
+        entries: &[Entry],
+    ) -> std::result::Result<i64, Failed> {
+        let row = tx
+            .query_opt(
+                "INSERT INTO txns (txn_id, kind, actor, idem_key, payload_sha256, created_ms)
+                 VALUES (nextval('txn_ids'), $1, $2, $3, $4, $5)
+                 ON CONFLICT (kind, actor, idem_key) DO NOTHING RETURNING txn_id",
+                &[&kind, &actor, &key, &digest, &(created_ms as i64)],
+            )
+            .await?;
+        let Some(row) = row else {
+            return Err(Failed::Retry("another node applied this key".into()));
+        };
+        let txn_id: i64 = row.get(0);
+        for e in entries {
+            assert!(
+                !e.kind().is_hot(),
+                "red packets move wallet and packet coins only"
+            );
+            tx.execute(
+                "INSERT INTO entries (txn_id, account, amount_coins, channel) VALUES ($1, $2, $3, $4)",
+                &[&txn_id, &e.account, &e.amount_coins, &e.channel.as_str()],
+            )
+            .await?;
+            if e.amount_coins < 0 {
+                let n = tx
+                    .execute(
+                        "UPDATE account_rows SET balance_coins = balance_coins + $2
+                         WHERE account = $1 AND shard = 0",
+                        &[&e.account, &e.amount_coins],
+                    )
+                    .await?;
+                assert_eq!(n, 1, "a debited account row is locked and exists");
+            } else {
+                tx.execute(
+                    "INSERT INTO account_rows (account, shard, balance_coins, external) VALUES ($1, 0, $2, 0)
+                     ON CONFLICT (account, shard) DO UPDATE
+                     SET balance_coins = account_rows.balance_coins + excluded.balance_coins",
+                    &[&e.account, &e.amount_coins],
+                )
+                .await?;
+            }
+        }
+        Ok(txn_id)
+    }
+
+    async fn drop_packet(
+        tx: &Transaction<'_>,
+        req: &PacketDrop,
+    ) -> std::result::Result<PacketReceipt, Failed> {
+        let wallets: Vec<String> = Channel::ALL
+            .iter()
+            .map(|ch| posting::wallet_account(&req.sender, *ch))
+            .collect();
+        let balances = lock(tx, &wallets).await?;
+        let digest = req.payload_digest();
+        if let Some(txn_id) = prior(tx, "packet", &req.sender, &req.key, &digest).await? {
+            let mut receipt = load_packet(tx, txn_id).await?;
+            receipt.replayed = true;
+            return Ok(receipt);
+        }
+        let created_ms = now_ms();
+        let users = vec![req.sender.clone()];
+        let since = vec![created_ms.saturating_sub(req.caps.window_ms) as i64];
+        let limits = read_limits_in(tx, &users).await?;
+        let spent = read_spent_in(tx, &users, &since).await?;
+        let allowance = Allowance::new(&req.caps, &limits, spent);
+        let packet_id = new_packet_id(created_ms);
+        let plan = posting::drop_packet(
+            req,
+            &packet_id,
+            coins_of(&balances, |ch| posting::wallet_account(&req.sender, ch)),
+            allowance,
+        )
+        .map_err(refuse)?;
+        let cut = red_packet::cut(req.total_coins, req.shares, &mut rand::rng());
+        let key = (
+            "packet",
+            req.sender.as_str(),
+            req.key.as_str(),
+            digest.as_str(),
+        );
+        let txn_id = post(tx, key, created_ms, plan.posting.entries()).await?;
+        let f = plan.funding_coins.map(|c| c as i64);
+        let balance_coins: u64 = plan.balances_after.iter().sum();
+        tx.execute(
+            "INSERT INTO packets (txn_id, packet_id, room, sender, total_coins, shares, funding_ios,
+                 funding_android, funding_web, balance_coins, created_ms, expires_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            &[
+                &txn_id,
+                &packet_id,
+                &req.room,
+                &req.sender,
+                &(req.total_coins as i64),
+                &(req.shares as i64),
+                &f[0],
+                &f[1],
+                &f[2],
+                &(balance_coins as i64),
+                &(created_ms as i64),
+                &(req.expires_ms as i64),
+            ],
+        )
+        .await?;
+        let indexes: Vec<i64> = (0..cut.len() as i64).collect();
+        let coins: Vec<i64> = cut.iter().map(|c| *c as i64).collect();
+        tx.execute(
+            "INSERT INTO packet_shares (packet_id, share_index, coins)
+             SELECT $1, i, c FROM unnest($2::BIGINT[], $3::BIGINT[]) AS s(i, c)",
+            &[&packet_id, &indexes, &coins],
+        )
+        .await?;
+        load_packet(tx, txn_id).await
+    }
+
+    async fn read_limits_in(
+        tx: &Transaction<'_>,
+        users: &[String],
+    ) -> std::result::Result<UserLimits, Failed> {
+        let row = tx
+            .query_opt(
+                "SELECT window_coins_max, minor FROM user_limits WHERE \"user\" = $1",
+                &[&users[0]],
+            )
+            .await?;
+        Ok(row.map_or_else(UserLimits::default, |r| UserLimits {
+            window_coins_max: r.get::<_, Option<i64>>(0).map(|c| c as u64),
+            minor: r.get::<_, i16>(1) != 0,
+        }))
+    }
+
+    async fn read_spent_in(
+        tx: &Transaction<'_>,
+        users: &[String],
+        since: &[i64],
+    ) -> std::result::Result<u64, Failed> {
+        let row = tx
+            .query_one(
+                "SELECT ((SELECT COALESCE(SUM(price_coins), 0) FROM gifts WHERE sender = $1 AND created_ms > $2)
+                       + (SELECT COALESCE(SUM(total_coins), 0) FROM packets WHERE sender = $1 AND created_ms > $2))::BIGINT",
+                &[&users[0], &since[0]],
+            )
+            .await?;
+        Ok(nonnegative("spending", row.get(0)))
+    }
+
+    async fn load_packet(
+        tx: &Transaction<'_>,
+        txn_id: i64,
+    ) -> std::result::Result<PacketReceipt, Failed> {
+        let r = tx
+            .query_one(
+                "SELECT packet_id, room, sender, total_coins, shares, funding_ios, funding_android,
+                        funding_web, balance_coins, created_ms, expires_ms
+                 FROM packets WHERE txn_id = $1",
+                &[&txn_id],
+            )
+            .await?;
+        let u = |i: usize| r.get::<_, i64>(i) as u64;
+        Ok(PacketReceipt {
+            packet_id: r.get(0),
+            room: r.get(1),
+            sender: r.get(2),
+            total_coins: u(3),
+            shares: u(4),
+            funding_coins: [u(5), u(6), u(7)],
+            balance_coins: u(8),
+            created_ms: u(9),
+            expires_ms: u(10),
+            replayed: false,
+        })
+    }
+
+    /// The order in which a share is drawn from a packet's channels (as on SQLite).
+    const GRAB_ORDER: [Channel; 3] = [Channel::Web, Channel::Android, Channel::Ios];
+
+    struct PacketRow {
+        room: String,
+        sender: String,
+        total_coins: u64,
+        shares: u64,
+        grabbed_shares: u64,
+        expires_ms: u64,
+        ended: bool,
+    }
+
+    async fn packet_row(
+        tx: &Transaction<'_>,
+        packet_id: &str,
+    ) -> std::result::Result<Option<PacketRow>, Failed> {
+        let row = tx
+            .query_opt(
+                "SELECT room, sender, total_coins, shares, grabbed_shares, expires_ms, ended_ms IS NOT NULL
+                 FROM packets WHERE packet_id = $1",
+                &[&packet_id],
+            )
+            .await?;
+        Ok(row.map(|r| PacketRow {
+            room: r.get(0),
+            sender: r.get(1),
+            total_coins: r.get::<_, i64>(2) as u64,
+            shares: r.get::<_, i64>(3) as u64,
+            grabbed_shares: r.get::<_, i64>(4) as u64,
+            expires_ms: r.get::<_, i64>(5) as u64,
+            ended: r.get(6),
+        }))
+    }
+
+    fn packet_accounts(packet_id: &str) -> Vec<String> {
+        Channel::ALL
+            .iter()
+            .map(|ch| posting::packet_account(packet_id, *ch))
+            .collect()
+    }
+
+    async fn grab(
+        tx: &Transaction<'_>,
+        req: &PacketGrab,
+    ) -> std::result::Result<GrabReceipt, Failed> {
+        let mut accounts = packet_accounts(&req.packet_id);
+        accounts.extend(Channel::ALL.map(|ch| posting::wallet_account(&req.user, ch)));
+        // The packet's rows serialise its grabs and its expiry, on every node.
+        let balances = lock(tx, &accounts).await?;
+        let packet = match packet_row(tx, &req.packet_id).await? {
+            Some(p) if p.room == req.room => p,
+            _ => return Err(refuse(Error::PacketNotFound(req.packet_id.clone()))),
+        };
+        if let Some(txn_id) = prior(tx, "grab", &req.user, &req.packet_id, &req.packet_id).await? {
+            return load_grab(tx, txn_id, &packet).await;
+        }
+        if packet.grabbed_shares == packet.shares {
+            return Err(refuse(Error::PacketEmpty));
+        }
+        if packet.ended || req.now_ms >= packet.expires_ms {
+            return Err(refuse(Error::PacketExpired));
+        }
+        let share_index = packet.grabbed_shares;
+        let coins: i64 = tx
+            .query_one(
+                "SELECT coins FROM packet_shares WHERE packet_id = $1 AND share_index = $2",
+                &[&req.packet_id, &(share_index as i64)],
+            )
+            .await?
+            .get(0);
+        let left = coins_of(&balances, |ch| posting::packet_account(&req.packet_id, ch));
+        let (taken, posting) =
+            posting::grab(&req.packet_id, &req.user, left, coins as u64, &GRAB_ORDER);
+        let created_ms = now_ms();
+        let key = (
+            "grab",
+            req.user.as_str(),
+            req.packet_id.as_str(),
+            req.packet_id.as_str(),
+        );
+        let txn_id = post(tx, key, created_ms, posting.entries()).await?;
+        let before: u64 = coins_of(&balances, |ch| posting::wallet_account(&req.user, ch))
+            .iter()
+            .sum();
+        let balance_coins = before + coins as u64;
+        let t = taken.map(|c| c as i64);
+        tx.execute(
+            "INSERT INTO packet_grabs (txn_id, packet_id, share_index, grabber, coins, ch_ios,
+                 ch_android, ch_web, balance_coins, created_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            &[
+                &txn_id,
+                &req.packet_id,
+                &(share_index as i64),
+                &req.user,
+                &coins,
+                &t[0],
+                &t[1],
+                &t[2],
+                &(balance_coins as i64),
+                &(created_ms as i64),
+            ],
+        )
+        .await?;
+        let last = share_index + 1 == packet.shares;
+        let ended: Option<i64> = last.then_some(created_ms as i64);
+        tx.execute(
+            "UPDATE packets SET grabbed_shares = grabbed_shares + 1, grabbed_coins = grabbed_coins + $2,
+                 ended_ms = COALESCE($3, ended_ms)
+             WHERE packet_id = $1",
+            &[&req.packet_id, &coins, &ended],
+        )
+        .await?;
+        let mut receipt = load_grab(tx, txn_id, &packet).await?;
+        receipt.replayed = false;
+        if last {
+            receipt.end = Some(packet_end(tx, &req.packet_id, PacketEndReason::AllTaken).await?);
+        }
+        Ok(receipt)
+    }
+
+    async fn load_grab(
+        tx: &Transaction<'_>,
+        txn_id: i64,
+        packet: &PacketRow,
+    ) -> std::result::Result<GrabReceipt, Failed> {
+        let r = tx
+            .query_one(
+                "SELECT g.packet_id, g.grabber, g.share_index, g.coins, g.ch_ios, g.ch_android, g.ch_web,
+                        g.balance_coins, p.grabbed_shares
+                 FROM packet_grabs g JOIN packets p ON p.packet_id = g.packet_id WHERE g.txn_id = $1",
+                &[&txn_id],
+            )
+            .await?;
+        let u = |i: usize| r.get::<_, i64>(i) as u64;
+        Ok(GrabReceipt {
+            packet_id: r.get(0),
+            user: r.get(1),
+            share_index: u(2),
+            coins: u(3),
+            funding_coins: [u(4), u(5), u(6)],
+            balance_coins: u(7),
+            grabbed_shares: u(8),
+            shares: packet.shares,
+            replayed: true,
+            end: None,
+        })
+    }
+
+    async fn packet_end(
+        tx: &Transaction<'_>,
+        packet_id: &str,
+        reason: PacketEndReason,
+    ) -> std::result::Result<PacketEnd, Failed> {
+        let r = tx
+            .query_one(
+                "SELECT room, sender, total_coins, shares, grabbed_shares, grabbed_coins, returned_coins
+                 FROM packets WHERE packet_id = $1",
+                &[&packet_id],
+            )
+            .await?;
+        let u = |i: usize| r.get::<_, i64>(i) as u64;
+        let grabs = tx
+            .query(
+                "SELECT grabber, coins FROM packet_grabs WHERE packet_id = $1 ORDER BY share_index",
+                &[&packet_id],
+            )
+            .await?
+            .iter()
+            .map(|g| GrabView {
+                user: g.get(0),
+                coins: g.get::<_, i64>(1) as u64,
+            })
+            .collect();
+        Ok(PacketEnd {
+            packet_id: packet_id.to_owned(),
+            room: r.get(0),
+            sender: r.get(1),
+            reason,
+            total_coins: u(2),
+            shares: u(3),
+            grabbed_shares: u(4),
+            grabbed_coins: u(5),
+            returned_coins: u(6),
+            grabs,
+        })
+    }
+
+    /// Ends the packets due, one transaction each; a packet another node ended meanwhile is
+    /// skipped (its row, locked first, says so).
+    async fn expire(writer: &Writer, now: u64) -> Result<Vec<PacketEnd>> {
+        let ids: Vec<String> = {
+            let client = writer.pool.get().await.map_err(pool_error)?;
+            client
+                .query(
+                    "SELECT packet_id FROM packets WHERE ended_ms IS NULL AND expires_ms <= $1
+                     ORDER BY expires_ms LIMIT $2",
+                    &[&(now as i64), &(PACKETS_EXPIRED_PER_CALL_MAX as i64)],
+                )
+                .await
+                .map_err(pg)?
+                .iter()
+                .map(|r| r.get(0))
+                .collect()
+        };
+        let mut ended = Vec::with_capacity(ids.len());
+        for packet_id in ids {
+            let end = in_txn(writer, |tx| {
+                let id = packet_id.clone();
+                Box::pin(async move { expire_one(tx, &id, now).await })
+            })
+            .await?;
+            ended.extend(end);
+        }
+        Ok(ended)
+    }
+
+    async fn expire_one(
+        tx: &Transaction<'_>,
+        packet_id: &str,
+        now: u64,
+    ) -> std::result::Result<Option<PacketEnd>, Failed> {
+        let Some(sender) = tx
+            .query_opt(
+                "SELECT sender FROM packets WHERE packet_id = $1",
+                &[&packet_id],
+            )
+            .await?
+            .map(|r| r.get::<_, String>(0))
+        else {
+            return Ok(None);
+        };
+        let mut accounts = packet_accounts(packet_id);
+        accounts.extend(Channel::ALL.map(|ch| posting::wallet_account(&sender, ch)));
+        let balances = lock(tx, &accounts).await?;
+        let packet = packet_row(tx, packet_id).await?.expect("the packet exists");
+        if packet.ended {
+            return Ok(None);
+        }
+        let left = coins_of(&balances, |ch| posting::packet_account(packet_id, ch));
+        let returned: u64 = left.iter().sum();
+        assert!(returned <= packet.total_coins);
+        if let Some(posting) = posting::packet_return(packet_id, &packet.sender, left) {
+            let key = ("packet_return", "system", packet_id, "return");
+            post(tx, key, now, posting.entries()).await?;
+        }
+        tx.execute(
+            "UPDATE packets SET ended_ms = $2, returned_coins = $3 WHERE packet_id = $1",
+            &[&packet_id, &(now as i64), &(returned as i64)],
+        )
+        .await?;
+        Ok(Some(
+            packet_end(tx, packet_id, PacketEndReason::Expired).await?,
+        ))
+    }
 }

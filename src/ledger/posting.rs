@@ -14,6 +14,7 @@
 //! | `platform` | the platform's revenue | no |
 //! | `external:<channel>` | money that entered through a channel (minus all top-ups) | yes |
 //! | `receivable:<user>` | minus what the user owes after a refund of coins already spent | only ≤ 0 |
+//! | `packet:<packet_id>:<channel>` | a red packet's coins not yet grabbed or returned | no |
 //!
 //! Money enters only through the external accounts, so all balances always sum to zero.
 //!
@@ -69,6 +70,7 @@ pub enum AccountKind {
     Platform,
     External,
     Receivable,
+    Packet,
 }
 
 impl AccountKind {
@@ -82,6 +84,7 @@ impl AccountKind {
             "platform" if rest.is_empty() => Some(AccountKind::Platform),
             "external" => Channel::parse(rest).map(|_| AccountKind::External),
             "receivable" if !rest.is_empty() => Some(AccountKind::Receivable),
+            "packet" if !rest.is_empty() => Some(AccountKind::Packet),
             _ => None,
         }
     }
@@ -101,12 +104,19 @@ impl AccountKind {
     /// Whether no rule reads this account while applying a transaction, so its changes may be
     /// summed over a batch (see the module doc).
     pub fn is_hot(self) -> bool {
-        !matches!(self, AccountKind::Wallet | AccountKind::Receivable)
+        !matches!(
+            self,
+            AccountKind::Wallet | AccountKind::Receivable | AccountKind::Packet
+        )
     }
 }
 
 pub fn wallet_account(user: &str, ch: Channel) -> String {
     format!("wallet:{user}:{ch}")
+}
+
+pub fn packet_account(packet_id: &str, ch: Channel) -> String {
+    format!("packet:{packet_id}:{ch}")
 }
 
 pub fn receivable_account(user: &str) -> String {
@@ -169,8 +179,10 @@ impl Posting {
         for e in &entries {
             let kind = e.kind();
             assert!(
-                kind.may_go_negative() || kind == AccountKind::Wallet || e.amount_coins > 0,
-                "only wallets, receivables and external accounts are ever debited: {e:?}"
+                kind.may_go_negative()
+                    || matches!(kind, AccountKind::Wallet | AccountKind::Packet)
+                    || e.amount_coins > 0,
+                "only wallets, packets, receivables and external accounts are ever debited: {e:?}"
             );
         }
         Posting { entries }
@@ -426,6 +438,102 @@ pub fn gift(req: &GiftRequest, balances: ChannelCoins, allowance: Allowance) -> 
         split: parts,
         posting: Posting::new(entries),
         balances_after,
+    })
+}
+
+/// Moves `coins` from one account per channel to another, channel by channel.
+fn transfer(
+    from: impl Fn(Channel) -> String,
+    to: impl Fn(Channel) -> String,
+    coins: ChannelCoins,
+) -> Posting {
+    let mut entries = Vec::with_capacity(6);
+    for ch in Channel::ALL {
+        let c = coins[ch.index()];
+        if c > 0 {
+            entries.push(Entry {
+                account: from(ch),
+                amount_coins: -(c as i64),
+                channel: ch,
+            });
+            entries.push(Entry {
+                account: to(ch),
+                amount_coins: c as i64,
+                channel: ch,
+            });
+        }
+    }
+    Posting::new(entries)
+}
+
+/// What dropping a red packet does: the sender's coins move to the packet's accounts, one per
+/// channel, so they keep the channel they were bought through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PacketPlan {
+    pub funding_coins: ChannelCoins,
+    pub posting: Posting,
+    pub balances_after: ChannelCoins,
+}
+
+/// Plans a red packet's drop against the sender's `balances` and `allowance` (a drop is
+/// spending, so it counts against the cap), or refuses it as a gift would be refused.
+pub fn drop_packet(
+    req: &super::PacketDrop,
+    packet_id: &str,
+    balances: ChannelCoins,
+    allowance: Allowance,
+) -> Result<PacketPlan> {
+    allowance.check(req.total_coins)?;
+    let Some(funding) = draw(balances, req.total_coins, &req.spend_order) else {
+        return Err(Error::InsufficientFunds {
+            balance_coins: balances.iter().sum(),
+            price_coins: req.total_coins,
+        });
+    };
+    let mut balances_after = balances;
+    for (after, drawn) in balances_after.iter_mut().zip(funding) {
+        *after -= drawn;
+    }
+    let posting = transfer(
+        |ch| wallet_account(&req.sender, ch),
+        |ch| packet_account(packet_id, ch),
+        funding,
+    );
+    Ok(PacketPlan {
+        funding_coins: funding,
+        posting,
+        balances_after,
+    })
+}
+
+/// A grab: `coins` leave the packet for the grabber's wallet, from what is `left` of each of the
+/// packet's channels in `order`, so grabbed coins keep the channel the sender bought them
+/// through and pay that channel's store fee when they are spent.
+pub fn grab(
+    packet_id: &str,
+    user: &str,
+    left: ChannelCoins,
+    coins: u64,
+    order: &[Channel],
+) -> (ChannelCoins, Posting) {
+    let taken = draw(left, coins, order).expect("a packet holds every share not yet grabbed");
+    let posting = transfer(
+        |ch| packet_account(packet_id, ch),
+        |ch| wallet_account(user, ch),
+        taken,
+    );
+    (taken, posting)
+}
+
+/// An expiry: what is `left` in the packet returns to the sender's wallet, channel by channel;
+/// `None` when nothing is left.
+pub fn packet_return(packet_id: &str, sender: &str, left: ChannelCoins) -> Option<Posting> {
+    (left.iter().sum::<u64>() > 0).then(|| {
+        transfer(
+            |ch| packet_account(packet_id, ch),
+            |ch| wallet_account(sender, ch),
+            left,
+        )
     })
 }
 

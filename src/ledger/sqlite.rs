@@ -33,8 +33,10 @@ use super::deadline::{self, Ticket};
 use super::posting::Allowance;
 use super::posting::{self, AccountKind, BatchSums, Entry};
 use super::{
-    new_gift_id, now_ms, CapPolicy, GiftOutcome, GiftReceipt, GiftRequest, Ledger, RefundReason,
-    RefundReceipt, RefundRequest, Spending, TopUpReceipt, TopUpRequest, UserLimits, Wallet,
+    new_gift_id, new_packet_id, now_ms, CapPolicy, GiftOutcome, GiftReceipt, GiftRequest,
+    GrabReceipt, GrabView, Ledger, PacketDrop, PacketEnd, PacketEndReason, PacketGrab,
+    PacketReceipt, RefundReason, RefundReceipt, RefundRequest, Spending, TopUpReceipt,
+    TopUpRequest, UserLimits, Wallet,
 };
 use crate::error::{Error, Result};
 use crate::gift::{Channel, ChannelCoins};
@@ -118,6 +120,47 @@ CREATE TABLE IF NOT EXISTS refunds (
     created_ms    INTEGER NOT NULL,
     CHECK (wallet_coins + debt_coins = coins)
 );
+CREATE TABLE IF NOT EXISTS packets (
+    txn_id          INTEGER PRIMARY KEY REFERENCES txns(txn_id),
+    packet_id       TEXT NOT NULL UNIQUE,
+    room            TEXT NOT NULL,
+    sender          TEXT NOT NULL,
+    total_coins     INTEGER NOT NULL CHECK (total_coins > 0),
+    shares          INTEGER NOT NULL CHECK (shares >= 1 AND shares <= total_coins),
+    funding_ios     INTEGER NOT NULL,
+    funding_android INTEGER NOT NULL,
+    funding_web     INTEGER NOT NULL,
+    balance_coins   INTEGER NOT NULL,
+    grabbed_shares  INTEGER NOT NULL DEFAULT 0 CHECK (grabbed_shares BETWEEN 0 AND shares),
+    grabbed_coins   INTEGER NOT NULL DEFAULT 0,
+    returned_coins  INTEGER NOT NULL DEFAULT 0,
+    created_ms      INTEGER NOT NULL,
+    expires_ms      INTEGER NOT NULL,
+    ended_ms        INTEGER,
+    CHECK (funding_ios + funding_android + funding_web = total_coins),
+    CHECK (grabbed_coins + returned_coins <= total_coins)
+);
+CREATE TABLE IF NOT EXISTS packet_shares (
+    packet_id   TEXT NOT NULL,
+    share_index INTEGER NOT NULL,
+    coins       INTEGER NOT NULL CHECK (coins >= 1),
+    PRIMARY KEY (packet_id, share_index)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS packet_grabs (
+    txn_id      INTEGER PRIMARY KEY REFERENCES txns(txn_id),
+    packet_id   TEXT NOT NULL,
+    share_index INTEGER NOT NULL,
+    grabber     TEXT NOT NULL,
+    coins       INTEGER NOT NULL CHECK (coins >= 1),
+    ch_ios      INTEGER NOT NULL,
+    ch_android  INTEGER NOT NULL,
+    ch_web      INTEGER NOT NULL,
+    balance_coins INTEGER NOT NULL,
+    created_ms  INTEGER NOT NULL,
+    UNIQUE (packet_id, grabber),
+    UNIQUE (packet_id, share_index),
+    CHECK (ch_ios + ch_android + ch_web = coins)
+);
 CREATE TABLE IF NOT EXISTS user_limits (
     user              TEXT PRIMARY KEY,
     window_coins_max  INTEGER CHECK (window_coins_max >= 0),
@@ -129,14 +172,24 @@ CREATE TABLE IF NOT EXISTS user_limits (
 /// Indexes, created after the tables' migrations (a rebuilt table loses its indexes).
 const INDEXES: &str = r#"
 CREATE INDEX IF NOT EXISTS gifts_by_sender ON gifts (sender, created_ms);
+CREATE INDEX IF NOT EXISTS packets_by_sender ON packets (sender, created_ms);
+CREATE INDEX IF NOT EXISTS packets_open ON packets (expires_ms) WHERE ended_ms IS NULL;
 "#;
 
 type Reply<T> = oneshot::Sender<Result<T>>;
+
+/// A red packet request and its reply.
+enum PacketOp {
+    Drop(Box<PacketDrop>, Reply<PacketReceipt>),
+    Grab(PacketGrab, Reply<GrabReceipt>),
+    Expire(u64, Reply<Vec<PacketEnd>>),
+}
 
 enum Op {
     TopUp(TopUpRequest, Reply<TopUpReceipt>, Ticket),
     Gift(Box<GiftRequest>, Reply<GiftOutcome>, Ticket),
     Refund(RefundRequest, Reply<RefundReceipt>, Ticket),
+    Packet(PacketOp, Ticket),
     GiftSeq(String, u64),
     SetLimits(String, UserLimits, Reply<()>, Ticket),
     Probe(Reply<()>, Ticket),
@@ -338,6 +391,22 @@ impl Ledger for SqliteLedger {
         self.call(|r, t| Op::Refund(req, r, t)).await
     }
 
+    async fn drop_packet(&self, req: PacketDrop) -> Result<PacketReceipt> {
+        super::check_key(&req.key, "key")?;
+        self.call(|r, t| Op::Packet(PacketOp::Drop(Box::new(req), r), t))
+            .await
+    }
+
+    async fn grab_packet(&self, req: PacketGrab) -> Result<GrabReceipt> {
+        self.call(|r, t| Op::Packet(PacketOp::Grab(req, r), t))
+            .await
+    }
+
+    async fn expire_packets(&self, now_ms: u64) -> Result<Vec<PacketEnd>> {
+        self.call(|r, t| Op::Packet(PacketOp::Expire(now_ms, r), t))
+            .await
+    }
+
     fn note_gift_seq(&self, gift_id: &str, seq: u64) {
         let _ = self.tx.try_send(Op::GiftSeq(gift_id.to_owned(), seq));
     }
@@ -402,6 +471,9 @@ enum Pending {
     TopUp(Reply<TopUpReceipt>, Result<TopUpReceipt>),
     Gift(Reply<GiftOutcome>, Box<Result<GiftOutcome>>),
     Refund(Reply<RefundReceipt>, Result<RefundReceipt>),
+    Drop(Reply<PacketReceipt>, Result<PacketReceipt>),
+    Grab(Reply<GrabReceipt>, Result<GrabReceipt>),
+    Expire(Reply<Vec<PacketEnd>>, Result<Vec<PacketEnd>>),
     Probe(Reply<()>, Result<()>),
 }
 
@@ -411,6 +483,9 @@ impl Pending {
             Pending::TopUp(r, _) => Pending::TopUp(r, Err(e.clone())),
             Pending::Gift(r, _) => Pending::Gift(r, Box::new(Err(e.clone()))),
             Pending::Refund(r, _) => Pending::Refund(r, Err(e.clone())),
+            Pending::Drop(r, _) => Pending::Drop(r, Err(e.clone())),
+            Pending::Grab(r, _) => Pending::Grab(r, Err(e.clone())),
+            Pending::Expire(r, _) => Pending::Expire(r, Err(e.clone())),
             Pending::Probe(r, _) => Pending::Probe(r, Err(e.clone())),
         }
     }
@@ -422,6 +497,9 @@ impl Pending {
             Pending::TopUp(_, v) => unavailable(v.as_ref().err()),
             Pending::Gift(_, v) => unavailable(v.as_ref().as_ref().err()),
             Pending::Refund(_, v) => unavailable(v.as_ref().err()),
+            Pending::Drop(_, v) => unavailable(v.as_ref().err()),
+            Pending::Grab(_, v) => unavailable(v.as_ref().err()),
+            Pending::Expire(_, v) => unavailable(v.as_ref().err()),
             Pending::Probe(_, v) => unavailable(v.as_ref().err()),
         }
     }
@@ -433,6 +511,9 @@ impl Pending {
             Pending::TopUp(r, v) => drop(r.send(v)),
             Pending::Gift(r, v) => drop(r.send(*v)),
             Pending::Refund(r, v) => drop(r.send(v)),
+            Pending::Drop(r, v) => drop(r.send(v)),
+            Pending::Grab(r, v) => drop(r.send(v)),
+            Pending::Expire(r, v) => drop(r.send(v)),
             Pending::Probe(r, v) => drop(r.send(v)),
         }
     }
@@ -499,6 +580,7 @@ impl Writer {
                     Op::TopUp(_, _, t)
                     | Op::Gift(_, _, t)
                     | Op::Refund(_, _, t)
+                    | Op::Packet(_, t)
                     | Op::SetLimits(_, _, _, t)
                     | Op::Probe(_, t)
                         if !t.start() =>
@@ -521,6 +603,18 @@ impl Writer {
                         let result = apply_refund(&tx, &req, &mut credits);
                         let failed = storage_failure(&result);
                         pending.push(Pending::Refund(r, result));
+                        failed
+                    }
+                    Op::Packet(op, _) => {
+                        let p = match op {
+                            PacketOp::Drop(req, r) => Pending::Drop(r, apply_drop(&tx, &req)),
+                            PacketOp::Grab(req, r) => Pending::Grab(r, apply_grab(&tx, &req)),
+                            PacketOp::Expire(now, r) => Pending::Expire(r, apply_expire(&tx, now)),
+                        };
+                        let failed = p
+                            .storage_failed()
+                            .then(|| Error::LedgerUnavailable("a red packet write failed".into()));
+                        pending.push(p);
                         failed
                     }
                     Op::GiftSeq(id, seq) => storage_failure(&apply_gift_seq(&tx, &id, seq)),
@@ -578,6 +672,9 @@ impl Writer {
                         Op::TopUp(_, r, _) => drop(r.send(Err(e.clone()))),
                         Op::Gift(_, r, _) => drop(r.send(Err(e.clone()))),
                         Op::Refund(_, r, _) => drop(r.send(Err(e.clone()))),
+                        Op::Packet(PacketOp::Drop(_, r), _) => drop(r.send(Err(e.clone()))),
+                        Op::Packet(PacketOp::Grab(_, r), _) => drop(r.send(Err(e.clone()))),
+                        Op::Packet(PacketOp::Expire(_, r), _) => drop(r.send(Err(e.clone()))),
                         Op::Probe(r, _) | Op::SetLimits(_, _, r, _) => drop(r.send(Err(e.clone()))),
                         Op::GiftSeq(..) | Op::Fault(_) => {}
                     }
@@ -1033,11 +1130,12 @@ fn limits_of(conn: &Connection, user: &str) -> Result<UserLimits> {
     )
 }
 
-/// Coins `user` spent on gifts created after `since_ms` (an index range over their gifts).
+/// Coins `user` spent on gifts and red packets created after `since_ms` (index ranges).
 fn spent_since(conn: &Connection, user: &str, since_ms: u64) -> Result<u64> {
     let spent: i64 = conn
         .prepare_cached(
-            "SELECT COALESCE(SUM(price_coins), 0) FROM gifts WHERE sender = ?1 AND created_ms > ?2",
+            "SELECT (SELECT COALESCE(SUM(price_coins), 0) FROM gifts WHERE sender = ?1 AND created_ms > ?2)
+                  + (SELECT COALESCE(SUM(total_coins), 0) FROM packets WHERE sender = ?1 AND created_ms > ?2)",
         )
         .db()?
         .query_row(params![user, since_ms as i64], |r| r.get(0))
@@ -1060,6 +1158,314 @@ fn apply_set_limits(conn: &Connection, user: &str, limits: UserLimits) -> Result
     ])
     .db()?;
     Ok(())
+}
+
+/// A user's or a packet's coins per channel, from accounts named by `account(channel)`.
+fn per_channel(conn: &Connection, account: impl Fn(Channel) -> String) -> Result<ChannelCoins> {
+    let mut c = [0u64; 3];
+    for ch in Channel::ALL {
+        c[ch.index()] = balance_of(conn, &account(ch))?;
+    }
+    Ok(c)
+}
+
+fn apply_drop(conn: &Connection, req: &PacketDrop) -> Result<PacketReceipt> {
+    let digest = req.payload_digest();
+    if let Some(txn_id) = prior(conn, "packet", &req.sender, &req.key, &digest)? {
+        let mut receipt = load_packet(conn, txn_id)?;
+        receipt.replayed = true;
+        return Ok(receipt);
+    }
+    let created_ms = now_ms();
+    let since_ms = created_ms.saturating_sub(req.caps.window_ms);
+    let allowance = Allowance::new(
+        &req.caps,
+        &limits_of(conn, &req.sender)?,
+        spent_since(conn, &req.sender, since_ms)?,
+    );
+    let packet_id = new_packet_id(created_ms);
+    let plan = posting::drop_packet(req, &packet_id, channels(conn, &req.sender)?, allowance)?;
+    let cut = crate::gift::red_packet::cut(req.total_coins, req.shares, &mut rand::rng());
+    let txn_id = open_txn(conn, "packet", &req.sender, &req.key, &digest, created_ms)?;
+    post(
+        conn,
+        txn_id,
+        plan.posting.entries(),
+        &mut BatchSums::default(),
+    )?;
+    let f = plan.funding_coins;
+    let balance_coins: u64 = plan.balances_after.iter().sum();
+    conn.prepare_cached(
+        "INSERT INTO packets(txn_id, packet_id, room, sender, total_coins, shares, funding_ios,
+             funding_android, funding_web, balance_coins, created_ms, expires_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    )
+    .db()?
+    .execute(params![
+        txn_id,
+        packet_id,
+        req.room,
+        req.sender,
+        req.total_coins as i64,
+        req.shares as i64,
+        f[0] as i64,
+        f[1] as i64,
+        f[2] as i64,
+        balance_coins as i64,
+        created_ms as i64,
+        req.expires_ms as i64,
+    ])
+    .db()?;
+    let mut insert = conn
+        .prepare_cached(
+            "INSERT INTO packet_shares(packet_id, share_index, coins) VALUES (?1, ?2, ?3)",
+        )
+        .db()?;
+    for (i, coins) in cut.iter().enumerate() {
+        insert
+            .execute(params![packet_id, i as i64, *coins as i64])
+            .db()?;
+    }
+    load_packet(conn, txn_id)
+}
+
+fn load_packet(conn: &Connection, txn_id: i64) -> Result<PacketReceipt> {
+    conn.prepare_cached(
+        "SELECT packet_id, room, sender, total_coins, shares, funding_ios, funding_android, funding_web,
+                balance_coins, created_ms, expires_ms FROM packets WHERE txn_id = ?1",
+    )
+    .db()?
+    .query_row([txn_id], |r| {
+        let u = |i: usize| r.get::<_, i64>(i).map(|v| v as u64);
+        Ok(PacketReceipt {
+            packet_id: r.get(0)?,
+            room: r.get(1)?,
+            sender: r.get(2)?,
+            total_coins: u(3)?,
+            shares: u(4)?,
+            funding_coins: [u(5)?, u(6)?, u(7)?],
+            balance_coins: u(8)?,
+            created_ms: u(9)?,
+            expires_ms: u(10)?,
+            replayed: false,
+        })
+    })
+    .db()
+}
+
+/// A packet's state for a grab or an expiry.
+struct PacketRow {
+    room: String,
+    sender: String,
+    total_coins: u64,
+    shares: u64,
+    grabbed_shares: u64,
+    expires_ms: u64,
+    ended: bool,
+}
+
+fn packet_row(conn: &Connection, packet_id: &str) -> Result<Option<PacketRow>> {
+    conn.prepare_cached(
+        "SELECT room, sender, total_coins, shares, grabbed_shares, expires_ms, ended_ms IS NOT NULL
+         FROM packets WHERE packet_id = ?1",
+    )
+    .db()?
+    .query_row([packet_id], |r| {
+        Ok(PacketRow {
+            room: r.get(0)?,
+            sender: r.get(1)?,
+            total_coins: r.get::<_, i64>(2)? as u64,
+            shares: r.get::<_, i64>(3)? as u64,
+            grabbed_shares: r.get::<_, i64>(4)? as u64,
+            expires_ms: r.get::<_, i64>(5)? as u64,
+            ended: r.get(6)?,
+        })
+    })
+    .optional()
+    .db()
+}
+
+fn apply_grab(conn: &Connection, req: &PacketGrab) -> Result<GrabReceipt> {
+    let packet = match packet_row(conn, &req.packet_id)? {
+        Some(p) if p.room == req.room => p,
+        _ => return Err(Error::PacketNotFound(req.packet_id.clone())),
+    };
+    if let Some(txn_id) = prior(conn, "grab", &req.user, &req.packet_id, &req.packet_id)? {
+        return load_grab(conn, txn_id, &packet);
+    }
+    if packet.grabbed_shares == packet.shares {
+        return Err(Error::PacketEmpty);
+    }
+    if packet.ended || req.now_ms >= packet.expires_ms {
+        return Err(Error::PacketExpired);
+    }
+    let share_index = packet.grabbed_shares;
+    let coins: i64 = conn
+        .prepare_cached("SELECT coins FROM packet_shares WHERE packet_id = ?1 AND share_index = ?2")
+        .db()?
+        .query_row(params![req.packet_id, share_index as i64], |r| r.get(0))
+        .db()?;
+    let left = per_channel(conn, |ch| posting::packet_account(&req.packet_id, ch))?;
+    let (taken, posting) =
+        posting::grab(&req.packet_id, &req.user, left, coins as u64, &GRAB_ORDER);
+    let created_ms = now_ms();
+    let txn_id = open_txn(
+        conn,
+        "grab",
+        &req.user,
+        &req.packet_id,
+        &req.packet_id,
+        created_ms,
+    )?;
+    post(conn, txn_id, posting.entries(), &mut BatchSums::default())?;
+    let balance_coins = wallet(conn, &req.user)?.total_coins();
+    conn.prepare_cached(
+        "INSERT INTO packet_grabs(txn_id, packet_id, share_index, grabber, coins, ch_ios, ch_android,
+             ch_web, balance_coins, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )
+    .db()?
+    .execute(params![
+        txn_id,
+        req.packet_id,
+        share_index as i64,
+        req.user,
+        coins,
+        taken[0] as i64,
+        taken[1] as i64,
+        taken[2] as i64,
+        balance_coins as i64,
+        created_ms as i64
+    ])
+    .db()?;
+    let last = share_index + 1 == packet.shares;
+    conn.prepare_cached(
+        "UPDATE packets SET grabbed_shares = grabbed_shares + 1, grabbed_coins = grabbed_coins + ?2,
+             ended_ms = CASE WHEN ?3 THEN ?4 ELSE ended_ms END
+         WHERE packet_id = ?1",
+    )
+    .db()?
+    .execute(params![req.packet_id, coins, last, created_ms as i64])
+    .db()?;
+    let mut receipt = load_grab(conn, txn_id, &packet)?;
+    receipt.replayed = false;
+    receipt.grabbed_shares = share_index + 1;
+    if last {
+        receipt.end = Some(packet_end(conn, &req.packet_id, PacketEndReason::AllTaken)?);
+    }
+    Ok(receipt)
+}
+
+/// The order in which a share is drawn from a packet's channels: a fixed one, so that a grab's
+/// channels follow from the ledger alone.
+const GRAB_ORDER: [Channel; 3] = [Channel::Web, Channel::Android, Channel::Ios];
+
+fn load_grab(conn: &Connection, txn_id: i64, packet: &PacketRow) -> Result<GrabReceipt> {
+    conn.prepare_cached(
+        "SELECT g.packet_id, g.grabber, g.share_index, g.coins, g.ch_ios, g.ch_android, g.ch_web,
+                g.balance_coins, p.grabbed_shares
+         FROM packet_grabs g JOIN packets p ON p.packet_id = g.packet_id WHERE g.txn_id = ?1",
+    )
+    .db()?
+    .query_row([txn_id], |r| {
+        let u = |i: usize| r.get::<_, i64>(i).map(|v| v as u64);
+        Ok(GrabReceipt {
+            packet_id: r.get(0)?,
+            user: r.get(1)?,
+            share_index: u(2)?,
+            coins: u(3)?,
+            funding_coins: [u(4)?, u(5)?, u(6)?],
+            balance_coins: u(7)?,
+            grabbed_shares: u(8)?,
+            shares: packet.shares,
+            replayed: true,
+            end: None,
+        })
+    })
+    .db()
+}
+
+/// A packet's end as recorded, with its grabs in share order.
+fn packet_end(conn: &Connection, packet_id: &str, reason: PacketEndReason) -> Result<PacketEnd> {
+    let (room, sender, total, shares, grabbed_shares, grabbed_coins, returned): (
+        String,
+        String,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+    ) = conn
+        .prepare_cached(
+            "SELECT room, sender, total_coins, shares, grabbed_shares, grabbed_coins, returned_coins
+             FROM packets WHERE packet_id = ?1",
+        )
+        .db()?
+        .query_row([packet_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+        })
+        .db()?;
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT grabber, coins FROM packet_grabs WHERE packet_id = ?1 ORDER BY share_index",
+        )
+        .db()?;
+    let grabs = stmt
+        .query_map([packet_id], |r| {
+            Ok(GrabView {
+                user: r.get(0)?,
+                coins: r.get::<_, i64>(1)? as u64,
+            })
+        })
+        .db()?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .db()?;
+    Ok(PacketEnd {
+        packet_id: packet_id.to_owned(),
+        room,
+        sender,
+        reason,
+        total_coins: total as u64,
+        shares: shares as u64,
+        grabbed_shares: grabbed_shares as u64,
+        grabbed_coins: grabbed_coins as u64,
+        returned_coins: returned as u64,
+        grabs,
+    })
+}
+
+fn apply_expire(conn: &Connection, now: u64) -> Result<Vec<PacketEnd>> {
+    let ids: Vec<String> = conn
+        .prepare_cached(
+            "SELECT packet_id FROM packets WHERE ended_ms IS NULL AND expires_ms <= ?1
+             ORDER BY expires_ms LIMIT ?2",
+        )
+        .db()?
+        .query_map(
+            params![now as i64, super::PACKETS_EXPIRED_PER_CALL_MAX as i64],
+            |r| r.get(0),
+        )
+        .db()?
+        .collect::<rusqlite::Result<_>>()
+        .db()?;
+    let mut ended = Vec::with_capacity(ids.len());
+    for packet_id in ids {
+        let packet = packet_row(conn, &packet_id)?.expect("an open packet has its row");
+        let left = per_channel(conn, |ch| posting::packet_account(&packet_id, ch))?;
+        let returned: u64 = left.iter().sum();
+        if let Some(posting) = posting::packet_return(&packet_id, &packet.sender, left) {
+            let txn_id = open_txn(conn, "packet_return", "system", &packet_id, "return", now)?;
+            post(conn, txn_id, posting.entries(), &mut BatchSums::default())?;
+        }
+        assert!(returned <= packet.total_coins);
+        conn.prepare_cached(
+            "UPDATE packets SET ended_ms = ?2, returned_coins = ?3 WHERE packet_id = ?1 AND ended_ms IS NULL",
+        )
+        .db()?
+        .execute(params![packet_id, now as i64, returned as i64])
+        .db()?;
+        ended.push(packet_end(conn, &packet_id, PacketEndReason::Expired)?);
+    }
+    Ok(ended)
 }
 
 fn apply_probe(conn: &Connection) -> Result<()> {

@@ -49,6 +49,8 @@ pub enum ServerMessage<'a> {
         balance_coins: u64,
         owed_coins: u64,
     },
+    /// Private, to a red packet's sender when it ends: who grabbed how much, what came back.
+    RedPacketSummary(&'a crate::ledger::PacketEnd),
     /// Private: the streamer answered your question.
     Answered {
         room: &'a str,
@@ -144,17 +146,44 @@ pub enum EventKind {
     RoomClosed {
         reason: String,
     },
+    /// A red packet was dropped into the room.
+    RedPacket {
+        packet_id: String,
+        from: String,
+        total_coins: u64,
+        shares: u64,
+        expires_ms: u64,
+    },
+    /// A member grabbed a share of a red packet.
+    RedPacketGrab {
+        packet_id: String,
+        user: String,
+        coins: u64,
+        grabbed_shares: u64,
+        shares: u64,
+    },
+    /// A red packet ended: all shares taken, or it expired and the rest went back.
+    RedPacketEnd {
+        packet_id: String,
+        reason: crate::ledger::PacketEndReason,
+        grabbed_shares: u64,
+        grabbed_coins: u64,
+        returned_coins: u64,
+    },
 }
 
 impl EventKind {
     /// Every kind's name, in [`EventKind::index`] order.
-    pub const NAMES: [&'static str; 6] = [
+    pub const NAMES: [&'static str; 9] = [
         "viewers",
         "gift",
         "question",
         "answer",
         "thanks",
         "room_closed",
+        "red_packet",
+        "red_packet_grab",
+        "red_packet_end",
     ];
 
     /// A dense index, for per-kind counters resolved once.
@@ -166,6 +195,9 @@ impl EventKind {
             EventKind::Answer { .. } => 3,
             EventKind::Thanks { .. } => 4,
             EventKind::RoomClosed { .. } => 5,
+            EventKind::RedPacket { .. } => 6,
+            EventKind::RedPacketGrab { .. } => 7,
+            EventKind::RedPacketEnd { .. } => 8,
         }
     }
 
@@ -177,6 +209,9 @@ impl EventKind {
             EventKind::Answer { .. } => "answer",
             EventKind::Thanks { .. } => "thanks",
             EventKind::RoomClosed { .. } => "room_closed",
+            EventKind::RedPacket { .. } => "red_packet",
+            EventKind::RedPacketGrab { .. } => "red_packet_grab",
+            EventKind::RedPacketEnd { .. } => "red_packet_end",
         }
     }
 }

@@ -267,6 +267,8 @@ pub struct Totals {
     pub receivables: i64,
     /// Receivables above zero (there must be none).
     pub positive_receivables: i64,
+    /// Coins in red packets, neither grabbed nor returned yet.
+    pub packets: i64,
 }
 
 pub async fn read_totals(db: &LedgerDb) -> Totals {
@@ -284,7 +286,8 @@ pub async fn read_totals(db: &LedgerDb) -> Totals {
             (SELECT COALESCE(SUM(price_coins), 0) FROM gifts),
             (SELECT COALESCE(SUM(coins), 0) FROM refunds),
             (SELECT COALESCE(SUM(balance_coins), 0) FROM accounts WHERE account LIKE 'receivable:%'),
-            (SELECT COUNT(*) FROM accounts WHERE account LIKE 'receivable:%' AND balance_coins > 0)",
+            (SELECT COUNT(*) FROM accounts WHERE account LIKE 'receivable:%' AND balance_coins > 0),
+            (SELECT COALESCE(SUM(balance_coins), 0) FROM accounts WHERE account LIKE 'packet:%')",
         )
         .await;
     Totals {
@@ -300,6 +303,7 @@ pub async fn read_totals(db: &LedgerDb) -> Totals {
         refunds: v[9],
         receivables: v[10],
         positive_receivables: v[11],
+        packets: v[12],
     }
 }
 
@@ -307,7 +311,7 @@ pub fn check(t: &Totals) {
     // What came in and did not go back out is in wallets, earnings, stores and the platform,
     // less what users owe for coins spent before their purchase was reversed.
     assert_eq!(
-        t.wallets + t.streamers + t.stores + t.platform + t.receivables,
+        t.wallets + t.streamers + t.stores + t.platform + t.packets + t.receivables,
         t.topups - t.refunds,
         "money not conserved: {t:?}"
     );
