@@ -438,6 +438,79 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn detects_a_red_packet_share_rewritten_after_its_grab() {
+        use crate::gift::Channel;
+        use crate::ledger::sqlite::{SqliteLedger, SqliteOptions};
+        use crate::ledger::{CapPolicy, Ledger, PacketDrop, PacketGrab, TopUpRequest};
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.db");
+        let options = SqliteOptions {
+            path: path.clone(),
+            batch_max: 8,
+            queue_max: 8,
+            call_timeout_ms: 5_000,
+        };
+        let histogram =
+            prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("t", "t")).unwrap();
+        let ledger = SqliteLedger::open(options, histogram).unwrap();
+        ledger
+            .top_up(TopUpRequest {
+                user: "s".into(),
+                channel: Channel::Web,
+                coins: 100,
+                purchase_id: "p1".into(),
+            })
+            .await
+            .unwrap();
+        let packet = ledger
+            .drop_packet(PacketDrop {
+                sender: "s".into(),
+                room: "r".into(),
+                total_coins: 60,
+                shares: 3,
+                key: "k".into(),
+                expires_ms: u64::MAX / 2,
+                spend_order: Channel::ALL.to_vec(),
+                caps: CapPolicy {
+                    window_ms: 1_000,
+                    window_coins_max: 1_000,
+                    minor_window_coins_max: 0,
+                },
+            })
+            .await
+            .unwrap();
+        let grab = ledger
+            .grab_packet(PacketGrab {
+                packet_id: packet.packet_id.clone(),
+                user: "g".into(),
+                room: "r".into(),
+                now_ms: 0,
+            })
+            .await
+            .unwrap();
+        assert_eq!(grab.share_index, 0);
+        ledger.close().await;
+        assert!(audit(&path).unwrap().violations.is_empty());
+
+        // Make the first share one coin larger and the largest later one (at least 10 coins,
+        // as the first is at most 40) one smaller: the cut still sums to the total, but the
+        // grab no longer took its recorded share.
+        let conn = open_connection(&path).unwrap();
+        conn.execute_batch(
+            "UPDATE packet_shares SET coins = coins - 1 WHERE share_index = (SELECT share_index
+                 FROM packet_shares WHERE share_index > 0 ORDER BY coins DESC LIMIT 1);
+             UPDATE packet_shares SET coins = coins + 1 WHERE share_index = 0;",
+        )
+        .unwrap();
+        let text = audit(&path).unwrap().violations.join("\n");
+        assert!(
+            text.contains("red packet grabs disagree with its shares"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn missing_file_is_an_error() {
         assert!(audit(Path::new("/nonexistent/giftd.db")).is_err());

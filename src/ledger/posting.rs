@@ -850,6 +850,64 @@ mod tests {
         }
 
         #[test]
+        fn a_red_packet_moves_every_coin_once_keeping_its_channels(
+            balances in proptest::array::uniform3(0u64..400),
+            shares in 1u64..20,
+            extra in 0u64..300,
+            grabs in 0usize..25,
+            seed: u64,
+        ) {
+            use rand::SeedableRng;
+            let total = shares + extra;
+            let req = crate::ledger::PacketDrop {
+                sender: "s".into(),
+                room: "r".into(),
+                total_coins: total,
+                shares,
+                key: "k".into(),
+                expires_ms: 0,
+                spend_order: Channel::ALL.to_vec(),
+                caps: caps(),
+            };
+            let Ok(plan) = drop_packet(&req, "p", balances, UNCAPPED) else {
+                prop_assert!(balances.iter().sum::<u64>() < total);
+                return Ok(());
+            };
+            // Balances of every account touched, as a backend would keep them.
+            let mut book: HashMap<String, i64> = HashMap::new();
+            let mut apply = |p: &Posting| {
+                assert_eq!(p.entries().iter().map(|e| e.amount_coins).sum::<i64>(), 0);
+                for e in p.entries() {
+                    *book.entry(e.account.clone()).or_default() += e.amount_coins;
+                }
+            };
+            apply(&plan.posting);
+            let cut = crate::gift::red_packet::cut(total, shares, &mut rand::rngs::StdRng::seed_from_u64(seed));
+            let mut left = plan.funding_coins;
+            let mut grabbed = 0;
+            for (i, coins) in cut.iter().take(grabs).enumerate() {
+                let (taken, posting) = grab("p", &format!("g{i}"), left, *coins, &Channel::ALL);
+                prop_assert_eq!(taken.iter().sum::<u64>(), *coins);
+                for c in 0..3 {
+                    left[c] -= taken[c];
+                }
+                apply(&posting);
+                grabbed += coins;
+            }
+            if let Some(p) = packet_return("p", "s", left) {
+                apply(&p);
+            }
+            let sum = |prefix: &str| -> i64 {
+                book.iter().filter(|(a, _)| a.starts_with(prefix)).map(|(_, v)| v).sum()
+            };
+            prop_assert_eq!(sum("packet:"), 0);
+            prop_assert_eq!(sum("wallet:g"), grabbed as i64);
+            prop_assert_eq!(sum("wallet:s:"), -(grabbed as i64));
+            prop_assert!(book.values().all(|v| *v >= -(total as i64)));
+            prop_assert!(book.iter().filter(|(a, _)| a.starts_with("packet:")).all(|(_, v)| *v == 0));
+        }
+
+        #[test]
         fn a_batch_of_gifts_never_overdraws(
             start in proptest::array::uniform3(0u64..300),
             prices in proptest::collection::vec(1u64..200, 1..20),
