@@ -2104,9 +2104,6 @@ mod packets {
         })
     }
 
-    /// The order in which a share is drawn from a packet's channels (as on SQLite).
-    const GRAB_ORDER: [Channel; 3] = [Channel::Web, Channel::Android, Channel::Ios];
-
     struct PacketRow {
         room: String,
         sender: String,
@@ -2176,8 +2173,7 @@ mod packets {
             .await?
             .get(0);
         let left = coins_of(&balances, |ch| posting::packet_account(&req.packet_id, ch));
-        let (taken, posting) =
-            posting::grab(&req.packet_id, &req.user, left, coins as u64, &GRAB_ORDER);
+        let (taken, posting) = posting::grab(&req.packet_id, &req.user, left, coins as u64);
         let created_ms = now_ms();
         let key = (
             "grab",

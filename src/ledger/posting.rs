@@ -28,6 +28,12 @@
 //! no coins (the refund emptied the wallet first), and every coin the user spends afterwards was
 //! paid for. `docs/ARCHITECTURE.md` says why this policy rather than clawing gifts back.
 //!
+//! # Red packets
+//! A drop moves the sender's coins into the packet's accounts, one per channel; each grab moves
+//! its recorded share on to the grabber's wallet, drawn from the packet's channels in
+//! [`GRAB_ORDER`]; at expiry what is left goes back to the sender, channel by channel. Coins
+//! therefore keep, through a red packet, the channel they were bought through.
+//!
 //! # Invariants
 //! Checked with release-build `assert!`s, because a violation means a bug that must stop the
 //! writer rather than commit wrong money: the entries of every transaction sum to zero; the
@@ -506,17 +512,20 @@ pub fn drop_packet(
     })
 }
 
+/// The order in which a share is drawn from a packet's channels: a fixed one, so that a grab's
+/// channels follow from the ledger alone.
+pub const GRAB_ORDER: [Channel; 3] = [Channel::Web, Channel::Android, Channel::Ios];
+
 /// A grab: `coins` leave the packet for the grabber's wallet, from what is `left` of each of the
-/// packet's channels in `order`, so grabbed coins keep the channel the sender bought them
+/// packet's channels in [`GRAB_ORDER`], so grabbed coins keep the channel the sender bought them
 /// through and pay that channel's store fee when they are spent.
 pub fn grab(
     packet_id: &str,
     user: &str,
     left: ChannelCoins,
     coins: u64,
-    order: &[Channel],
 ) -> (ChannelCoins, Posting) {
-    let taken = draw(left, coins, order).expect("a packet holds every share not yet grabbed");
+    let taken = draw(left, coins, &GRAB_ORDER).expect("a packet holds every share not yet grabbed");
     let posting = transfer(
         |ch| packet_account(packet_id, ch),
         |ch| wallet_account(user, ch),
@@ -886,7 +895,7 @@ mod tests {
             let mut left = plan.funding_coins;
             let mut grabbed = 0;
             for (i, coins) in cut.iter().take(grabs).enumerate() {
-                let (taken, posting) = grab("p", &format!("g{i}"), left, *coins, &Channel::ALL);
+                let (taken, posting) = grab("p", &format!("g{i}"), left, *coins);
                 prop_assert_eq!(taken.iter().sum::<u64>(), *coins);
                 for c in 0..3 {
                     left[c] -= taken[c];

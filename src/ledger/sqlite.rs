@@ -1306,8 +1306,7 @@ fn apply_grab(conn: &Connection, req: &PacketGrab) -> Result<GrabReceipt> {
         .query_row(params![req.packet_id, share_index as i64], |r| r.get(0))
         .db()?;
     let left = per_channel(conn, |ch| posting::packet_account(&req.packet_id, ch))?;
-    let (taken, posting) =
-        posting::grab(&req.packet_id, &req.user, left, coins as u64, &GRAB_ORDER);
+    let (taken, posting) = posting::grab(&req.packet_id, &req.user, left, coins as u64);
     let created_ms = now_ms();
     let txn_id = open_txn(
         conn,
@@ -1354,10 +1353,6 @@ fn apply_grab(conn: &Connection, req: &PacketGrab) -> Result<GrabReceipt> {
     }
     Ok(receipt)
 }
-
-/// The order in which a share is drawn from a packet's channels: a fixed one, so that a grab's
-/// channels follow from the ledger alone.
-const GRAB_ORDER: [Channel; 3] = [Channel::Web, Channel::Android, Channel::Ios];
 
 fn load_grab(conn: &Connection, txn_id: i64, packet: &PacketRow) -> Result<GrabReceipt> {
     conn.prepare_cached(
