@@ -146,6 +146,16 @@ impl App {
         }
     }
 
+    /// The spending caps of the configuration, as the ledger takes them.
+    pub fn cap_policy(&self) -> crate::ledger::CapPolicy {
+        let s = &self.config.spending;
+        crate::ledger::CapPolicy {
+            window_ms: s.window_ms,
+            window_coins_max: s.window_coins_max,
+            minor_window_coins_max: s.minor_window_coins_max,
+        }
+    }
+
     /// The streamer's share of net revenue, in basis points.
     pub fn streamer_share_bps(&self, streamer: &str) -> u32 {
         let split = &self.config.split;

@@ -24,6 +24,9 @@ pub const ADMIN_BODY_BYTES_MAX: usize = 4096;
 /// Largest single top-up, in coins (ten million dollars at list price): far above any real store
 /// purchase, far below what could overflow a balance.
 pub const TOPUP_COINS_MAX: u64 = 1_000_000_000;
+/// Largest spending cap per window, in coins (config or admin API): a thousand top-ups at most,
+/// so caps and sums of spending stay far from overflow.
+pub const SPEND_CAP_COINS_MAX: u64 = 1_000_000_000_000;
 
 // --- Server internals ---
 

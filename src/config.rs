@@ -34,6 +34,8 @@ pub struct Config {
     pub ledger: LedgerConfig,
     pub cluster: ClusterConfig,
     pub split: SplitConfig,
+    pub spending: SpendingConfig,
+    pub red_packets: RedPacketsConfig,
     pub limits: LimitsConfig,
     pub log: LogConfig,
     pub demo: DemoConfig,
@@ -414,6 +416,57 @@ impl Default for SplitConfig {
     }
 }
 
+/// Per-user spending caps: coins a user may spend on gifts in a rolling window. The admin API
+/// overrides the cap per user and flags minors (`PUT /admin/users/{user}/limits`); the ledger
+/// checks the cap in the same transaction as the debit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpendingConfig {
+    /// Length of the rolling window, in ms (a day by default). 1000 to 2592000000 (30 days).
+    pub window_ms: u64,
+    /// Coins a user may spend in one window unless the admin API sets their own cap.
+    pub window_coins_max: u64,
+    /// Coins a user flagged as a minor may spend in one window; 0 forbids spending. It bounds a
+    /// minor's own cap too (the lower of the two applies).
+    pub minor_window_coins_max: u64,
+}
+
+impl Default for SpendingConfig {
+    fn default() -> Self {
+        SpendingConfig {
+            window_ms: 86_400_000,
+            window_coins_max: 1_000_000,
+            minor_window_coins_max: 5_000,
+        }
+    }
+}
+
+/// Red packets dropped into rooms (`drop_red_packet`, `grab_red_packet`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedPacketsConfig {
+    /// How long a packet can be grabbed, in ms; then what is left returns to its sender.
+    /// 1000 to 604800000 (7 days).
+    pub expiry_ms: u64,
+    /// How often each node looks for expired packets, in ms. 100 to 60000.
+    pub sweep_interval_ms: u64,
+    /// Shares in one packet at most. 1 to 10000.
+    pub shares_max: u64,
+    /// Coins in one packet at most. 1 to 1,000,000,000.
+    pub total_coins_max: u64,
+}
+
+impl Default for RedPacketsConfig {
+    fn default() -> Self {
+        RedPacketsConfig {
+            expiry_ms: 86_400_000,
+            sweep_interval_ms: 1_000,
+            shares_max: 200,
+            total_coins_max: 1_000_000,
+        }
+    }
+}
+
 /// A token bucket: refills at `per_sec`, holds at most `burst`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -571,6 +624,8 @@ impl Config {
         self.ledger.check(&mut checks);
         self.cluster.check(&self.ledger, &mut checks);
         self.split.check(&mut checks);
+        self.spending.check(&mut checks);
+        self.red_packets.check(&mut checks);
         self.limits.check(&mut checks);
         self.demo.check(&self.server, &mut checks);
         if let Err(e) = crate::gift::catalog::Catalog::new(self.catalog()) {
@@ -810,6 +865,39 @@ impl SplitConfig {
     }
 }
 
+impl SpendingConfig {
+    fn check(&self, c: &mut Checks) {
+        c.between("spending.window_ms", self.window_ms, 1_000, 2_592_000_000);
+        let max = crate::bounds::SPEND_CAP_COINS_MAX;
+        c.between("spending.window_coins_max", self.window_coins_max, 0, max);
+        c.between(
+            "spending.minor_window_coins_max",
+            self.minor_window_coins_max,
+            0,
+            max,
+        );
+    }
+}
+
+impl RedPacketsConfig {
+    fn check(&self, c: &mut Checks) {
+        c.between("red_packets.expiry_ms", self.expiry_ms, 1_000, 604_800_000);
+        c.between(
+            "red_packets.sweep_interval_ms",
+            self.sweep_interval_ms,
+            100,
+            60_000,
+        );
+        c.between("red_packets.shares_max", self.shares_max, 1, 10_000);
+        c.between(
+            "red_packets.total_coins_max",
+            self.total_coins_max,
+            1,
+            crate::bounds::TOPUP_COINS_MAX,
+        );
+    }
+}
+
 impl LimitsConfig {
     fn check(&self, c: &mut Checks) {
         for (level, set) in [("connection", &self.connection), ("user", &self.user)] {
@@ -887,6 +975,14 @@ mod tests {
     fn every_documented_constraint_is_checked() {
         let cases = [
             ("[server]\nadmin_listen = \"127.0.0.1:8080\"", "server.admin_listen"),
+            ("[spending]\nwindow_ms = 999", "spending.window_ms"),
+            ("[red_packets]\nexpiry_ms = 999", "red_packets.expiry_ms"),
+            ("[red_packets]\nsweep_interval_ms = 99", "red_packets.sweep_interval_ms"),
+            ("[red_packets]\nshares_max = 0", "red_packets.shares_max"),
+            ("[red_packets]\ntotal_coins_max = 0", "red_packets.total_coins_max"),
+            ("[spending]\nwindow_ms = 2592000001", "spending.window_ms"),
+            ("[spending]\nwindow_coins_max = 1000000000001", "spending.window_coins_max"),
+            ("[spending]\nminor_window_coins_max = 1000000000001", "spending.minor_window_coins_max"),
             ("[server]\nadmin_connections_max = 0", "server.admin_connections_max"),
             ("[server]\nconnections_max = 0", "server.connections_max"),
             ("[server]\nhandshake_timeout_ms = 99", "server.handshake_timeout_ms"),

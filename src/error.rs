@@ -77,6 +77,12 @@ pub enum Error {
     GiftNotFound(String),
     #[error("a streamer cannot send gifts to their own room")]
     SelfGift,
+    #[error("red packet `{0}` not found in this room")]
+    PacketNotFound(String),
+    #[error("all shares of this red packet are taken")]
+    PacketEmpty,
+    #[error("this red packet expired")]
+    PacketExpired,
 
     #[error("insufficient funds: balance {balance_coins} coins, price {price_coins} coins")]
     InsufficientFunds {
@@ -89,6 +95,14 @@ pub enum Error {
     IdempotencyConflict(String),
     #[error("invalid amount: {0}")]
     InvalidAmount(String),
+    #[error("spending cap reached: {remaining_coins} of {cap_coins} coins left in the current window, price {price_coins} coins")]
+    SpendingCapExceeded {
+        cap_coins: u64,
+        remaining_coins: u64,
+        price_coins: u64,
+    },
+    #[error("no top-up with purchase id `{0}`")]
+    PurchaseNotFound(String),
 
     #[error("rate limit exceeded for {0}; retry later")]
     RateLimited(&'static str),
@@ -159,10 +173,15 @@ impl Error {
             Error::QuestionNotFound(_) => wire(13005, "question_not_found", 404),
             Error::GiftNotFound(_) => wire(13006, "gift_not_found", 404),
             Error::SelfGift => wire(13007, "self_gift", 403),
+            Error::PacketNotFound(_) => wire(13008, "red_packet_not_found", 404),
+            Error::PacketEmpty => wire(13009, "red_packet_empty", 409),
+            Error::PacketExpired => wire(13010, "red_packet_expired", 409),
             Error::InsufficientFunds { .. } => wire(14001, "insufficient_funds", 402),
             Error::UnknownSticker(_) => wire(14002, "unknown_sticker", 404),
             Error::IdempotencyConflict(_) => wire(14003, "idempotency_conflict", 409),
             Error::InvalidAmount(_) => wire(14004, "invalid_amount", 400),
+            Error::SpendingCapExceeded { .. } => wire(14005, "spending_cap_exceeded", 402),
+            Error::PurchaseNotFound(_) => wire(14006, "purchase_not_found", 404),
             Error::RateLimited(_) => wire(15001, "rate_limited", 429),
             Error::TextTooLong { .. } => wire(15002, "text_too_long", 400),
             Error::TooManyConnections => wire(15003, "too_many_connections", 503),
@@ -202,7 +221,22 @@ impl Error {
 
     /// The JSON body of this error, the same on WebSocket (plus `type` and `id`) and HTTP.
     pub fn body(&self) -> serde_json::Value {
-        serde_json::json!({ "code": self.code(), "reason": self.reason(), "message": self.client_message() })
+        let mut body = serde_json::json!({ "code": self.code(), "reason": self.reason(), "message": self.client_message() });
+        if let Some(remaining) = self.remaining_coins() {
+            body["remaining_coins"] = remaining.into();
+        }
+        body
+    }
+
+    /// For a refusal by a spending cap: the coins the user may still spend in the window, which
+    /// the error carries as a field of its own so clients need not parse the message.
+    pub fn remaining_coins(&self) -> Option<u64> {
+        match self {
+            Error::SpendingCapExceeded {
+                remaining_coins, ..
+            } => Some(*remaining_coins),
+            _ => None,
+        }
     }
 
     /// Whether a connection that caused this error should count it as misbehaviour. Repeated
@@ -325,6 +359,15 @@ pub(crate) mod tests {
             Error::UnknownSticker("s".into()),
             Error::IdempotencyConflict("k".into()),
             Error::InvalidAmount("x".into()),
+            Error::SpendingCapExceeded {
+                cap_coins: 10,
+                remaining_coins: 0,
+                price_coins: 1,
+            },
+            Error::PurchaseNotFound("p".into()),
+            Error::PacketNotFound("p".into()),
+            Error::PacketEmpty,
+            Error::PacketExpired,
             Error::RateLimited("gifts"),
             Error::TextTooLong { limit_chars: 1 },
             Error::TooManyConnections,
@@ -378,6 +421,11 @@ pub(crate) mod tests {
             Error::LoopbackOnly => 35,
             Error::NoSuchEndpoint => 36,
             Error::MethodNotAllowed => 37,
+            Error::SpendingCapExceeded { .. } => 38,
+            Error::PurchaseNotFound(_) => 39,
+            Error::PacketNotFound(_) => 40,
+            Error::PacketEmpty => 41,
+            Error::PacketExpired => 42,
         }
     }
 
@@ -399,7 +447,7 @@ pub(crate) mod tests {
     fn one_of_each_variant() {
         let mut seen: Vec<usize> = one_of_each().iter().map(variant_index).collect();
         seen.sort();
-        assert_eq!(seen, (0..38).collect::<Vec<_>>());
+        assert_eq!(seen, (0..43).collect::<Vec<_>>());
     }
 
     #[test]

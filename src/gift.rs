@@ -1,10 +1,11 @@
-//! Gifts: the sticker catalog and the revenue split.
+//! Gifts: the sticker catalog, the revenue split and the cut of red packets.
 //!
 //! Everything here is pure and synchronous. The ledger calls it inside its write transaction, so
 //! the arithmetic that decides who gets which coin lives in one place with property tests
 //! (`gift/split.rs`), apart from any I/O.
 
 pub mod catalog;
+pub mod red_packet;
 pub mod split;
 
 use serde::{Deserialize, Serialize};

@@ -132,6 +132,7 @@ pub async fn send(
             streamer_share_bps: app.streamer_share_bps(&room.streamer),
             spend_order: app.config.split.spend_order.clone(),
         },
+        caps: app.cap_policy(),
     };
     let digest = req.payload_digest();
     app.inflight

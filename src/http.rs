@@ -28,13 +28,15 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::app::App;
 use crate::auth::check_user_id;
-use crate::bounds::{ADMIN_BODY_BYTES_MAX, TOPUP_COINS_MAX};
+use crate::bounds::{ADMIN_BODY_BYTES_MAX, SPEND_CAP_COINS_MAX, TOPUP_COINS_MAX};
 
 use crate::config::ServerConfig;
 use crate::connection;
 use crate::error::Error;
 use crate::gift::Channel;
-use crate::ledger::TopUpRequest;
+use crate::ledger::{RefundReason, RefundRequest, TopUpRequest, UserLimits};
+use crate::metrics::OutKind;
+use crate::protocol::server::{encode, ServerMessage};
 use crate::server::Tracker;
 use crate::socket::ResetOnDrop;
 use crate::throttle::Throttled;
@@ -65,7 +67,9 @@ pub fn admin_router(app: Arc<App>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/admin/topup", post(top_up))
-        .route("/admin/wallets/{user}", get(wallet));
+        .route("/admin/refund", post(refund))
+        .route("/admin/wallets/{user}", get(wallet))
+        .route("/admin/users/{user}/limits", get(limits).put(set_limits));
     with_error_fallbacks(router).with_state(app)
 }
 
@@ -420,11 +424,197 @@ pub(crate) async fn top_up(
                     .topup_coins
                     .with_label_values(&[channel.as_str()])
                     .inc_by(receipt.coins);
+                if receipt.repaid_coins > 0 {
+                    app.metrics
+                        .debt_repaid_coins
+                        .with_label_values(&[channel.as_str()])
+                        .inc_by(receipt.repaid_coins);
+                }
             }
             Json(receipt).into_response()
         }
         Err(e) => error_response(&e),
     }
+}
+
+/// Parses an admin JSON body: `bad_json` for what is not JSON, `invalid_message` for the wrong
+/// shape, `message_too_large` beyond [`ADMIN_BODY_BYTES_MAX`].
+fn admin_body<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, Error> {
+    // Bodies past axum's own buffer limit are refused like those past ours.
+    let body = match body {
+        Ok(body) => body,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return Err(Error::MessageTooLarge {
+                limit_bytes: ADMIN_BODY_BYTES_MAX,
+            })
+        }
+        Err(e) => return Err(Error::InvalidMessage(e.body_text())),
+    };
+    if body.len() > ADMIN_BODY_BYTES_MAX {
+        return Err(Error::MessageTooLarge {
+            limit_bytes: ADMIN_BODY_BYTES_MAX,
+        });
+    }
+    serde_json::from_slice(&body).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            Error::BadJson(e.to_string())
+        } else {
+            Error::InvalidMessage(e.to_string())
+        }
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsBody {
+    /// The user's own cap per window: a whole number of coins, or null (or absent) for the
+    /// configured default. Any JSON value, so a bad amount gets `invalid_amount`.
+    #[serde(default)]
+    window_coins_max: serde_json::Value,
+    minor: bool,
+}
+
+/// A cap: null, or a whole number of coins from 0 to [`SPEND_CAP_COINS_MAX`].
+fn cap_coins(value: &serde_json::Value) -> Result<Option<u64>, Error> {
+    match value {
+        serde_json::Value::Null => Ok(None),
+        v => match v.as_u64() {
+            Some(coins) if coins <= SPEND_CAP_COINS_MAX => Ok(Some(coins)),
+            _ => Err(Error::InvalidAmount(format!(
+                "window_coins_max must be null or a whole number from 0 to {SPEND_CAP_COINS_MAX}, got {v}"
+            ))),
+        },
+    }
+}
+
+/// The user's limits and spending, as `GET` and `PUT /admin/users/{user}/limits` answer.
+async fn spending_response(app: &App, user: &str) -> Response {
+    match app.ledger.spending(user, app.cap_policy()).await {
+        Ok(spending) => {
+            let mut body = serde_json::to_value(spending).expect("spending serializes");
+            body["user"] = user.into();
+            Json(body).into_response()
+        }
+        Err(e) => error_response(&e),
+    }
+}
+
+/// The user id of an admin path; a segment that is not UTF-8 once decoded is a bad user id like
+/// any other.
+fn path_user(user: Result<Path<String>, PathRejection>) -> Result<String, Error> {
+    let user = user.map(|Path(user)| user).unwrap_or_default();
+    match check_user_id(&user) {
+        Ok(()) => Ok(user),
+        Err(_) => Err(Error::InvalidMessage("bad user id".into())),
+    }
+}
+
+async fn limits(
+    State(app): AdminState,
+    headers: HeaderMap,
+    user: Result<Path<String>, PathRejection>,
+) -> Response {
+    if let Err(e) = check_admin(&app, &headers) {
+        return error_response(&e);
+    }
+    let user = match path_user(user) {
+        Ok(user) => user,
+        Err(e) => return error_response(&e),
+    };
+    spending_response(&app, &user).await
+}
+
+async fn set_limits(
+    State(app): AdminState,
+    headers: HeaderMap,
+    user: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    if let Err(e) = check_admin(&app, &headers) {
+        return error_response(&e);
+    }
+    let user = match path_user(user) {
+        Ok(user) => user,
+        Err(e) => return error_response(&e),
+    };
+    let parsed: LimitsBody = match admin_body(body) {
+        Ok(b) => b,
+        Err(e) => return error_response(&e),
+    };
+    let limits = match cap_coins(&parsed.window_coins_max) {
+        Ok(cap) => UserLimits {
+            window_coins_max: cap,
+            minor: parsed.minor,
+        },
+        Err(e) => return error_response(&e),
+    };
+    if let Err(e) = app.ledger.set_limits(&user, limits).await {
+        return error_response(&e);
+    }
+    tracing::info!(user, ?limits, "spending limits set");
+    spending_response(&app, &user).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefundBody {
+    purchase_id: String,
+    /// `refund` or `chargeback`.
+    reason: String,
+}
+
+/// Reverses a top-up (`POST /admin/refund`) and tells the user's connections on this node.
+async fn refund(
+    State(app): AdminState,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    if let Err(e) = check_admin(&app, &headers) {
+        return error_response(&e);
+    }
+    let parsed: RefundBody = match admin_body(body) {
+        Ok(b) => b,
+        Err(e) => return error_response(&e),
+    };
+    let Some(reason) = RefundReason::parse(&parsed.reason) else {
+        return error_response(&Error::InvalidMessage(
+            "reason must be refund or chargeback".into(),
+        ));
+    };
+    let req = RefundRequest {
+        purchase_id: parsed.purchase_id,
+        reason,
+        spend_order: app.config.split.spend_order.clone(),
+    };
+    let receipt = match app.ledger.refund(req).await {
+        Ok(r) => r,
+        Err(e) => return error_response(&e),
+    };
+    if !receipt.replayed {
+        app.metrics.record_refund(&receipt);
+        tracing::info!(
+            purchase_id = receipt.purchase_id,
+            user = receipt.user,
+            reason = receipt.reason.as_str(),
+            coins = receipt.coins,
+            debt_coins = receipt.debt_coins,
+            "top-up reversed"
+        );
+        let notice = encode(&ServerMessage::Refund {
+            purchase_id: &receipt.purchase_id,
+            reason: receipt.reason,
+            channel: receipt.channel,
+            coins: receipt.coins,
+            wallet_coins: receipt.wallet_coins,
+            debt_coins: receipt.debt_coins,
+            balance_coins: receipt.balance_coins,
+            owed_coins: receipt.owed_coins,
+        });
+        app.send_to_user(&receipt.user, OutKind::Refund, &notice);
+    }
+    Json(receipt).into_response()
 }
 
 async fn wallet(
@@ -435,11 +625,10 @@ async fn wallet(
     if let Err(e) = check_admin(&app, &headers) {
         return error_response(&e);
     }
-    // A path segment that is not UTF-8 once decoded is a bad user id like any other.
-    let user = user.map(|Path(user)| user).unwrap_or_default();
-    if check_user_id(&user).is_err() {
-        return error_response(&Error::InvalidMessage("bad user id".into()));
-    }
+    let user = match path_user(user) {
+        Ok(user) => user,
+        Err(e) => return error_response(&e),
+    };
     let wallet = match app.ledger.wallet(&user).await {
         Ok(w) => w,
         Err(e) => return error_response(&e),
@@ -454,6 +643,7 @@ async fn wallet(
         "ios_coins": wallet.ios_coins,
         "android_coins": wallet.android_coins,
         "web_coins": wallet.web_coins,
+        "owed_coins": wallet.owed_coins,
         "earnings_coins": earnings,
     }))
     .into_response()

@@ -27,6 +27,7 @@ pub mod protocol;
 pub mod question;
 pub mod ratelimit;
 pub mod readiness;
+pub mod red_packets;
 pub mod room;
 pub mod server;
 pub mod session;

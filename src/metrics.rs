@@ -33,6 +33,10 @@ pub const METRIC_NAMES: &[&str] = &[
     "giftd_gifts_total",
     "giftd_gift_coins_total",
     "giftd_topup_coins_total",
+    "giftd_refunds_total",
+    "giftd_refund_coins_total",
+    "giftd_debt_repaid_coins_total",
+    "giftd_red_packet_coins_total",
     "giftd_ledger_commit_seconds",
     "giftd_ack_seconds",
     "giftd_ledger_ready",
@@ -59,6 +63,8 @@ pub enum OutKind {
     Thanks,
     Answered,
     GiftReceived,
+    Refund,
+    RedPacketSummary,
 }
 
 impl OutKind {
@@ -67,7 +73,7 @@ impl OutKind {
         OutKind::ALL.into_iter().find(|k| k.label() == label)
     }
 
-    const ALL: [OutKind; 7] = [
+    const ALL: [OutKind; 9] = [
         OutKind::Welcome,
         OutKind::Ack,
         OutKind::Error,
@@ -75,6 +81,8 @@ impl OutKind {
         OutKind::Thanks,
         OutKind::Answered,
         OutKind::GiftReceived,
+        OutKind::Refund,
+        OutKind::RedPacketSummary,
     ];
 
     pub fn label(self) -> &'static str {
@@ -86,6 +94,8 @@ impl OutKind {
             OutKind::Thanks => "thanks",
             OutKind::Answered => "answered",
             OutKind::GiftReceived => "gift_received",
+            OutKind::Refund => "refund",
+            OutKind::RedPacketSummary => "red_packet_summary",
         }
     }
 }
@@ -109,6 +119,10 @@ pub struct Metrics {
     pub gifts: IntCounter,
     gift_coins: IntCounterVec,
     pub topup_coins: IntCounterVec,
+    refunds: IntCounterVec,
+    refund_coins: IntCounterVec,
+    pub debt_repaid_coins: IntCounterVec,
+    pub red_packet_coins: IntCounterVec,
     pub ledger_commit_seconds: Histogram,
     pub ack_seconds: HistogramVec,
     pub ledger_ready: IntGauge,
@@ -275,6 +289,26 @@ impl Metrics {
                 "Coins topped up, by channel.",
                 &["channel"],
             ),
+            refunds: counter_vec(
+                "giftd_refunds_total",
+                "Top-ups reversed, by purchase channel and reason (refund or chargeback).",
+                &["channel", "reason"],
+            ),
+            refund_coins: counter_vec(
+                "giftd_refund_coins_total",
+                "Coins of reversed top-ups, by purchase channel, reason, and whether they left the wallet or became debt.",
+                &["channel", "reason", "from"],
+            ),
+            debt_repaid_coins: counter_vec(
+                "giftd_debt_repaid_coins_total",
+                "Coins of top-ups that repaid a debt left by a refund, by channel.",
+                &["channel"],
+            ),
+            red_packet_coins: counter_vec(
+                "giftd_red_packet_coins_total",
+                "Coins of red packets: dropped (left senders), grabbed (reached grabbers), returned (expired).",
+                &["movement"],
+            ),
             ledger_commit_seconds,
             ack_seconds,
             ledger_ready: gauge(
@@ -356,6 +390,17 @@ impl Metrics {
         }
     }
 
+    /// Counts a committed (not replayed) reversal of a top-up.
+    pub fn record_refund(&self, r: &crate::ledger::RefundReceipt) {
+        let (channel, reason) = (r.channel.as_str(), r.reason.as_str());
+        self.refunds.with_label_values(&[channel, reason]).inc();
+        for (from, coins) in [("wallet", r.wallet_coins), ("debt", r.debt_coins)] {
+            self.refund_coins
+                .with_label_values(&[channel, reason, from])
+                .inc_by(coins);
+        }
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
@@ -386,6 +431,12 @@ mod tests {
         m.room_event(&EventKind::Viewers { count: 1 });
         m.errors.with_label_values(&["x"]).inc();
         m.topup_coins.with_label_values(&["web"]).inc();
+        m.debt_repaid_coins.with_label_values(&["web"]).inc();
+        m.red_packet_coins.with_label_values(&["dropped"]).inc();
+        m.refunds.with_label_values(&["web", "refund"]).inc();
+        m.refund_coins
+            .with_label_values(&["web", "refund", "debt"])
+            .inc();
         m.ack_seconds.with_label_values(&["x"]).observe(0.1);
         m.cluster_remote_commands.with_label_values(&["sent"]).inc();
         m.record_split(&crate::gift::split::split(

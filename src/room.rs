@@ -505,6 +505,13 @@ impl Room {
         self.hub.kick_all(crate::error::CloseCode::Resync);
     }
 
+    /// Publishes an event that needs nothing of the room's state but its sequence (red packets,
+    /// whose state lives in the ledger).
+    pub fn announce(&self, kind: &EventKind) -> Result<u64> {
+        let mut state = self.live()?;
+        Ok(self.publish(&mut state, kind))
+    }
+
     /// Publishes a committed gift and remembers it for thanking.
     pub fn gift(
         &self,

@@ -143,6 +143,7 @@ pub async fn serve(
     let public_router = http::public_router(app.clone(), tracker.clone());
     let admin_router = http::admin_router(app.clone());
     let ticker = tokio::spawn(room_ticker(app.clone()));
+    let sweeper = tokio::spawn(crate::red_packets::sweeper(app.clone()));
     let public_permits = Arc::new(Semaphore::new(
         app.config.server.connections_max + HTTP_HEADROOM_CONNECTIONS,
     ));
@@ -192,6 +193,9 @@ pub async fn serve(
         );
     }
     ticker.abort();
+    // An expiry cut short is safe: the ledger either ends a packet in full or not at all, and
+    // the next sweep (on any node, or after the restart) ends it.
+    sweeper.abort();
     let ledger_time = deadline
         .saturating_duration_since(Instant::now())
         .max(LEDGER_CLOSE_MIN);

@@ -16,6 +16,7 @@
 
 mod gifts;
 mod questions;
+mod red_packets;
 mod rooms;
 
 pub(crate) use rooms::entry_reply;
@@ -381,6 +382,17 @@ impl Session {
             Command::Answer { question_id, text } => self.handle_answer(id, question_id, &text),
             Command::Thank { gift_id, text } => self.handle_thank(id, gift_id, text),
             Command::Balance {} => self.handle_balance(id).await,
+            Command::DropRedPacket {
+                total_coins,
+                shares,
+                key,
+            } => {
+                self.handle_drop_red_packet(id, total_coins, shares, &key)
+                    .await
+            }
+            Command::GrabRedPacket { packet_id } => {
+                self.handle_grab_red_packet(id, &packet_id).await
+            }
             Command::Ping {} => ack(id, &json!({ "server_time_ms": crate::ledger::now_ms() })),
         }
     }

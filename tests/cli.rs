@@ -179,6 +179,11 @@ async fn audit_checks_a_postgres_ledger_and_finds_a_forged_balance() {
             streamer_share_bps: 5000,
             spend_order: vec![Channel::Web, Channel::Android, Channel::Ios],
         },
+        caps: giftd::ledger::CapPolicy {
+            window_ms: 86_400_000,
+            window_coins_max: 1_000_000,
+            minor_window_coins_max: 0,
+        },
     };
     ledger.gift(gift).await.unwrap();
     ledger.close().await;

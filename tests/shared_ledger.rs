@@ -10,6 +10,11 @@
 //!    invariant at every read: balances and credits sum to the top-ups, nothing is negative.
 //! 3. A PostgreSQL that becomes unreachable: gifts are refused with `ledger_unavailable`, no
 //!    receipt is sent without a commit, `/readyz` goes unready, and the node recovers by itself.
+//! 4. A spending cap holds for a user gifting through both nodes at once, and a purchase
+//!    reversed on one node while its user gifts on both is taken exactly once: what was spent
+//!    by then becomes debt, the rest leaves the wallet.
+//! 5. A red packet grabbed through both nodes at once gives each share to one user, each user
+//!    at most one share, and what is left returns to the sender once although both nodes sweep.
 
 mod support;
 
@@ -163,6 +168,173 @@ async fn viewers_on_two_nodes_keep_the_bank_invariant_at_every_read() {
             end.gifts,
             started.elapsed().as_secs_f64()
         );
+        drop(b);
+        drop(a);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caps_hold_across_nodes_and_a_refund_races_gifts_on_both() {
+    support::ledger::on(LedgerBackend::Postgres, async {
+        let a = TestServer::start_with(|c| c.spending.window_coins_max = 1_000).await;
+        assert_eq!(a.config.ledger.backend, LedgerBackend::Postgres);
+        let b = TestServer::start_in(tempfile::tempdir().unwrap(), a.config.clone()).await;
+        let mut stars = Vec::new();
+        for node in [&a, &b] {
+            let mut star = node.streamer("star").await;
+            star.open_room("r", "t").await;
+            stars.push(star);
+        }
+        a.top_up("bob", "web", 5_000, "w1").await;
+        a.top_up("carol", "ios", 600, "c1").await;
+        let mut clients = Vec::new();
+        for (node, user) in [(&a, "bob"), (&b, "bob"), (&a, "carol"), (&b, "carol")] {
+            clients.push((user, viewer_in_room(node, user).await));
+        }
+        // Each of bob's connections pipelines 10 coffees (2,000 coins asked, a 1,000 cap); each
+        // of carol's 10 claps while her purchase is charged back through node b.
+        let runs = clients
+            .into_iter()
+            .enumerate()
+            .map(|(n, (user, mut c))| async move {
+                let sticker = if user == "bob" { "coffee" } else { "clap" };
+                let mut ids = Vec::new();
+                for i in 0..10 {
+                    let key = format!("{user}-{n}-{i}");
+                    ids.push(
+                        c.send(json!({ "type": "send_gift", "sticker": sticker, "key": key }))
+                            .await,
+                    );
+                }
+                let mut results = Vec::new();
+                for id in ids {
+                    results.push((user, c.reply(id).await));
+                }
+                results
+            });
+        let (results, (status, refund)) =
+            tokio::join!(join_all(runs), b.refund("c1", "chargeback"));
+        assert_eq!(status, 200, "{refund}");
+        let mut bob_ok = 0;
+        let mut carol_spent = 0;
+        for (user, r) in results.into_iter().flatten() {
+            match (user, r) {
+                ("bob", Ok(_)) => bob_ok += 1,
+                ("bob", Err(e)) => assert_eq!(e["reason"], "spending_cap_exceeded", "{e}"),
+                (_, Ok(r)) => carol_spent += r["price_coins"].as_u64().unwrap(),
+                (_, Err(e)) => assert_eq!(e["reason"], "insufficient_funds", "{e}"),
+            }
+        }
+        assert_eq!(
+            bob_ok, 10,
+            "exactly the cap's worth of gifts, across both nodes"
+        );
+        assert_eq!(b.balance("bob").await, 4_000);
+        assert_eq!(b.limits("bob").await["spent_coins"], 1_000);
+        // Carol's 600 coins: what she had spent when the chargeback committed became debt.
+        let (wallet, debt) = (
+            refund["wallet_coins"].as_u64().unwrap(),
+            refund["debt_coins"].as_u64().unwrap(),
+        );
+        assert_eq!(wallet + debt, 600);
+        let w = a.wallet("carol").await;
+        assert_eq!(w["owed_coins"].as_u64(), Some(debt));
+        assert_eq!(
+            w["balance_coins"].as_u64().unwrap() + wallet + carol_spent,
+            600
+        );
+        let db = LedgerDb::open(&a.config).await;
+        check(&read_totals(&db).await);
+        let report = db.audit().await;
+        assert!(report.violations.is_empty(), "{:#?}", report.violations);
+        drop(b);
+        drop(a);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_red_packet_is_grabbed_once_per_share_and_returned_once_from_two_nodes() {
+    support::ledger::on(LedgerBackend::Postgres, async {
+        let a = TestServer::start_with(|c| {
+            c.red_packets.expiry_ms = 1_500;
+            c.red_packets.sweep_interval_ms = 100;
+        })
+        .await;
+        let b = TestServer::start_in(tempfile::tempdir().unwrap(), a.config.clone()).await;
+        let mut stars = Vec::new();
+        for node in [&a, &b] {
+            let mut star = node.streamer("star").await;
+            star.open_room("r", "t").await;
+            stars.push(star);
+        }
+        a.top_up("bob", "web", 1_000, "w1").await;
+        let mut bob = viewer_in_room(&a, "bob").await;
+        let drop_body = |total: u64, shares: u64, key: &str| {
+            json!({ "type": "drop_red_packet", "total_coins": total, "shares": shares, "key": key })
+        };
+        let full = bob.request(drop_body(300, 8, "rp1")).await.unwrap();
+        let partial = bob.request(drop_body(200, 50, "rp2")).await.unwrap();
+        // 20 users, each on both nodes, grab both packets at once.
+        let mut clients = Vec::new();
+        for u in 0..20 {
+            for node in [&a, &b] {
+                clients.push((format!("g{u}"), viewer_in_room(node, &format!("g{u}")).await));
+            }
+        }
+        let ids = [full["packet_id"].clone(), partial["packet_id"].clone()];
+        let runs = clients.into_iter().map(|(user, mut c)| {
+            let ids = ids.clone();
+            async move {
+                let mut got = Vec::new();
+                for id in &ids {
+                    let r = c.request(json!({ "type": "grab_red_packet", "packet_id": id })).await;
+                    got.push((user.clone(), id.clone(), r));
+                }
+                got
+            }
+        });
+        let mut fresh: std::collections::HashMap<(String, String), u64> = Default::default();
+        let mut shares: std::collections::HashSet<(String, u64)> = Default::default();
+        for (user, id, r) in join_all(runs).await.into_iter().flatten() {
+            match r {
+                Ok(g) if g["replayed"] == true => {}
+                Ok(g) => {
+                    let key = (user.clone(), id.to_string());
+                    assert!(fresh.insert(key, g["coins"].as_u64().unwrap()).is_none(), "{user} grabbed {id} twice");
+                    assert!(shares.insert((id.to_string(), g["share_index"].as_u64().unwrap())), "share taken twice");
+                }
+                Err(e) => assert_eq!(e["reason"], "red_packet_empty", "{e}"),
+            }
+        }
+        let of = |id: &serde_json::Value| -> (usize, u64) {
+            let id = id.to_string();
+            let mine: Vec<u64> = fresh
+                .iter()
+                .filter(|(k, _)| k.1 == id)
+                .map(|(_, c)| *c)
+                .collect();
+            (mine.len(), mine.iter().sum())
+        };
+        assert_eq!(of(&ids[0]), (8, 300));
+        let (taken, grabbed) = of(&ids[1]);
+        assert_eq!(taken, 20, "every user got one share of the big packet");
+        // Both nodes sweep; the rest of the second packet goes back once.
+        let expected = 1_000 - 300 - grabbed;
+        for _ in 0..100 {
+            if a.balance("bob").await == expected {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert_eq!(b.balance("bob").await, expected);
+        let db = LedgerDb::open(&a.config).await;
+        assert_eq!(db.ints("SELECT COUNT(*) FROM txns WHERE kind = 'packet_return'").await, vec![1]);
+        check(&read_totals(&db).await);
+        let report = db.audit().await;
+        assert!(report.violations.is_empty(), "{:#?}", report.violations);
         drop(b);
         drop(a);
     })
@@ -339,6 +511,11 @@ async fn a_wallet_topped_up_and_spent_within_one_batch_is_still_an_account() {
                 idempotency_key: format!("k{i}"),
                 purpose: GiftPurpose::Sticker,
                 policy,
+                caps: giftd::ledger::CapPolicy {
+                    window_ms: 86_400_000,
+                    window_coins_max: 1_000_000,
+                    minor_window_coins_max: 0,
+                },
             });
             let (t, _) = tokio::join!(top_up, gift);
             t.unwrap();

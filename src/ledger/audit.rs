@@ -17,8 +17,17 @@
 //! 6. No idempotency key was applied twice.
 //! 7. Every gift's shares sum to its price, and its entries match its shares: the sender was
 //!    debited the price, and the store, streamer and platform were credited their shares.
-//! 8. Every top-up credited its wallet with exactly its coins, and the external accounts hold
-//!    exactly minus the sum of all top-ups.
+//! 8. Every top-up credited exactly its coins, to its wallet and to the user's debt (as much as
+//!    it records having repaid), and the external accounts hold exactly minus the sum of all
+//!    top-ups plus the sum of all refunds.
+//! 9. Every refund reverses one recorded top-up of the same user, channel and coins, once; its
+//!    entries send exactly those coins back out through the external account, taking what its
+//!    record says from the wallet and adding the rest to the user's debt.
+//! 10. No receivable (minus a user's debt) is above zero.
+//! 11. Every red packet's recorded shares are as many as it says and sum to its total; its
+//!     accounts hold exactly what was neither grabbed nor returned (nothing once it ended); every
+//!     grab took its recorded share, from the packet's accounts into the grabber's wallet, and
+//!     the packet's grab counts agree with its grabs.
 
 use std::path::Path;
 
@@ -104,15 +113,78 @@ const CHECKS: &[(&str, &str)] = &[
     (
         "top-up entries do not match its coins",
         "SELECT t.txn_id FROM topups t JOIN entries x ON x.txn_id = t.txn_id
-         GROUP BY t.txn_id, t.coins, t.user, t.channel HAVING
-            t.coins != SUM(CASE WHEN x.account = 'wallet:' || t.user || ':' || t.channel THEN x.amount_coins ELSE 0 END)",
+         GROUP BY t.txn_id, t.coins, t.user, t.channel, t.repaid_coins HAVING
+            t.coins != SUM(CASE WHEN x.account = 'wallet:' || t.user || ':' || t.channel
+                                  OR x.account = 'receivable:' || t.user THEN x.amount_coins ELSE 0 END)
+         OR t.repaid_coins != SUM(CASE WHEN x.account = 'receivable:' || t.user THEN x.amount_coins ELSE 0 END)",
     ),
     (
-        "external accounts differ from the sum of top-ups",
-        "SELECT (SELECT COALESCE(SUM(coins), 0) FROM topups),
-                (SELECT -COALESCE(SUM(balance_coins), 0) FROM accounts WHERE external = 1)
-         WHERE (SELECT COALESCE(SUM(coins), 0) FROM topups)
-            != (SELECT -COALESCE(SUM(balance_coins), 0) FROM accounts WHERE external = 1)",
+        "external accounts differ from top-ups minus refunds",
+        "SELECT (SELECT COALESCE(SUM(coins), 0) FROM topups) - (SELECT COALESCE(SUM(coins), 0) FROM refunds),
+                (SELECT -COALESCE(SUM(balance_coins), 0) FROM accounts WHERE account LIKE 'external:%')
+         WHERE (SELECT COALESCE(SUM(coins), 0) FROM topups) - (SELECT COALESCE(SUM(coins), 0) FROM refunds)
+            != (SELECT -COALESCE(SUM(balance_coins), 0) FROM accounts WHERE account LIKE 'external:%')",
+    ),
+    (
+        "refund transaction without a refund record",
+        "SELECT txn_id FROM txns WHERE kind = 'refund' AND txn_id NOT IN (SELECT txn_id FROM refunds)",
+    ),
+    (
+        "refund reverses no recorded top-up",
+        "SELECT r.purchase_id FROM refunds r WHERE r.wallet_coins + r.debt_coins != r.coins OR NOT EXISTS (
+            SELECT 1 FROM txns x JOIN topups t ON t.txn_id = x.txn_id
+            WHERE x.kind = 'topup' AND x.actor = 'store' AND x.idem_key = r.purchase_id
+              AND t.user = r.user AND t.channel = r.channel AND t.coins = r.coins)",
+    ),
+    (
+        "refund entries do not match its record",
+        "SELECT r.purchase_id FROM refunds r JOIN entries x ON x.txn_id = r.txn_id
+         GROUP BY r.txn_id, r.purchase_id, r.user, r.channel, r.coins, r.wallet_coins, r.debt_coins HAVING
+            r.coins != SUM(CASE WHEN x.account = 'external:' || r.channel THEN x.amount_coins ELSE 0 END)
+         OR r.wallet_coins != -SUM(CASE WHEN x.account LIKE 'wallet:%' THEN x.amount_coins ELSE 0 END)
+         OR r.wallet_coins != -SUM(CASE WHEN x.account IN ('wallet:' || r.user || ':ios',
+                'wallet:' || r.user || ':android', 'wallet:' || r.user || ':web') THEN x.amount_coins ELSE 0 END)
+         OR r.debt_coins != -SUM(CASE WHEN x.account = 'receivable:' || r.user THEN x.amount_coins ELSE 0 END)",
+    ),
+    (
+        "red packet or grab transaction without its record",
+        "SELECT txn_id FROM txns WHERE (kind = 'packet' AND txn_id NOT IN (SELECT txn_id FROM packets))
+            OR (kind = 'grab' AND txn_id NOT IN (SELECT txn_id FROM packet_grabs))",
+    ),
+    (
+        "red packet shares do not cut its total",
+        "SELECT p.packet_id FROM packets p LEFT JOIN packet_shares s ON s.packet_id = p.packet_id
+         GROUP BY p.packet_id, p.total_coins, p.shares
+         HAVING COUNT(s.coins) != p.shares OR COALESCE(SUM(s.coins), 0) != p.total_coins OR MIN(s.coins) < 1",
+    ),
+    (
+        "red packet accounts differ from what was neither grabbed nor returned",
+        "SELECT p.packet_id FROM packets p WHERE p.total_coins - p.grabbed_coins - p.returned_coins
+            != COALESCE((SELECT SUM(a.balance_coins) FROM accounts a WHERE a.account LIKE 'packet:' || p.packet_id || ':%'), 0)
+         OR (p.ended_ms IS NOT NULL AND p.grabbed_coins + p.returned_coins != p.total_coins)",
+    ),
+    (
+        "red packet grabs disagree with its shares or counts",
+        "SELECT p.packet_id FROM packets p WHERE p.grabbed_shares != (SELECT COUNT(*) FROM packet_grabs g WHERE g.packet_id = p.packet_id)
+            OR p.grabbed_coins != (SELECT COALESCE(SUM(g.coins), 0) FROM packet_grabs g WHERE g.packet_id = p.packet_id)
+            OR EXISTS (SELECT 1 FROM packet_grabs g JOIN packet_shares s ON s.packet_id = g.packet_id
+                AND s.share_index = g.share_index WHERE g.packet_id = p.packet_id AND s.coins != g.coins)",
+    ),
+    (
+        "red packet grab entries do not match it",
+        "SELECT g.packet_id, g.grabber FROM packet_grabs g JOIN entries x ON x.txn_id = g.txn_id
+         GROUP BY g.txn_id, g.packet_id, g.grabber, g.coins HAVING
+            g.coins != -SUM(CASE WHEN x.account LIKE 'packet:' || g.packet_id || ':%' THEN x.amount_coins ELSE 0 END)
+         OR g.coins != SUM(CASE WHEN x.account LIKE 'wallet:' || g.grabber || ':%' THEN x.amount_coins ELSE 0 END)",
+    ),
+    (
+        "receivable above zero",
+        "SELECT account, balance_coins FROM accounts WHERE account LIKE 'receivable:%' AND balance_coins > 0",
+    ),
+    (
+        "account may go negative but is not external or a receivable",
+        "SELECT account FROM accounts WHERE external = 1
+            AND account NOT LIKE 'external:%' AND account NOT LIKE 'receivable:%'",
     ),
 ];
 
@@ -234,7 +306,7 @@ mod tests {
             "INSERT INTO txns(txn_id, kind, actor, idem_key, payload_sha256, created_ms) VALUES (1, 'topup', 'store', 'p', 'd', 0);
              INSERT INTO accounts VALUES ('external:web', -10, 1), ('wallet:v:web', 10, 0);
              INSERT INTO entries(txn_id, account, amount_coins, channel) VALUES (1, 'external:web', -10, 'web'), (1, 'wallet:v:web', 10, 'web');
-             INSERT INTO topups VALUES (1, 'v', 'web', 10, 10);",
+             INSERT INTO topups(txn_id, user, channel, coins, balance_coins) VALUES (1, 'v', 'web', 10, 10);",
         )
         .unwrap();
         assert!(audit(&path).unwrap().violations.is_empty());
@@ -287,6 +359,11 @@ mod tests {
                 streamer_share_bps: split.streamer_share_bps_default,
                 spend_order: split.spend_order.clone(),
             },
+            caps: crate::ledger::CapPolicy {
+                window_ms: 1_000,
+                window_coins_max: 1_000,
+                minor_window_coins_max: 0,
+            },
         };
         ledger.gift(gift).await.unwrap();
         ledger.close().await;
@@ -306,6 +383,132 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("money not conserved"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn detects_a_refund_whose_wallet_coins_were_booked_as_another_users_debt() {
+        use crate::gift::Channel;
+        use crate::ledger::sqlite::{SqliteLedger, SqliteOptions};
+        use crate::ledger::{Ledger, RefundReason, RefundRequest, TopUpRequest};
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.db");
+        let options = SqliteOptions {
+            path: path.clone(),
+            batch_max: 8,
+            queue_max: 8,
+            call_timeout_ms: 5_000,
+        };
+        let histogram =
+            prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("t", "t")).unwrap();
+        let ledger = SqliteLedger::open(options, histogram).unwrap();
+        let top_up = |user: &str, coins, id: &str| TopUpRequest {
+            user: user.into(),
+            channel: Channel::Web,
+            coins,
+            purchase_id: id.into(),
+        };
+        ledger.top_up(top_up("v", 100, "p1")).await.unwrap();
+        let refund = |id: &str| RefundRequest {
+            purchase_id: id.into(),
+            reason: RefundReason::Chargeback,
+            spend_order: Channel::ALL.to_vec(),
+        };
+        ledger.refund(refund("p1")).await.unwrap();
+        ledger.top_up(top_up("v", 30, "p3")).await.unwrap();
+        let r = ledger.refund(refund("p3")).await.unwrap();
+        assert_eq!((r.wallet_coins, r.debt_coins), (30, 0));
+        ledger.close().await;
+        assert!(audit(&path).unwrap().violations.is_empty());
+
+        // Book the coins the reversal took from v's wallet as w's debt instead: every account
+        // still equals its entries and money is conserved, but the refund is not what it says.
+        let conn = open_connection(&path).unwrap();
+        conn.execute_batch(
+            "UPDATE entries SET account = 'receivable:w' WHERE account = 'wallet:v:web'
+                 AND txn_id = (SELECT txn_id FROM refunds WHERE purchase_id = 'p3');
+             INSERT INTO accounts VALUES ('receivable:w', -30, 1);
+             UPDATE accounts SET balance_coins = balance_coins + 30 WHERE account = 'wallet:v:web';",
+        )
+        .unwrap();
+        let text = audit(&path).unwrap().violations.join("\n");
+        assert!(
+            text.contains("refund entries do not match its record"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn detects_a_red_packet_share_rewritten_after_its_grab() {
+        use crate::gift::Channel;
+        use crate::ledger::sqlite::{SqliteLedger, SqliteOptions};
+        use crate::ledger::{CapPolicy, Ledger, PacketDrop, PacketGrab, TopUpRequest};
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.db");
+        let options = SqliteOptions {
+            path: path.clone(),
+            batch_max: 8,
+            queue_max: 8,
+            call_timeout_ms: 5_000,
+        };
+        let histogram =
+            prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("t", "t")).unwrap();
+        let ledger = SqliteLedger::open(options, histogram).unwrap();
+        ledger
+            .top_up(TopUpRequest {
+                user: "s".into(),
+                channel: Channel::Web,
+                coins: 100,
+                purchase_id: "p1".into(),
+            })
+            .await
+            .unwrap();
+        let packet = ledger
+            .drop_packet(PacketDrop {
+                sender: "s".into(),
+                room: "r".into(),
+                total_coins: 60,
+                shares: 3,
+                key: "k".into(),
+                expires_ms: u64::MAX / 2,
+                spend_order: Channel::ALL.to_vec(),
+                caps: CapPolicy {
+                    window_ms: 1_000,
+                    window_coins_max: 1_000,
+                    minor_window_coins_max: 0,
+                },
+            })
+            .await
+            .unwrap();
+        let grab = ledger
+            .grab_packet(PacketGrab {
+                packet_id: packet.packet_id.clone(),
+                user: "g".into(),
+                room: "r".into(),
+                now_ms: 0,
+            })
+            .await
+            .unwrap();
+        assert_eq!(grab.share_index, 0);
+        ledger.close().await;
+        assert!(audit(&path).unwrap().violations.is_empty());
+
+        // Make the first share one coin larger and the largest later one (at least 10 coins,
+        // as the first is at most 40) one smaller: the cut still sums to the total, but the
+        // grab no longer took its recorded share.
+        let conn = open_connection(&path).unwrap();
+        conn.execute_batch(
+            "UPDATE packet_shares SET coins = coins - 1 WHERE share_index = (SELECT share_index
+                 FROM packet_shares WHERE share_index > 0 ORDER BY coins DESC LIMIT 1);
+             UPDATE packet_shares SET coins = coins + 1 WHERE share_index = 0;",
+        )
+        .unwrap();
+        let text = audit(&path).unwrap().violations.join("\n");
+        assert!(
+            text.contains("red packet grabs disagree with its shares"),
+            "{text}"
+        );
     }
 
     #[test]

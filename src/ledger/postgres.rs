@@ -16,6 +16,11 @@
 //!
 //! A refusal is decided before anything is written, so it leaves nothing behind.
 //!
+//! Step 1 also locks each top-up's and refund's `receivable:<user>` (their rules read the
+//! user's debt) and reads the spending of each gift's sender (caps). A refund names a purchase,
+//! not a user: the top-ups it reverses are read first, outside the transaction (a top-up never
+//! changes), so that their users' rows are locked with the rest.
+//!
 //! # Idempotency across nodes
 //! `txns` has `UNIQUE (kind, actor, idem_key)`. A gift's actor is its sender, whose wallet rows
 //! the batch locked first, so two nodes applying the same key are serialised on those rows and
@@ -59,10 +64,12 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::NoTls;
 
 use super::deadline::{self, Ticket};
+use super::posting::Allowance;
 use super::posting::{self, BatchSums, Entry};
 use super::{
-    new_gift_id, now_ms, GiftOutcome, GiftReceipt, GiftRequest, Ledger, TopUpReceipt, TopUpRequest,
-    Wallet,
+    new_gift_id, now_ms, CapPolicy, GiftOutcome, GiftReceipt, GiftRequest, GrabReceipt, Ledger,
+    PacketDrop, PacketEnd, PacketGrab, PacketReceipt, RefundReason, RefundReceipt, RefundRequest,
+    Spending, TopUpReceipt, TopUpRequest, UserLimits, Wallet,
 };
 use crate::error::{Error, Result};
 use crate::gift::{Channel, ChannelCoins};
@@ -77,7 +84,8 @@ const BATCH_ATTEMPTS_MAX: usize = 4;
 
 /// The schema, one migration per entry, applied in order at start and recorded in
 /// `giftd_migrations`. Never edit one that shipped; append another.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE SEQUENCE txn_ids;
 CREATE TABLE account_rows (
     account       TEXT NOT NULL,
@@ -135,7 +143,80 @@ CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE INDEX gifts_by_sender ON gifts (sender, created_ms);
+CREATE TABLE user_limits (
+    "user"            TEXT PRIMARY KEY,
+    window_coins_max  BIGINT CHECK (window_coins_max >= 0),
+    minor             SMALLINT NOT NULL CHECK (minor IN (0, 1)),
+    updated_ms        BIGINT NOT NULL
+);
+"#,
+    r#"
+ALTER TABLE topups ADD COLUMN repaid_coins BIGINT NOT NULL DEFAULT 0
+    CHECK (repaid_coins BETWEEN 0 AND coins);
+CREATE TABLE refunds (
+    txn_id        BIGINT PRIMARY KEY REFERENCES txns (txn_id),
+    purchase_id   TEXT NOT NULL UNIQUE,
+    reason        TEXT NOT NULL,
+    "user"        TEXT NOT NULL,
+    channel       TEXT NOT NULL,
+    coins         BIGINT NOT NULL CHECK (coins > 0),
+    wallet_coins  BIGINT NOT NULL CHECK (wallet_coins >= 0),
+    debt_coins    BIGINT NOT NULL CHECK (debt_coins >= 0),
+    balance_coins BIGINT NOT NULL,
+    owed_coins    BIGINT NOT NULL,
+    created_ms    BIGINT NOT NULL,
+    CHECK (wallet_coins + debt_coins = coins)
+);
+"#,
+    r#"
+CREATE TABLE packets (
+    txn_id          BIGINT PRIMARY KEY REFERENCES txns (txn_id),
+    packet_id       TEXT NOT NULL UNIQUE,
+    room            TEXT NOT NULL,
+    sender          TEXT NOT NULL,
+    total_coins     BIGINT NOT NULL CHECK (total_coins > 0),
+    shares          BIGINT NOT NULL CHECK (shares >= 1 AND shares <= total_coins),
+    funding_ios     BIGINT NOT NULL,
+    funding_android BIGINT NOT NULL,
+    funding_web     BIGINT NOT NULL,
+    balance_coins   BIGINT NOT NULL,
+    grabbed_shares  BIGINT NOT NULL DEFAULT 0 CHECK (grabbed_shares BETWEEN 0 AND shares),
+    grabbed_coins   BIGINT NOT NULL DEFAULT 0,
+    returned_coins  BIGINT NOT NULL DEFAULT 0,
+    created_ms      BIGINT NOT NULL,
+    expires_ms      BIGINT NOT NULL,
+    ended_ms        BIGINT,
+    CHECK (funding_ios + funding_android + funding_web = total_coins),
+    CHECK (grabbed_coins + returned_coins <= total_coins)
+);
+CREATE INDEX packets_by_sender ON packets (sender, created_ms);
+CREATE INDEX packets_open ON packets (expires_ms) WHERE ended_ms IS NULL;
+CREATE TABLE packet_shares (
+    packet_id   TEXT NOT NULL,
+    share_index BIGINT NOT NULL,
+    coins       BIGINT NOT NULL CHECK (coins >= 1),
+    PRIMARY KEY (packet_id, share_index)
+);
+CREATE TABLE packet_grabs (
+    txn_id        BIGINT PRIMARY KEY REFERENCES txns (txn_id),
+    packet_id     TEXT NOT NULL,
+    share_index   BIGINT NOT NULL,
+    grabber       TEXT NOT NULL,
+    coins         BIGINT NOT NULL CHECK (coins >= 1),
+    ch_ios        BIGINT NOT NULL,
+    ch_android    BIGINT NOT NULL,
+    ch_web        BIGINT NOT NULL,
+    balance_coins BIGINT NOT NULL,
+    created_ms    BIGINT NOT NULL,
+    UNIQUE (packet_id, grabber),
+    UNIQUE (packet_id, share_index),
+    CHECK (ch_ios + ch_android + ch_web = coins)
+);
+"#,
+];
 
 /// Options for [`PostgresLedger::open`].
 #[derive(Debug, Clone)]
@@ -205,7 +286,10 @@ type Reply<T> = oneshot::Sender<Result<T>>;
 enum Op {
     TopUp(TopUpRequest, Reply<TopUpReceipt>, Ticket),
     Gift(Box<GiftRequest>, Reply<GiftOutcome>, Ticket),
+    Refund(RefundRequest, Reply<RefundReceipt>, Ticket),
+    Packet(PacketOp, Ticket),
     GiftSeq(String, u64),
+    SetLimits(String, UserLimits, Reply<()>, Ticket),
     Probe(Reply<()>, Ticket),
     Shutdown(oneshot::Sender<()>),
 }
@@ -302,10 +386,11 @@ struct ReadWallet<'a>(&'a str);
 
 impl AsyncRead<Wallet> for ReadWallet<'_> {
     async fn run(self, client: &deadpool_postgres::Client) -> Result<Wallet> {
-        let accounts: Vec<String> = Channel::ALL
+        let mut accounts: Vec<String> = Channel::ALL
             .iter()
             .map(|ch| posting::wallet_account(self.0, *ch))
             .collect();
+        accounts.push(posting::receivable_account(self.0));
         let stmt = client
             .prepare_cached(
                 "SELECT account, balance_coins FROM account_rows WHERE shard = 0 AND account = ANY($1)",
@@ -313,13 +398,16 @@ impl AsyncRead<Wallet> for ReadWallet<'_> {
             .await
             .map_err(pg)?;
         let mut c = [0u64; 3];
+        let mut owed = 0;
         for row in client.query(&stmt, &[&accounts]).await.map_err(pg)? {
             let account: String = row.get(0);
-            if let Some(i) = accounts.iter().position(|a| *a == account) {
-                c[i] = nonnegative(&account, row.get(1));
+            match accounts.iter().position(|a| *a == account) {
+                Some(3) => owed = owed_of_balance(&account, row.get(1)),
+                Some(i) => c[i] = nonnegative(&account, row.get(1)),
+                None => {}
             }
         }
-        Ok(Wallet::from_channels(c))
+        Ok(Wallet::from_channels(c, owed))
     }
 }
 
@@ -337,6 +425,78 @@ impl AsyncRead<u64> for ReadEarnings<'_> {
         let row = client.query_one(&stmt, &[&account]).await.map_err(pg)?;
         Ok(nonnegative(&account, row.get(0)))
     }
+}
+
+struct ReadSpending<'a>(&'a str, CapPolicy);
+
+impl AsyncRead<Spending> for ReadSpending<'_> {
+    async fn run(self, client: &deadpool_postgres::Client) -> Result<Spending> {
+        let users = vec![self.0.to_owned()];
+        let since = vec![now_ms().saturating_sub(self.1.window_ms) as i64];
+        let (limits, spent) = tokio::try_join!(
+            read_limits(client, &users),
+            read_spent(client, &users, &since)
+        )
+        .map_err(pg)?;
+        let limits = limits.get(self.0).copied().unwrap_or_default();
+        let spent = spent.get(self.0).copied().unwrap_or(0);
+        Ok(Spending::new(limits, &self.1, spent))
+    }
+}
+
+/// The own limits of `users` that have any.
+async fn read_limits(
+    client: &deadpool_postgres::Client,
+    users: &[String],
+) -> std::result::Result<HashMap<String, UserLimits>, tokio_postgres::Error> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT \"user\", window_coins_max, minor FROM user_limits WHERE \"user\" = ANY($1)",
+        )
+        .await?;
+    let rows = client.query(&stmt, &[&users]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let limits = UserLimits {
+                window_coins_max: r.get::<_, Option<i64>>(1).map(|c| c as u64),
+                minor: r.get::<_, i16>(2) != 0,
+            };
+            (r.get(0), limits)
+        })
+        .collect())
+}
+
+/// Coins each of `users` spent on gifts and red packets created after their `since` (ms); index
+/// ranges each.
+async fn read_spent(
+    client: &deadpool_postgres::Client,
+    users: &[String],
+    since: &[i64],
+) -> std::result::Result<HashMap<String, u64>, tokio_postgres::Error> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT k.sender, (s.coins + p.coins)::BIGINT FROM unnest($1::TEXT[], $2::BIGINT[]) AS k(sender, since)
+             CROSS JOIN LATERAL (SELECT COALESCE(SUM(g.price_coins), 0)::BIGINT AS coins FROM gifts g
+                 WHERE g.sender = k.sender AND g.created_ms > k.since) AS s
+             CROSS JOIN LATERAL (SELECT COALESCE(SUM(x.total_coins), 0)::BIGINT AS coins FROM packets x
+                 WHERE x.sender = k.sender AND x.created_ms > k.since) AS p",
+        )
+        .await?;
+    let rows = client.query(&stmt, &[&users, &since]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), nonnegative("spending", r.get(1))))
+        .collect())
+}
+
+/// What a receivable's balance says is owed; a positive one would be a broken ledger.
+fn owed_of_balance(account: &str, balance_coins: i64) -> u64 {
+    assert!(
+        balance_coins <= 0,
+        "receivable {account} holds {balance_coins} coins"
+    );
+    balance_coins.unsigned_abs()
 }
 
 /// A committed internal balance; a negative one would be a broken ledger, never clamped.
@@ -360,6 +520,27 @@ impl Ledger for PostgresLedger {
         self.call(|r, t| Op::Gift(Box::new(req), r, t)).await
     }
 
+    async fn refund(&self, req: RefundRequest) -> Result<RefundReceipt> {
+        super::check_key(&req.purchase_id, "purchase_id")?;
+        self.call(|r, t| Op::Refund(req, r, t)).await
+    }
+
+    async fn drop_packet(&self, req: PacketDrop) -> Result<PacketReceipt> {
+        super::check_key(&req.key, "key")?;
+        self.call(|r, t| Op::Packet(PacketOp::Drop(Box::new(req), r), t))
+            .await
+    }
+
+    async fn grab_packet(&self, req: PacketGrab) -> Result<GrabReceipt> {
+        self.call(|r, t| Op::Packet(PacketOp::Grab(req, r), t))
+            .await
+    }
+
+    async fn expire_packets(&self, now_ms: u64) -> Result<Vec<PacketEnd>> {
+        self.call(|r, t| Op::Packet(PacketOp::Expire(now_ms, r), t))
+            .await
+    }
+
     fn note_gift_seq(&self, gift_id: &str, seq: u64) {
         let _ = self.tx.try_send(Op::GiftSeq(gift_id.to_owned(), seq));
     }
@@ -370,6 +551,15 @@ impl Ledger for PostgresLedger {
 
     async fn earnings(&self, streamer: &str) -> Result<u64> {
         self.read(ReadEarnings(streamer)).await
+    }
+
+    async fn set_limits(&self, user: &str, limits: UserLimits) -> Result<()> {
+        let user = user.to_owned();
+        self.call(|r, t| Op::SetLimits(user, limits, r, t)).await
+    }
+
+    async fn spending(&self, user: &str, policy: CapPolicy) -> Result<Spending> {
+        self.read(ReadSpending(user, policy)).await
     }
 
     async fn probe(&self) -> Result<()> {
@@ -407,6 +597,8 @@ struct Writer {
 enum Work {
     TopUp(TopUpRequest, Reply<TopUpReceipt>),
     Gift(Box<GiftRequest>, Reply<GiftOutcome>),
+    Refund(RefundRequest, Reply<RefundReceipt>),
+    SetLimits(String, UserLimits, Reply<()>),
     Probe(Reply<()>),
 }
 
@@ -414,7 +606,9 @@ enum Work {
 enum Answer {
     TopUp(Result<TopUpReceipt>),
     Gift(Box<Result<GiftOutcome>>),
-    Probe,
+    Refund(Result<RefundReceipt>),
+    /// A probe or a limits change: nothing to answer but the commit.
+    Done,
 }
 
 /// Why a batch attempt did not commit.
@@ -476,17 +670,34 @@ impl Writer {
         let mut shutdown = None;
         let mut works = Vec::with_capacity(batch.len());
         let mut seqs = Vec::new();
+        let mut packets = Vec::new();
         for op in batch.drain(..) {
             match op {
                 Op::Shutdown(done) => shutdown = Some(done),
+                Op::Packet(op, t) => {
+                    if t.start() {
+                        packets.push(op);
+                    }
+                }
                 Op::GiftSeq(id, seq) => seqs.push((id, seq as i64)),
                 // A caller that gave up before its request started was told nothing was
                 // charged: skip it so that stays true.
-                Op::TopUp(_, _, t) | Op::Gift(_, _, t) | Op::Probe(_, t) if !t.start() => {}
+                Op::TopUp(_, _, t)
+                | Op::Gift(_, _, t)
+                | Op::Refund(_, _, t)
+                | Op::SetLimits(_, _, _, t)
+                | Op::Probe(_, t)
+                    if !t.start() => {}
                 Op::TopUp(req, r, _) => works.push(Work::TopUp(req, r)),
                 Op::Gift(req, r, _) => works.push(Work::Gift(req, r)),
+                Op::Refund(req, r, _) => works.push(Work::Refund(req, r)),
+                Op::SetLimits(user, limits, r, _) => works.push(Work::SetLimits(user, limits, r)),
                 Op::Probe(r, _) => works.push(Work::Probe(r)),
             }
+        }
+        // Red packets are rare next to gifts: each is its own transaction (`packets::apply`).
+        for op in packets {
+            packets::apply(self, op).await;
         }
         if works.is_empty() && seqs.is_empty() {
             return shutdown;
@@ -517,7 +728,9 @@ impl Writer {
                     match (work, answer) {
                         (Work::TopUp(_, r), Answer::TopUp(a)) => drop(r.send(a)),
                         (Work::Gift(_, r), Answer::Gift(a)) => drop(r.send(*a)),
-                        (Work::Probe(r), Answer::Probe) => drop(r.send(Ok(()))),
+                        (Work::Refund(_, r), Answer::Refund(a)) => drop(r.send(a)),
+                        (Work::Probe(r), Answer::Done) => drop(r.send(Ok(()))),
+                        (Work::SetLimits(_, _, r), Answer::Done) => drop(r.send(Ok(()))),
                         _ => unreachable!("answers follow their requests"),
                     }
                 }
@@ -535,7 +748,8 @@ impl Writer {
                     match work {
                         Work::TopUp(_, r) => drop(r.send(Err(e.clone()))),
                         Work::Gift(_, r) => drop(r.send(Err(e.clone()))),
-                        Work::Probe(r) => drop(r.send(Err(e.clone()))),
+                        Work::Refund(_, r) => drop(r.send(Err(e.clone()))),
+                        Work::Probe(r) | Work::SetLimits(_, _, r) => drop(r.send(Err(e.clone()))),
                     }
                 }
             }
@@ -605,14 +819,24 @@ impl Writer {
     ) -> std::result::Result<Vec<Answer>, Failed> {
         // 1. Begin; lock the batch's wallets in account order and read their balances; read
         //    the prior applications of its keys; draw its transaction ids.
+        // The users a refund reverses a purchase of: top-ups never change, so they are read
+        // before the transaction, to lock those users' wallets with the rest.
+        let purchases = read_purchases(client, works).await?;
         let mut wallets: Vec<String> = works
             .iter()
             .filter_map(|w| match w {
                 Work::TopUp(req, _) => Some(req.user.as_str()),
                 Work::Gift(req, _) => Some(req.sender.as_str()),
-                Work::Probe(_) => None,
+                Work::Refund(req, _) => purchases.get(&req.purchase_id).map(|p| p.user.as_str()),
+                Work::SetLimits(..) | Work::Probe(_) => None,
             })
-            .flat_map(|user| Channel::ALL.map(|ch| posting::wallet_account(user, ch)))
+            .flat_map(|user| {
+                // Top-ups and refunds read what the user owes; locking it costs gifts nothing.
+                Channel::ALL
+                    .map(|ch| posting::wallet_account(user, ch))
+                    .into_iter()
+                    .chain([posting::receivable_account(user)])
+            })
             .collect();
         wallets.sort_unstable();
         wallets.dedup();
@@ -649,18 +873,24 @@ impl Writer {
         let lock_params: [&(dyn ToSql + Sync); 1] = [&wallets];
         let prior_params: [&(dyn ToSql + Sync); 3] = [&kinds, &actors, &idem_keys];
         let draw_params: [&(dyn ToSql + Sync); 1] = [&n];
-        let (_, locked, prior_rows, id_rows) = tokio::try_join!(
+        // The spending of the batch's senders, read after their wallets are locked: a gift from
+        // the same sender on another node either committed before (and is counted) or waits.
+        let (spenders, since) = spenders(works);
+        let (_, locked, prior_rows, id_rows, limits, spent) = tokio::try_join!(
             client.batch_execute(&begin),
             client.query(&lock, &lock_params),
             client.query(&priors, &prior_params),
             client.query(&draw, &draw_params),
+            read_limits(client, &spenders),
+            read_spent(client, &spenders, &since),
         )?;
         let mut balances: HashMap<String, i64> =
             locked.iter().map(|row| (row.get(0), row.get(1))).collect();
         let prior = Prior::read(client, &prior_rows).await?;
 
         // 2. Decide every request in memory, in order.
-        let mut plan = Plan::new(id_rows.iter().map(|r| r.get(0)).collect());
+        let mut plan = Plan::new(id_rows.iter().map(|r| r.get(0)).collect(), limits, spent);
+        plan.purchases = purchases;
         let answers: Vec<Answer> = works
             .iter()
             .map(|w| plan.decide(w, &prior, &mut balances))
@@ -680,6 +910,62 @@ impl Writer {
     }
 }
 
+/// The top-ups that the batch's refunds reverse, by purchase id (one round trip, only for a
+/// batch that holds refunds).
+async fn read_purchases(
+    client: &deadpool_postgres::Client,
+    works: &[Work],
+) -> std::result::Result<HashMap<String, posting::Purchase>, Failed> {
+    let ids: Vec<&str> = works
+        .iter()
+        .filter_map(|w| match w {
+            Work::Refund(req, _) => Some(req.purchase_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let stmt = client
+        .prepare_cached(
+            "SELECT x.idem_key, t.\"user\", t.channel, t.coins FROM txns x JOIN topups t ON t.txn_id = x.txn_id
+             WHERE x.kind = 'topup' AND x.actor = 'store' AND x.idem_key = ANY($1)",
+        )
+        .await?;
+    let mut found = HashMap::new();
+    for r in client.query(&stmt, &[&ids]).await? {
+        let channel: String = r.get(2);
+        let purchase = posting::Purchase {
+            user: r.get(1),
+            channel: Channel::parse(&channel)
+                .ok_or_else(|| Failed::Storage(Error::Internal("bad channel".into())))?,
+            coins: r.get::<_, i64>(3) as u64,
+        };
+        found.insert(r.get(0), purchase);
+    }
+    Ok(found)
+}
+
+/// The users whose limits and spending a batch reads (gift senders and users whose limits it
+/// sets), each with the start of their window (ms).
+fn spenders(works: &[Work]) -> (Vec<String>, Vec<i64>) {
+    let now = now_ms();
+    let mut found: HashMap<&str, u64> = HashMap::new();
+    for w in works {
+        let (user, window_ms) = match w {
+            Work::Gift(req, _) => (req.sender.as_str(), req.caps.window_ms),
+            Work::SetLimits(user, _, _) => (user.as_str(), 0),
+            Work::TopUp(..) | Work::Refund(..) | Work::Probe(_) => continue,
+        };
+        let since = found.entry(user).or_insert(now);
+        *since = (*since).min(now.saturating_sub(window_ms));
+    }
+    found
+        .into_iter()
+        .map(|(u, since)| (u.to_owned(), since as i64))
+        .unzip()
+}
+
 impl Work {
     /// The request's idempotency scope: `(kind, actor, key)`.
     fn key(&self) -> Option<(&str, &str, &str)> {
@@ -687,7 +973,8 @@ impl Work {
             // Purchase ids are the store's, unique across users: the scope is the store.
             Work::TopUp(req, _) => Some(("topup", "store", req.purchase_id.as_str())),
             Work::Gift(req, _) => Some(("gift", req.sender.as_str(), req.idempotency_key.as_str())),
-            Work::Probe(_) => None,
+            Work::Refund(req, _) => Some(("refund", "store", req.purchase_id.as_str())),
+            Work::SetLimits(..) | Work::Probe(_) => None,
         }
     }
 }
@@ -704,6 +991,7 @@ struct Prior {
     txns: HashMap<Key, (i64, String)>,
     gifts: HashMap<i64, GiftReceipt>,
     topups: HashMap<i64, TopUpReceipt>,
+    refunds: HashMap<i64, RefundReceipt>,
 }
 
 impl Prior {
@@ -732,15 +1020,44 @@ impl Prior {
             .await?;
         let topups = client
             .prepare_cached(
-                "SELECT t.txn_id, t.\"user\", t.channel, t.coins, t.balance_coins, x.idem_key
+                "SELECT t.txn_id, t.\"user\", t.channel, t.coins, t.balance_coins, x.idem_key, t.repaid_coins
                  FROM topups t JOIN txns x ON x.txn_id = t.txn_id WHERE t.txn_id = ANY($1)",
             )
             .await?;
+        let refunds = client
+            .prepare_cached(
+                "SELECT txn_id, purchase_id, reason, \"user\", channel, coins, wallet_coins, debt_coins,
+                        balance_coins, owed_coins, created_ms
+                 FROM refunds WHERE txn_id = ANY($1)",
+            )
+            .await?;
         let params: [&(dyn ToSql + Sync); 1] = [&ids];
-        let (gift_rows, topup_rows) = tokio::try_join!(
+        let (gift_rows, topup_rows, refund_rows) = tokio::try_join!(
             client.query(&gifts, &params),
             client.query(&topups, &params),
+            client.query(&refunds, &params),
         )?;
+        let bad = |what: &str| Failed::Storage(Error::Internal(format!("bad {what} in ledger")));
+        for r in refund_rows {
+            let u = |i: usize| r.get::<_, i64>(i) as u64;
+            let reason: String = r.get(2);
+            let channel: String = r.get(4);
+            let receipt = RefundReceipt {
+                txn_id: u(0),
+                purchase_id: r.get(1),
+                reason: RefundReason::parse(&reason).ok_or_else(|| bad("refund reason"))?,
+                user: r.get(3),
+                channel: Channel::parse(&channel).ok_or_else(|| bad("channel"))?,
+                coins: u(5),
+                wallet_coins: u(6),
+                debt_coins: u(7),
+                balance_coins: u(8),
+                owed_coins: u(9),
+                created_ms: u(10),
+                replayed: true,
+            };
+            prior.refunds.insert(r.get(0), receipt);
+        }
         for r in gift_rows {
             let u = |i: usize| r.get::<_, i64>(i) as u64;
             let receipt = GiftReceipt {
@@ -769,6 +1086,7 @@ impl Prior {
                     .ok_or_else(|| Failed::Storage(Error::Internal("bad channel".into())))?,
                 coins: r.get::<_, i64>(3) as u64,
                 purchase_id: r.get(5),
+                repaid_coins: r.get::<_, i64>(6) as u64,
                 balance_coins: r.get::<_, i64>(4) as u64,
                 replayed: true,
             };
@@ -796,6 +1114,15 @@ struct Plan {
     wallet_deltas: HashMap<String, i64>,
     hot: BatchSums,
     probe: bool,
+    /// Users' own limits as committed, then as this batch sets them.
+    limits: HashMap<String, UserLimits>,
+    /// Coins each sender spent in their window, as committed plus this batch's gifts.
+    spent: HashMap<String, u64>,
+    /// Limits the batch sets, to write in order (a later change of the same user wins).
+    set_limits: Vec<(String, UserLimits)>,
+    /// The committed top-ups the batch's refunds reverse, by purchase id.
+    purchases: HashMap<String, posting::Purchase>,
+    refunds: Vec<(i64, RefundReceipt)>,
 }
 
 /// A receipt applied earlier in the same batch, for an in-batch repeat of its key.
@@ -803,11 +1130,21 @@ struct Plan {
 enum Applied {
     TopUp(TopUpReceipt),
     Gift(GiftReceipt),
+    Refund(RefundReceipt),
 }
 
 impl Plan {
-    fn new(ids: Vec<i64>) -> Plan {
+    fn new(
+        ids: Vec<i64>,
+        limits: HashMap<String, UserLimits>,
+        spent: HashMap<String, u64>,
+    ) -> Plan {
         Plan {
+            limits,
+            spent,
+            set_limits: Vec::new(),
+            purchases: HashMap::new(),
+            refunds: Vec::new(),
             ids: ids.into_iter(),
             applied: HashMap::new(),
             txn_id: Vec::new(),
@@ -834,10 +1171,16 @@ impl Plan {
         match work {
             Work::Probe(_) => {
                 self.probe = true;
-                Answer::Probe
+                Answer::Done
+            }
+            Work::SetLimits(user, limits, _) => {
+                self.limits.insert(user.clone(), *limits);
+                self.set_limits.push((user.clone(), *limits));
+                Answer::Done
             }
             Work::TopUp(req, _) => Answer::TopUp(self.top_up(req, prior, balances)),
             Work::Gift(req, _) => Answer::Gift(Box::new(self.gift(req, prior, balances))),
+            Work::Refund(req, _) => Answer::Refund(self.refund(req, prior, balances)),
         }
     }
 
@@ -864,6 +1207,12 @@ impl Plan {
                 .get(txn_id)
                 .cloned()
                 .map(Applied::Gift)
+                .ok_or_else(missing),
+            "refund" => prior
+                .refunds
+                .get(txn_id)
+                .cloned()
+                .map(Applied::Refund)
                 .ok_or_else(missing),
             _ => prior
                 .topups
@@ -900,7 +1249,15 @@ impl Plan {
             } else {
                 let balance = balances.entry(e.account.clone()).or_insert(0);
                 *balance += e.amount_coins;
-                assert!(*balance >= 0, "wallet {} would go negative", e.account);
+                if e.kind() == posting::AccountKind::Receivable {
+                    assert!(
+                        *balance <= 0,
+                        "receivable {} would go above zero",
+                        e.account
+                    );
+                } else {
+                    assert!(*balance >= 0, "wallet {} would go negative", e.account);
+                }
                 *self.wallet_deltas.entry(e.account.clone()).or_insert(0) += e.amount_coins;
             }
             self.entries.push((txn_id, e.clone()));
@@ -920,11 +1277,14 @@ impl Plan {
                 receipt.replayed = true;
                 return Ok(receipt);
             }
-            Some(Applied::Gift(_)) => unreachable!("a top-up key names a top-up"),
+            Some(Applied::Gift(_) | Applied::Refund(_)) => {
+                unreachable!("a top-up key names a top-up")
+            }
             None => {}
         }
+        let plan = posting::top_up(req, owed_of(balances, &req.user));
         let txn_id = self.open_txn("topup", "store", &req.purchase_id, &digest, now_ms());
-        self.post(txn_id, posting::top_up(req).entries(), balances);
+        self.post(txn_id, plan.posting.entries(), balances);
         let balance_coins = wallet_of(balances, &req.user).iter().sum();
         let receipt = TopUpReceipt {
             txn_id: txn_id as u64,
@@ -932,12 +1292,71 @@ impl Plan {
             channel: req.channel,
             coins: req.coins,
             purchase_id: req.purchase_id.clone(),
+            repaid_coins: plan.repaid_coins,
             balance_coins,
             replayed: false,
         };
         self.topups.push((txn_id, receipt.clone()));
         self.applied
             .insert(key, (digest, Applied::TopUp(receipt.clone())));
+        Ok(receipt)
+    }
+
+    fn refund(
+        &mut self,
+        req: &RefundRequest,
+        prior: &Prior,
+        balances: &mut HashMap<String, i64>,
+    ) -> Result<RefundReceipt> {
+        let digest = req.payload_digest();
+        let key = owned(("refund", "store", &req.purchase_id));
+        match self.earlier(key.clone(), &digest, prior)? {
+            Some(Applied::Refund(mut receipt)) => {
+                receipt.replayed = true;
+                return Ok(receipt);
+            }
+            Some(_) => unreachable!("a refund key names a refund"),
+            None => {}
+        }
+        // A top-up earlier in this same batch is not in `purchases` (read before it committed).
+        let topup_key = owned(("topup", "store", &req.purchase_id));
+        let purchase = match (
+            self.purchases.get(&req.purchase_id),
+            self.applied.get(&topup_key),
+        ) {
+            (Some(p), _) => p.clone(),
+            (None, Some((_, Applied::TopUp(t)))) => posting::Purchase {
+                user: t.user.clone(),
+                channel: t.channel,
+                coins: t.coins,
+            },
+            _ => return Err(Error::PurchaseNotFound(req.purchase_id.clone())),
+        };
+        let plan = posting::refund(
+            &purchase,
+            wallet_of(balances, &purchase.user),
+            &req.spend_order,
+        );
+        let created_ms = now_ms();
+        let txn_id = self.open_txn("refund", "store", &req.purchase_id, &digest, created_ms);
+        self.post(txn_id, plan.posting.entries(), balances);
+        let receipt = RefundReceipt {
+            txn_id: txn_id as u64,
+            purchase_id: req.purchase_id.clone(),
+            reason: req.reason,
+            balance_coins: wallet_of(balances, &purchase.user).iter().sum(),
+            owed_coins: owed_of(balances, &purchase.user),
+            user: purchase.user,
+            channel: purchase.channel,
+            coins: purchase.coins,
+            wallet_coins: plan.wallet_coins(),
+            debt_coins: plan.debt_coins,
+            created_ms,
+            replayed: false,
+        };
+        self.refunds.push((txn_id, receipt.clone()));
+        self.applied
+            .insert(key, (digest, Applied::Refund(receipt.clone())));
         Ok(receipt)
     }
 
@@ -957,11 +1376,15 @@ impl Plan {
                     split: None,
                 })
             }
-            Some(Applied::TopUp(_)) => unreachable!("a gift key names a gift"),
+            Some(Applied::TopUp(_) | Applied::Refund(_)) => unreachable!("a gift key names a gift"),
             None => {}
         }
         // Refusals come from the plan, before anything is recorded for this request.
-        let plan = posting::gift(req, wallet_of(balances, &req.sender))?;
+        let spent = self.spent.get(&req.sender).copied().unwrap_or(0);
+        let limits = self.limits.get(&req.sender).copied().unwrap_or_default();
+        let allowance = Allowance::new(&req.caps, &limits, spent);
+        let plan = posting::gift(req, wallet_of(balances, &req.sender), allowance)?;
+        *self.spent.entry(req.sender.clone()).or_insert(0) += req.price_coins;
         let created_ms = now_ms();
         let txn_id = self.open_txn(
             "gift",
@@ -1020,13 +1443,19 @@ impl Plan {
                 .chain(rows.gift_text.iter().map(|c| c as &(dyn ToSql + Sync)))
                 .chain(rows.gift_int.iter().map(|c| c as &(dyn ToSql + Sync)))
                 .collect();
-        let topups: [&(dyn ToSql + Sync); 5] = [
+        let topups: [&(dyn ToSql + Sync); 6] = [
             &rows.topup_txn,
             &rows.topup_user,
             &rows.topup_channel,
             &rows.topup_coins,
             &rows.topup_balance,
+            &rows.topup_repaid,
         ];
+        let refunds: Vec<&(dyn ToSql + Sync)> =
+            std::iter::once(&rows.refund_txn as &(dyn ToSql + Sync))
+                .chain(rows.refund_text.iter().map(|c| c as &(dyn ToSql + Sync)))
+                .chain(rows.refund_int.iter().map(|c| c as &(dyn ToSql + Sync)))
+                .collect();
         let debits: [&(dyn ToSql + Sync); 2] = [&rows.debit_account, &rows.debit_amount];
         let zero = 0i16;
         let credits: [&(dyn ToSql + Sync); 4] = [
@@ -1044,7 +1473,14 @@ impl Plan {
         let probe_ms = now_ms().to_string();
         let probe: [&(dyn ToSql + Sync); 1] = [&probe_ms];
         let seqs: [&(dyn ToSql + Sync); 2] = [&rows.seq_gift, &rows.seq_value];
-        let mut calls: Vec<Call<'_>> = Vec::with_capacity(9);
+        let now = now_ms() as i64;
+        let limits: [&(dyn ToSql + Sync); 4] = [
+            &rows.limits_user,
+            &rows.limits_cap,
+            &rows.limits_minor,
+            &now,
+        ];
+        let mut calls: Vec<Call<'_>> = Vec::with_capacity(11);
         calls.push(Box::pin(client.execute(&st.txns, &txns)));
         if !rows.entry_txn.is_empty() {
             calls.push(Box::pin(client.execute(&st.entries, &entries)));
@@ -1054,6 +1490,9 @@ impl Plan {
         }
         if !rows.topup_txn.is_empty() {
             calls.push(Box::pin(client.execute(&st.topups, &topups)));
+        }
+        if !rows.refund_txn.is_empty() {
+            calls.push(Box::pin(client.execute(&st.refunds, &refunds)));
         }
         let debit_call = calls.len();
         if !rows.debit_account.is_empty() {
@@ -1070,6 +1509,9 @@ impl Plan {
         }
         if !rows.seq_gift.is_empty() {
             calls.push(Box::pin(client.execute(&st.seqs, &seqs)));
+        }
+        if !rows.limits_user.is_empty() {
+            calls.push(Box::pin(client.execute(&st.limits, &limits)));
         }
         let counts = futures_util::future::try_join_all(calls).await?;
         if counts[0] != self.txn_id.len() as u64 {
@@ -1105,6 +1547,12 @@ struct Rows {
     topup_channel: Vec<&'static str>,
     topup_coins: Vec<i64>,
     topup_balance: Vec<i64>,
+    topup_repaid: Vec<i64>,
+    refund_txn: Vec<i64>,
+    /// purchase_id, reason, user, channel.
+    refund_text: [Vec<String>; 4],
+    /// coins, wallet, debt, balance, owed, created_ms.
+    refund_int: [Vec<i64>; 6],
     /// Wallets whose balance the batch lowers (rows that exist and are locked), in account order.
     debit_account: Vec<String>,
     debit_amount: Vec<i64>,
@@ -1118,6 +1566,10 @@ struct Rows {
     hot_external: Vec<i16>,
     seq_gift: Vec<String>,
     seq_value: Vec<i64>,
+    /// Users' new limits, one row per user (the batch's last change of each).
+    limits_user: Vec<String>,
+    limits_cap: Vec<Option<i64>>,
+    limits_minor: Vec<i16>,
 }
 
 impl Rows {
@@ -1161,13 +1613,43 @@ impl Rows {
             r.topup_channel.push(t.channel.as_str());
             r.topup_coins.push(t.coins as i64);
             r.topup_balance.push(t.balance_coins as i64);
+            r.topup_repaid.push(t.repaid_coins as i64);
+        }
+        for (txn, f) in &plan.refunds {
+            r.refund_txn.push(*txn);
+            for (col, v) in r.refund_text.iter_mut().zip([
+                f.purchase_id.as_str(),
+                f.reason.as_str(),
+                f.user.as_str(),
+                f.channel.as_str(),
+            ]) {
+                col.push(v.to_owned());
+            }
+            for (col, v) in r.refund_int.iter_mut().zip([
+                f.coins,
+                f.wallet_coins,
+                f.debt_coins,
+                f.balance_coins,
+                f.owed_coins,
+                f.created_ms,
+            ]) {
+                col.push(v as i64);
+            }
         }
         // A wallet whose changes net to zero still goes through the upsert: it may be new in this
         // batch (topped up and spent in full), and its entries need its account row.
         let mut deltas: Vec<(String, i64)> = plan.wallet_deltas.drain().collect();
         deltas.sort_unstable();
         for (account, delta) in deltas {
-            if delta < 0 {
+            // A receivable may be new and negative at once: it is always upserted, as an
+            // account that may go negative.
+            let receivable =
+                posting::AccountKind::of(&account) == Some(posting::AccountKind::Receivable);
+            if receivable {
+                r.credit_account.push(account);
+                r.credit_amount.push(delta);
+                r.credit_external.push(1);
+            } else if delta < 0 {
                 r.debit_account.push(account);
                 r.debit_amount.push(delta);
             } else {
@@ -1177,8 +1659,8 @@ impl Rows {
             }
         }
         for (account, delta) in plan.hot.drain_sorted() {
-            let external =
-                posting::AccountKind::of(&account).is_some_and(posting::AccountKind::is_external);
+            let external = posting::AccountKind::of(&account)
+                .is_some_and(posting::AccountKind::may_go_negative);
             r.hot_account.push(account);
             r.hot_amount.push(delta);
             r.hot_external.push(external as i16);
@@ -1186,6 +1668,15 @@ impl Rows {
         for (id, seq) in seqs {
             r.seq_gift.push(id.clone());
             r.seq_value.push(*seq);
+        }
+        let last: HashMap<&String, &UserLimits> =
+            plan.set_limits.iter().map(|(u, l)| (u, l)).collect();
+        let mut last: Vec<_> = last.into_iter().collect();
+        last.sort_unstable_by_key(|(u, _)| *u);
+        for (user, limits) in last {
+            r.limits_user.push(user.clone());
+            r.limits_cap.push(limits.window_coins_max.map(|c| c as i64));
+            r.limits_minor.push(limits.minor as i16);
         }
         r
     }
@@ -1197,10 +1688,12 @@ struct Statements {
     entries: tokio_postgres::Statement,
     gifts: tokio_postgres::Statement,
     topups: tokio_postgres::Statement,
+    refunds: tokio_postgres::Statement,
     debits: tokio_postgres::Statement,
     upsert: tokio_postgres::Statement,
     probe: tokio_postgres::Statement,
     seqs: tokio_postgres::Statement,
+    limits: tokio_postgres::Statement,
 }
 
 impl Statements {
@@ -1231,8 +1724,16 @@ impl Statements {
                 .await?,
             topups: client
                 .prepare_cached(
-                    "INSERT INTO topups (txn_id, \"user\", channel, coins, balance_coins)
-                     SELECT * FROM unnest($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::BIGINT[])",
+                    "INSERT INTO topups (txn_id, \"user\", channel, coins, balance_coins, repaid_coins)
+                     SELECT * FROM unnest($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::BIGINT[], $6::BIGINT[])",
+                )
+                .await?,
+            refunds: client
+                .prepare_cached(
+                    "INSERT INTO refunds (txn_id, purchase_id, reason, \"user\", channel, coins, wallet_coins,
+                         debt_coins, balance_coins, owed_coins, created_ms)
+                     SELECT * FROM unnest($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[],
+                         $6::BIGINT[], $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], $10::BIGINT[], $11::BIGINT[])",
                 )
                 .await?,
             debits: client
@@ -1264,8 +1765,22 @@ impl Statements {
                      WHERE g.gift_id = ANY($1) AND g.gift_id = d.gift_id AND g.room_seq IS NULL",
                 )
                 .await?,
+            limits: client
+                .prepare_cached(
+                    "INSERT INTO user_limits (\"user\", window_coins_max, minor, updated_ms)
+                     SELECT u, c, m, $4 FROM unnest($1::TEXT[], $2::BIGINT[], $3::SMALLINT[]) AS l(u, c, m)
+                     ON CONFLICT (\"user\") DO UPDATE SET window_coins_max = excluded.window_coins_max,
+                         minor = excluded.minor, updated_ms = excluded.updated_ms",
+                )
+                .await?,
         })
     }
+}
+
+/// What a user owes, from the batch's balances.
+fn owed_of(balances: &HashMap<String, i64>, user: &str) -> u64 {
+    let account = posting::receivable_account(user);
+    owed_of_balance(&account, balances.get(&account).copied().unwrap_or(0))
 }
 
 /// A user's wallet per channel from the batch's balances.
@@ -1274,4 +1789,571 @@ fn wallet_of(balances: &HashMap<String, i64>, user: &str) -> ChannelCoins {
         let account = posting::wallet_account(user, ch);
         nonnegative(&account, balances.get(&account).copied().unwrap_or(0))
     })
+}
+
+/// A red packet request and its reply.
+enum PacketOp {
+    Drop(Box<PacketDrop>, Reply<PacketReceipt>),
+    Grab(PacketGrab, Reply<GrabReceipt>),
+    Expire(u64, Reply<Vec<PacketEnd>>),
+}
+
+/// Red packets on PostgreSQL: each request is one transaction of its own, run by the writer
+/// between batches. Its rows are locked in account order, as a batch locks them, so the two
+/// never deadlock; a packet's accounts are locked by every grab and expiry of it, so grabs on
+/// several nodes take shares one at a time and an expiry runs once.
+mod packets {
+    use super::*;
+    use crate::gift::red_packet;
+    use crate::ledger::{new_packet_id, GrabView, PacketEndReason, PACKETS_EXPIRED_PER_CALL_MAX};
+    use std::future::Future;
+    use std::pin::Pin;
+    use tokio_postgres::Transaction;
+
+    type Step<'a, T> = Pin<Box<dyn Future<Output = std::result::Result<T, Failed>> + Send + 'a>>;
+
+    pub(super) async fn apply(writer: &Writer, op: PacketOp) {
+        match op {
+            PacketOp::Drop(req, r) => {
+                let result = in_txn(writer, |tx| {
+                    let req = req.clone();
+                    Box::pin(async move { drop_packet(tx, &req).await })
+                })
+                .await;
+                drop(r.send(result));
+            }
+            PacketOp::Grab(req, r) => {
+                let result = in_txn(writer, |tx| {
+                    let req = req.clone();
+                    Box::pin(async move { grab(tx, &req).await })
+                })
+                .await;
+                drop(r.send(result));
+            }
+            PacketOp::Expire(now, r) => {
+                let result = expire(writer, now).await;
+                drop(r.send(result));
+            }
+        }
+    }
+
+    /// Runs `step` in a transaction, deciding again after a lost race, up to the batch bound.
+    async fn in_txn<T, F>(writer: &Writer, step: F) -> Result<T>
+    where
+        F: for<'a> Fn(&'a Transaction<'a>) -> Step<'a, T>,
+    {
+        let mut why = String::new();
+        for _ in 0..BATCH_ATTEMPTS_MAX {
+            let mut client = writer.pool.get().await.map_err(pool_error)?;
+            let tx = client.transaction().await.map_err(pg)?;
+            tx.batch_execute(&format!(
+                "SET LOCAL statement_timeout = {}",
+                writer.statement_timeout_ms
+            ))
+            .await
+            .map_err(pg)?;
+            match step(&tx).await {
+                Ok(value) => match tx.commit().await {
+                    Ok(()) => return Ok(value),
+                    Err(e) => match Failed::from(e) {
+                        Failed::Retry(w) => why = w,
+                        _ => {
+                            return Err(Error::LedgerUnavailable("red packet commit failed".into()))
+                        }
+                    },
+                },
+                Err(Failed::Retry(w)) => why = w,
+                Err(Failed::Storage(e)) => return Err(e),
+                Err(Failed::Unknown(e, ..)) => return Err(e),
+            }
+        }
+        Err(Error::LedgerUnavailable(format!(
+            "red packet lost {BATCH_ATTEMPTS_MAX} races: {why}"
+        )))
+    }
+
+    /// Refusals travel as `Failed::Storage` of the crate's error, so the transaction rolls back.
+    fn refuse(e: Error) -> Failed {
+        Failed::Storage(e)
+    }
+
+    /// Locks `accounts` (shard 0) in account order and returns their balances.
+    async fn lock(
+        tx: &Transaction<'_>,
+        accounts: &[String],
+    ) -> std::result::Result<HashMap<String, i64>, Failed> {
+        let rows = tx
+            .query(
+                "SELECT account, balance_coins FROM account_rows
+                 WHERE shard = 0 AND account = ANY($1) ORDER BY account FOR UPDATE",
+                &[&accounts],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    fn coins_of(
+        balances: &HashMap<String, i64>,
+        account: impl Fn(Channel) -> String,
+    ) -> ChannelCoins {
+        Channel::ALL.map(|ch| {
+            let a = account(ch);
+            nonnegative(&a, balances.get(&a).copied().unwrap_or(0))
+        })
+    }
+
+    /// The prior application of `(kind, actor, key)`: its txn id, or a conflict.
+    async fn prior(
+        tx: &Transaction<'_>,
+        kind: &str,
+        actor: &str,
+        key: &str,
+        digest: &str,
+    ) -> std::result::Result<Option<i64>, Failed> {
+        let row = tx
+            .query_opt(
+                "SELECT txn_id, payload_sha256 FROM txns WHERE kind = $1 AND actor = $2 AND idem_key = $3",
+                &[&kind, &actor, &key],
+            )
+            .await?;
+        match row {
+            Some(r) if r.get::<_, String>(1) != digest => {
+                Err(refuse(Error::IdempotencyConflict(key.to_owned())))
+            }
+            Some(r) => Ok(Some(r.get(0))),
+            None => Ok(None),
+        }
+    }
+
+    /// Records a transaction and its entries; debits go to locked rows that exist.
+    async fn post(
+        tx: &Transaction<'_>,
+        (kind, actor, key, digest): (&str, &str, &str, &str),
+        created_ms: u64,
+        entries: &[Entry],
+    ) -> std::result::Result<i64, Failed> {
+        let row = tx
+            .query_opt(
+                "INSERT INTO txns (txn_id, kind, actor, idem_key, payload_sha256, created_ms)
+                 VALUES (nextval('txn_ids'), $1, $2, $3, $4, $5)
+                 ON CONFLICT (kind, actor, idem_key) DO NOTHING RETURNING txn_id",
+                &[&kind, &actor, &key, &digest, &(created_ms as i64)],
+            )
+            .await?;
+        let Some(row) = row else {
+            return Err(Failed::Retry("another node applied this key".into()));
+        };
+        let txn_id: i64 = row.get(0);
+        for e in entries {
+            assert!(
+                !e.kind().is_hot(),
+                "red packets move wallet and packet coins only"
+            );
+            tx.execute(
+                "INSERT INTO entries (txn_id, account, amount_coins, channel) VALUES ($1, $2, $3, $4)",
+                &[&txn_id, &e.account, &e.amount_coins, &e.channel.as_str()],
+            )
+            .await?;
+            if e.amount_coins < 0 {
+                let n = tx
+                    .execute(
+                        "UPDATE account_rows SET balance_coins = balance_coins + $2
+                         WHERE account = $1 AND shard = 0",
+                        &[&e.account, &e.amount_coins],
+                    )
+                    .await?;
+                assert_eq!(n, 1, "a debited account row is locked and exists");
+            } else {
+                tx.execute(
+                    "INSERT INTO account_rows (account, shard, balance_coins, external) VALUES ($1, 0, $2, 0)
+                     ON CONFLICT (account, shard) DO UPDATE
+                     SET balance_coins = account_rows.balance_coins + excluded.balance_coins",
+                    &[&e.account, &e.amount_coins],
+                )
+                .await?;
+            }
+        }
+        Ok(txn_id)
+    }
+
+    async fn drop_packet(
+        tx: &Transaction<'_>,
+        req: &PacketDrop,
+    ) -> std::result::Result<PacketReceipt, Failed> {
+        let wallets: Vec<String> = Channel::ALL
+            .iter()
+            .map(|ch| posting::wallet_account(&req.sender, *ch))
+            .collect();
+        let balances = lock(tx, &wallets).await?;
+        let digest = req.payload_digest();
+        if let Some(txn_id) = prior(tx, "packet", &req.sender, &req.key, &digest).await? {
+            let mut receipt = load_packet(tx, txn_id).await?;
+            receipt.replayed = true;
+            return Ok(receipt);
+        }
+        let created_ms = now_ms();
+        let users = vec![req.sender.clone()];
+        let since = vec![created_ms.saturating_sub(req.caps.window_ms) as i64];
+        let limits = read_limits_in(tx, &users).await?;
+        let spent = read_spent_in(tx, &users, &since).await?;
+        let allowance = Allowance::new(&req.caps, &limits, spent);
+        let packet_id = new_packet_id(created_ms);
+        let plan = posting::drop_packet(
+            req,
+            &packet_id,
+            coins_of(&balances, |ch| posting::wallet_account(&req.sender, ch)),
+            allowance,
+        )
+        .map_err(refuse)?;
+        let cut = red_packet::cut(req.total_coins, req.shares, &mut rand::rng());
+        let key = (
+            "packet",
+            req.sender.as_str(),
+            req.key.as_str(),
+            digest.as_str(),
+        );
+        let txn_id = post(tx, key, created_ms, plan.posting.entries()).await?;
+        let f = plan.funding_coins.map(|c| c as i64);
+        let balance_coins: u64 = plan.balances_after.iter().sum();
+        tx.execute(
+            "INSERT INTO packets (txn_id, packet_id, room, sender, total_coins, shares, funding_ios,
+                 funding_android, funding_web, balance_coins, created_ms, expires_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            &[
+                &txn_id,
+                &packet_id,
+                &req.room,
+                &req.sender,
+                &(req.total_coins as i64),
+                &(req.shares as i64),
+                &f[0],
+                &f[1],
+                &f[2],
+                &(balance_coins as i64),
+                &(created_ms as i64),
+                &(req.expires_ms as i64),
+            ],
+        )
+        .await?;
+        let indexes: Vec<i64> = (0..cut.len() as i64).collect();
+        let coins: Vec<i64> = cut.iter().map(|c| *c as i64).collect();
+        tx.execute(
+            "INSERT INTO packet_shares (packet_id, share_index, coins)
+             SELECT $1, i, c FROM unnest($2::BIGINT[], $3::BIGINT[]) AS s(i, c)",
+            &[&packet_id, &indexes, &coins],
+        )
+        .await?;
+        load_packet(tx, txn_id).await
+    }
+
+    async fn read_limits_in(
+        tx: &Transaction<'_>,
+        users: &[String],
+    ) -> std::result::Result<UserLimits, Failed> {
+        let row = tx
+            .query_opt(
+                "SELECT window_coins_max, minor FROM user_limits WHERE \"user\" = $1",
+                &[&users[0]],
+            )
+            .await?;
+        Ok(row.map_or_else(UserLimits::default, |r| UserLimits {
+            window_coins_max: r.get::<_, Option<i64>>(0).map(|c| c as u64),
+            minor: r.get::<_, i16>(1) != 0,
+        }))
+    }
+
+    async fn read_spent_in(
+        tx: &Transaction<'_>,
+        users: &[String],
+        since: &[i64],
+    ) -> std::result::Result<u64, Failed> {
+        let row = tx
+            .query_one(
+                "SELECT ((SELECT COALESCE(SUM(price_coins), 0) FROM gifts WHERE sender = $1 AND created_ms > $2)
+                       + (SELECT COALESCE(SUM(total_coins), 0) FROM packets WHERE sender = $1 AND created_ms > $2))::BIGINT",
+                &[&users[0], &since[0]],
+            )
+            .await?;
+        Ok(nonnegative("spending", row.get(0)))
+    }
+
+    async fn load_packet(
+        tx: &Transaction<'_>,
+        txn_id: i64,
+    ) -> std::result::Result<PacketReceipt, Failed> {
+        let r = tx
+            .query_one(
+                "SELECT packet_id, room, sender, total_coins, shares, funding_ios, funding_android,
+                        funding_web, balance_coins, created_ms, expires_ms
+                 FROM packets WHERE txn_id = $1",
+                &[&txn_id],
+            )
+            .await?;
+        let u = |i: usize| r.get::<_, i64>(i) as u64;
+        Ok(PacketReceipt {
+            packet_id: r.get(0),
+            room: r.get(1),
+            sender: r.get(2),
+            total_coins: u(3),
+            shares: u(4),
+            funding_coins: [u(5), u(6), u(7)],
+            balance_coins: u(8),
+            created_ms: u(9),
+            expires_ms: u(10),
+            replayed: false,
+        })
+    }
+
+    struct PacketRow {
+        room: String,
+        sender: String,
+        total_coins: u64,
+        shares: u64,
+        grabbed_shares: u64,
+        expires_ms: u64,
+        ended: bool,
+    }
+
+    async fn packet_row(
+        tx: &Transaction<'_>,
+        packet_id: &str,
+    ) -> std::result::Result<Option<PacketRow>, Failed> {
+        let row = tx
+            .query_opt(
+                "SELECT room, sender, total_coins, shares, grabbed_shares, expires_ms, ended_ms IS NOT NULL
+                 FROM packets WHERE packet_id = $1",
+                &[&packet_id],
+            )
+            .await?;
+        Ok(row.map(|r| PacketRow {
+            room: r.get(0),
+            sender: r.get(1),
+            total_coins: r.get::<_, i64>(2) as u64,
+            shares: r.get::<_, i64>(3) as u64,
+            grabbed_shares: r.get::<_, i64>(4) as u64,
+            expires_ms: r.get::<_, i64>(5) as u64,
+            ended: r.get(6),
+        }))
+    }
+
+    fn packet_accounts(packet_id: &str) -> Vec<String> {
+        Channel::ALL
+            .iter()
+            .map(|ch| posting::packet_account(packet_id, *ch))
+            .collect()
+    }
+
+    async fn grab(
+        tx: &Transaction<'_>,
+        req: &PacketGrab,
+    ) -> std::result::Result<GrabReceipt, Failed> {
+        let mut accounts = packet_accounts(&req.packet_id);
+        accounts.extend(Channel::ALL.map(|ch| posting::wallet_account(&req.user, ch)));
+        // The packet's rows serialise its grabs and its expiry, on every node.
+        let balances = lock(tx, &accounts).await?;
+        let packet = match packet_row(tx, &req.packet_id).await? {
+            Some(p) if p.room == req.room => p,
+            _ => return Err(refuse(Error::PacketNotFound(req.packet_id.clone()))),
+        };
+        if let Some(txn_id) = prior(tx, "grab", &req.user, &req.packet_id, &req.packet_id).await? {
+            return load_grab(tx, txn_id, &packet).await;
+        }
+        if packet.grabbed_shares == packet.shares {
+            return Err(refuse(Error::PacketEmpty));
+        }
+        if packet.ended || req.now_ms >= packet.expires_ms {
+            return Err(refuse(Error::PacketExpired));
+        }
+        let share_index = packet.grabbed_shares;
+        let coins: i64 = tx
+            .query_one(
+                "SELECT coins FROM packet_shares WHERE packet_id = $1 AND share_index = $2",
+                &[&req.packet_id, &(share_index as i64)],
+            )
+            .await?
+            .get(0);
+        let left = coins_of(&balances, |ch| posting::packet_account(&req.packet_id, ch));
+        let (taken, posting) = posting::grab(&req.packet_id, &req.user, left, coins as u64);
+        let created_ms = now_ms();
+        let key = (
+            "grab",
+            req.user.as_str(),
+            req.packet_id.as_str(),
+            req.packet_id.as_str(),
+        );
+        let txn_id = post(tx, key, created_ms, posting.entries()).await?;
+        let before: u64 = coins_of(&balances, |ch| posting::wallet_account(&req.user, ch))
+            .iter()
+            .sum();
+        let balance_coins = before + coins as u64;
+        let t = taken.map(|c| c as i64);
+        tx.execute(
+            "INSERT INTO packet_grabs (txn_id, packet_id, share_index, grabber, coins, ch_ios,
+                 ch_android, ch_web, balance_coins, created_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            &[
+                &txn_id,
+                &req.packet_id,
+                &(share_index as i64),
+                &req.user,
+                &coins,
+                &t[0],
+                &t[1],
+                &t[2],
+                &(balance_coins as i64),
+                &(created_ms as i64),
+            ],
+        )
+        .await?;
+        let last = share_index + 1 == packet.shares;
+        let ended: Option<i64> = last.then_some(created_ms as i64);
+        tx.execute(
+            "UPDATE packets SET grabbed_shares = grabbed_shares + 1, grabbed_coins = grabbed_coins + $2,
+                 ended_ms = COALESCE($3, ended_ms)
+             WHERE packet_id = $1",
+            &[&req.packet_id, &coins, &ended],
+        )
+        .await?;
+        let mut receipt = load_grab(tx, txn_id, &packet).await?;
+        receipt.replayed = false;
+        if last {
+            receipt.end = Some(packet_end(tx, &req.packet_id, PacketEndReason::AllTaken).await?);
+        }
+        Ok(receipt)
+    }
+
+    async fn load_grab(
+        tx: &Transaction<'_>,
+        txn_id: i64,
+        packet: &PacketRow,
+    ) -> std::result::Result<GrabReceipt, Failed> {
+        let r = tx
+            .query_one(
+                "SELECT g.packet_id, g.grabber, g.share_index, g.coins, g.ch_ios, g.ch_android, g.ch_web,
+                        g.balance_coins, p.grabbed_shares
+                 FROM packet_grabs g JOIN packets p ON p.packet_id = g.packet_id WHERE g.txn_id = $1",
+                &[&txn_id],
+            )
+            .await?;
+        let u = |i: usize| r.get::<_, i64>(i) as u64;
+        Ok(GrabReceipt {
+            packet_id: r.get(0),
+            user: r.get(1),
+            share_index: u(2),
+            coins: u(3),
+            funding_coins: [u(4), u(5), u(6)],
+            balance_coins: u(7),
+            grabbed_shares: u(8),
+            shares: packet.shares,
+            replayed: true,
+            end: None,
+        })
+    }
+
+    async fn packet_end(
+        tx: &Transaction<'_>,
+        packet_id: &str,
+        reason: PacketEndReason,
+    ) -> std::result::Result<PacketEnd, Failed> {
+        let r = tx
+            .query_one(
+                "SELECT room, sender, total_coins, shares, grabbed_shares, grabbed_coins, returned_coins
+                 FROM packets WHERE packet_id = $1",
+                &[&packet_id],
+            )
+            .await?;
+        let u = |i: usize| r.get::<_, i64>(i) as u64;
+        let grabs = tx
+            .query(
+                "SELECT grabber, coins FROM packet_grabs WHERE packet_id = $1 ORDER BY share_index",
+                &[&packet_id],
+            )
+            .await?
+            .iter()
+            .map(|g| GrabView {
+                user: g.get(0),
+                coins: g.get::<_, i64>(1) as u64,
+            })
+            .collect();
+        Ok(PacketEnd {
+            packet_id: packet_id.to_owned(),
+            room: r.get(0),
+            sender: r.get(1),
+            reason,
+            total_coins: u(2),
+            shares: u(3),
+            grabbed_shares: u(4),
+            grabbed_coins: u(5),
+            returned_coins: u(6),
+            grabs,
+        })
+    }
+
+    /// Ends the packets due, one transaction each; a packet another node ended meanwhile is
+    /// skipped (its row, locked first, says so).
+    async fn expire(writer: &Writer, now: u64) -> Result<Vec<PacketEnd>> {
+        let ids: Vec<String> = {
+            let client = writer.pool.get().await.map_err(pool_error)?;
+            client
+                .query(
+                    "SELECT packet_id FROM packets WHERE ended_ms IS NULL AND expires_ms <= $1
+                     ORDER BY expires_ms LIMIT $2",
+                    &[&(now as i64), &(PACKETS_EXPIRED_PER_CALL_MAX as i64)],
+                )
+                .await
+                .map_err(pg)?
+                .iter()
+                .map(|r| r.get(0))
+                .collect()
+        };
+        let mut ended = Vec::with_capacity(ids.len());
+        for packet_id in ids {
+            let end = in_txn(writer, |tx| {
+                let id = packet_id.clone();
+                Box::pin(async move { expire_one(tx, &id, now).await })
+            })
+            .await?;
+            ended.extend(end);
+        }
+        Ok(ended)
+    }
+
+    async fn expire_one(
+        tx: &Transaction<'_>,
+        packet_id: &str,
+        now: u64,
+    ) -> std::result::Result<Option<PacketEnd>, Failed> {
+        let Some(sender) = tx
+            .query_opt(
+                "SELECT sender FROM packets WHERE packet_id = $1",
+                &[&packet_id],
+            )
+            .await?
+            .map(|r| r.get::<_, String>(0))
+        else {
+            return Ok(None);
+        };
+        let mut accounts = packet_accounts(packet_id);
+        accounts.extend(Channel::ALL.map(|ch| posting::wallet_account(&sender, ch)));
+        let balances = lock(tx, &accounts).await?;
+        let packet = packet_row(tx, packet_id).await?.expect("the packet exists");
+        if packet.ended {
+            return Ok(None);
+        }
+        let left = coins_of(&balances, |ch| posting::packet_account(packet_id, ch));
+        let returned: u64 = left.iter().sum();
+        assert!(returned <= packet.total_coins);
+        if let Some(posting) = posting::packet_return(packet_id, &packet.sender, left) {
+            let key = ("packet_return", "system", packet_id, "return");
+            post(tx, key, now, posting.entries()).await?;
+        }
+        tx.execute(
+            "UPDATE packets SET ended_ms = $2, returned_coins = $3 WHERE packet_id = $1",
+            &[&packet_id, &(now as i64), &(returned as i64)],
+        )
+        .await?;
+        Ok(Some(
+            packet_end(tx, packet_id, PacketEndReason::Expired).await?,
+        ))
+    }
 }

@@ -30,10 +30,13 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
 use super::deadline::{self, Ticket};
+use super::posting::Allowance;
 use super::posting::{self, AccountKind, BatchSums, Entry};
 use super::{
-    new_gift_id, now_ms, GiftOutcome, GiftReceipt, GiftRequest, Ledger, TopUpReceipt, TopUpRequest,
-    Wallet,
+    new_gift_id, new_packet_id, now_ms, CapPolicy, GiftOutcome, GiftReceipt, GiftRequest,
+    GrabReceipt, GrabView, Ledger, PacketDrop, PacketEnd, PacketEndReason, PacketGrab,
+    PacketReceipt, RefundReason, RefundReceipt, RefundRequest, Spending, TopUpReceipt,
+    TopUpRequest, UserLimits, Wallet,
 };
 use crate::error::{Error, Result};
 use crate::gift::{Channel, ChannelCoins};
@@ -81,7 +84,8 @@ CREATE TABLE IF NOT EXISTS topups (
     user          TEXT NOT NULL,
     channel       TEXT NOT NULL,
     coins         INTEGER NOT NULL CHECK (coins > 0),
-    balance_coins INTEGER NOT NULL
+    balance_coins INTEGER NOT NULL,
+    repaid_coins  INTEGER NOT NULL DEFAULT 0 CHECK (repaid_coins BETWEEN 0 AND coins)
 );
 CREATE TABLE IF NOT EXISTS gifts (
     txn_id         INTEGER PRIMARY KEY REFERENCES txns(txn_id),
@@ -102,14 +106,92 @@ CREATE TABLE IF NOT EXISTS gifts (
     created_ms     INTEGER NOT NULL,
     CHECK (store_coins + streamer_coins + platform_coins = price_coins)
 );
+CREATE TABLE IF NOT EXISTS refunds (
+    txn_id        INTEGER PRIMARY KEY REFERENCES txns(txn_id),
+    purchase_id   TEXT NOT NULL UNIQUE,
+    reason        TEXT NOT NULL,
+    user          TEXT NOT NULL,
+    channel       TEXT NOT NULL,
+    coins         INTEGER NOT NULL CHECK (coins > 0),
+    wallet_coins  INTEGER NOT NULL CHECK (wallet_coins >= 0),
+    debt_coins    INTEGER NOT NULL CHECK (debt_coins >= 0),
+    balance_coins INTEGER NOT NULL,
+    owed_coins    INTEGER NOT NULL,
+    created_ms    INTEGER NOT NULL,
+    CHECK (wallet_coins + debt_coins = coins)
+);
+CREATE TABLE IF NOT EXISTS packets (
+    txn_id          INTEGER PRIMARY KEY REFERENCES txns(txn_id),
+    packet_id       TEXT NOT NULL UNIQUE,
+    room            TEXT NOT NULL,
+    sender          TEXT NOT NULL,
+    total_coins     INTEGER NOT NULL CHECK (total_coins > 0),
+    shares          INTEGER NOT NULL CHECK (shares >= 1 AND shares <= total_coins),
+    funding_ios     INTEGER NOT NULL,
+    funding_android INTEGER NOT NULL,
+    funding_web     INTEGER NOT NULL,
+    balance_coins   INTEGER NOT NULL,
+    grabbed_shares  INTEGER NOT NULL DEFAULT 0 CHECK (grabbed_shares BETWEEN 0 AND shares),
+    grabbed_coins   INTEGER NOT NULL DEFAULT 0,
+    returned_coins  INTEGER NOT NULL DEFAULT 0,
+    created_ms      INTEGER NOT NULL,
+    expires_ms      INTEGER NOT NULL,
+    ended_ms        INTEGER,
+    CHECK (funding_ios + funding_android + funding_web = total_coins),
+    CHECK (grabbed_coins + returned_coins <= total_coins)
+);
+CREATE TABLE IF NOT EXISTS packet_shares (
+    packet_id   TEXT NOT NULL,
+    share_index INTEGER NOT NULL,
+    coins       INTEGER NOT NULL CHECK (coins >= 1),
+    PRIMARY KEY (packet_id, share_index)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS packet_grabs (
+    txn_id      INTEGER PRIMARY KEY REFERENCES txns(txn_id),
+    packet_id   TEXT NOT NULL,
+    share_index INTEGER NOT NULL,
+    grabber     TEXT NOT NULL,
+    coins       INTEGER NOT NULL CHECK (coins >= 1),
+    ch_ios      INTEGER NOT NULL,
+    ch_android  INTEGER NOT NULL,
+    ch_web      INTEGER NOT NULL,
+    balance_coins INTEGER NOT NULL,
+    created_ms  INTEGER NOT NULL,
+    UNIQUE (packet_id, grabber),
+    UNIQUE (packet_id, share_index),
+    CHECK (ch_ios + ch_android + ch_web = coins)
+);
+CREATE TABLE IF NOT EXISTS user_limits (
+    user              TEXT PRIMARY KEY,
+    window_coins_max  INTEGER CHECK (window_coins_max >= 0),
+    minor             INTEGER NOT NULL CHECK (minor IN (0, 1)),
+    updated_ms        INTEGER NOT NULL
+) WITHOUT ROWID;
+"#;
+
+/// Indexes, created after the tables' migrations (a rebuilt table loses its indexes).
+const INDEXES: &str = r#"
+CREATE INDEX IF NOT EXISTS gifts_by_sender ON gifts (sender, created_ms);
+CREATE INDEX IF NOT EXISTS packets_by_sender ON packets (sender, created_ms);
+CREATE INDEX IF NOT EXISTS packets_open ON packets (expires_ms) WHERE ended_ms IS NULL;
 "#;
 
 type Reply<T> = oneshot::Sender<Result<T>>;
 
+/// A red packet request and its reply.
+enum PacketOp {
+    Drop(Box<PacketDrop>, Reply<PacketReceipt>),
+    Grab(PacketGrab, Reply<GrabReceipt>),
+    Expire(u64, Reply<Vec<PacketEnd>>),
+}
+
 enum Op {
     TopUp(TopUpRequest, Reply<TopUpReceipt>, Ticket),
     Gift(Box<GiftRequest>, Reply<GiftOutcome>, Ticket),
+    Refund(RefundRequest, Reply<RefundReceipt>, Ticket),
+    Packet(PacketOp, Ticket),
     GiftSeq(String, u64),
+    SetLimits(String, UserLimits, Reply<()>, Ticket),
     Probe(Reply<()>, Ticket),
     Fault(Option<StorageFault>),
     Shutdown(oneshot::Sender<()>),
@@ -238,6 +320,8 @@ pub fn open_connection(path: &Path) -> Result<Connection> {
     .db()?;
     conn.execute_batch(SCHEMA).db()?;
     migrate_gift_ids(&conn)?;
+    migrate_topup_repaid(&conn)?;
+    conn.execute_batch(INDEXES).db()?;
     Ok(conn)
 }
 
@@ -271,6 +355,25 @@ fn migrate_gift_ids(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// Files written before refunds have no `topups.repaid_coins`: add it (every old top-up repaid
+/// nothing, since there was no debt to repay).
+fn migrate_topup_repaid(conn: &Connection) -> Result<()> {
+    let has: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info('topups') WHERE name = 'repaid_coins')",
+            [],
+            |r| r.get(0),
+        )
+        .db()?;
+    if !has {
+        conn.execute_batch(
+            "ALTER TABLE topups ADD COLUMN repaid_coins INTEGER NOT NULL DEFAULT 0 CHECK (repaid_coins BETWEEN 0 AND coins)",
+        )
+        .db()?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl Ledger for SqliteLedger {
     async fn top_up(&self, req: TopUpRequest) -> Result<TopUpReceipt> {
@@ -281,6 +384,27 @@ impl Ledger for SqliteLedger {
     async fn gift(&self, req: GiftRequest) -> Result<GiftOutcome> {
         super::check_key(&req.idempotency_key, "key")?;
         self.call(|r, t| Op::Gift(Box::new(req), r, t)).await
+    }
+
+    async fn refund(&self, req: RefundRequest) -> Result<RefundReceipt> {
+        super::check_key(&req.purchase_id, "purchase_id")?;
+        self.call(|r, t| Op::Refund(req, r, t)).await
+    }
+
+    async fn drop_packet(&self, req: PacketDrop) -> Result<PacketReceipt> {
+        super::check_key(&req.key, "key")?;
+        self.call(|r, t| Op::Packet(PacketOp::Drop(Box::new(req), r), t))
+            .await
+    }
+
+    async fn grab_packet(&self, req: PacketGrab) -> Result<GrabReceipt> {
+        self.call(|r, t| Op::Packet(PacketOp::Grab(req, r), t))
+            .await
+    }
+
+    async fn expire_packets(&self, now_ms: u64) -> Result<Vec<PacketEnd>> {
+        self.call(|r, t| Op::Packet(PacketOp::Expire(now_ms, r), t))
+            .await
     }
 
     fn note_gift_seq(&self, gift_id: &str, seq: u64) {
@@ -295,6 +419,21 @@ impl Ledger for SqliteLedger {
     async fn earnings(&self, streamer: &str) -> Result<u64> {
         let streamer = streamer.to_owned();
         self.read(move |conn| earnings(conn, &streamer)).await
+    }
+
+    async fn set_limits(&self, user: &str, limits: UserLimits) -> Result<()> {
+        let user = user.to_owned();
+        self.call(|r, t| Op::SetLimits(user, limits, r, t)).await
+    }
+
+    async fn spending(&self, user: &str, policy: CapPolicy) -> Result<Spending> {
+        let user = user.to_owned();
+        self.read(move |conn| {
+            let limits = limits_of(conn, &user)?;
+            let spent = spent_since(conn, &user, now_ms().saturating_sub(policy.window_ms))?;
+            Ok(Spending::new(limits, &policy, spent))
+        })
+        .await
     }
 
     async fn probe(&self) -> Result<()> {
@@ -331,6 +470,10 @@ struct Writer {
 enum Pending {
     TopUp(Reply<TopUpReceipt>, Result<TopUpReceipt>),
     Gift(Reply<GiftOutcome>, Box<Result<GiftOutcome>>),
+    Refund(Reply<RefundReceipt>, Result<RefundReceipt>),
+    Drop(Reply<PacketReceipt>, Result<PacketReceipt>),
+    Grab(Reply<GrabReceipt>, Result<GrabReceipt>),
+    Expire(Reply<Vec<PacketEnd>>, Result<Vec<PacketEnd>>),
     Probe(Reply<()>, Result<()>),
 }
 
@@ -339,6 +482,10 @@ impl Pending {
         match self {
             Pending::TopUp(r, _) => Pending::TopUp(r, Err(e.clone())),
             Pending::Gift(r, _) => Pending::Gift(r, Box::new(Err(e.clone()))),
+            Pending::Refund(r, _) => Pending::Refund(r, Err(e.clone())),
+            Pending::Drop(r, _) => Pending::Drop(r, Err(e.clone())),
+            Pending::Grab(r, _) => Pending::Grab(r, Err(e.clone())),
+            Pending::Expire(r, _) => Pending::Expire(r, Err(e.clone())),
             Pending::Probe(r, _) => Pending::Probe(r, Err(e.clone())),
         }
     }
@@ -349,6 +496,10 @@ impl Pending {
         match self {
             Pending::TopUp(_, v) => unavailable(v.as_ref().err()),
             Pending::Gift(_, v) => unavailable(v.as_ref().as_ref().err()),
+            Pending::Refund(_, v) => unavailable(v.as_ref().err()),
+            Pending::Drop(_, v) => unavailable(v.as_ref().err()),
+            Pending::Grab(_, v) => unavailable(v.as_ref().err()),
+            Pending::Expire(_, v) => unavailable(v.as_ref().err()),
             Pending::Probe(_, v) => unavailable(v.as_ref().err()),
         }
     }
@@ -359,6 +510,10 @@ impl Pending {
         match self {
             Pending::TopUp(r, v) => drop(r.send(v)),
             Pending::Gift(r, v) => drop(r.send(*v)),
+            Pending::Refund(r, v) => drop(r.send(v)),
+            Pending::Drop(r, v) => drop(r.send(v)),
+            Pending::Grab(r, v) => drop(r.send(v)),
+            Pending::Expire(r, v) => drop(r.send(v)),
             Pending::Probe(r, v) => drop(r.send(v)),
         }
     }
@@ -422,7 +577,16 @@ impl Writer {
                     }
                     // A caller that gave up before its request started was told nothing was
                     // charged: skip it (dropping its reply) so that stays true.
-                    Op::TopUp(_, _, t) | Op::Gift(_, _, t) | Op::Probe(_, t) if !t.start() => None,
+                    Op::TopUp(_, _, t)
+                    | Op::Gift(_, _, t)
+                    | Op::Refund(_, _, t)
+                    | Op::Packet(_, t)
+                    | Op::SetLimits(_, _, _, t)
+                    | Op::Probe(_, t)
+                        if !t.start() =>
+                    {
+                        None
+                    }
                     Op::TopUp(req, r, _) => {
                         let result = apply_top_up(&tx, &req, &mut credits);
                         let failed = storage_failure(&result);
@@ -435,7 +599,31 @@ impl Writer {
                         pending.push(Pending::Gift(r, Box::new(result)));
                         failed
                     }
+                    Op::Refund(req, r, _) => {
+                        let result = apply_refund(&tx, &req, &mut credits);
+                        let failed = storage_failure(&result);
+                        pending.push(Pending::Refund(r, result));
+                        failed
+                    }
+                    Op::Packet(op, _) => {
+                        let p = match op {
+                            PacketOp::Drop(req, r) => Pending::Drop(r, apply_drop(&tx, &req)),
+                            PacketOp::Grab(req, r) => Pending::Grab(r, apply_grab(&tx, &req)),
+                            PacketOp::Expire(now, r) => Pending::Expire(r, apply_expire(&tx, now)),
+                        };
+                        let failed = p
+                            .storage_failed()
+                            .then(|| Error::LedgerUnavailable("a red packet write failed".into()));
+                        pending.push(p);
+                        failed
+                    }
                     Op::GiftSeq(id, seq) => storage_failure(&apply_gift_seq(&tx, &id, seq)),
+                    Op::SetLimits(user, limits, r, _) => {
+                        let result = apply_set_limits(&tx, &user, limits);
+                        let failed = storage_failure(&result);
+                        pending.push(Pending::Probe(r, result));
+                        failed
+                    }
                     Op::Probe(r, _) => {
                         let result = apply_probe(&tx);
                         let failed = storage_failure(&result);
@@ -483,7 +671,11 @@ impl Writer {
                         Op::Shutdown(done) => shutdown = Some(done),
                         Op::TopUp(_, r, _) => drop(r.send(Err(e.clone()))),
                         Op::Gift(_, r, _) => drop(r.send(Err(e.clone()))),
-                        Op::Probe(r, _) => drop(r.send(Err(e.clone()))),
+                        Op::Refund(_, r, _) => drop(r.send(Err(e.clone()))),
+                        Op::Packet(PacketOp::Drop(_, r), _) => drop(r.send(Err(e.clone()))),
+                        Op::Packet(PacketOp::Grab(_, r), _) => drop(r.send(Err(e.clone()))),
+                        Op::Packet(PacketOp::Expire(_, r), _) => drop(r.send(Err(e.clone()))),
+                        Op::Probe(r, _) | Op::SetLimits(_, _, r, _) => drop(r.send(Err(e.clone()))),
                         Op::GiftSeq(..) | Op::Fault(_) => {}
                     }
                 }
@@ -504,7 +696,7 @@ fn storage_failure<T>(result: &Result<T>) -> Option<Error> {
 
 /// Adds `amount_coins` to an account's balance, creating the account if needed.
 fn adjust(conn: &Connection, account: &str, amount_coins: i64) -> Result<()> {
-    let external = AccountKind::of(account).is_some_and(AccountKind::is_external);
+    let external = AccountKind::of(account).is_some_and(AccountKind::may_go_negative);
     // Update first: the account usually exists. (An upsert would check the CHECK constraint
     // against the would-be inserted row, which is negative for every debit.)
     let updated = conn
@@ -599,7 +791,24 @@ fn channels(conn: &Connection, user: &str) -> Result<ChannelCoins> {
 }
 
 fn wallet(conn: &Connection, user: &str) -> Result<Wallet> {
-    Ok(Wallet::from_channels(channels(conn, user)?))
+    Ok(Wallet::from_channels(
+        channels(conn, user)?,
+        owed(conn, user)?,
+    ))
+}
+
+/// What `user` owes: minus their receivable's balance, which is never above zero.
+fn owed(conn: &Connection, user: &str) -> Result<u64> {
+    let account = posting::receivable_account(user);
+    let v: Option<i64> = conn
+        .prepare_cached("SELECT balance_coins FROM accounts WHERE account = ?1")
+        .db()?
+        .query_row([&account], |r| r.get(0))
+        .optional()
+        .db()?;
+    let balance = v.unwrap_or(0);
+    assert!(balance <= 0, "receivable {account} holds {balance} coins");
+    Ok(balance.unsigned_abs())
 }
 
 fn earnings(conn: &Connection, streamer: &str) -> Result<u64> {
@@ -651,33 +860,34 @@ fn apply_top_up(
 ) -> Result<TopUpReceipt> {
     let digest = req.payload_digest();
     if let Some(txn_id) = prior(conn, "topup", "store", &req.purchase_id, &digest)? {
-        let (user, channel, coins, balance): (String, String, i64, i64) = conn
+        let (user, channel, coins, balance, repaid): (String, String, i64, i64, i64) = conn
             .prepare_cached(
-                "SELECT user, channel, coins, balance_coins FROM topups WHERE txn_id = ?1",
+                "SELECT user, channel, coins, balance_coins, repaid_coins FROM topups WHERE txn_id = ?1",
             )
             .db()?
             .query_row([txn_id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
             })
             .db()?;
         return Ok(TopUpReceipt {
             txn_id: txn_id as u64,
             user,
-            channel: Channel::parse(&channel)
-                .ok_or_else(|| Error::Internal("bad channel in ledger".into()))?,
+            channel: parse_channel(&channel)?,
             coins: coins as u64,
             purchase_id: req.purchase_id.clone(),
+            repaid_coins: repaid as u64,
             balance_coins: balance as u64,
             replayed: true,
         });
     }
     // Purchase ids are the store's, unique across users, so the idempotency scope is the store.
+    let plan = posting::top_up(req, owed(conn, &req.user)?);
     let txn_id = open_txn(conn, "topup", "store", &req.purchase_id, &digest, now_ms())?;
-    post(conn, txn_id, posting::top_up(req).entries(), sums)?;
+    post(conn, txn_id, plan.posting.entries(), sums)?;
     let balance_coins = wallet(conn, &req.user)?.total_coins();
-    conn.prepare_cached("INSERT INTO topups(txn_id, user, channel, coins, balance_coins) VALUES (?1, ?2, ?3, ?4, ?5)")
+    conn.prepare_cached("INSERT INTO topups(txn_id, user, channel, coins, balance_coins, repaid_coins) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
         .db()?
-        .execute(params![txn_id, req.user, req.channel.as_str(), req.coins as i64, balance_coins as i64])
+        .execute(params![txn_id, req.user, req.channel.as_str(), req.coins as i64, balance_coins as i64, plan.repaid_coins as i64])
         .db()?;
     Ok(TopUpReceipt {
         txn_id: txn_id as u64,
@@ -685,7 +895,128 @@ fn apply_top_up(
         channel: req.channel,
         coins: req.coins,
         purchase_id: req.purchase_id.clone(),
+        repaid_coins: plan.repaid_coins,
         balance_coins,
+        replayed: false,
+    })
+}
+
+fn parse_channel(channel: &str) -> Result<Channel> {
+    Channel::parse(channel).ok_or_else(|| Error::Internal("bad channel in ledger".into()))
+}
+
+fn apply_refund(
+    conn: &Connection,
+    req: &RefundRequest,
+    sums: &mut BatchSums,
+) -> Result<RefundReceipt> {
+    let digest = req.payload_digest();
+    if let Some(txn_id) = prior(conn, "refund", "store", &req.purchase_id, &digest)? {
+        let mut receipt = load_refund(conn, txn_id)?;
+        receipt.replayed = true;
+        return Ok(receipt);
+    }
+    let purchase: Option<(String, String, i64)> = conn
+        .prepare_cached(
+            "SELECT t.user, t.channel, t.coins FROM txns x JOIN topups t ON t.txn_id = x.txn_id
+             WHERE x.kind = 'topup' AND x.actor = 'store' AND x.idem_key = ?1",
+        )
+        .db()?
+        .query_row([&req.purchase_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .optional()
+        .db()?;
+    let Some((user, channel, coins)) = purchase else {
+        return Err(Error::PurchaseNotFound(req.purchase_id.clone()));
+    };
+    let purchase = posting::Purchase {
+        user,
+        channel: parse_channel(&channel)?,
+        coins: coins as u64,
+    };
+    let plan = posting::refund(&purchase, channels(conn, &purchase.user)?, &req.spend_order);
+    let created_ms = now_ms();
+    let txn_id = open_txn(
+        conn,
+        "refund",
+        "store",
+        &req.purchase_id,
+        &digest,
+        created_ms,
+    )?;
+    post(conn, txn_id, plan.posting.entries(), sums)?;
+    let after = wallet(conn, &purchase.user)?;
+    let receipt = RefundReceipt {
+        txn_id: txn_id as u64,
+        purchase_id: req.purchase_id.clone(),
+        reason: req.reason,
+        user: purchase.user,
+        channel: purchase.channel,
+        coins: purchase.coins,
+        wallet_coins: plan.wallet_coins(),
+        debt_coins: plan.debt_coins,
+        balance_coins: after.total_coins(),
+        owed_coins: after.owed_coins,
+        created_ms,
+        replayed: false,
+    };
+    conn.prepare_cached(
+        "INSERT INTO refunds(txn_id, purchase_id, reason, user, channel, coins, wallet_coins, debt_coins,
+             balance_coins, owed_coins, created_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )
+    .db()?
+    .execute(params![
+        txn_id,
+        receipt.purchase_id,
+        receipt.reason.as_str(),
+        receipt.user,
+        receipt.channel.as_str(),
+        receipt.coins as i64,
+        receipt.wallet_coins as i64,
+        receipt.debt_coins as i64,
+        receipt.balance_coins as i64,
+        receipt.owed_coins as i64,
+        created_ms as i64,
+    ])
+    .db()?;
+    Ok(receipt)
+}
+
+fn load_refund(conn: &Connection, txn_id: i64) -> Result<RefundReceipt> {
+    let row = conn
+        .prepare_cached(
+            "SELECT purchase_id, reason, user, channel, coins, wallet_coins, debt_coins, balance_coins,
+                    owed_coins, created_ms
+             FROM refunds WHERE txn_id = ?1",
+        )
+        .db()?
+        .query_row([txn_id], |r| {
+            let u = |i: usize| r.get::<_, i64>(i).map(|v| v as u64);
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                [u(4)?, u(5)?, u(6)?, u(7)?, u(8)?, u(9)?],
+            ))
+        })
+        .db()?;
+    let (purchase_id, reason, user, channel, n) = row;
+    Ok(RefundReceipt {
+        txn_id: txn_id as u64,
+        purchase_id,
+        reason: RefundReason::parse(&reason)
+            .ok_or_else(|| Error::Internal("bad refund reason in ledger".into()))?,
+        user,
+        channel: parse_channel(&channel)?,
+        coins: n[0],
+        wallet_coins: n[1],
+        debt_coins: n[2],
+        balance_coins: n[3],
+        owed_coins: n[4],
+        created_ms: n[5],
         replayed: false,
     })
 }
@@ -700,9 +1031,17 @@ fn apply_gift(conn: &Connection, req: &GiftRequest, sums: &mut BatchSums) -> Res
             split: None,
         });
     }
-    // Refusals come from the plan, before the first write: a refused gift leaves nothing.
-    let plan = posting::gift(req, channels(conn, &req.sender)?)?;
+    // Refusals come from the plan, before the first write: a refused gift leaves nothing. The
+    // single writer sees every earlier gift of the batch through the open transaction, so the
+    // allowance counts them and concurrent gifts cannot pass the cap together.
     let created_ms = now_ms();
+    let since_ms = created_ms.saturating_sub(req.caps.window_ms);
+    let allowance = Allowance::new(
+        &req.caps,
+        &limits_of(conn, &req.sender)?,
+        spent_since(conn, &req.sender, since_ms)?,
+    );
+    let plan = posting::gift(req, channels(conn, &req.sender)?, allowance)?;
     let txn_id = open_txn(
         conn,
         "gift",
@@ -775,6 +1114,355 @@ fn load_gift(conn: &Connection, txn_id: i64) -> Result<GiftReceipt> {
     Ok(receipt)
 }
 
+/// A user's own limits (the defaults if none were set).
+fn limits_of(conn: &Connection, user: &str) -> Result<UserLimits> {
+    let row: Option<(Option<i64>, i64)> = conn
+        .prepare_cached("SELECT window_coins_max, minor FROM user_limits WHERE user = ?1")
+        .db()?
+        .query_row([user], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+        .db()?;
+    Ok(
+        row.map_or_else(UserLimits::default, |(cap, minor)| UserLimits {
+            window_coins_max: cap.map(|c| c as u64),
+            minor: minor != 0,
+        }),
+    )
+}
+
+/// Coins `user` spent on gifts and red packets created after `since_ms` (index ranges).
+fn spent_since(conn: &Connection, user: &str, since_ms: u64) -> Result<u64> {
+    let spent: i64 = conn
+        .prepare_cached(
+            "SELECT (SELECT COALESCE(SUM(price_coins), 0) FROM gifts WHERE sender = ?1 AND created_ms > ?2)
+                  + (SELECT COALESCE(SUM(total_coins), 0) FROM packets WHERE sender = ?1 AND created_ms > ?2)",
+        )
+        .db()?
+        .query_row(params![user, since_ms as i64], |r| r.get(0))
+        .db()?;
+    Ok(nonnegative("spending", spent))
+}
+
+fn apply_set_limits(conn: &Connection, user: &str, limits: UserLimits) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO user_limits(user, window_coins_max, minor, updated_ms) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT(user) DO UPDATE SET window_coins_max = excluded.window_coins_max,
+             minor = excluded.minor, updated_ms = excluded.updated_ms",
+    )
+    .db()?
+    .execute(params![
+        user,
+        limits.window_coins_max.map(|c| c as i64),
+        limits.minor as i64,
+        now_ms() as i64
+    ])
+    .db()?;
+    Ok(())
+}
+
+/// A user's or a packet's coins per channel, from accounts named by `account(channel)`.
+fn per_channel(conn: &Connection, account: impl Fn(Channel) -> String) -> Result<ChannelCoins> {
+    let mut c = [0u64; 3];
+    for ch in Channel::ALL {
+        c[ch.index()] = balance_of(conn, &account(ch))?;
+    }
+    Ok(c)
+}
+
+fn apply_drop(conn: &Connection, req: &PacketDrop) -> Result<PacketReceipt> {
+    let digest = req.payload_digest();
+    if let Some(txn_id) = prior(conn, "packet", &req.sender, &req.key, &digest)? {
+        let mut receipt = load_packet(conn, txn_id)?;
+        receipt.replayed = true;
+        return Ok(receipt);
+    }
+    let created_ms = now_ms();
+    let since_ms = created_ms.saturating_sub(req.caps.window_ms);
+    let allowance = Allowance::new(
+        &req.caps,
+        &limits_of(conn, &req.sender)?,
+        spent_since(conn, &req.sender, since_ms)?,
+    );
+    let packet_id = new_packet_id(created_ms);
+    let plan = posting::drop_packet(req, &packet_id, channels(conn, &req.sender)?, allowance)?;
+    let cut = crate::gift::red_packet::cut(req.total_coins, req.shares, &mut rand::rng());
+    let txn_id = open_txn(conn, "packet", &req.sender, &req.key, &digest, created_ms)?;
+    post(
+        conn,
+        txn_id,
+        plan.posting.entries(),
+        &mut BatchSums::default(),
+    )?;
+    let f = plan.funding_coins;
+    let balance_coins: u64 = plan.balances_after.iter().sum();
+    conn.prepare_cached(
+        "INSERT INTO packets(txn_id, packet_id, room, sender, total_coins, shares, funding_ios,
+             funding_android, funding_web, balance_coins, created_ms, expires_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    )
+    .db()?
+    .execute(params![
+        txn_id,
+        packet_id,
+        req.room,
+        req.sender,
+        req.total_coins as i64,
+        req.shares as i64,
+        f[0] as i64,
+        f[1] as i64,
+        f[2] as i64,
+        balance_coins as i64,
+        created_ms as i64,
+        req.expires_ms as i64,
+    ])
+    .db()?;
+    let mut insert = conn
+        .prepare_cached(
+            "INSERT INTO packet_shares(packet_id, share_index, coins) VALUES (?1, ?2, ?3)",
+        )
+        .db()?;
+    for (i, coins) in cut.iter().enumerate() {
+        insert
+            .execute(params![packet_id, i as i64, *coins as i64])
+            .db()?;
+    }
+    load_packet(conn, txn_id)
+}
+
+fn load_packet(conn: &Connection, txn_id: i64) -> Result<PacketReceipt> {
+    conn.prepare_cached(
+        "SELECT packet_id, room, sender, total_coins, shares, funding_ios, funding_android, funding_web,
+                balance_coins, created_ms, expires_ms FROM packets WHERE txn_id = ?1",
+    )
+    .db()?
+    .query_row([txn_id], |r| {
+        let u = |i: usize| r.get::<_, i64>(i).map(|v| v as u64);
+        Ok(PacketReceipt {
+            packet_id: r.get(0)?,
+            room: r.get(1)?,
+            sender: r.get(2)?,
+            total_coins: u(3)?,
+            shares: u(4)?,
+            funding_coins: [u(5)?, u(6)?, u(7)?],
+            balance_coins: u(8)?,
+            created_ms: u(9)?,
+            expires_ms: u(10)?,
+            replayed: false,
+        })
+    })
+    .db()
+}
+
+/// A packet's state for a grab or an expiry.
+struct PacketRow {
+    room: String,
+    sender: String,
+    total_coins: u64,
+    shares: u64,
+    grabbed_shares: u64,
+    expires_ms: u64,
+    ended: bool,
+}
+
+fn packet_row(conn: &Connection, packet_id: &str) -> Result<Option<PacketRow>> {
+    conn.prepare_cached(
+        "SELECT room, sender, total_coins, shares, grabbed_shares, expires_ms, ended_ms IS NOT NULL
+         FROM packets WHERE packet_id = ?1",
+    )
+    .db()?
+    .query_row([packet_id], |r| {
+        Ok(PacketRow {
+            room: r.get(0)?,
+            sender: r.get(1)?,
+            total_coins: r.get::<_, i64>(2)? as u64,
+            shares: r.get::<_, i64>(3)? as u64,
+            grabbed_shares: r.get::<_, i64>(4)? as u64,
+            expires_ms: r.get::<_, i64>(5)? as u64,
+            ended: r.get(6)?,
+        })
+    })
+    .optional()
+    .db()
+}
+
+fn apply_grab(conn: &Connection, req: &PacketGrab) -> Result<GrabReceipt> {
+    let packet = match packet_row(conn, &req.packet_id)? {
+        Some(p) if p.room == req.room => p,
+        _ => return Err(Error::PacketNotFound(req.packet_id.clone())),
+    };
+    if let Some(txn_id) = prior(conn, "grab", &req.user, &req.packet_id, &req.packet_id)? {
+        return load_grab(conn, txn_id, &packet);
+    }
+    if packet.grabbed_shares == packet.shares {
+        return Err(Error::PacketEmpty);
+    }
+    if packet.ended || req.now_ms >= packet.expires_ms {
+        return Err(Error::PacketExpired);
+    }
+    let share_index = packet.grabbed_shares;
+    let coins: i64 = conn
+        .prepare_cached("SELECT coins FROM packet_shares WHERE packet_id = ?1 AND share_index = ?2")
+        .db()?
+        .query_row(params![req.packet_id, share_index as i64], |r| r.get(0))
+        .db()?;
+    let left = per_channel(conn, |ch| posting::packet_account(&req.packet_id, ch))?;
+    let (taken, posting) = posting::grab(&req.packet_id, &req.user, left, coins as u64);
+    let created_ms = now_ms();
+    let txn_id = open_txn(
+        conn,
+        "grab",
+        &req.user,
+        &req.packet_id,
+        &req.packet_id,
+        created_ms,
+    )?;
+    post(conn, txn_id, posting.entries(), &mut BatchSums::default())?;
+    let balance_coins = wallet(conn, &req.user)?.total_coins();
+    conn.prepare_cached(
+        "INSERT INTO packet_grabs(txn_id, packet_id, share_index, grabber, coins, ch_ios, ch_android,
+             ch_web, balance_coins, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )
+    .db()?
+    .execute(params![
+        txn_id,
+        req.packet_id,
+        share_index as i64,
+        req.user,
+        coins,
+        taken[0] as i64,
+        taken[1] as i64,
+        taken[2] as i64,
+        balance_coins as i64,
+        created_ms as i64
+    ])
+    .db()?;
+    let last = share_index + 1 == packet.shares;
+    conn.prepare_cached(
+        "UPDATE packets SET grabbed_shares = grabbed_shares + 1, grabbed_coins = grabbed_coins + ?2,
+             ended_ms = CASE WHEN ?3 THEN ?4 ELSE ended_ms END
+         WHERE packet_id = ?1",
+    )
+    .db()?
+    .execute(params![req.packet_id, coins, last, created_ms as i64])
+    .db()?;
+    let mut receipt = load_grab(conn, txn_id, &packet)?;
+    receipt.replayed = false;
+    receipt.grabbed_shares = share_index + 1;
+    if last {
+        receipt.end = Some(packet_end(conn, &req.packet_id, PacketEndReason::AllTaken)?);
+    }
+    Ok(receipt)
+}
+
+fn load_grab(conn: &Connection, txn_id: i64, packet: &PacketRow) -> Result<GrabReceipt> {
+    conn.prepare_cached(
+        "SELECT g.packet_id, g.grabber, g.share_index, g.coins, g.ch_ios, g.ch_android, g.ch_web,
+                g.balance_coins, p.grabbed_shares
+         FROM packet_grabs g JOIN packets p ON p.packet_id = g.packet_id WHERE g.txn_id = ?1",
+    )
+    .db()?
+    .query_row([txn_id], |r| {
+        let u = |i: usize| r.get::<_, i64>(i).map(|v| v as u64);
+        Ok(GrabReceipt {
+            packet_id: r.get(0)?,
+            user: r.get(1)?,
+            share_index: u(2)?,
+            coins: u(3)?,
+            funding_coins: [u(4)?, u(5)?, u(6)?],
+            balance_coins: u(7)?,
+            grabbed_shares: u(8)?,
+            shares: packet.shares,
+            replayed: true,
+            end: None,
+        })
+    })
+    .db()
+}
+
+/// A packet's end as recorded, with its grabs in share order.
+fn packet_end(conn: &Connection, packet_id: &str, reason: PacketEndReason) -> Result<PacketEnd> {
+    let (room, sender, total, shares, grabbed_shares, grabbed_coins, returned): (
+        String,
+        String,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+    ) = conn
+        .prepare_cached(
+            "SELECT room, sender, total_coins, shares, grabbed_shares, grabbed_coins, returned_coins
+             FROM packets WHERE packet_id = ?1",
+        )
+        .db()?
+        .query_row([packet_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+        })
+        .db()?;
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT grabber, coins FROM packet_grabs WHERE packet_id = ?1 ORDER BY share_index",
+        )
+        .db()?;
+    let grabs = stmt
+        .query_map([packet_id], |r| {
+            Ok(GrabView {
+                user: r.get(0)?,
+                coins: r.get::<_, i64>(1)? as u64,
+            })
+        })
+        .db()?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .db()?;
+    Ok(PacketEnd {
+        packet_id: packet_id.to_owned(),
+        room,
+        sender,
+        reason,
+        total_coins: total as u64,
+        shares: shares as u64,
+        grabbed_shares: grabbed_shares as u64,
+        grabbed_coins: grabbed_coins as u64,
+        returned_coins: returned as u64,
+        grabs,
+    })
+}
+
+fn apply_expire(conn: &Connection, now: u64) -> Result<Vec<PacketEnd>> {
+    let ids: Vec<String> = conn
+        .prepare_cached(
+            "SELECT packet_id FROM packets WHERE ended_ms IS NULL AND expires_ms <= ?1
+             ORDER BY expires_ms LIMIT ?2",
+        )
+        .db()?
+        .query_map(
+            params![now as i64, super::PACKETS_EXPIRED_PER_CALL_MAX as i64],
+            |r| r.get(0),
+        )
+        .db()?
+        .collect::<rusqlite::Result<_>>()
+        .db()?;
+    let mut ended = Vec::with_capacity(ids.len());
+    for packet_id in ids {
+        let packet = packet_row(conn, &packet_id)?.expect("an open packet has its row");
+        let left = per_channel(conn, |ch| posting::packet_account(&packet_id, ch))?;
+        let returned: u64 = left.iter().sum();
+        if let Some(posting) = posting::packet_return(&packet_id, &packet.sender, left) {
+            let txn_id = open_txn(conn, "packet_return", "system", &packet_id, "return", now)?;
+            post(conn, txn_id, posting.entries(), &mut BatchSums::default())?;
+        }
+        assert!(returned <= packet.total_coins);
+        conn.prepare_cached(
+            "UPDATE packets SET ended_ms = ?2, returned_coins = ?3 WHERE packet_id = ?1 AND ended_ms IS NULL",
+        )
+        .db()?
+        .execute(params![packet_id, now as i64, returned as i64])
+        .db()?;
+        ended.push(packet_end(conn, &packet_id, PacketEndReason::Expired)?);
+    }
+    Ok(ended)
+}
+
 fn apply_probe(conn: &Connection) -> Result<()> {
     conn.prepare_cached(
         "INSERT INTO meta(key, value) VALUES ('probe_ms', ?1)
@@ -805,7 +1493,7 @@ fn apply_gift_seq(conn: &Connection, gift_id: &str, seq: u64) -> Result<()> {
 mod tests {
     use super::*;
     use crate::config::StoreFees;
-    use crate::ledger::{GiftPurpose, SplitPolicy};
+    use crate::ledger::{CapPolicy, GiftPurpose, SplitPolicy};
 
     fn histogram() -> Histogram {
         Histogram::with_opts(prometheus::HistogramOpts::new("t", "t")).unwrap()
@@ -838,6 +1526,11 @@ mod tests {
                 },
                 streamer_share_bps: 5000,
                 spend_order: vec![Channel::Web, Channel::Android, Channel::Ios],
+            },
+            caps: CapPolicy {
+                window_ms: 86_400_000,
+                window_coins_max: 1_000,
+                minor_window_coins_max: 0,
             },
         }
     }
@@ -923,6 +1616,35 @@ mod tests {
         l.close().await;
         assert_eq!(l.wallet("v").await.unwrap_err(), Error::ShuttingDown);
         assert!(!l.is_ready());
+    }
+
+    #[tokio::test]
+    async fn a_file_from_before_refunds_gains_repaid_coins_and_keeps_its_top_ups() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE topups (
+                     txn_id        INTEGER PRIMARY KEY REFERENCES txns(txn_id),
+                     user          TEXT NOT NULL,
+                     channel       TEXT NOT NULL,
+                     coins         INTEGER NOT NULL CHECK (coins > 0),
+                     balance_coins INTEGER NOT NULL
+                 );",
+            )
+            .unwrap();
+        }
+        let l = open(&dir);
+        l.top_up(top_up("v", Channel::Web, 50, "p1")).await.unwrap();
+        let replay = l.top_up(top_up("v", Channel::Web, 50, "p1")).await.unwrap();
+        assert_eq!((replay.repaid_coins, replay.replayed), (0, true));
+        l.close().await;
+        // Opening it again finds the column and leaves it alone.
+        let l = open(&dir);
+        assert_eq!(l.wallet("v").await.unwrap().total_coins(), 50);
+        l.close().await;
+        assert!(audit_ok(&path));
     }
 
     fn audit_ok(path: &Path) -> bool {

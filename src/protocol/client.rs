@@ -49,6 +49,15 @@ pub enum Command {
         #[serde(default)]
         text: Option<String>,
     },
+    /// Drop a red packet into the current room: `total_coins` cut into `shares` shares.
+    /// `key` is the idempotency key.
+    DropRedPacket {
+        total_coins: u64,
+        shares: u64,
+        key: String,
+    },
+    /// Grab a share of a red packet in the current room.
+    GrabRedPacket { packet_id: String },
     /// The caller's wallet.
     Balance {},
     /// Liveness and clock check.
@@ -67,6 +76,8 @@ const KNOWN: &[&str] = &[
     "thank",
     "balance",
     "ping",
+    "drop_red_packet",
+    "grab_red_packet",
 ];
 
 /// The last event position a client saw in a room.
@@ -96,6 +107,8 @@ impl Command {
             Command::SendGift { .. } => "send_gift",
             Command::Ask { .. } => "ask",
             Command::Answer { .. } => "answer",
+            Command::DropRedPacket { .. } => "drop_red_packet",
+            Command::GrabRedPacket { .. } => "grab_red_packet",
             Command::Thank { .. } => "thank",
             Command::Balance {} => "balance",
             Command::Ping {} => "ping",
@@ -112,12 +125,14 @@ impl Command {
                 | Command::Answer { .. }
                 | Command::Thank { .. }
                 | Command::CloseRoom {}
+                | Command::DropRedPacket { .. }
+                | Command::GrabRedPacket { .. }
         )
     }
 
     pub fn rate_class(&self) -> RateClass {
         match self {
-            Command::SendGift { .. } => RateClass::Gifts,
+            Command::SendGift { .. } | Command::DropRedPacket { .. } => RateClass::Gifts,
             Command::Ask {
                 sticker: Some(_), ..
             } => RateClass::Gifts,

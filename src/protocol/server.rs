@@ -1,5 +1,5 @@
-//! Messages giftd sends: replies to one client (`ack`, `error`, `welcome`, `thanks`, `answered`,
-//! `gift_received`)
+//! Messages giftd sends: replies and private notices to one client (`ack`, `error`, `welcome`,
+//! `thanks`, `answered`, `gift_received`, `refund`, `red_packet_summary`)
 //! and room events (`event`), which carry the room's sequence number.
 //!
 //! Every message is encoded exactly once into a [`Frame`]. For room events that single frame is
@@ -27,6 +27,9 @@ pub enum ServerMessage<'a> {
         code: u16,
         reason: &'static str,
         message: String,
+        /// Only on `spending_cap_exceeded`: what the user may still spend in the window.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        remaining_coins: Option<u64>,
     },
     /// Private: the streamer thanked your gift.
     Thanks {
@@ -35,6 +38,19 @@ pub enum ServerMessage<'a> {
         from: &'a str,
         text: &'a str,
     },
+    /// Private: a top-up of yours was reversed (the store refunded it or a chargeback arrived).
+    Refund {
+        purchase_id: &'a str,
+        reason: crate::ledger::RefundReason,
+        channel: crate::gift::Channel,
+        coins: u64,
+        wallet_coins: u64,
+        debt_coins: u64,
+        balance_coins: u64,
+        owed_coins: u64,
+    },
+    /// Private, to a red packet's sender when it ends: who grabbed how much, what came back.
+    RedPacketSummary(&'a crate::ledger::PacketEnd),
     /// Private: the streamer answered your question.
     Answered {
         room: &'a str,
@@ -88,6 +104,7 @@ pub fn error(id: Option<u64>, e: &Error) -> Frame {
         code: e.code(),
         reason: e.reason(),
         message: e.client_message(),
+        remaining_coins: e.remaining_coins(),
     })
 }
 
@@ -145,17 +162,44 @@ pub enum EventKind {
     RoomClosed {
         reason: String,
     },
+    /// A red packet was dropped into the room.
+    RedPacket {
+        packet_id: String,
+        from: String,
+        total_coins: u64,
+        shares: u64,
+        expires_ms: u64,
+    },
+    /// A member grabbed a share of a red packet.
+    RedPacketGrab {
+        packet_id: String,
+        user: String,
+        coins: u64,
+        grabbed_shares: u64,
+        shares: u64,
+    },
+    /// A red packet ended: all shares taken, or it expired and the rest went back.
+    RedPacketEnd {
+        packet_id: String,
+        reason: crate::ledger::PacketEndReason,
+        grabbed_shares: u64,
+        grabbed_coins: u64,
+        returned_coins: u64,
+    },
 }
 
 impl EventKind {
     /// Every kind's name, in [`EventKind::index`] order.
-    pub const NAMES: [&'static str; 6] = [
+    pub const NAMES: [&'static str; 9] = [
         "viewers",
         "gift",
         "question",
         "answer",
         "thanks",
         "room_closed",
+        "red_packet",
+        "red_packet_grab",
+        "red_packet_end",
     ];
 
     /// A dense index, for per-kind counters resolved once.
@@ -167,6 +211,9 @@ impl EventKind {
             EventKind::Answer { .. } => 3,
             EventKind::Thanks { .. } => 4,
             EventKind::RoomClosed { .. } => 5,
+            EventKind::RedPacket { .. } => 6,
+            EventKind::RedPacketGrab { .. } => 7,
+            EventKind::RedPacketEnd { .. } => 8,
         }
     }
 
@@ -178,6 +225,9 @@ impl EventKind {
             EventKind::Answer { .. } => "answer",
             EventKind::Thanks { .. } => "thanks",
             EventKind::RoomClosed { .. } => "room_closed",
+            EventKind::RedPacket { .. } => "red_packet",
+            EventKind::RedPacketGrab { .. } => "red_packet_grab",
+            EventKind::RedPacketEnd { .. } => "red_packet_end",
         }
     }
 }

@@ -60,6 +60,7 @@ impl Session {
             "ios_coins": wallet.ios_coins,
             "android_coins": wallet.android_coins,
             "web_coins": wallet.web_coins,
+            "owed_coins": wallet.owed_coins,
         });
         if self.who().role == Role::Streamer {
             result["earnings_coins"] = self.app.ledger.earnings(&user).await?.into();

@@ -261,6 +261,14 @@ pub struct Totals {
     pub negative: i64,
     pub gifts: i64,
     pub gifted: i64,
+    /// Coins of reversed top-ups.
+    pub refunds: i64,
+    /// The sum of the receivables: minus all debt.
+    pub receivables: i64,
+    /// Receivables above zero (there must be none).
+    pub positive_receivables: i64,
+    /// Coins in red packets, neither grabbed nor returned yet.
+    pub packets: i64,
 }
 
 pub async fn read_totals(db: &LedgerDb) -> Totals {
@@ -272,10 +280,14 @@ pub async fn read_totals(db: &LedgerDb) -> Totals {
             (SELECT COALESCE(SUM(balance_coins), 0) FROM accounts WHERE account LIKE 'streamer:%'),
             (SELECT COALESCE(SUM(balance_coins), 0) FROM accounts WHERE account LIKE 'store:%'),
             (SELECT COALESCE(SUM(balance_coins), 0) FROM accounts WHERE account = 'platform'),
-            (SELECT COALESCE(SUM(balance_coins), 0) FROM accounts WHERE external = 1),
+            (SELECT COALESCE(SUM(balance_coins), 0) FROM accounts WHERE account LIKE 'external:%'),
             (SELECT COUNT(*) FROM accounts WHERE external = 0 AND balance_coins < 0),
             (SELECT COUNT(*) FROM gifts),
-            (SELECT COALESCE(SUM(price_coins), 0) FROM gifts)",
+            (SELECT COALESCE(SUM(price_coins), 0) FROM gifts),
+            (SELECT COALESCE(SUM(coins), 0) FROM refunds),
+            (SELECT COALESCE(SUM(balance_coins), 0) FROM accounts WHERE account LIKE 'receivable:%'),
+            (SELECT COUNT(*) FROM accounts WHERE account LIKE 'receivable:%' AND balance_coins > 0),
+            (SELECT COALESCE(SUM(balance_coins), 0) FROM accounts WHERE account LIKE 'packet:%')",
         )
         .await;
     Totals {
@@ -288,17 +300,28 @@ pub async fn read_totals(db: &LedgerDb) -> Totals {
         negative: v[6],
         gifts: v[7],
         gifted: v[8],
+        refunds: v[9],
+        receivables: v[10],
+        positive_receivables: v[11],
+        packets: v[12],
     }
 }
 
 pub fn check(t: &Totals) {
+    // What came in and did not go back out is in wallets, earnings, stores and the platform,
+    // less what users owe for coins spent before their purchase was reversed.
     assert_eq!(
-        t.wallets + t.streamers + t.stores + t.platform,
-        t.topups,
+        t.wallets + t.streamers + t.stores + t.platform + t.packets + t.receivables,
+        t.topups - t.refunds,
         "money not conserved: {t:?}"
     );
-    assert_eq!(t.external, -t.topups, "external accounts disagree: {t:?}");
+    assert_eq!(
+        t.external,
+        t.refunds - t.topups,
+        "external accounts disagree: {t:?}"
+    );
     assert_eq!(t.negative, 0, "negative balance: {t:?}");
+    assert_eq!(t.positive_receivables, 0, "receivable above zero: {t:?}");
     assert_eq!(
         t.streamers + t.stores + t.platform,
         t.gifted,
@@ -318,7 +341,7 @@ pub async fn checker(db: LedgerDb, stop: Arc<AtomicBool>) -> (u64, Totals) {
         let t = read_totals(&db).await;
         check(&t);
         assert!(
-            t.topups >= last.topups && t.gifts >= last.gifts,
+            t.topups >= last.topups && t.gifts >= last.gifts && t.refunds >= last.refunds,
             "{t:?} after {last:?}"
         );
         last = t;

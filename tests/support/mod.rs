@@ -244,6 +244,36 @@ impl TestServer {
         serde_json::from_str(&text).unwrap()
     }
 
+    /// An admin call with the admin token, its body parsed (`Null` if it is not JSON).
+    pub async fn admin(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let (status, text) = self.http(method, path, Some(ADMIN_TOKEN), body).await;
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Reverses a top-up through the admin API (`reason`: `refund` or `chargeback`); returns the
+    /// status and body.
+    pub async fn refund(&self, purchase_id: &str, reason: &str) -> (u16, Value) {
+        let body = json!({ "purchase_id": purchase_id, "reason": reason });
+        self.admin("POST", "/admin/refund", Some(&body)).await
+    }
+
+    /// Sets `user`'s spending limits through the admin API; returns their limits and spending.
+    pub async fn set_limits(&self, user: &str, limits: Value) -> Value {
+        let path = format!("/admin/users/{user}/limits");
+        let (status, body) = self.admin("PUT", &path, Some(&limits)).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// `user`'s limits and spending in the current window, through the admin API.
+    pub async fn limits(&self, user: &str) -> Value {
+        let (status, body) = self
+            .admin("GET", &format!("/admin/users/{user}/limits"), None)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
     pub async fn balance(&self, user: &str) -> u64 {
         self.wallet(user).await["balance_coins"].as_u64().unwrap()
     }
