@@ -393,6 +393,17 @@ impl Cluster {
         }
     }
 
+    /// Sends a notice (a request without an answer, such as a red packet's end) to the node
+    /// that runs `room`, through the ordered queue.
+    pub fn notify_room(&self, room: &str, notice: &remote::Request) {
+        self.queue(Outgoing {
+            subject: self.commands_subject(room),
+            headers: HeaderMap::new(),
+            payload: notice.encode(),
+            numbered_at: None,
+        });
+    }
+
     /// Every room of the cluster, as their owners last renewed them.
     pub async fn rooms(&self) -> Result<Vec<RoomSummary>> {
         let unavailable = |e: &dyn std::fmt::Display| Error::RoomUnavailable(format!("NATS: {e}"));

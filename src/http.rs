@@ -565,7 +565,7 @@ struct RefundBody {
     reason: String,
 }
 
-/// Reverses a top-up (`POST /admin/refund`) and tells the user's connections on this node.
+/// Reverses a top-up (`POST /admin/refund`) and tells the user's connections on every node.
 async fn refund(
     State(app): AdminState,
     headers: HeaderMap,

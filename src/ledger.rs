@@ -210,7 +210,7 @@ pub struct GrabReceipt {
 }
 
 /// Why a red packet ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PacketEndReason {
     AllTaken,

@@ -6,7 +6,7 @@
 //! survives restarts. This module only orders things: the ledger commits first, then the room
 //! hears of it. Each node's sweeper ([`sweeper`]) asks the ledger to end the packets whose time
 //! ran out; the ledger ends each exactly once, whichever node asks first, and that node
-//! publishes the end in the room (if the room is live on it) and tells the sender.
+//! publishes the end in the room (through the room's node in a cluster) and tells the sender.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -114,7 +114,8 @@ pub async fn grab(
     Ok((receipt, seq))
 }
 
-/// Announces a packet's end in its room (if live on this node) and sends its sender the summary.
+/// Announces a packet's end in its room (on this node, or in a cluster through the room's node)
+/// and sends its sender the summary.
 fn publish_end(app: &App, end: &PacketEnd) {
     if end.returned_coins > 0 {
         app.metrics
@@ -130,6 +131,17 @@ fn publish_end(app: &App, end: &PacketEnd) {
             grabbed_coins: end.grabbed_coins,
             returned_coins: end.returned_coins,
         });
+    } else if let Some(cluster) = &app.cluster {
+        cluster.notify_room(
+            &end.room,
+            &crate::cluster::remote::Request::RedPacketEnded {
+                packet_id: end.packet_id.clone(),
+                reason: end.reason,
+                grabbed_shares: end.grabbed_shares,
+                grabbed_coins: end.grabbed_coins,
+                returned_coins: end.returned_coins,
+            },
+        );
     }
     let summary = encode(&ServerMessage::RedPacketSummary(end));
     app.send_to_user(&end.sender, OutKind::RedPacketSummary, &summary);

@@ -580,3 +580,71 @@ async fn nats_restarted_under_load_loses_nothing_acknowledged() {
     assert!(report.violations.is_empty(), "{report:?}");
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_red_packet_across_nodes_is_grabbed_once_per_user_and_ends_once_everywhere() {
+    let mut cluster = TestCluster::start_with(3, |c| {
+        c.red_packets.expiry_ms = 1_500;
+        c.red_packets.sweep_interval_ms = 100;
+    })
+    .await;
+    let [a, b, c] = &cluster.nodes[..] else {
+        unreachable!()
+    };
+    b.top_up("bob", "web", 1_000, "p1").await;
+    let mut star = a.streamer("star").await;
+    star.open_room("r", "t").await;
+    let mut bob = b.viewer("bob").await;
+    bob.join("r").await;
+    let dropped = bob
+        .ok(json!({ "type": "drop_red_packet", "total_coins": 100, "shares": 3, "key": "rp1" }))
+        .await;
+    let packet_id = dropped["packet_id"].as_str().unwrap().to_owned();
+
+    // Two grabbers, each with a connection on two nodes grabbing at once: one share each.
+    let mut grabbed = 0;
+    for user in ["amy", "cat"] {
+        let mut on_b = b.viewer(user).await;
+        on_b.join("r").await;
+        let mut on_c = c.viewer(user).await;
+        on_c.join("r").await;
+        let grab = json!({ "type": "grab_red_packet", "packet_id": packet_id });
+        let (x, y) = tokio::join!(on_b.request(grab.clone()), on_c.request(grab));
+        let (x, y) = (x.unwrap(), y.unwrap());
+        assert_eq!(x["coins"], y["coins"], "{x} {y}");
+        assert_eq!([&x, &y].iter().filter(|g| g["replayed"] == true).count(), 1);
+        grabbed += x["coins"].as_u64().unwrap();
+    }
+
+    // The third share expires: its coins go back to bob once, and every node's members see
+    // the end once, whichever node's sweeper returned it.
+    for member in [&mut star, &mut bob] {
+        let mut ends = 0;
+        let mut grabs = 0;
+        loop {
+            let e = member.next_event().await;
+            match e["kind"].as_str() {
+                Some("red_packet_grab") => grabs += 1,
+                Some("red_packet_end") => {
+                    ends += 1;
+                    assert_eq!(e["reason"], "expired", "{e}");
+                    assert_eq!(e["returned_coins"].as_u64().unwrap(), 100 - grabbed);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        assert_eq!((grabs, ends), (2, 1));
+    }
+    assert_eq!(
+        bob.next_of("red_packet_summary").await["packet_id"],
+        packet_id.as_str()
+    );
+    assert_eq!(b.balance("bob").await, 1_000 - grabbed);
+    let report = support::ledger::LedgerDb::open(&b.config)
+        .await
+        .audit()
+        .await;
+    assert!(report.violations.is_empty(), "{report:?}");
+    cluster.shutdown().await;
+}

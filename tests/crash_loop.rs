@@ -122,6 +122,33 @@ async fn start(dir: &Path, ledger: &LedgerConfig, cycle: usize) -> Server {
     panic!("giftd did not become ready in 10 attempts; last log:\n{log}");
 }
 
+/// Waits until PostgreSQL has ended the killed node's sessions. A COMMIT the node sent just
+/// before it died still completes after the process is gone; until its session ends, the test
+/// could read the ledger without that commit and then see it appear.
+async fn sessions_of_the_dead_end(db: &LedgerDb) {
+    if !matches!(db, LedgerDb::Postgres(..)) {
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let others = db
+            .ints(
+                "SELECT COUNT(*) FROM pg_stat_activity
+                  WHERE application_name = current_setting('application_name')
+                    AND pid <> pg_backend_pid()",
+            )
+            .await;
+        if others == [0] {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the killed node's sessions did not end in 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Polls `/readyz` until 200, at most 30 s. False if the process exited.
 async fn wait_ready(server: &mut Server) -> bool {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -394,6 +421,7 @@ async fn sigkill_under_gift_load_loses_no_receipt_and_charges_each_key_once() {
         tokio::time::sleep(delay).await;
         server.child.kill().unwrap();
         server.child.wait().unwrap();
+        sessions_of_the_dead_end(&db).await;
         drop(star);
 
         let mut unacked: Vec<(usize, Sent)> = Vec::new();

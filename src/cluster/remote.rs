@@ -25,6 +25,8 @@ use super::link::Outgoing;
 use crate::app::App;
 use crate::auth::{Identity, Role};
 use crate::error::{Error, Result};
+use crate::ledger::PacketEndReason;
+use crate::protocol::server::EventKind;
 use crate::protocol::{EventFrame, Frame};
 use crate::room::hub::Counts;
 use crate::room::{Position, Room};
@@ -47,6 +49,15 @@ pub enum Request {
     },
     /// The node's members in the room. Sent without a reply subject.
     Report { node: String, counts: Counts },
+    /// A red packet of the room expired and was returned by another node's sweeper: the room
+    /// announces its end. Sent without a reply subject.
+    RedPacketEnded {
+        packet_id: String,
+        reason: PacketEndReason,
+        grabbed_shares: u64,
+        grabbed_coins: u64,
+        returned_coins: u64,
+    },
 }
 
 impl Request {
@@ -119,9 +130,28 @@ pub async fn serve_room(
             tracing::warn!(room = %room.id, "ignored a malformed cluster request");
             continue;
         };
-        if let Request::Report { node, counts } = &request {
-            room.report(node, *counts);
-            continue;
+        match request {
+            Request::Report { node, counts } => {
+                room.report(&node, counts);
+                continue;
+            }
+            Request::RedPacketEnded {
+                packet_id,
+                reason,
+                grabbed_shares,
+                grabbed_coins,
+                returned_coins,
+            } => {
+                let _ = room.announce(&EventKind::RedPacketEnd {
+                    packet_id,
+                    reason,
+                    grabbed_shares,
+                    grabbed_coins,
+                    returned_coins,
+                });
+                continue;
+            }
+            Request::Command { .. } | Request::Join { .. } => {}
         }
         let Some(reply) = message.reply else {
             continue;
@@ -185,7 +215,9 @@ async fn answer(app: &Arc<App>, room: &Arc<Room>, request: Request) -> Answer {
                 Err(e) => Answer::frame(crate::protocol::server::error(Some(id), &e)),
             }
         }
-        Request::Report { .. } => unreachable!("reports are handled without an answer"),
+        Request::Report { .. } | Request::RedPacketEnded { .. } => {
+            unreachable!("notices are handled without an answer")
+        }
     }
 }
 
