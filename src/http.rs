@@ -476,16 +476,23 @@ struct LimitsBody {
     minor: bool,
 }
 
-/// A cap: null, or a whole number of coins from 0 to [`SPEND_CAP_COINS_MAX`].
+/// A cap: null, or a whole number of coins from 0 to [`SPEND_CAP_COINS_MAX`]. JSON has one
+/// number type, so `250.0` is the same whole number as `250` (exact far beyond the bound).
 fn cap_coins(value: &serde_json::Value) -> Result<Option<u64>, Error> {
-    match value {
-        serde_json::Value::Null => Ok(None),
-        v => match v.as_u64() {
-            Some(coins) if coins <= SPEND_CAP_COINS_MAX => Ok(Some(coins)),
-            _ => Err(Error::InvalidAmount(format!(
-                "window_coins_max must be null or a whole number from 0 to {SPEND_CAP_COINS_MAX}, got {v}"
-            ))),
-        },
+    if value.is_null() {
+        return Ok(None);
+    }
+    let whole = value.as_u64().or_else(|| {
+        value
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && (0.0..=SPEND_CAP_COINS_MAX as f64).contains(f))
+            .map(|f| f as u64)
+    });
+    match whole {
+        Some(coins) if coins <= SPEND_CAP_COINS_MAX => Ok(Some(coins)),
+        _ => Err(Error::InvalidAmount(format!(
+            "window_coins_max must be null or a whole number from 0 to {SPEND_CAP_COINS_MAX}, got {value}"
+        ))),
     }
 }
 
@@ -655,6 +662,28 @@ mod tests {
     use crate::app::testing::app;
     use axum::body::Body;
     use tower::ServiceExt;
+
+    /// schemathesis found `26.0` refused although it is the whole number 26.
+    #[test]
+    fn caps_are_null_or_whole_coins_within_the_bound() {
+        assert_eq!(cap_coins(&json!(null)), Ok(None));
+        for (v, coins) in [(json!(0), 0), (json!(26), 26), (json!(26.0), 26)] {
+            assert_eq!(cap_coins(&v), Ok(Some(coins)), "{v}");
+        }
+        assert_eq!(
+            cap_coins(&json!(SPEND_CAP_COINS_MAX)),
+            Ok(Some(SPEND_CAP_COINS_MAX))
+        );
+        for bad in [
+            json!(-1),
+            json!(2.5),
+            json!("5"),
+            json!(SPEND_CAP_COINS_MAX + 1),
+            json!(1e13),
+        ] {
+            assert!(cap_coins(&bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn topup_amounts_are_whole_coins_within_the_bound() {
