@@ -7,7 +7,7 @@
 //!
 //! This file holds the session's lifecycle and the checks every command shares (authentication,
 //! rate limits, roles, the current room); each command's handler lives with its family:
-//! `session/rooms.rs`, `session/gifts.rs` and `session/questions.rs`.
+//! `session/rooms.rs`, `session/gifts.rs`, `session/questions.rs` and `session/red_packets.rs`.
 //!
 //! In a cluster, a member of a room that another node runs is in that room through a replica
 //! (`room/replica.rs`). Its commands that act on the room are checked here (authentication, rate
