@@ -14,11 +14,32 @@
 //! 3. each viewer's balance equals its top-ups minus the prices of its distinct committed keys;
 //! 4. `giftd::ledger::audit::audit` reports no violation.
 //!
+//! A second test does the same to red packets (in parallel with the first, on its own server and
+//! ledger). Each cycle, two senders drop a packet with a fresh key and five grabbers grab each
+//! one, at once or after a random delay, while the kill comes at a random moment: before a drop,
+//! between a drop and its grabs, or close to the packets' expiry. Two cycles in three run the
+//! server with a short `red_packets.expiry_ms` (1–1.4 s, the config's minimum is 1 s; set with
+//! `GIFTD_RED_PACKETS__EXPIRY_MS` on that start) and every server sweeps every 100 ms, so kills
+//! land while packets are returned. After each restart:
+//!
+//! 1. every acknowledged drop is in the ledger exactly once under its key, and every
+//!    acknowledged grab exactly once with its share; a grab refused as empty or expired was
+//!    refused for a reason the ledger agrees with;
+//! 2. every unacknowledged drop is resent with its key: `replayed` exactly when the packet had
+//!    committed, one packet per key, and a second resend is a replay;
+//! 3. every unacknowledged grab is retried: the same share with `replayed: true` if it had
+//!    committed, otherwise a fresh share or a refusal the ledger agrees with;
+//! 4. the restarted node's sweeper ends every packet whose time ran out (waited for, bounded);
+//!    no user has two grabs of a packet, no packet more grabs than shares, and each ended
+//!    packet with shares left was returned exactly once, to its sender, what nobody grabbed;
+//! 5. each user's balance is its top-ups, less its drops, plus its grabs and returns, and the
+//!    audit passes. At the end every short-lived packet has ended and `giftd audit` exits 0.
+//!
 //! Runs on both ledger backends (`tests/support/ledger.rs`): on PostgreSQL the killed node's
 //! open transaction dies with its connection and the restarted node shares the same schema.
 //!
-//! `GIFTD_CRASH_CYCLES` sets the number of cycles (default 5), `GIFTD_CRASH_SEED` replays a run;
-//! the seed is printed.
+//! `GIFTD_CRASH_CYCLES` sets the number of cycles of each test (default 5), `GIFTD_CRASH_SEED`
+//! replays a run (both tests); the seed is printed.
 
 mod support;
 
@@ -69,7 +90,9 @@ fn free_port() -> SocketAddr {
     l.local_addr().unwrap()
 }
 
-async fn start(dir: &Path, ledger: &LedgerConfig, cycle: usize) -> Server {
+/// Starts `giftd serve` on `ledger` with the test's config file, plus `env` (`GIFTD_*` settings
+/// of this start only, such as the red packet expiry).
+async fn start(dir: &Path, ledger: &LedgerConfig, cycle: usize, env: &[(&str, String)]) -> Server {
     let config = dir.join("giftd.toml");
     if !config.exists() {
         let lots = "{ per_sec = 100000.0, burst = 100000 }";
@@ -78,7 +101,8 @@ async fn start(dir: &Path, ledger: &LedgerConfig, cycle: usize) -> Server {
             format!(
                 "[server]\nshutdown_grace_ms = 1000\n\n\
                  [limits.connection]\ngifts = {lots}\nquestions = {lots}\ncommands = {lots}\n\n\
-                 [limits.user]\ngifts = {lots}\nquestions = {lots}\ncommands = {lots}\n"
+                 [limits.user]\ngifts = {lots}\nquestions = {lots}\ncommands = {lots}\n\n\
+                 [red_packets]\nsweep_interval_ms = {SWEEP_INTERVAL_MS}\n"
             ),
         )
         .unwrap();
@@ -107,6 +131,7 @@ async fn start(dir: &Path, ledger: &LedgerConfig, cycle: usize) -> Server {
                 format!("{:?}", ledger.backend).to_lowercase(),
             )
             .env("GIFTD_LEDGER__POSTGRES_URL", &ledger.postgres_url)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -340,6 +365,21 @@ async fn spent(db: &LedgerDb, sender: &str) -> u64 {
     .await[0] as u64
 }
 
+/// `GIFTD_CRASH_CYCLES` (default 5) and `GIFTD_CRASH_SEED` (random unless set), printed so a
+/// run can be replayed.
+fn crash_settings(test: &str) -> (usize, u64) {
+    let cycles: usize = std::env::var("GIFTD_CRASH_CYCLES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let seed: u64 = std::env::var("GIFTD_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("{test}: {cycles} cycles, seed {seed} (GIFTD_CRASH_SEED={seed} replays this run)");
+    (cycles, seed)
+}
+
 async fn audit_ok(db: &LedgerDb, when: &str) -> giftd::ledger::audit::AuditReport {
     let report = db.audit().await;
     assert!(
@@ -353,17 +393,7 @@ async fn audit_ok(db: &LedgerDb, when: &str) -> giftd::ledger::audit::AuditRepor
 on_both_ledgers! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_gift_load_loses_no_receipt_and_charges_each_key_once() {
-    let cycles: usize = std::env::var("GIFTD_CRASH_CYCLES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
-    let seed: u64 = std::env::var("GIFTD_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    eprintln!(
-        "crash_loop: {cycles} cycles, seed {seed} (GIFTD_CRASH_SEED={seed} replays this run)"
-    );
+    let (cycles, seed) = crash_settings("crash_loop");
     let mut rng = StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
     let mut config = giftd::config::Config::default();
@@ -379,7 +409,7 @@ async fn sigkill_under_gift_load_loses_no_receipt_and_charges_each_key_once() {
     let mut committed_before_ack = 0usize;
     let started = Instant::now();
 
-    let mut server = start(dir.path(), &ledger_config, 0).await;
+    let mut server = start(dir.path(), &ledger_config, 0, &[]).await;
     let db = LedgerDb::open(&config).await;
     for user in &viewers {
         let body = json!({ "user": user, "channel": "web", "coins": TOPUP_COINS, "purchase_id": format!("p-{user}") });
@@ -444,7 +474,7 @@ async fn sigkill_under_gift_load_loses_no_receipt_and_charges_each_key_once() {
         // The file as SIGKILL left it, before any restart.
         audit_ok(&db, &format!("after the kill of cycle {cycle}")).await;
 
-        server = start(dir.path(), &ledger_config, cycle + 1).await;
+        server = start(dir.path(), &ledger_config, cycle + 1, &[]).await;
         // 1. Nothing acknowledged was lost, and nothing is there twice.
         for (gift_id, (user, sent)) in &receipts {
             let rows = gift_rows(&db, gift_id).await;
@@ -562,6 +592,628 @@ async fn sigkill_under_gift_load_loses_no_receipt_and_charges_each_key_once() {
          ({committed_before_ack} had committed before the kill)",
         started.elapsed().as_secs_f64(),
         receipts.len()
+    );
+}
+}
+
+// ---------------------------------------------------------------------------------------------
+// Red packets: SIGKILL between a drop and its grabs, and while packets expire.
+
+/// Sweep period of every spawned server (the config's minimum), so an expiry is noticed soon.
+const SWEEP_INTERVAL_MS: u64 = 100;
+/// Short expiries (the config's minimum is 1 s), so that kills land while packets expire.
+const SHORT_EXPIRY_MS: std::ops::RangeInclusive<u64> = 1_000..=1_400;
+/// An expiry no packet reaches during the test.
+const LONG_EXPIRY_MS: u64 = 120_000;
+const DROPPERS: usize = 2;
+const GRABBERS: usize = 5;
+/// More shares than grabbers, so that many packets have coins left to return at expiry.
+const PACKET_SHARES_MAX: u64 = 8;
+const PACKET_ROOM: &str = "packets";
+
+/// Wall-clock milliseconds, as the server stamps packets.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// A connection with its welcome read; None if the server is gone (bounded by 10 s).
+async fn try_connect(addr: SocketAddr, user: &str, role: Role) -> Option<Ws> {
+    let token = Authenticator::new(&AuthConfig::default())
+        .mint(user, role, None, 3600)
+        .unwrap();
+    let mut req = format!("ws://{addr}/ws").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (mut ws, _) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async(req),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    let welcome = next_json(&mut ws).await?;
+    assert_eq!(welcome["type"], "welcome");
+    Some(ws)
+}
+
+/// A member of the packet room, or None if the server is gone.
+async fn member(addr: SocketAddr, user: &str) -> Option<Ws> {
+    let mut ws = try_connect(addr, user, Role::Viewer).await?;
+    match request(&mut ws, 1, json!({ "type": "join", "room": PACKET_ROOM })).await? {
+        Ok(_) => Some(ws),
+        Err(e) => panic!("{user} could not join: {e}"),
+    }
+}
+
+/// The server refused new work as it went down: nothing was done, and a retry is due.
+fn going_down(e: &Value) -> bool {
+    matches!(
+        e["reason"].as_str(),
+        Some("shutting_down" | "ledger_unavailable")
+    )
+}
+
+/// A drop as the client asked for it.
+#[derive(Debug, Clone)]
+struct DropAsk {
+    sender: String,
+    key: String,
+    total_coins: u64,
+    shares: u64,
+}
+
+impl DropAsk {
+    fn command(&self) -> Value {
+        json!({ "type": "drop_red_packet", "total_coins": self.total_coins, "shares": self.shares, "key": self.key })
+    }
+}
+
+/// An acknowledged drop.
+#[derive(Debug, Clone)]
+struct Packet {
+    ask: DropAsk,
+    packet_id: String,
+    expires_ms: u64,
+}
+
+fn packet_of(ask: &DropAsk, ack: &Value) -> Packet {
+    assert_eq!(
+        (ack["total_coins"].as_u64(), ack["shares"].as_u64()),
+        (Some(ask.total_coins), Some(ask.shares)),
+        "{ack}"
+    );
+    Packet {
+        ask: ask.clone(),
+        packet_id: ack["packet_id"].as_str().unwrap().to_owned(),
+        expires_ms: ack["expires_ms"].as_u64().unwrap(),
+    }
+}
+
+/// Drops one packet and tells the grabbers its id. Err: no ack (the packet may or may not exist).
+async fn drop_one(
+    addr: SocketAddr,
+    ask: DropAsk,
+    id_tx: tokio::sync::watch::Sender<Option<String>>,
+) -> Result<Packet, DropAsk> {
+    let Some(mut ws) = member(addr, &ask.sender).await else {
+        return Err(ask);
+    };
+    match request(&mut ws, 2, ask.command()).await {
+        Some(Ok(ack)) => {
+            assert_eq!(ack["replayed"], false, "a fresh key: {ack}");
+            let packet = packet_of(&ask, &ack);
+            id_tx.send_replace(Some(packet.packet_id.clone()));
+            Ok(packet)
+        }
+        Some(Err(e)) if going_down(&e) => Err(ask),
+        Some(Err(e)) => panic!("{}: drop refused: {e}", ask.sender),
+        None => Err(ask),
+    }
+}
+
+/// What one grab attempt came to.
+#[derive(Debug)]
+enum GrabOutcome {
+    /// The packet's drop was not acknowledged, or the grabber never got in: nothing was sent.
+    NotSent,
+    Acked {
+        user: String,
+        packet_id: String,
+        ack: Value,
+    },
+    /// `red_packet_empty` or `red_packet_expired`, at `at_ms`.
+    Refused {
+        packet_id: String,
+        reason: String,
+        at_ms: u64,
+    },
+    /// Sent, and no answer (or refused as the server went down): retried after the restart.
+    Unacked { user: String, packet_id: String },
+}
+
+/// Joins the room, waits for the packet's id, waits `delay`, grabs.
+async fn grab_one(
+    addr: SocketAddr,
+    user: String,
+    mut id_rx: tokio::sync::watch::Receiver<Option<String>>,
+    delay: Duration,
+) -> GrabOutcome {
+    let Some(mut ws) = member(addr, &user).await else {
+        return GrabOutcome::NotSent;
+    };
+    // The dropper drops the sender when it is done, acknowledged or not.
+    let known = tokio::time::timeout(Duration::from_secs(30), id_rx.wait_for(|id| id.is_some()))
+        .await
+        .expect("the dropper finishes within 30 s");
+    let Ok(packet_id) = known.map(|id| id.clone().unwrap()) else {
+        return GrabOutcome::NotSent;
+    };
+    tokio::time::sleep(delay).await;
+    let cmd = json!({ "type": "grab_red_packet", "packet_id": packet_id });
+    match request(&mut ws, 2, cmd).await {
+        Some(Ok(ack)) => GrabOutcome::Acked {
+            user,
+            packet_id,
+            ack,
+        },
+        Some(Err(e)) if going_down(&e) => GrabOutcome::Unacked { user, packet_id },
+        Some(Err(e)) => {
+            let reason = e["reason"].as_str().unwrap_or_default().to_owned();
+            assert!(
+                reason == "red_packet_empty" || reason == "red_packet_expired",
+                "{user}: grab refused: {e}"
+            );
+            GrabOutcome::Refused {
+                packet_id,
+                reason,
+                at_ms: now_ms(),
+            }
+        }
+        None => GrabOutcome::Unacked { user, packet_id },
+    }
+}
+
+/// `(packet_id, total_coins, shares)` of every packet dropped under this sender and key.
+async fn packets_with_key(db: &LedgerDb, sender: &str, key: &str) -> Vec<(String, u64, u64)> {
+    db.rows(&format!(
+        "SELECT p.packet_id, p.total_coins, p.shares FROM packets p JOIN txns t ON t.txn_id = p.txn_id
+         WHERE t.kind = 'packet' AND t.actor = {} AND t.idem_key = {}",
+        lit(sender),
+        lit(key)
+    ))
+    .await
+    .into_iter()
+    .map(|r| (r[0].clone(), r[1].parse().unwrap(), r[2].parse().unwrap()))
+    .collect()
+}
+
+/// `(share_index, coins)` of every grab of `packet_id` by `user`.
+async fn grabs_of(db: &LedgerDb, packet_id: &str, user: &str) -> Vec<(u64, u64)> {
+    db.rows(&format!(
+        "SELECT share_index, coins FROM packet_grabs WHERE packet_id = {} AND grabber = {}",
+        lit(packet_id),
+        lit(user)
+    ))
+    .await
+    .into_iter()
+    .map(|r| (r[0].parse().unwrap(), r[1].parse().unwrap()))
+    .collect()
+}
+
+fn share_of(ack: &Value) -> (u64, u64) {
+    (
+        ack["share_index"].as_u64().unwrap(),
+        ack["coins"].as_u64().unwrap(),
+    )
+}
+
+/// A packet's state: grabbed shares, grabbed coins, returned coins, whether it ended, its grab
+/// rows, its return transactions, and the coins those returns put in the sender's wallet.
+async fn packet_state(db: &LedgerDb, p: &Packet) -> [i64; 7] {
+    let id = lit(&p.packet_id);
+    let wallets = lit(&format!("wallet:{}:%", p.ask.sender));
+    let v = db
+        .ints(&format!(
+            "SELECT p.grabbed_shares, p.grabbed_coins, p.returned_coins,
+                    CASE WHEN p.ended_ms IS NULL THEN 0 ELSE 1 END,
+                    (SELECT COUNT(*) FROM packet_grabs g WHERE g.packet_id = p.packet_id),
+                    (SELECT COUNT(*) FROM txns t WHERE t.kind = 'packet_return' AND t.idem_key = p.packet_id),
+                    (SELECT COALESCE(SUM(e.amount_coins), 0) FROM entries e JOIN txns t ON t.txn_id = e.txn_id
+                      WHERE t.kind = 'packet_return' AND t.idem_key = p.packet_id AND e.account LIKE {wallets})
+             FROM packets p WHERE p.packet_id = {id}"
+        ))
+        .await;
+    v.try_into().unwrap()
+}
+
+/// Every known packet: no more grabs than shares, and an ended packet was returned exactly
+/// once if shares were left (to its sender's wallet, what nobody grabbed), never otherwise.
+async fn check_packets(db: &LedgerDb, packets: &[Packet]) {
+    for p in packets {
+        let [grabbed, grabbed_coins, returned, ended, grab_rows, returns, back] =
+            packet_state(db, p).await;
+        let (total, shares) = (p.ask.total_coins as i64, p.ask.shares as i64);
+        let what = format!("packet {} {p:?}", p.packet_id);
+        assert!(
+            grabbed <= shares && grab_rows == grabbed,
+            "{what}: {grabbed} grabbed, {grab_rows} grab rows"
+        );
+        match (ended, grabbed == shares) {
+            (0, _) => assert_eq!((returns, returned), (0, 0), "{what}: returned while open"),
+            (_, true) => assert_eq!(
+                (returns, returned),
+                (0, 0),
+                "{what}: all taken, yet returned"
+            ),
+            (_, false) => assert_eq!(
+                (returns, returned, back),
+                (1, total - grabbed_coins, total - grabbed_coins),
+                "{what}: not returned exactly once"
+            ),
+        }
+    }
+    let doubles = db
+        .ints(
+            "SELECT COUNT(*) FROM (SELECT packet_id, grabber FROM packet_grabs
+              GROUP BY packet_id, grabber HAVING COUNT(*) > 1) d",
+        )
+        .await;
+    assert_eq!(doubles, [0], "a user grabbed one packet twice");
+}
+
+/// Waits (at most 10 s) until the sweeper has ended every packet whose time ran out.
+async fn expired_packets_end(db: &LedgerDb) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = now_ms();
+        let due = db
+            .ints(&format!(
+                "SELECT COUNT(*) FROM packets WHERE ended_ms IS NULL AND expires_ms <= {now}"
+            ))
+            .await;
+        if due == [0] {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{due:?} expired packets not returned 10 s after their time"
+        );
+        tokio::time::sleep(Duration::from_millis(SWEEP_INTERVAL_MS / 2)).await;
+    }
+}
+
+/// Each user's balance (admin API) is its top-ups, less its drops, plus its grabs and returns.
+async fn check_packet_balances(db: &LedgerDb, admin: SocketAddr, users: &[(String, u64)]) {
+    for (user, topup) in users {
+        let u = lit(user);
+        let v = db
+            .ints(&format!(
+                "SELECT (SELECT COALESCE(SUM(total_coins - returned_coins), 0) FROM packets WHERE sender = {u}),
+                        (SELECT COALESCE(SUM(coins), 0) FROM packet_grabs WHERE grabber = {u})"
+            ))
+            .await;
+        let expected = *topup as i64 - v[0] + v[1];
+        assert_eq!(balance(admin, user).await as i64, expected, "{user}");
+    }
+}
+
+/// Opens the packet room as the streamer.
+async fn open_packet_room(addr: SocketAddr) -> Ws {
+    let mut star = connect(addr, "star", Role::Streamer).await;
+    let cmd = json!({ "type": "open_room", "room": PACKET_ROOM, "title": "packets" });
+    let opened = request(&mut star, 1, cmd).await;
+    assert!(matches!(opened, Some(Ok(_))), "{opened:?}");
+    star
+}
+
+/// The cycle's expiry: short (kills land while packets expire) two times in three.
+fn pick_expiry_ms(rng: &mut StdRng) -> u64 {
+    if rng.random_range(0..3) < 2 {
+        rng.random_range(SHORT_EXPIRY_MS)
+    } else {
+        LONG_EXPIRY_MS
+    }
+}
+
+async fn start_with_expiry(
+    dir: &Path,
+    ledger: &LedgerConfig,
+    cycle: usize,
+    expiry_ms: u64,
+) -> Server {
+    let env = [("GIFTD_RED_PACKETS__EXPIRY_MS", expiry_ms.to_string())];
+    start(dir, ledger, cycle, &env).await
+}
+
+on_both_ledgers! {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_between_drop_and_grab_and_during_expiry_moves_each_packet_once() {
+    let (cycles, seed) = crash_settings("crash_loop (red packets)");
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x7265_6470_6163_6b74);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = giftd::config::Config::default();
+    config.ledger.path = dir.path().join("giftd.db");
+    let _schema = support::ledger::select(&mut config);
+    let ledger_config = config.ledger.clone();
+    let droppers: Vec<String> = (0..DROPPERS).map(|d| format!("dropper{d}")).collect();
+    let grabbers: Vec<String> = (0..GRABBERS).map(|g| format!("grabber{g}")).collect();
+    let users: Vec<(String, u64)> = droppers
+        .iter()
+        .map(|d| (d.clone(), TOPUP_COINS))
+        .chain(grabbers.iter().map(|g| (g.clone(), 0)))
+        .collect();
+    let started = Instant::now();
+    let (mut acked_grabs, mut retried_grabs, mut retried_drops, mut refused_grabs) = (0, 0, 0, 0);
+
+    let mut expiry_ms = pick_expiry_ms(&mut rng);
+    let mut server = start_with_expiry(dir.path(), &ledger_config, 0, expiry_ms).await;
+    let db = LedgerDb::open(&config).await;
+    for user in &droppers {
+        let body = json!({ "user": user, "channel": "ios", "coins": TOPUP_COINS, "purchase_id": format!("p-{user}") });
+        let (status, text) = support::http(
+            server.admin,
+            "POST",
+            "/admin/topup",
+            Some(ADMIN),
+            Some(body.to_string()),
+        )
+        .await;
+        assert_eq!(status, 200, "{text}");
+    }
+    // Every acknowledged packet, and every acknowledged grab: (packet, user) -> (share, coins).
+    let mut packets: Vec<Packet> = Vec::new();
+    let mut grabs: HashMap<(String, String), (u64, u64)> = HashMap::new();
+
+    // The streamer keeps the room open across cycles; a restart loses it, so it is opened again.
+    let mut star = open_packet_room(server.addr).await;
+    for cycle in 0..cycles {
+        // Kill at a random moment: before a drop, between a drop and its grabs, or, with a short
+        // expiry, while the packets expire.
+        let kill_ms = match (expiry_ms == LONG_EXPIRY_MS, rng.random()) {
+            (true, _) => rng.random_range(0..300),
+            (false, true) => rng.random_range(0..expiry_ms + 300),
+            // Close to the packets' expiry, when the sweeper returns them.
+            (false, false) => rng.random_range(expiry_ms - 100..expiry_ms + 300),
+        };
+        let mut drops = Vec::new();
+        let mut grab_tasks = Vec::new();
+        for (d, dropper) in droppers.iter().enumerate() {
+            let shares = rng.random_range(1..=PACKET_SHARES_MAX);
+            let ask = DropAsk {
+                sender: dropper.clone(),
+                key: format!("rp-{cycle}-{d}"),
+                total_coins: rng.random_range(shares..=shares * 50),
+                shares,
+            };
+            let (id_tx, id_rx) = tokio::sync::watch::channel(None);
+            drops.push(tokio::spawn(drop_one(server.addr, ask, id_tx)));
+            for grabber in &grabbers {
+                // Half grab at once, half at any time until just after the kill.
+                let delay_ms = if rng.random() {
+                    rng.random_range(0..30)
+                } else {
+                    rng.random_range(0..kill_ms + 100)
+                };
+                grab_tasks.push(tokio::spawn(grab_one(
+                    server.addr,
+                    grabber.clone(),
+                    id_rx.clone(),
+                    Duration::from_millis(delay_ms),
+                )));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(kill_ms)).await;
+        server.child.kill().unwrap();
+        server.child.wait().unwrap();
+        sessions_of_the_dead_end(&db).await;
+        drop(star);
+
+        let mut unacked_drops = Vec::new();
+        for d in drops {
+            match tokio::time::timeout(Duration::from_secs(60), d)
+                .await
+                .expect("a dropper notices the kill")
+                .unwrap()
+            {
+                Ok(p) => packets.push(p),
+                Err(ask) => unacked_drops.push(ask),
+            }
+        }
+        let mut unacked_grabs = Vec::new();
+        let mut refusals = Vec::new();
+        for g in grab_tasks {
+            match tokio::time::timeout(Duration::from_secs(60), g)
+                .await
+                .expect("a grabber notices the kill")
+                .unwrap()
+            {
+                GrabOutcome::NotSent => {}
+                GrabOutcome::Acked {
+                    user,
+                    packet_id,
+                    ack,
+                } => {
+                    assert_eq!(ack["replayed"], false, "{user}'s first grab: {ack}");
+                    let prev = grabs.insert((packet_id, user), share_of(&ack));
+                    assert!(
+                        prev.is_none(),
+                        "one user's grab of one packet acknowledged twice"
+                    );
+                    acked_grabs += 1;
+                }
+                GrabOutcome::Refused {
+                    packet_id,
+                    reason,
+                    at_ms,
+                } => refusals.push((packet_id, reason, at_ms)),
+                GrabOutcome::Unacked { user, packet_id } => unacked_grabs.push((user, packet_id)),
+            }
+        }
+        // The ledger as SIGKILL left it, before any restart.
+        audit_ok(&db, &format!("after the kill of packet cycle {cycle}")).await;
+
+        expiry_ms = pick_expiry_ms(&mut rng);
+        server = start_with_expiry(dir.path(), &ledger_config, cycle + 1, expiry_ms).await;
+        star = open_packet_room(server.addr).await;
+        // 1. Every acknowledged drop is in the ledger once under its key; acknowledged grabs too.
+        for p in &packets {
+            let rows = packets_with_key(&db, &p.ask.sender, &p.ask.key).await;
+            assert_eq!(
+                rows,
+                vec![(p.packet_id.clone(), p.ask.total_coins, p.ask.shares)],
+                "{p:?}"
+            );
+        }
+        for ((packet_id, user), share) in &grabs {
+            assert_eq!(
+                grabs_of(&db, packet_id, user).await,
+                vec![*share],
+                "{user}'s grab of {packet_id}"
+            );
+        }
+        // A refused grab was refused for a reason the ledger agrees with.
+        for (packet_id, reason, at_ms) in refusals {
+            let p = packets
+                .iter()
+                .find(|p| p.packet_id == packet_id)
+                .expect("a grab of a known packet");
+            let [grabbed, ..] = packet_state(&db, p).await;
+            match reason.as_str() {
+                "red_packet_empty" => {
+                    assert_eq!(grabbed as u64, p.ask.shares, "{p:?} was not empty")
+                }
+                _ => assert!(p.expires_ms <= at_ms, "{p:?} refused as expired at {at_ms}"),
+            }
+            refused_grabs += 1;
+        }
+        // 2. An unacknowledged drop, resent with its key, makes one packet and one debit.
+        for ask in unacked_drops {
+            let before = packets_with_key(&db, &ask.sender, &ask.key).await;
+            assert!(before.len() <= 1, "{ask:?}: {before:?}");
+            let mut ws = member(server.addr, &ask.sender)
+                .await
+                .expect("the restarted server");
+            let ack = request(&mut ws, 2, ask.command())
+                .await
+                .expect("connection stays up")
+                .unwrap();
+            assert_eq!(ack["replayed"], before.len() == 1, "{ask:?}: {ack}");
+            let p = packet_of(&ask, &ack);
+            let again = request(&mut ws, 3, ask.command())
+                .await
+                .expect("connection stays up")
+                .unwrap();
+            assert_eq!(
+                (again["replayed"].as_bool(), again["packet_id"].as_str()),
+                (Some(true), Some(p.packet_id.as_str()))
+            );
+            assert_eq!(
+                packets_with_key(&db, &ask.sender, &ask.key).await,
+                vec![(p.packet_id.clone(), ask.total_coins, ask.shares)]
+            );
+            // One packet per key; `check_packet_balances` below shows each packet was debited once.
+            packets.push(p);
+            retried_drops += 1;
+        }
+        // 3. An unacknowledged grab, retried: the same share if it had committed, else a fresh
+        // one (or a refusal the ledger agrees with).
+        for (user, packet_id) in unacked_grabs {
+            let before = grabs_of(&db, &packet_id, &user).await;
+            assert!(before.len() <= 1, "{user} {packet_id}: {before:?}");
+            let mut ws = member(server.addr, &user)
+                .await
+                .expect("the restarted server");
+            let cmd = json!({ "type": "grab_red_packet", "packet_id": packet_id });
+            let reply = request(&mut ws, 2, cmd).await.expect("connection stays up");
+            let after = grabs_of(&db, &packet_id, &user).await;
+            let p = packets
+                .iter()
+                .find(|p| p.packet_id == packet_id)
+                .expect("a grab of a known packet");
+            match reply {
+                Ok(ack) => {
+                    assert_eq!(
+                        ack["replayed"],
+                        before.len() == 1,
+                        "{user} {packet_id}: {ack}"
+                    );
+                    if let [share] = before[..] {
+                        assert_eq!(
+                            share_of(&ack),
+                            share,
+                            "{user} {packet_id}: a replay is the committed share"
+                        );
+                    }
+                    assert_eq!(after, vec![share_of(&ack)], "{user} {packet_id}");
+                    grabs.insert((packet_id, user), share_of(&ack));
+                }
+                Err(e) => {
+                    assert!(
+                        before.is_empty(),
+                        "{user} had grabbed {packet_id}, yet the retry got {e}"
+                    );
+                    assert!(
+                        after.is_empty(),
+                        "{user} {packet_id}: refused, yet recorded"
+                    );
+                    let [grabbed, ..] = packet_state(&db, p).await;
+                    match e["reason"].as_str() {
+                        Some("red_packet_empty") => assert_eq!(grabbed as u64, p.ask.shares, "{e}"),
+                        Some("red_packet_expired") => assert!(p.expires_ms <= now_ms(), "{e}"),
+                        _ => panic!("{user} {packet_id}: {e}"),
+                    }
+                }
+            }
+            retried_grabs += 1;
+        }
+        // 4. Packets whose time ran out are returned by the restarted node's sweeper, once.
+        expired_packets_end(&db).await;
+        check_packets(&db, &packets).await;
+        check_packet_balances(&db, server.admin, &users).await;
+        audit_ok(&db, &format!("after packet cycle {cycle}")).await;
+        eprintln!(
+            "crash_loop (red packets): cycle {cycle}: killed after {kill_ms} ms, {} packets, {} grabs",
+            packets.len(),
+            grabs.len()
+        );
+    }
+    // Every packet with a short expiry ends, and what was left of it goes back exactly once.
+    let last_expiry = packets
+        .iter()
+        .map(|p| p.expires_ms)
+        .filter(|&e| e < now_ms() + LONG_EXPIRY_MS / 2)
+        .max();
+    if let Some(last) = last_expiry {
+        let wait = last.saturating_sub(now_ms());
+        assert!(wait <= *SHORT_EXPIRY_MS.end(), "{wait} ms");
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+    }
+    expired_packets_end(&db).await;
+    check_packets(&db, &packets).await;
+    check_packet_balances(&db, server.admin, &users).await;
+    audit_ok(&db, "at the end of the packet cycles").await;
+    drop((star, server));
+    let status = Command::new(env!("CARGO_BIN_EXE_giftd"))
+        .arg("audit")
+        .args(db.audit_args())
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stdout)
+    );
+    let returns = db
+        .ints("SELECT COUNT(*) FROM txns WHERE kind = 'packet_return'")
+        .await[0];
+    eprintln!(
+        "crash_loop (red packets): done: {cycles} cycles in {:.1} s, {} packets ({retried_drops} drops resent), \
+         {acked_grabs} grabs acknowledged, {retried_grabs} retried, {refused_grabs} refused, {returns} returned at expiry",
+        started.elapsed().as_secs_f64(),
+        packets.len()
     );
 }
 }
