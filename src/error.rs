@@ -77,6 +77,8 @@ pub enum Error {
     GiftNotFound(String),
     #[error("a streamer cannot send gifts to their own room")]
     SelfGift,
+    #[error("the room has no goal")]
+    GoalNotFound,
 
     #[error("insufficient funds: balance {balance_coins} coins, price {price_coins} coins")]
     InsufficientFunds {
@@ -159,6 +161,7 @@ impl Error {
             Error::QuestionNotFound(_) => wire(13005, "question_not_found", 404),
             Error::GiftNotFound(_) => wire(13006, "gift_not_found", 404),
             Error::SelfGift => wire(13007, "self_gift", 403),
+            Error::GoalNotFound => wire(13008, "goal_not_found", 404),
             Error::InsufficientFunds { .. } => wire(14001, "insufficient_funds", 402),
             Error::UnknownSticker(_) => wire(14002, "unknown_sticker", 404),
             Error::IdempotencyConflict(_) => wire(14003, "idempotency_conflict", 409),
@@ -335,6 +338,7 @@ pub(crate) mod tests {
             Error::LedgerUnavailable("x".into()),
             Error::ShuttingDown,
             Error::RoomUnavailable("x".into()),
+            Error::GoalNotFound,
         ]
     }
 
@@ -378,6 +382,7 @@ pub(crate) mod tests {
             Error::LoopbackOnly => 35,
             Error::NoSuchEndpoint => 36,
             Error::MethodNotAllowed => 37,
+            Error::GoalNotFound => 38,
         }
     }
 
@@ -399,7 +404,7 @@ pub(crate) mod tests {
     fn one_of_each_variant() {
         let mut seen: Vec<usize> = one_of_each().iter().map(variant_index).collect();
         seen.sort();
-        assert_eq!(seen, (0..38).collect::<Vec<_>>());
+        assert_eq!(seen, (0..39).collect::<Vec<_>>());
     }
 
     #[test]

@@ -49,6 +49,17 @@ pub enum Command {
         #[serde(default)]
         text: Option<String>,
     },
+    /// Streamer: set the room's goal (ending the current one with `replaced`). Only gifts of
+    /// `sticker` count if given; the goal ends `duration_ms` after it is set if given.
+    SetGoal {
+        target_coins: u64,
+        #[serde(default)]
+        sticker: Option<String>,
+        #[serde(default)]
+        duration_ms: Option<u64>,
+    },
+    /// Streamer: end the room's current goal.
+    EndGoal {},
     /// The caller's wallet.
     Balance {},
     /// Liveness and clock check.
@@ -65,6 +76,8 @@ const KNOWN: &[&str] = &[
     "ask",
     "answer",
     "thank",
+    "set_goal",
+    "end_goal",
     "balance",
     "ping",
 ];
@@ -97,6 +110,8 @@ impl Command {
             Command::Ask { .. } => "ask",
             Command::Answer { .. } => "answer",
             Command::Thank { .. } => "thank",
+            Command::SetGoal { .. } => "set_goal",
+            Command::EndGoal {} => "end_goal",
             Command::Balance {} => "balance",
             Command::Ping {} => "ping",
         }
@@ -111,6 +126,8 @@ impl Command {
                 | Command::Ask { .. }
                 | Command::Answer { .. }
                 | Command::Thank { .. }
+                | Command::SetGoal { .. }
+                | Command::EndGoal {}
                 | Command::CloseRoom {}
         )
     }
