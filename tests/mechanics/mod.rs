@@ -78,9 +78,22 @@ pub fn check_combos(events: &[Value]) -> ComboTally {
 /// since its `goal_set` (never more), `goal_reached` comes once, right after the crossing gift,
 /// and a goal ends at most once. Returns each goal's final progress, by goal id.
 pub fn check_goals(events: &[Value]) -> HashMap<u64, u64> {
+    check_goals_after(None, events)
+}
+
+/// [`check_goals`] for a member that joined with `snapshot_goal` (its snapshot's `goal`).
+pub fn check_goals_after(snapshot_goal: Option<&Value>, events: &[Value]) -> HashMap<u64, u64> {
     assert_gap_free(events);
     // (goal id, target, sticker, progress, reached)
-    let mut goal: Option<(u64, u64, Option<String>, u64, bool)> = None;
+    let mut goal: Option<(u64, u64, Option<String>, u64, bool)> = snapshot_goal.map(|v| {
+        (
+            v["goal_id"].as_u64().unwrap(),
+            v["target_coins"].as_u64().unwrap(),
+            v["sticker"].as_str().map(str::to_owned),
+            v["progress_coins"].as_u64().unwrap(),
+            v["reached"].as_bool().unwrap(),
+        )
+    });
     let mut finals = HashMap::new();
     let mut crossed_at: Option<u64> = None;
     for e in events {
