@@ -857,6 +857,79 @@ mod tests {
         assert_eq!(room().epoch.len(), 16);
     }
 
+    /// The room `r` continued from `r`'s kept events, as a takeover does.
+    fn resumed(r: &Room) -> Room {
+        let history: Vec<(EventFrame, Duration)> = r
+            .lock()
+            .history
+            .iter()
+            .map(|k| (k.event.clone(), k.at.elapsed()))
+            .collect();
+        Room::resume(
+            &r.summary(),
+            r.epoch_id,
+            Arc::new(Hub::new(16, 16)),
+            history,
+            &RoomsConfig::default(),
+            Arc::new(Metrics::new()),
+            &LocalFanout,
+        )
+        .expect("a live room resumes")
+    }
+
+    /// The kinds of the events after `seq`, from the room's history.
+    fn kinds_after(r: &Room, seq: u64) -> Vec<String> {
+        r.lock()
+            .history
+            .iter()
+            .filter(|k| k.event.seq > seq)
+            .map(|k| {
+                let v: serde_json::Value = serde_json::from_str(k.event.bytes.as_str()).unwrap();
+                v["kind"].as_str().unwrap().to_owned()
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_resumed_room_continues_open_combos_and_the_goal_and_ends_each_once() {
+        let r = room();
+        let (goal, _) = r.set_goal(30, Some("clap".into()), None).unwrap();
+        r.gift("g1", "bob", "clap", "Clap", 10).unwrap();
+        r.gift("g2", "bob", "clap", "Clap", 10).unwrap();
+        r.gift("g3", "amy", "rose", "Rose", 1).unwrap();
+        r.gift("g4", "amy", "rose", "Rose", 1).unwrap();
+        // amy's combo ends before the old owner dies; bob's is still open.
+        r.gift("g5", "amy", "heart", "Heart", 5).unwrap();
+        let last = r.summary().seq;
+
+        let next = resumed(&r);
+        assert_eq!(next.summary().seq, last);
+        let snapshot = next.snapshot(&mut next.lock());
+        assert_eq!(snapshot.goal.as_ref().map(|g| g.progress_coins), Some(20));
+        assert_eq!(
+            snapshot.goal.as_ref().map(|g| g.goal_id),
+            Some(goal.goal_id)
+        );
+        // bob's combo continues on the new owner and crosses the goal.
+        next.gift("g6", "bob", "clap", "Clap", 10).unwrap();
+        tokio::time::advance(Duration::from_millis(3_000)).await;
+        next.tick(Instant::now());
+        next.tick(Instant::now());
+        assert_eq!(
+            kinds_after(&next, last),
+            ["gift", "goal_reached", "combo_end"],
+            "bob's combo ends once, amy's not again, the goal is reached once"
+        );
+        let combo_end = next.lock().history.back().unwrap().event.bytes.clone();
+        assert!(
+            combo_end
+                .as_str()
+                .contains(r#""from":"bob","sticker":"clap","count":3,"total_coins":30"#),
+            "{}",
+            combo_end.as_str()
+        );
+    }
+
     #[test]
     fn thanks_need_a_recent_gift() {
         let r = room();
