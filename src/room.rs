@@ -417,7 +417,7 @@ impl Room {
             recovered: None,
             questions_open,
             questions_pinned,
-            goal: state.goal.as_ref().map(|g| g.view().clone()),
+            goal: state.goal.as_ref().map(|g| Box::new(g.view().clone())),
         }
     }
 

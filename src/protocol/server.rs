@@ -294,9 +294,9 @@ pub struct Snapshot {
     pub recovered: Option<bool>,
     pub questions_open: Vec<QuestionView>,
     pub questions_pinned: Vec<QuestionView>,
-    /// The room's current goal, absent when there is none.
+    /// The room's current goal, absent when there is none. Boxed: most rooms have none.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub goal: Option<GoalView>,
+    pub goal: Option<Box<GoalView>>,
 }
 
 /// The ack of a `join` whose missed events are replayed: the client keeps its own state and
