@@ -15,6 +15,7 @@ fn bench_encode(c: &mut Criterion) {
         sticker: "rose".into(),
         sticker_name: "Rose".into(),
         price_coins: 1,
+        combo: None,
     };
     let viewers = EventKind::Viewers { count: 10_000 };
     let question = EventKind::Question(QuestionView {

@@ -198,6 +198,16 @@ pub struct RoomsConfig {
     pub auto_thanks: String,
     /// Pin time by price for paid questions, ascending by price.
     pub pin_tiers: Vec<PinTier>,
+    /// Gifts of one sticker from one sender at most this far apart form a combo, which ends
+    /// when this long passes with no such gift. 100 to 60000.
+    pub combo_window_ms: u64,
+    /// Senders whose combo (or lone recent gift) a room tracks at once; beyond it, the one with
+    /// the oldest last gift ends at once. At least 1.
+    pub combos_open_max: usize,
+    /// Longest `duration_ms` a goal may be given, in ms. At least 1000.
+    pub goal_duration_ms_max: u64,
+    /// Largest `target_coins` a goal may be given. At least 1.
+    pub goal_target_coins_max: u64,
 }
 
 impl Default for RoomsConfig {
@@ -247,6 +257,10 @@ impl Default for RoomsConfig {
                     pinned_secs: 18_000,
                 },
             ],
+            combo_window_ms: 3_000,
+            combos_open_max: 1_000,
+            goal_duration_ms_max: 86_400_000,
+            goal_target_coins_max: 1_000_000_000,
         }
     }
 }
@@ -808,6 +822,14 @@ impl RoomsConfig {
             1 << 20,
         );
         c.at_least("rooms.history_age_ms", self.history_age_ms, 1000);
+        c.between("rooms.combo_window_ms", self.combo_window_ms, 100, 60_000);
+        c.at_least("rooms.combos_open_max", self.combos_open_max, 1);
+        c.at_least(
+            "rooms.goal_duration_ms_max",
+            self.goal_duration_ms_max,
+            1000,
+        );
+        c.at_least("rooms.goal_target_coins_max", self.goal_target_coins_max, 1);
         c.need(
             self.pin_tiers
                 .windows(2)

@@ -83,6 +83,8 @@ pub enum Error {
     PacketEmpty,
     #[error("this red packet expired")]
     PacketExpired,
+    #[error("the room has no goal")]
+    GoalNotFound,
 
     #[error("insufficient funds: balance {balance_coins} coins, price {price_coins} coins")]
     InsufficientFunds {
@@ -176,6 +178,7 @@ impl Error {
             Error::PacketNotFound(_) => wire(13008, "red_packet_not_found", 404),
             Error::PacketEmpty => wire(13009, "red_packet_empty", 409),
             Error::PacketExpired => wire(13010, "red_packet_expired", 409),
+            Error::GoalNotFound => wire(13011, "goal_not_found", 404),
             Error::InsufficientFunds { .. } => wire(14001, "insufficient_funds", 402),
             Error::UnknownSticker(_) => wire(14002, "unknown_sticker", 404),
             Error::IdempotencyConflict(_) => wire(14003, "idempotency_conflict", 409),
@@ -378,6 +381,7 @@ pub(crate) mod tests {
             Error::LedgerUnavailable("x".into()),
             Error::ShuttingDown,
             Error::RoomUnavailable("x".into()),
+            Error::GoalNotFound,
         ]
     }
 
@@ -426,6 +430,7 @@ pub(crate) mod tests {
             Error::PacketNotFound(_) => 40,
             Error::PacketEmpty => 41,
             Error::PacketExpired => 42,
+            Error::GoalNotFound => 43,
         }
     }
 
@@ -447,7 +452,7 @@ pub(crate) mod tests {
     fn one_of_each_variant() {
         let mut seen: Vec<usize> = one_of_each().iter().map(variant_index).collect();
         seen.sort();
-        assert_eq!(seen, (0..43).collect::<Vec<_>>());
+        assert_eq!(seen, (0..44).collect::<Vec<_>>());
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub const METRIC_NAMES: &[&str] = &[
     "giftd_cluster_resyncs_total",
     "giftd_cluster_leases_lost_total",
     "giftd_cluster_takeovers_total",
+    "giftd_combos_total",
+    "giftd_goals_total",
 ];
 
 /// Kinds of frames a connection writes, for `giftd_messages_out_total{type}`.
@@ -142,6 +144,10 @@ pub struct Metrics {
     pub cluster_leases_lost: IntCounter,
     /// Rooms this node took over from a node that died.
     pub cluster_takeovers: IntCounter,
+    /// Gift combos (two or more gifts) that ended.
+    pub combos: IntCounter,
+    /// Goals that ended: `[reached, missed]`.
+    goals: [IntCounter; 2],
     pub cluster_connected: IntGauge,
 }
 
@@ -349,6 +355,18 @@ impl Metrics {
                 "giftd_cluster_takeovers_total",
                 "Rooms this node took over because their node stopped renewing their lease.",
             ),
+            combos: counter(
+                "giftd_combos_total",
+                "Gift combos (two or more gifts of one sticker from one sender) that ended.",
+            ),
+            goals: {
+                let vec = counter_vec(
+                    "giftd_goals_total",
+                    "Room goals that ended, by whether they were reached.",
+                    &["outcome"],
+                );
+                [vec.with_label_values(&["reached"]), vec.with_label_values(&["missed"])]
+            },
             cluster_connected: gauge(
                 "giftd_cluster_connected",
                 "1 while this node is connected to NATS (always 0 on a single node).",
@@ -360,6 +378,11 @@ impl Metrics {
     /// Counts one published room event; resolved per kind once, since it runs under the room's lock.
     pub fn room_event(&self, kind: &EventKind) {
         self.room_events[kind.index()].inc();
+    }
+
+    /// Counts a goal that ended, reached or not.
+    pub fn goal_ended(&self, reached: bool) {
+        self.goals[usize::from(!reached)].inc();
     }
 
     /// Counts a `join` with `since`, recovered or not.

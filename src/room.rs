@@ -26,6 +26,8 @@
 //! events are replayed in order before live ones, with no gap and no duplicate, because the
 //! replay and the ring subscription are taken under the same lock.
 
+pub mod combo;
+pub mod goal;
 pub mod hub;
 pub mod registry;
 pub mod replica;
@@ -46,10 +48,12 @@ use crate::fanout::{Fanout, RoomLink};
 use crate::ledger::now_ms;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
-use crate::protocol::server::{EventKind, PaidView, QuestionView, Snapshot};
+use crate::protocol::server::{ComboView, EventKind, GoalView, PaidView, QuestionView, Snapshot};
 use crate::protocol::{epoch_hex, Event, EventFrame};
 use crate::question::Questions;
 
+use combo::Combos;
+use goal::{EndReason, Goal};
 use hub::{Counts, Hub};
 
 /// Identifies one connection on this node.
@@ -81,6 +85,10 @@ struct State {
     /// Recent gift id -> sender, so the streamer can thank them; oldest dropped first.
     recent_gifts: HashMap<String, String>,
     recent_order: VecDeque<String>,
+    /// Senders' gift combos (`room/combo.rs`).
+    combos: Combos,
+    /// The streamer's current goal (`room/goal.rs`).
+    goal: Option<Goal>,
 }
 
 pub struct Room {
@@ -191,6 +199,11 @@ impl Room {
                 questions: Questions::new(config.questions_open_max),
                 recent_gifts: HashMap::new(),
                 recent_order: VecDeque::new(),
+                combos: Combos::new(
+                    Duration::from_millis(config.combo_window_ms),
+                    config.combos_open_max,
+                ),
+                goal: None,
             }),
             closed: AtomicBool::new(false),
             recent_gifts_max: config.recent_gifts_max,
@@ -226,6 +239,7 @@ impl Room {
                     "a room's kept events are gap-free"
                 );
                 let value: serde_json::Value = serde_json::from_str(event.bytes.as_str()).ok()?;
+                let at = now.checked_sub(age).unwrap_or(now);
                 match value["kind"].as_str() {
                     Some("room_closed") => return None,
                     Some("gift") => {
@@ -233,12 +247,34 @@ impl Room {
                             (value["gift_id"].as_str(), value["from"].as_str())
                         {
                             room.remember_gift(&mut state, id, from);
+                            let sticker = value["sticker"].as_str().unwrap_or_default();
+                            let price = value["price_coins"].as_u64().unwrap_or(0);
+                            let combo = serde_json::from_value::<ComboView>(value["combo"].clone());
+                            state.combos.restore(from, sticker, price, combo.ok(), at);
+                            if let Some(goal) = state.goal.as_mut() {
+                                goal.add(sticker, price);
+                            }
                         }
                     }
+                    Some("combo_end") => {
+                        if let (Some(from), Some(sticker)) =
+                            (value["from"].as_str(), value["sticker"].as_str())
+                        {
+                            state.combos.forget(from, sticker);
+                        }
+                    }
+                    Some("goal_set" | "goal_progress" | "goal_reached") => {
+                        let view = serde_json::from_value::<GoalView>(value["goal"].clone());
+                        state.goal = view.ok().map(Goal::restore);
+                    }
+                    Some("goal_ended") => state.goal = None,
                     Some("question") => {
                         if let Ok(view) = serde_json::from_value::<QuestionView>(value.clone()) {
                             if let Some(paid) = &view.paid {
                                 room.remember_gift(&mut state, &paid.gift_id, &view.from);
+                                if let Some(goal) = state.goal.as_mut() {
+                                    goal.add(&paid.sticker, paid.price_coins);
+                                }
                             }
                             state.questions.restore(view, now_ms());
                         }
@@ -258,7 +294,6 @@ impl Room {
                     if state.history.len() == room.history_events_max {
                         state.history.pop_front();
                     }
-                    let at = now.checked_sub(age).unwrap_or(now);
                     state.history.push_back(Kept { at, event });
                 }
             }
@@ -382,6 +417,7 @@ impl Room {
             recovered: None,
             questions_open,
             questions_pinned,
+            goal: state.goal.as_ref().map(|g| Box::new(g.view().clone())),
         }
     }
 
@@ -482,6 +518,10 @@ impl Room {
     pub fn close(&self, reason: &str) -> Result<u64> {
         let seq = {
             let mut state = self.live()?;
+            for ended in state.combos.end_all() {
+                self.end_combo(&mut state, ended);
+            }
+            self.end_goal_with(&mut state, EndReason::RoomClosed);
             self.closed.store(true, Ordering::Release);
             self.publish(
                 &mut state,
@@ -522,16 +562,41 @@ impl Room {
         price_coins: u64,
     ) -> Result<u64> {
         let mut state = self.live()?;
+        let (ended, combo) = state
+            .combos
+            .gift(from, sticker, price_coins, Instant::now());
+        for ended in ended {
+            self.end_combo(&mut state, ended);
+        }
         let kind = EventKind::Gift {
             gift_id: gift_id.to_owned(),
             from: from.to_owned(),
             sticker: sticker.to_owned(),
             sticker_name: sticker_name.to_owned(),
             price_coins,
+            combo,
         };
         let seq = self.publish(&mut state, &kind);
         self.remember_gift(&mut state, gift_id, from);
+        self.goal_gift(&mut state, sticker, price_coins);
         Ok(seq)
+    }
+
+    fn end_combo(&self, state: &mut State, ended: combo::Ended) {
+        self.metrics.combos.inc();
+        self.publish(state, &ended.event());
+    }
+
+    /// The room ticker's beat for the room's mechanics: ends lapsed combos and a goal past its
+    /// deadline, and publishes the goal's progress if it changed (coalesced like viewer counts).
+    pub fn tick(&self, now: Instant) {
+        let Ok(mut state) = self.live() else {
+            return;
+        };
+        for ended in state.combos.lapse(now) {
+            self.end_combo(&mut state, ended);
+        }
+        self.tick_goal(&mut state, now_ms());
     }
 
     fn remember_gift(&self, state: &mut State, gift_id: &str, from: &str) {
@@ -561,8 +626,12 @@ impl Room {
         if let Some(p) = &paid {
             self.remember_gift(&mut state, &p.gift_id, from);
         }
+        let counted = paid.as_ref().map(|p| (p.sticker.clone(), p.price_coins));
         let view = state.questions.ask(from, text, paid, pin_secs, now_ms());
         let seq = self.publish(&mut state, &EventKind::Question(view.clone()));
+        if let Some((sticker, price_coins)) = counted {
+            self.goal_gift(&mut state, &sticker, price_coins);
+        }
         Ok((view, seq))
     }
 
@@ -793,6 +862,79 @@ mod tests {
     fn each_room_has_its_own_epoch() {
         assert_ne!(room().epoch, room().epoch);
         assert_eq!(room().epoch.len(), 16);
+    }
+
+    /// The room `r` continued from `r`'s kept events, as a takeover does.
+    fn resumed(r: &Room) -> Room {
+        let history: Vec<(EventFrame, Duration)> = r
+            .lock()
+            .history
+            .iter()
+            .map(|k| (k.event.clone(), k.at.elapsed()))
+            .collect();
+        Room::resume(
+            &r.summary(),
+            r.epoch_id,
+            Arc::new(Hub::new(16, 16)),
+            history,
+            &RoomsConfig::default(),
+            Arc::new(Metrics::new()),
+            &LocalFanout,
+        )
+        .expect("a live room resumes")
+    }
+
+    /// The kinds of the events after `seq`, from the room's history.
+    fn kinds_after(r: &Room, seq: u64) -> Vec<String> {
+        r.lock()
+            .history
+            .iter()
+            .filter(|k| k.event.seq > seq)
+            .map(|k| {
+                let v: serde_json::Value = serde_json::from_str(k.event.bytes.as_str()).unwrap();
+                v["kind"].as_str().unwrap().to_owned()
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_resumed_room_continues_open_combos_and_the_goal_and_ends_each_once() {
+        let r = room();
+        let (goal, _) = r.set_goal(30, Some("clap".into()), None).unwrap();
+        r.gift("g1", "bob", "clap", "Clap", 10).unwrap();
+        r.gift("g2", "bob", "clap", "Clap", 10).unwrap();
+        r.gift("g3", "amy", "rose", "Rose", 1).unwrap();
+        r.gift("g4", "amy", "rose", "Rose", 1).unwrap();
+        // amy's combo ends before the old owner dies; bob's is still open.
+        r.gift("g5", "amy", "heart", "Heart", 5).unwrap();
+        let last = r.summary().seq;
+
+        let next = resumed(&r);
+        assert_eq!(next.summary().seq, last);
+        let snapshot = next.snapshot(&mut next.lock());
+        assert_eq!(snapshot.goal.as_ref().map(|g| g.progress_coins), Some(20));
+        assert_eq!(
+            snapshot.goal.as_ref().map(|g| g.goal_id),
+            Some(goal.goal_id)
+        );
+        // bob's combo continues on the new owner and crosses the goal.
+        next.gift("g6", "bob", "clap", "Clap", 10).unwrap();
+        tokio::time::advance(Duration::from_millis(3_000)).await;
+        next.tick(Instant::now());
+        next.tick(Instant::now());
+        assert_eq!(
+            kinds_after(&next, last),
+            ["gift", "goal_reached", "combo_end"],
+            "bob's combo ends once, amy's not again, the goal is reached once"
+        );
+        let combo_end = next.lock().history.back().unwrap().event.bytes.clone();
+        assert!(
+            combo_end
+                .as_str()
+                .contains(r#""from":"bob","sticker":"clap","count":3,"total_coins":30"#),
+            "{}",
+            combo_end.as_str()
+        );
     }
 
     #[test]

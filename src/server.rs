@@ -342,6 +342,7 @@ async fn room_ticker(app: Arc<App>) {
                 app.forget_room(&room);
             } else {
                 room.publish_viewers_if_changed();
+                room.tick(now);
             }
         }
         if let Some(cluster) = &app.cluster {

@@ -7,7 +7,8 @@
 //!
 //! This file holds the session's lifecycle and the checks every command shares (authentication,
 //! rate limits, roles, the current room); each command's handler lives with its family:
-//! `session/rooms.rs`, `session/gifts.rs`, `session/questions.rs` and `session/red_packets.rs`.
+//! `session/rooms.rs`, `session/gifts.rs`, `session/questions.rs`, `session/red_packets.rs` and
+//! `session/goals.rs`.
 //!
 //! In a cluster, a member of a room that another node runs is in that room through a replica
 //! (`room/replica.rs`). Its commands that act on the room are checked here (authentication, rate
@@ -15,6 +16,7 @@
 //! same file, entered through [`Session::run_forwarded`].
 
 mod gifts;
+mod goals;
 mod questions;
 mod red_packets;
 mod rooms;
@@ -381,6 +383,12 @@ impl Session {
             Command::Ask { text, sticker, key } => self.handle_ask(id, text, sticker, key).await,
             Command::Answer { question_id, text } => self.handle_answer(id, question_id, &text),
             Command::Thank { gift_id, text } => self.handle_thank(id, gift_id, text),
+            Command::SetGoal {
+                target_coins,
+                sticker,
+                duration_ms,
+            } => self.handle_set_goal(id, target_coins, sticker, duration_ms),
+            Command::EndGoal {} => self.handle_end_goal(id),
             Command::Balance {} => self.handle_balance(id).await,
             Command::DropRedPacket {
                 total_coins,

@@ -58,6 +58,17 @@ pub enum Command {
     },
     /// Grab a share of a red packet in the current room.
     GrabRedPacket { packet_id: String },
+    /// Streamer: set the room's goal (ending the current one with `replaced`). Only gifts of
+    /// `sticker` count if given; the goal ends `duration_ms` after it is set if given.
+    SetGoal {
+        target_coins: u64,
+        #[serde(default)]
+        sticker: Option<String>,
+        #[serde(default)]
+        duration_ms: Option<u64>,
+    },
+    /// Streamer: end the room's current goal.
+    EndGoal {},
     /// The caller's wallet.
     Balance {},
     /// Liveness and clock check.
@@ -74,6 +85,8 @@ const KNOWN: &[&str] = &[
     "ask",
     "answer",
     "thank",
+    "set_goal",
+    "end_goal",
     "balance",
     "ping",
     "drop_red_packet",
@@ -110,6 +123,8 @@ impl Command {
             Command::DropRedPacket { .. } => "drop_red_packet",
             Command::GrabRedPacket { .. } => "grab_red_packet",
             Command::Thank { .. } => "thank",
+            Command::SetGoal { .. } => "set_goal",
+            Command::EndGoal {} => "end_goal",
             Command::Balance {} => "balance",
             Command::Ping {} => "ping",
         }
@@ -124,6 +139,8 @@ impl Command {
                 | Command::Ask { .. }
                 | Command::Answer { .. }
                 | Command::Thank { .. }
+                | Command::SetGoal { .. }
+                | Command::EndGoal {}
                 | Command::CloseRoom {}
                 | Command::DropRedPacket { .. }
                 | Command::GrabRedPacket { .. }

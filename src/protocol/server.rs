@@ -146,6 +146,9 @@ pub enum EventKind {
         sticker: String,
         sticker_name: String,
         price_coins: u64,
+        /// The combo this gift continues: present on the 2nd and later gifts of a combo.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        combo: Option<ComboView>,
     },
     Question(QuestionView),
     Answer {
@@ -186,11 +189,61 @@ pub enum EventKind {
         grabbed_coins: u64,
         returned_coins: u64,
     },
+    /// A combo (two or more gifts of one sticker from one sender) ended; see `room/combo.rs`.
+    ComboEnd {
+        from: String,
+        sticker: String,
+        count: u32,
+        total_coins: u64,
+    },
+    /// The streamer set a goal (ending the previous one with `replaced`).
+    GoalSet {
+        goal: GoalView,
+    },
+    /// The goal's progress changed; coalesced, at most once per `viewer_count_interval_ms`.
+    GoalProgress {
+        goal: GoalView,
+    },
+    /// The goal's progress reached its target; exactly once per goal.
+    GoalReached {
+        goal: GoalView,
+    },
+    /// The goal ended: `deadline`, `ended` (by the streamer), `replaced` or `room_closed`.
+    GoalEnded {
+        goal: GoalView,
+        reason: String,
+    },
+}
+
+/// A gift's place in its combo.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ComboView {
+    /// Gifts in the combo so far, this one included (2 or more).
+    pub count: u32,
+    /// Their coins, this one included.
+    pub total_coins: u64,
+}
+
+/// A room goal as its events and the snapshot show it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GoalView {
+    /// The `seq` of the goal's `goal_set` event: unique within the room's epoch.
+    pub goal_id: u64,
+    pub target_coins: u64,
+    /// Present when only gifts of this sticker count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticker: Option<String>,
+    /// Unix time in ms at which the goal ends, if it has a deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
+    /// Coins of the committed gifts that count, since the goal was set.
+    pub progress_coins: u64,
+    pub reached: bool,
 }
 
 impl EventKind {
     /// Every kind's name, in [`EventKind::index`] order.
-    pub const NAMES: [&'static str; 9] = [
+    pub const NAMES: [&'static str; 14] = [
         "viewers",
         "gift",
         "question",
@@ -200,6 +253,11 @@ impl EventKind {
         "red_packet",
         "red_packet_grab",
         "red_packet_end",
+        "combo_end",
+        "goal_set",
+        "goal_progress",
+        "goal_reached",
+        "goal_ended",
     ];
 
     /// A dense index, for per-kind counters resolved once.
@@ -214,6 +272,11 @@ impl EventKind {
             EventKind::RedPacket { .. } => 6,
             EventKind::RedPacketGrab { .. } => 7,
             EventKind::RedPacketEnd { .. } => 8,
+            EventKind::ComboEnd { .. } => 9,
+            EventKind::GoalSet { .. } => 10,
+            EventKind::GoalProgress { .. } => 11,
+            EventKind::GoalReached { .. } => 12,
+            EventKind::GoalEnded { .. } => 13,
         }
     }
 
@@ -228,6 +291,11 @@ impl EventKind {
             EventKind::RedPacket { .. } => "red_packet",
             EventKind::RedPacketGrab { .. } => "red_packet_grab",
             EventKind::RedPacketEnd { .. } => "red_packet_end",
+            EventKind::ComboEnd { .. } => "combo_end",
+            EventKind::GoalSet { .. } => "goal_set",
+            EventKind::GoalProgress { .. } => "goal_progress",
+            EventKind::GoalReached { .. } => "goal_reached",
+            EventKind::GoalEnded { .. } => "goal_ended",
         }
     }
 }
@@ -276,6 +344,9 @@ pub struct Snapshot {
     pub recovered: Option<bool>,
     pub questions_open: Vec<QuestionView>,
     pub questions_pinned: Vec<QuestionView>,
+    /// The room's current goal, absent when there is none. Boxed: most rooms have none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub goal: Option<Box<GoalView>>,
 }
 
 /// The ack of a `join` whose missed events are replayed: the client keeps its own state and
@@ -340,6 +411,17 @@ impl<'a> ReceiptView<'a> {
 mod tests {
     use super::*;
 
+    fn goal() -> GoalView {
+        GoalView {
+            goal_id: 1,
+            target_coins: 1,
+            sticker: None,
+            deadline_ms: None,
+            progress_coins: 0,
+            reached: false,
+        }
+    }
+
     #[test]
     fn kind_names_follow_their_index() {
         let kinds = [
@@ -350,6 +432,7 @@ mod tests {
                 sticker: String::new(),
                 sticker_name: String::new(),
                 price_coins: 1,
+                combo: None,
             },
             EventKind::Question(QuestionView {
                 question_id: 1,
@@ -371,6 +454,19 @@ mod tests {
                 text: String::new(),
             },
             EventKind::RoomClosed {
+                reason: String::new(),
+            },
+            EventKind::ComboEnd {
+                from: String::new(),
+                sticker: String::new(),
+                count: 2,
+                total_coins: 2,
+            },
+            EventKind::GoalSet { goal: goal() },
+            EventKind::GoalProgress { goal: goal() },
+            EventKind::GoalReached { goal: goal() },
+            EventKind::GoalEnded {
+                goal: goal(),
                 reason: String::new(),
             },
         ];

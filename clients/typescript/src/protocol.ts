@@ -21,6 +21,8 @@ export type ClientMessage =
   | AskMessage
   | AnswerMessage
   | ThankMessage
+  | SetGoalMessage
+  | EndGoalMessage
   | BalanceMessage
   | PingMessage;
 /**
@@ -50,6 +52,16 @@ export type Seq = number;
 export type IdempotencyKey = string;
 /**
  * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "Coins".
+ */
+export type Coins = number;
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "Millis".
+ */
+export type Millis = number;
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
  * via the `definition` "ServerMessage".
  */
 export type ServerMessage =
@@ -59,11 +71,6 @@ export type ServerMessage =
  * via the `definition` "Role".
  */
 export type Role = "viewer" | "streamer";
-/**
- * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
- * via the `definition` "Millis".
- */
-export type Millis = number;
 /**
  * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
  * via the `definition` "ErrorReason".
@@ -89,6 +96,7 @@ export type ErrorReason =
   | "question_not_found"
   | "gift_not_found"
   | "self_gift"
+  | "goal_not_found"
   | "insufficient_funds"
   | "unknown_sticker"
   | "idempotency_conflict"
@@ -107,12 +115,16 @@ export type ErrorReason =
  * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
  * via the `definition` "RoomEvent".
  */
-export type RoomEvent = ViewersEvent | GiftEvent | QuestionEvent | AnswerEvent | ThanksEvent | RoomClosedEvent;
-/**
- * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
- * via the `definition` "Coins".
- */
-export type Coins = number;
+export type RoomEvent =
+  | ViewersEvent
+  | GiftEvent
+  | QuestionEvent
+  | AnswerEvent
+  | ThanksEvent
+  | RoomClosedEvent
+  | ComboEndEvent
+  | GoalEvent
+  | GoalEndedEvent;
 /**
  * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
  * via the `definition` "JoinResult".
@@ -221,6 +233,25 @@ export interface ThankMessage {
 }
 /**
  * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "SetGoalMessage".
+ */
+export interface SetGoalMessage {
+  type: "set_goal";
+  id: RequestId;
+  target_coins: Coins;
+  sticker?: string;
+  duration_ms?: Millis;
+}
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "EndGoalMessage".
+ */
+export interface EndGoalMessage {
+  type: "end_goal";
+  id: RequestId;
+}
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
  * via the `definition` "BalanceMessage".
  */
 export interface BalanceMessage {
@@ -294,6 +325,17 @@ export interface GiftEvent {
   sticker: string;
   sticker_name: string;
   price_coins: Coins;
+  combo?: Combo;
+}
+/**
+ * A gift's place in its combo: on the 2nd and later gifts of one sticker from one sender within rooms.combo_window_ms.
+ *
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "Combo".
+ */
+export interface Combo {
+  count: number;
+  total_coins: Coins;
 }
 /**
  * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
@@ -361,6 +403,58 @@ export interface RoomClosedEvent {
   seq: Seq;
   kind: "room_closed";
   reason: string;
+}
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "ComboEndEvent".
+ */
+export interface ComboEndEvent {
+  type: "event";
+  room: RoomId;
+  epoch: Epoch;
+  seq: Seq;
+  kind: "combo_end";
+  from: string;
+  sticker: string;
+  count: number;
+  total_coins: Coins;
+}
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "GoalEvent".
+ */
+export interface GoalEvent {
+  type: "event";
+  room: RoomId;
+  epoch: Epoch;
+  seq: Seq;
+  kind: "goal_set" | "goal_progress" | "goal_reached";
+  goal: Goal;
+}
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "Goal".
+ */
+export interface Goal {
+  goal_id: Seq;
+  target_coins: Coins;
+  sticker?: string;
+  deadline_ms?: Millis;
+  progress_coins: Coins;
+  reached: boolean;
+}
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "GoalEndedEvent".
+ */
+export interface GoalEndedEvent {
+  type: "event";
+  room: RoomId;
+  epoch: Epoch;
+  seq: Seq;
+  kind: "goal_ended";
+  goal: Goal;
+  reason: "deadline" | "ended" | "replaced" | "room_closed";
 }
 /**
  * Private: the streamer thanked one of your gifts.
@@ -458,6 +552,7 @@ export interface Snapshot {
   recovered?: false;
   questions_open: Question[];
   questions_pinned: Question[];
+  goal?: Goal;
 }
 /**
  * The ack of a join whose `since` was recovered: no snapshot, the missed events follow.
@@ -496,6 +591,7 @@ export interface OpenRoomResult {
   recovered?: false;
   questions_open: Question[];
   questions_pinned: Question[];
+  goal?: Goal;
 }
 /**
  * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
@@ -578,6 +674,16 @@ export interface AnswerResult {
 export interface ThankResult {
   gift_id: string;
   to: string;
+  seq: Seq;
+}
+/**
+ * The ack of set_goal (the new goal and its goal_set event) and of end_goal (the goal as it ended and its goal_ended event).
+ *
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "GoalResult".
+ */
+export interface GoalResult {
+  goal: Goal;
   seq: Seq;
 }
 /**

@@ -37,6 +37,8 @@ const RESULT_DEF: Record<string, string> = {
   ask: 'AskResult',
   answer: 'AnswerResult',
   thank: 'ThankResult',
+  set_goal: 'GoalResult',
+  end_goal: 'GoalResult',
   balance: 'BalanceResult',
   ping: 'PingResult',
 };
@@ -206,5 +208,22 @@ describe('protocol schema', () => {
     expect(v({ ...example, store_coins: -1 }), 'a negative share').toBe(false);
     expect(v({ ...example, seq: 'five' }), 'a string seq').toBe(false);
     expect(v({ ...example, type: 'gift_receivd' }), 'another type').toBe(false);
+  });
+});
+
+describe('room mechanics', () => {
+  it('combo and goal frames as PROTOCOL.md §4 shows them pass; broken ones fail', () => {
+    const at = { type: 'event', room: 'live1', epoch: '9f2c4e1ab7d03366' };
+    const goal = { goal_id: 12, target_coins: 1000, sticker: 'coffee', progress_coins: 1000, reached: true };
+    const gift = { ...at, seq: 21, kind: 'gift', gift_id: 'g1', from: 'bob', sticker: 'clap', sticker_name: 'Clap', price_coins: 10 };
+    expectValid('RoomEvent', { ...gift, combo: { count: 3, total_coins: 30 } });
+    expectValid('RoomEvent', { ...at, seq: 24, kind: 'combo_end', from: 'bob', sticker: 'clap', count: 3, total_coins: 30 });
+    for (const kind of ['goal_set', 'goal_progress', 'goal_reached']) expectValid('RoomEvent', { ...at, seq: 30, kind, goal });
+    expectValid('RoomEvent', { ...at, seq: 41, kind: 'goal_ended', goal, reason: 'ended' });
+    expectValid('GoalResult', { goal, seq: 41 });
+    expectValid('ClientMessage', { type: 'set_goal', id: 1, target_coins: 500, sticker: 'rose', duration_ms: 60000 });
+    expectValid('ClientMessage', { type: 'end_goal', id: 2 });
+    expect(validator('RoomEvent')({ ...gift, combo: { count: 1, total_coins: 10 } })).toBe(false);
+    expect(validator('RoomEvent')({ ...at, seq: 41, kind: 'goal_ended', goal, reason: 'other' })).toBe(false);
   });
 });
