@@ -33,23 +33,37 @@ pub(crate) enum Cmd {
 
 #[derive(Args, Clone, Debug)]
 pub(crate) struct Common {
-    /// giftd to load, HOST:PORT. Must be loopback (127.0.0.0/8 or ::1).
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pub(crate) target: String,
-    /// giftd's admin listener (health, metrics, top-ups), HOST:PORT. Must be loopback.
-    #[arg(long, default_value = "127.0.0.1:9090")]
-    pub(crate) admin_target: String,
+    /// giftd to load, HOST:PORT; several (comma-separated or repeated) for the nodes of a
+    /// cluster: viewers and senders go round-robin over them, streamers to the first, so rooms run
+    /// there. Must be loopback (127.0.0.0/8 or ::1).
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:8080")]
+    pub(crate) target: Vec<String>,
+    /// giftd's admin listener (health, metrics, top-ups), HOST:PORT; one per --target, or one
+    /// for all (the nodes of a cluster share one ledger). Must be loopback.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:9090")]
+    pub(crate) admin_target: Vec<String>,
     /// Start this giftd binary on a free loopback port with a generated config, and stop it at
     /// the end (overrides --target).
     #[arg(long, value_name = "GIFTD_BIN")]
     pub(crate) spawn_server: Option<PathBuf>,
+    /// With --spawn-server: start a cluster of this many nodes instead, on a fresh PostgreSQL
+    /// schema `giftd_load_<run>` and NATS namespace `load<run>`, all removed at the end.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub(crate) spawn_nodes: usize,
+    /// NATS (JetStream) of a spawned cluster.
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    pub(crate) nats_url: String,
+    /// PostgreSQL database of a spawned cluster (the run's schema is created in it).
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
+    pub(crate) postgres_url: String,
     /// Extra GIFTD_<SECTION>__<FIELD>=VALUE settings for the spawned server (repeatable).
     #[arg(long, value_name = "NAME=VALUE")]
     pub(crate) server_env: Vec<String>,
     /// Keep the spawned server's temp directory (config, ledger, log).
     #[arg(long)]
     pub(crate) keep_server_dir: bool,
-    /// The server's pid, for RSS readings; found from the listening port when omitted.
+    /// The server's pid, for RSS readings (the first node's); found from the listening ports when
+    /// omitted.
     #[arg(long)]
     pub(crate) server_pid: Option<u32>,
     #[arg(long, default_value = giftd::config::DEV_JWT_SECRET)]

@@ -11,6 +11,7 @@
 
 mod actors;
 mod cli;
+mod cluster;
 mod net;
 mod plot;
 mod pool;
@@ -86,7 +87,32 @@ fn common_of(cmd: &Cmd) -> (&Common, usize) {
     }
 }
 
+/// Runs the scenario until it ends or SIGINT/SIGTERM arrives. On a signal the run's future is
+/// dropped, and with it the spawned servers (stopped, their temp directories, schema and NATS
+/// namespace removed) and the worker processes.
 async fn run(cmd: Cmd) -> Result<ExitCode> {
+    tokio::select! {
+        r = run_to_end(cmd) => r,
+        signal = interrupted() => anyhow::bail!("interrupted by {signal}"),
+    }
+}
+
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        },
+        // Without handlers the default action (exit) applies; never resolve.
+        _ => std::future::pending().await,
+    }
+}
+
+async fn run_to_end(cmd: Cmd) -> Result<ExitCode> {
     let (common, connections) = common_of(&cmd);
     let mut ctx = Ctx::new(common.clone(), connections).await?;
     let outcome = match &cmd {
@@ -96,8 +122,8 @@ async fn run(cmd: Cmd) -> Result<ExitCode> {
         Cmd::Mixed(a) => scenario::mixed::run(&mut ctx, a).await,
         Cmd::Worker => unreachable!("handled in main"),
     };
-    if let Some(s) = &ctx.spawned {
-        if outcome.is_err() || ctx.common.keep_server_dir {
+    if outcome.is_err() || ctx.common.keep_server_dir {
+        for s in ctx.spawned_nodes() {
             eprintln!("giftd-load: spawned server files in {}", s.dir.display());
         }
     }

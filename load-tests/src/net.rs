@@ -231,17 +231,17 @@ pub(crate) async fn top_up(
     Ok(())
 }
 
-/// Waits until `/healthz` answers 200, for at most `timeout`.
-pub(crate) async fn wait_healthy(target: SocketAddr, timeout: Duration) -> Result<()> {
+/// Waits until `path` (`/healthz` or `/readyz`) answers 200, for at most `timeout`.
+pub(crate) async fn wait_healthy(target: SocketAddr, path: &str, timeout: Duration) -> Result<()> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        if let Ok(r) = http(target, "GET", "/healthz", None, None).await {
+        if let Ok(r) = http(target, "GET", path, None, None).await {
             if r.status == 200 {
                 return Ok(());
             }
         }
         if tokio::time::Instant::now() >= deadline {
-            bail!("giftd at {target} not healthy after {timeout:?}");
+            bail!("giftd at {target}: {path} not 200 after {timeout:?}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

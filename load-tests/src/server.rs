@@ -36,6 +36,16 @@ pub(crate) struct SpawnOptions<'a> {
     pub(crate) env: &'a [String],
     pub(crate) keep_dir: bool,
     pub(crate) run_id: &'a str,
+    /// Set for a node of a cluster: its shared ledger and NATS settings.
+    pub(crate) node: Option<&'a NodeOptions>,
+}
+
+/// What makes a spawned server a node of a cluster.
+pub(crate) struct NodeOptions {
+    pub(crate) node_id: String,
+    pub(crate) postgres_url: String,
+    pub(crate) nats_url: String,
+    pub(crate) namespace: String,
 }
 
 fn free_port() -> Result<u16> {
@@ -43,9 +53,29 @@ fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-fn config_text(addr: SocketAddr, admin: SocketAddr, db: &Path, connections_max: usize) -> String {
+fn config_text(
+    addr: SocketAddr,
+    admin: SocketAddr,
+    db: &Path,
+    connections_max: usize,
+    node: Option<&NodeOptions>,
+) -> String {
     // Generous limits: the generator controls the rates. 1e9 tokens per second is "unlimited".
     let unlimited = "{ per_sec = 1000000000.0, burst = 1000000000 }";
+    // URLs, ids and the namespace are plain ASCII without quotes, so `{:?}` is a TOML string.
+    let (ledger, cluster) = match node {
+        Some(n) => (
+            format!(
+                "backend = \"postgres\"\npostgres_url = {:?}\n",
+                n.postgres_url
+            ),
+            format!(
+                "\n[cluster]\nnats_url = {:?}\nnode_id = {:?}\nnamespace = {:?}\n",
+                n.nats_url, n.node_id, n.namespace
+            ),
+        ),
+        None => (String::new(), String::new()),
+    };
     format!(
         r#"[server]
 listen = "{addr}"
@@ -55,7 +85,7 @@ shutdown_grace_ms = 5000
 handshake_timeout_ms = 30000
 
 [ledger]
-path = "{db}"
+{ledger}path = "{db}"
 
 [limits.connection]
 gifts = {unlimited}
@@ -66,7 +96,7 @@ commands = {unlimited}
 gifts = {unlimited}
 questions = {unlimited}
 commands = {unlimited}
-"#,
+{cluster}"#,
         db = db.display()
     )
 }
@@ -75,14 +105,22 @@ impl Spawned {
     pub(crate) async fn start(opts: SpawnOptions<'_>) -> Result<Spawned> {
         let bin = fs::canonicalize(opts.bin)
             .with_context(|| format!("giftd binary {}", opts.bin.display()))?;
-        let dir = std::env::temp_dir().join(format!("giftd-load-{}", opts.run_id));
+        let dir = match opts.node {
+            Some(n) => {
+                std::env::temp_dir().join(format!("giftd-load-{}-{}", opts.run_id, n.node_id))
+            }
+            None => std::env::temp_dir().join(format!("giftd-load-{}", opts.run_id)),
+        };
         fs::create_dir_all(&dir)?;
         let db = dir.join("giftd.db");
         let port = free_port()?;
         let addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], port));
         let admin: SocketAddr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let config = dir.join("giftd.toml");
-        fs::write(&config, config_text(addr, admin, &db, opts.connections_max))?;
+        fs::write(
+            &config,
+            config_text(addr, admin, &db, opts.connections_max, opts.node),
+        )?;
         let log = fs::File::create(dir.join("giftd.log"))?;
         let mut cmd = Command::new(&bin);
         cmd.arg("serve")
@@ -117,12 +155,38 @@ impl Spawned {
             bin,
             keep_dir: opts.keep_dir,
         };
-        if let Err(e) = crate::net::wait_healthy(admin, Duration::from_secs(20)).await {
-            let log = fs::read_to_string(spawned.dir.join("giftd.log")).unwrap_or_default();
-            spawned.stop(Duration::from_secs(1));
-            bail!("{e}\n--- giftd log ---\n{log}");
+        // A node of a cluster is ready once it reaches NATS and PostgreSQL, not merely alive.
+        let path = if opts.node.is_some() {
+            "/readyz"
+        } else {
+            "/healthz"
+        };
+        // Short waits, so that a server that exits at once (a bad setting) fails the run at once.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let failure = loop {
+            let step = Duration::from_millis(500);
+            match crate::net::wait_healthy(admin, path, step).await {
+                Ok(()) => return Ok(spawned),
+                Err(e) if Instant::now() >= deadline => break e.to_string(),
+                Err(_) => {}
+            }
+            if let Ok(Some(status)) = spawned.child.try_wait() {
+                break format!("giftd exited at start ({status})");
+            }
+        };
+        let log = fs::read_to_string(spawned.dir.join("giftd.log")).unwrap_or_default();
+        spawned.stop(Duration::from_secs(1));
+        bail!("{failure}\n--- giftd log ---\n{log}");
+    }
+
+    /// Sends SIGTERM without waiting, so that several nodes drain at once.
+    pub(crate) fn terminate(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(self.pid.to_string())
+                .status();
         }
-        Ok(spawned)
     }
 
     /// SIGTERM, then up to `grace` for a clean drain (the ledger commits what is queued), then
@@ -172,6 +236,26 @@ pub(crate) fn rss_bytes(pid: u32) -> Result<u64> {
         .context("bad VmRSS line")?;
     Ok(kib * 1024)
 }
+
+/// CPU time `pid` has used so far (user + system), in seconds, from /proc/<pid>/stat.
+pub(crate) fn cpu_secs(pid: u32) -> Result<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces; the fields after its ')' do not.
+    let rest = stat.rsplit_once(')').context("bad stat line")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks = |i: usize| -> Result<u64> {
+        fields
+            .get(i)
+            .and_then(|v| v.parse().ok())
+            .context("bad stat line")
+    };
+    Ok((ticks(11)? + ticks(12)?) as f64 / CLOCK_TICKS_PER_SEC)
+}
+
+/// USER_HZ: 100 on every Linux architecture giftd-load runs on.
+const CLOCK_TICKS_PER_SEC: f64 = 100.0;
 
 /// The pid of the process listening on `port`, from /proc/net/tcp{,6} and /proc/*/fd.
 pub(crate) fn pid_listening_on(port: u16) -> Option<u32> {
@@ -271,8 +355,46 @@ mod tests {
             "127.0.0.1:9998".parse().unwrap(),
             Path::new("/tmp/x.db"),
             19_500,
+            None,
         );
         giftd::config::Config::from_toml(&text).unwrap();
+    }
+
+    #[test]
+    fn generated_node_config_is_valid() {
+        let node = NodeOptions {
+            node_id: "n1".into(),
+            postgres_url: "postgres://postgres@127.0.0.1:5432/test?options=-csearch_path%3Dx"
+                .into(),
+            nats_url: "nats://127.0.0.1:4222".into(),
+            namespace: "load1234abcd".into(),
+        };
+        let text = config_text(
+            "127.0.0.1:9999".parse().unwrap(),
+            "127.0.0.1:9998".parse().unwrap(),
+            Path::new("/tmp/x.db"),
+            19_500,
+            Some(&node),
+        );
+        let config = giftd::config::Config::from_toml(&text).unwrap();
+        assert_eq!(
+            config.ledger.backend,
+            giftd::config::LedgerBackend::Postgres
+        );
+        assert_eq!(config.cluster.node_id, "n1");
+        assert_eq!(config.cluster.namespace, "load1234abcd");
+    }
+
+    #[test]
+    fn reads_own_cpu_time() {
+        // Burn a little CPU so the reading is above zero on a coarse clock.
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < Duration::from_millis(30) {
+            x = x.wrapping_mul(31).wrapping_add(7);
+        }
+        std::hint::black_box(x);
+        assert!(cpu_secs(std::process::id()).unwrap() > 0.0);
     }
 
     #[test]

@@ -35,17 +35,29 @@ use crate::wire;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct WorkerSpec {
     pub(crate) worker: usize,
+    /// Index of the node (in the run's target list) this worker's connections go to.
+    pub(crate) node: usize,
     pub(crate) target: SocketAddr,
     pub(crate) jwt_secret: String,
     pub(crate) sources: SourcePlan,
     /// Run-wide index of this worker's first connection (for source addresses and user ids).
     pub(crate) first: usize,
+    /// Connection `i` of this worker has the run-wide index `first + i * stride`: with N nodes,
+    /// run-wide connection `g` goes to node `g % N`, so each node's workers take every N-th one.
+    pub(crate) stride: usize,
     pub(crate) count: usize,
     pub(crate) user_prefix: String,
     /// Connection `i` (run-wide) joins `rooms[i % rooms.len()]`; empty means idle connections.
     pub(crate) rooms: Vec<String>,
     pub(crate) connect_concurrency: usize,
     pub(crate) connect_timeout_ms: u64,
+}
+
+impl WorkerSpec {
+    /// Run-wide index of this worker's connection `i`.
+    fn global(&self, i: usize) -> usize {
+        self.first + i * self.stride.max(1)
+    }
 }
 
 /// Parent to worker, one JSON object per line.
@@ -213,7 +225,7 @@ async fn run() -> Result<()> {
     let shared = Arc::new(Shared {
         slots: (0..spec.count)
             .map(|i| Slot {
-                room: (!spec.rooms.is_empty()).then(|| (spec.first + i) % spec.rooms.len()),
+                room: (!spec.rooms.is_empty()).then(|| spec.global(i) % spec.rooms.len()),
                 ..Slot::default()
             })
             .collect(),
@@ -369,7 +381,7 @@ async fn connection(
 ) {
     let started = Instant::now();
     let slot = &shared.slots[i];
-    let global = spec.first + i;
+    let global = spec.global(i);
     let room = slot.room.map(|r| spec.rooms[r].as_str());
     let attempt = tokio::time::timeout(
         Duration::from_millis(spec.connect_timeout_ms),

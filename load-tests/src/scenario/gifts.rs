@@ -56,7 +56,7 @@ pub(crate) async fn run(ctx: &mut Ctx, args: &GiftsArgs) -> Result<Outcome> {
     let mut senders = Vec::new();
     for (i, user) in users.iter().enumerate() {
         let plan = SenderPlan {
-            target: ctx.target,
+            target: ctx.targets[ctx.node_of(i)],
             index: i,
             user: user.clone(),
             room: rooms[i % args.rooms].clone(),

@@ -22,6 +22,7 @@ use crate::actors::{
     Mix, Sender, SenderOut, SenderPlan, SentGift, Streamer, StreamerOut, StreamerPlan,
 };
 use crate::cli::{AuditArgs, Common};
+use crate::cluster::{Cluster, ClusterOptions};
 use crate::net::{self, wall_us, SourcePlan};
 use crate::pool::{shares, Pool};
 use crate::server::{self, SpawnOptions, Spawned};
@@ -34,60 +35,124 @@ const SENDER_COINS: u64 = giftd::bounds::TOPUP_COINS_MAX;
 
 pub(crate) struct Ctx {
     pub(crate) common: Common,
+    /// The first node: where streamers open rooms.
     pub(crate) target: SocketAddr,
-    /// The admin listener, for top-ups and health.
-    pub(crate) admin: SocketAddr,
+    /// Every node, in order; viewers and senders go round-robin over them.
+    pub(crate) targets: Vec<SocketAddr>,
+    /// The admin listeners, for top-ups and health (any of them: one shared ledger).
+    pub(crate) admins: Vec<SocketAddr>,
     pub(crate) run_id: String,
     pub(crate) minter: Arc<Minter>,
     pub(crate) spawned: Option<Spawned>,
+    pub(crate) cluster: Option<Cluster>,
+    /// The first node's pid.
     pub(crate) server_pid: Option<u32>,
+    /// Each node's pid, where known (for CPU and RSS readings).
+    pub(crate) node_pids: Vec<Option<u32>>,
     /// First source address octet of this run (rotated between runs, away from TIME_WAITs).
     source_octet: u8,
 }
 
 impl Ctx {
-    /// Resolves (or spawns) the target. `connections` sizes a spawned server's limit.
+    /// Resolves (or spawns) the targets. `connections` sizes a spawned server's limit.
     pub(crate) async fn new(common: Common, connections: usize) -> Result<Ctx> {
         let nonce = wall_us() ^ u64::from(std::process::id()) << 20;
         let run_id = format!("{:08x}", nonce & 0xffff_ffff);
-        let spawned = match &common.spawn_server {
-            Some(bin) => Some(
-                Spawned::start(SpawnOptions {
+        let connections_max = (connections + 200).max(1_000);
+        if common.spawn_nodes > 0 && common.spawn_server.is_none() {
+            bail!("--spawn-nodes needs --spawn-server");
+        }
+        let (spawned, cluster) = match &common.spawn_server {
+            Some(bin) if common.spawn_nodes > 0 => {
+                let cluster = Cluster::start(ClusterOptions {
                     bin,
-                    connections_max: (connections + 200).max(1_000),
+                    nodes: common.spawn_nodes,
+                    connections_max,
                     env: &common.server_env,
                     keep_dir: common.keep_server_dir,
                     run_id: &run_id,
+                    nats_url: &common.nats_url,
+                    postgres_url: &common.postgres_url,
                 })
-                .await?,
-            ),
-            None => None,
+                .await?;
+                (None, Some(cluster))
+            }
+            Some(bin) => {
+                let spawned = Spawned::start(SpawnOptions {
+                    bin,
+                    connections_max,
+                    env: &common.server_env,
+                    keep_dir: common.keep_server_dir,
+                    run_id: &run_id,
+                    node: None,
+                })
+                .await?;
+                (Some(spawned), None)
+            }
+            None => (None, None),
         };
-        let (target, admin) = match &spawned {
-            Some(s) => (s.addr, s.admin),
-            None => (
-                net::resolve_loopback(&common.target).await?,
-                net::resolve_loopback(&common.admin_target).await?,
-            ),
+        let nodes: Vec<&Spawned> = spawned
+            .iter()
+            .chain(cluster.iter().flat_map(|c| &c.nodes))
+            .collect();
+        let (targets, admins, node_pids) = if nodes.is_empty() {
+            let mut targets = Vec::new();
+            for t in &common.target {
+                targets.push(net::resolve_loopback(t).await?);
+            }
+            let mut admins = Vec::new();
+            for t in &common.admin_target {
+                admins.push(net::resolve_loopback(t).await?);
+            }
+            if targets.is_empty() || admins.is_empty() {
+                bail!("--target and --admin-target need at least one address each");
+            }
+            let mut pids: Vec<Option<u32>> = targets
+                .iter()
+                .map(|t| server::pid_listening_on(t.port()))
+                .collect();
+            if common.server_pid.is_some() {
+                pids[0] = common.server_pid;
+            }
+            (targets, admins, pids)
+        } else {
+            (
+                nodes.iter().map(|s| s.addr).collect(),
+                nodes.iter().map(|s| s.admin).collect(),
+                nodes.iter().map(|s| Some(s.pid)).collect(),
+            )
         };
-        let server_pid = common
-            .server_pid
-            .or(spawned.as_ref().map(|s| s.pid))
-            .or_else(|| server::pid_listening_on(target.port()));
         Ok(Ctx {
             minter: Arc::new(Minter::new(&common.jwt_secret)),
             source_octet: 2 + (nonce % 200) as u8,
             common,
-            target,
-            admin,
+            target: targets[0],
+            server_pid: node_pids[0],
+            targets,
+            admins,
+            node_pids,
             run_id,
             spawned,
-            server_pid,
+            cluster,
         })
     }
 
+    /// The server processes this run started (one, or a cluster's nodes).
+    pub(crate) fn spawned_nodes(&self) -> Vec<&Spawned> {
+        self.spawned
+            .iter()
+            .chain(self.cluster.iter().flat_map(|c| &c.nodes))
+            .collect()
+    }
+
+    /// The node that connection (or sender) `i` of a run goes to: round-robin.
+    pub(crate) fn node_of(&self, i: usize) -> usize {
+        i % self.targets.len()
+    }
+
     pub(crate) fn report(&self, scenario: &str, params: serde_json::Value) -> Report {
-        let mut r = Report::new(scenario, &self.run_id, self.target.to_string());
+        let targets: Vec<String> = self.targets.iter().map(|t| t.to_string()).collect();
+        let mut r = Report::new(scenario, &self.run_id, targets.join(","));
         r.server_pid = self.server_pid;
         r.params = params;
         r
@@ -109,7 +174,8 @@ impl Ctx {
         bar
     }
 
-    /// Worker specs for `total` passive connections named `<prefix><n>`.
+    /// Worker specs for `total` passive connections named `<prefix><n>`: connection `n` goes
+    /// to node `n % nodes`, and each worker holds connections of one node only.
     pub(crate) fn worker_specs(
         &self,
         total: usize,
@@ -122,36 +188,50 @@ impl Ctx {
             self.common.conns_per_source_ip,
             self.source_octet,
         );
-        shares(total, self.common.conns_per_worker)
-            .into_iter()
-            .enumerate()
-            .map(|(worker, (first, count))| WorkerSpec {
-                worker,
-                target: self.target,
-                jwt_secret: self.common.jwt_secret.clone(),
-                sources: sources.clone(),
-                first,
-                count,
-                user_prefix: format!("{role}-{}-", self.run_id),
-                rooms: rooms.to_vec(),
-                connect_concurrency: self.common.connect_concurrency,
-                connect_timeout_ms: self.common.connect_timeout_ms,
-            })
-            .collect()
+        let nodes = self.targets.len();
+        let mut specs = Vec::new();
+        for (node, target) in self.targets.iter().enumerate() {
+            // Run-wide indices node, node + nodes, node + 2 * nodes, ... below total.
+            let on_node = (total + nodes - 1 - node) / nodes;
+            for (first, count) in shares(on_node, self.common.conns_per_worker) {
+                specs.push(WorkerSpec {
+                    worker: specs.len(),
+                    node,
+                    target: *target,
+                    jwt_secret: self.common.jwt_secret.clone(),
+                    sources: sources.clone(),
+                    first: node + first * nodes,
+                    stride: nodes,
+                    count,
+                    user_prefix: format!("{role}-{}-", self.run_id),
+                    rooms: rooms.to_vec(),
+                    connect_concurrency: self.common.connect_concurrency,
+                    connect_timeout_ms: self.common.connect_timeout_ms,
+                });
+            }
+        }
+        specs
     }
 
-    /// Stops a spawned server (cleanly, so its ledger is complete).
+    /// Stops a spawned server or cluster (cleanly, so its ledger is complete).
     pub(crate) fn stop_server(&mut self) -> bool {
-        match &mut self.spawned {
-            Some(s) => s.stop(Duration::from_secs(30)),
-            None => true,
+        let mut clean = true;
+        if let Some(s) = &mut self.spawned {
+            clean &= s.stop(Duration::from_secs(30));
         }
+        if let Some(c) = &mut self.cluster {
+            clean &= c.stop(Duration::from_secs(30));
+        }
+        clean
     }
 
     /// The ledger and binary to audit, from the spawned server or the audit flags.
     pub(crate) fn audit_paths(&self, audit: &AuditArgs) -> Result<Option<(PathBuf, PathBuf)>> {
         if !audit.audit && audit.audit_db.is_none() {
             return Ok(None);
+        }
+        if self.cluster.is_some() {
+            bail!("--audit reads a SQLite ledger; a spawned cluster's ledger is PostgreSQL");
         }
         let db = audit
             .audit_db
@@ -209,9 +289,11 @@ pub(crate) async fn funded_senders(ctx: &Ctx, n: usize) -> Result<Vec<String>> {
 /// Credits every sender through the admin API, a few at a time.
 pub(crate) async fn top_up_all(ctx: &Ctx, users: &[String]) -> Result<()> {
     let mut set = tokio::task::JoinSet::new();
-    for chunk in users.chunks(32) {
-        for user in chunk {
-            let (target, token, user) = (ctx.admin, ctx.common.admin_token.clone(), user.clone());
+    for (c, chunk) in users.chunks(32).enumerate() {
+        for (j, user) in chunk.iter().enumerate() {
+            // Any node's admin listener will do: they share one ledger.
+            let target = ctx.admins[(c * 32 + j) % ctx.admins.len()];
+            let (token, user) = (ctx.common.admin_token.clone(), user.clone());
             let purchase = format!("load-{}-{user}", ctx.run_id);
             set.spawn(
                 async move { net::top_up(target, &token, &user, SENDER_COINS, &purchase).await },
@@ -247,6 +329,24 @@ pub(crate) struct RoomsRun {
     /// Committed gifts: id -> (send time, receipt time, room).
     pub(crate) sent: HashMap<String, (u64, u64, String)>,
     pub(crate) final_seq: BTreeMap<String, u64>,
+    /// The node (index into the targets) of each worker's connections.
+    pub(crate) worker_nodes: Vec<usize>,
+    /// Each node's CPU and memory over the sending window.
+    pub(crate) node_usage: Vec<NodeUsage>,
+}
+
+/// One server process's CPU use while gifts were sent, and its RSS at the end of sending.
+#[derive(Default, Clone)]
+pub(crate) struct NodeUsage {
+    pub(crate) cpu_percent: Option<f64>,
+    pub(crate) rss_bytes: Option<u64>,
+}
+
+/// CPU seconds used so far by each known pid.
+fn cpu_now(pids: &[Option<u32>]) -> Vec<Option<f64>> {
+    pids.iter()
+        .map(|p| p.and_then(|p| server::cpu_secs(p).ok()))
+        .collect()
 }
 
 pub(crate) async fn run_rooms(ctx: &Ctx, plan: &RoomsPlan) -> Result<RoomsRun> {
@@ -266,7 +366,9 @@ pub(crate) async fn run_rooms(ctx: &Ctx, plan: &RoomsPlan) -> Result<RoomsRun> {
     }
 
     let bar = ctx.bar(plan.viewers as u64, "viewers");
-    let mut pool = Pool::spawn(ctx.worker_specs(plan.viewers, "v", &rooms)).await?;
+    let specs = ctx.worker_specs(plan.viewers, "v", &rooms);
+    let worker_nodes: Vec<usize> = specs.iter().map(|s| s.node).collect();
+    let mut pool = Pool::spawn(specs).await?;
     let ready = pool
         .wait_ready(
             &bar,
@@ -282,7 +384,7 @@ pub(crate) async fn run_rooms(ctx: &Ctx, plan: &RoomsPlan) -> Result<RoomsRun> {
     let mut senders = Vec::new();
     for (i, user) in users.iter().enumerate() {
         let sp = SenderPlan {
-            target: ctx.target,
+            target: ctx.targets[ctx.node_of(i)],
             index: i,
             user: user.clone(),
             room: rooms[i % plan.rooms].clone(),
@@ -315,6 +417,7 @@ pub(crate) async fn run_rooms(ctx: &Ctx, plan: &RoomsPlan) -> Result<RoomsRun> {
     });
 
     let bar = ctx.bar(plan.duration.as_secs().max(1), "sending");
+    let cpu_before = cpu_now(&ctx.node_pids);
     let started = Instant::now();
     let tasks: Vec<_> = senders
         .into_iter()
@@ -341,6 +444,19 @@ pub(crate) async fn run_rooms(ctx: &Ctx, plan: &RoomsPlan) -> Result<RoomsRun> {
     }
     ticker.abort();
     bar.finish();
+    let sending_secs = started.elapsed().as_secs_f64();
+    let node_usage: Vec<NodeUsage> = cpu_now(&ctx.node_pids)
+        .into_iter()
+        .zip(cpu_before)
+        .zip(&ctx.node_pids)
+        .map(|((after, before), pid)| NodeUsage {
+            cpu_percent: match (before, after) {
+                (Some(b), Some(a)) => Some(per_sec(a - b, sending_secs) * 100.0),
+                _ => None,
+            },
+            rss_bytes: pid.and_then(|p| server::rss_bytes(p).ok()),
+        })
+        .collect();
     let sent = coordinator.await?;
 
     // Let the last events reach the streamers, then take each room's final seq.
@@ -361,6 +477,8 @@ pub(crate) async fn run_rooms(ctx: &Ctx, plan: &RoomsPlan) -> Result<RoomsRun> {
         streamers: streamer_outs,
         sent,
         final_seq,
+        worker_nodes,
+        node_usage,
     })
 }
 
@@ -493,6 +611,7 @@ pub(crate) fn analyse_rooms(run: &RoomsRun, report: &mut Report) -> Deliveries {
         ));
     }
     sender_problems(s, report);
+    per_node(run, report);
     for (i, st) in run.streamers.iter().enumerate() {
         if st.seq.gaps > 0 || st.seq.repeats > 0 {
             report.problem(format!(
@@ -508,6 +627,68 @@ pub(crate) fn analyse_rooms(run: &RoomsRun, report: &mut Report) -> Deliveries {
         }
     }
     d
+}
+
+/// Per-node figures: each node's viewers, their deliveries per second and gift-to-last-viewer
+/// latency (the last viewer on that node), and the node's CPU and RSS while gifts were sent.
+fn per_node(run: &RoomsRun, report: &mut Report) {
+    let nodes = run.node_usage.len().max(1);
+    for (node, usage) in run.node_usage.iter().enumerate() {
+        let name = format!("node{node}");
+        if let Some(cpu) = usage.cpu_percent {
+            report.metric(&format!("{name}_cpu_percent_while_sending"), cpu);
+        }
+        if let Some(rss) = usage.rss_bytes {
+            report.metric(&format!("{name}_rss_bytes_end_of_sending"), rss as f64);
+        }
+    }
+    if nodes < 2 {
+        return;
+    }
+    for node in 0..nodes {
+        let name = format!("node{node}");
+        let mine = || {
+            run.workers
+                .iter()
+                .zip(&run.worker_nodes)
+                .filter(move |(_, n)| **n == node)
+                .map(|(w, _)| w)
+        };
+        let viewers: u64 = run
+            .ready
+            .iter()
+            .zip(&run.worker_nodes)
+            .filter(|(_, n)| **n == node)
+            .map(|(r, _)| r.connected)
+            .sum();
+        let deliveries: u64 = mine().map(|w| w.gift_events).sum();
+        let mut last: HashMap<&str, u64> = HashMap::new();
+        for g in mine().flat_map(|w| &w.gifts) {
+            let e = last.entry(g.gift_id.as_str()).or_default();
+            *e = (*e).max(g.last_recv_us);
+        }
+        let mut hist = Hist::default();
+        let mut last_recv_us = 0;
+        for (gift_id, (send_us, _, _)) in &run.sent {
+            if let Some(l) = last.get(gift_id.as_str()) {
+                hist.record_us(l.saturating_sub(*send_us));
+                last_recv_us = last_recv_us.max(*l);
+            }
+        }
+        let first = run.senders.first_send_us;
+        let window_secs = if first > 0 && last_recv_us > first {
+            (last_recv_us - first) as f64 / 1e6
+        } else {
+            0.0
+        };
+        report.metric(&format!("{name}_viewers_connected"), viewers as f64);
+        report.metric(&format!("{name}_gift_deliveries"), deliveries as f64);
+        report.metric(
+            &format!("{name}_gift_deliveries_per_sec"),
+            per_sec(deliveries as f64, window_secs),
+        );
+        report.latency(&format!("{name} gift to last viewer"), &hist);
+    }
 }
 
 /// Integrity problems seen by senders.
