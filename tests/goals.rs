@@ -86,7 +86,7 @@ async fn gifts_move_the_goal_it_is_reached_once_and_progress_equals_the_ledger()
         .unwrap_err();
     assert_eq!(
         (e["code"].clone(), e["reason"].clone()),
-        (json!(13008), json!("goal_not_found"))
+        (json!(13011), json!("goal_not_found"))
     );
     let outcome = "giftd_goals_total{outcome=\"reached\"}";
     assert_eq!(server.metric(outcome).await, 1.0);
