@@ -97,10 +97,15 @@ export type ErrorReason =
   | "gift_not_found"
   | "self_gift"
   | "goal_not_found"
+  | "red_packet_not_found"
+  | "red_packet_empty"
+  | "red_packet_expired"
   | "insufficient_funds"
   | "unknown_sticker"
   | "idempotency_conflict"
   | "invalid_amount"
+  | "spending_cap_exceeded"
+  | "purchase_not_found"
   | "rate_limited"
   | "text_too_long"
   | "too_many_connections"
@@ -111,6 +116,10 @@ export type ErrorReason =
   | "ledger_unavailable"
   | "shutting_down"
   | "room_unavailable";
+/**
+ * With spending_cap_exceeded only: what the user may still spend in the window.
+ */
+export type Coins1 = number;
 /**
  * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
  * via the `definition` "RoomEvent".
@@ -135,6 +144,10 @@ export type JoinResult = Snapshot | RecoveredJoin;
  * via the `definition` "AskResult".
  */
 export type AskResult = FreeAskResult | PaidAskResult;
+/**
+ * Debt left by refunds of coins already spent; later top-ups repay it first.
+ */
+export type Coins2 = number;
 
 export interface GiftdProtocolSchema {}
 /**
@@ -297,6 +310,7 @@ export interface ErrorMessage {
   code: number;
   reason: ErrorReason;
   message: string;
+  remaining_coins?: Coins1;
 }
 /**
  * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
@@ -696,6 +710,7 @@ export interface BalanceResult {
   android_coins: Coins;
   web_coins: Coins;
   earnings_coins?: Coins;
+  owed_coins: Coins2;
 }
 /**
  * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
