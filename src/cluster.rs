@@ -57,6 +57,12 @@ pub struct Lease {
     pub summary: RoomSummary,
 }
 
+impl Lease {
+    fn encode(&self) -> Bytes {
+        Bytes::from(serde_json::to_vec(self).expect("leases serialize"))
+    }
+}
+
 /// A room this node owns.
 struct Owned {
     revision: u64,
@@ -195,16 +201,13 @@ impl Cluster {
         });
     }
 
-    /// Queues one message for NATS; returns false (and counts it) if the queue is full.
-    fn queue(&self, message: Outgoing) -> bool {
+    /// Queues one message for NATS; counts it as dropped if the queue is full.
+    fn queue(&self, message: Outgoing) {
         match self.outgoing.try_send(message) {
-            Ok(()) => {
-                self.metrics.cluster_publish_queue_events.inc();
-                true
-            }
+            Ok(()) => self.metrics.cluster_publish_queue_events.inc(),
             Err(_) => {
                 tracing::warn!("the NATS publish queue is full; a message was dropped");
-                false
+                self.metrics.cluster_publish_dropped.inc();
             }
         }
     }
@@ -223,23 +226,8 @@ impl Cluster {
         if app.rooms.get(&id).is_some() {
             return Err(Error::RoomExists(id));
         }
-        // Subscribed before the lease exists, so no forwarded command can find the room unserved.
-        let commands = cluster
-            .client
-            .subscribe(cluster.commands_subject(&id))
-            .await
-            .map_err(|e| Error::RoomUnavailable(format!("NATS: {e}")))?;
-        let lease = Lease {
-            node: cluster.node_id.clone(),
-            summary: room.summary(),
-        };
-        let value = Bytes::from(serde_json::to_vec(&lease).expect("leases serialize"));
-        let revision = match cluster.leases.create(&id, value).await {
-            Ok(revision) => revision,
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                return Err(Error::RoomExists(id))
-            }
-            Err(e) => return Err(Error::RoomUnavailable(format!("NATS: {e}"))),
+        let Some((commands, revision)) = cluster.claim(&room.summary()).await? else {
+            return Err(Error::RoomExists(id));
         };
         let room = match app.rooms.open(room) {
             Ok(room) => room,
@@ -248,22 +236,49 @@ impl Cluster {
                 return Err(e);
             }
         };
+        cluster.serve(app, room.clone(), commands, revision);
+        Ok(room)
+    }
+
+    /// Claims the lease of the room `summary` describes for this node, subscribed to its
+    /// commands first so that no forwarded command can find the room unserved. `None` if another
+    /// node holds the lease.
+    async fn claim(&self, summary: &RoomSummary) -> Result<Option<(async_nats::Subscriber, u64)>> {
+        let commands = self
+            .client
+            .subscribe(self.commands_subject(&summary.room))
+            .await
+            .map_err(|e| Error::RoomUnavailable(format!("NATS: {e}")))?;
+        let lease = Lease {
+            node: self.node_id.clone(),
+            summary: summary.clone(),
+        };
+        match self.leases.create(&summary.room, lease.encode()).await {
+            Ok(revision) => Ok(Some((commands, revision))),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+            Err(e) => Err(Error::RoomUnavailable(format!("NATS: {e}"))),
+        }
+    }
+
+    /// Records `room`, whose lease this node claimed at `revision`, as this node's, and starts
+    /// serving other nodes' commands for it.
+    fn serve(
+        &self,
+        app: &Arc<App>,
+        room: Arc<Room>,
+        commands: async_nats::Subscriber,
+        revision: u64,
+    ) {
         let stop = CancellationToken::new();
-        cluster.owned.insert(
-            id,
+        self.owned.insert(
+            room.id.clone(),
             Owned {
                 revision,
                 renewed: Instant::now(),
                 stop: stop.clone(),
             },
         );
-        tokio::spawn(remote::serve_room(
-            app.clone(),
-            room.clone(),
-            commands,
-            stop,
-        ));
-        Ok(room)
+        tokio::spawn(remote::serve_room(app.clone(), room, commands, stop));
     }
 
     /// Lets go of a room this node closed: stops its command service and deletes its lease.
@@ -335,25 +350,22 @@ impl Cluster {
         Ok(entry)
     }
 
-    /// Forgets a replica whose room this node took over; its hub lives on in the room.
-    fn forget_replica(&self, replica: &Arc<Replica>) {
-        if self
+    /// Forgets a replica whose room this node took over; its hub lives on in the room. Returns
+    /// whether it was still registered.
+    fn forget_replica(&self, replica: &Arc<Replica>) -> bool {
+        let forgotten = self
             .replicas
             .remove_if(&replica.id, |_, r| Arc::ptr_eq(r, replica))
-            .is_some()
-        {
+            .is_some();
+        if forgotten {
             self.metrics.cluster_replicas.dec();
         }
+        forgotten
     }
 
-    /// Forgets a replica that ended (closed, resynced or empty).
+    /// Forgets a replica that ended (closed, resynced or empty), and stops it.
     pub(crate) fn drop_replica(&self, replica: &Arc<Replica>) {
-        if self
-            .replicas
-            .remove_if(&replica.id, |_, r| Arc::ptr_eq(r, replica))
-            .is_some()
-        {
-            self.metrics.cluster_replicas.dec();
+        if self.forget_replica(replica) {
             replica.stop();
         }
     }
@@ -508,8 +520,7 @@ async fn keep_leases(app: Arc<App>) {
                 node: cluster.node_id.clone(),
                 summary: room.summary(),
             };
-            let value = Bytes::from(serde_json::to_vec(&lease).expect("leases serialize"));
-            match cluster.leases.update(&id, value, revision).await {
+            match cluster.leases.update(&id, lease.encode(), revision).await {
                 Ok(revision) => {
                     if let Some(mut owned) = cluster.owned.get_mut(&id) {
                         owned.revision = revision;

@@ -377,27 +377,9 @@ pub(crate) async fn top_up(
     if let Err(e) = check_admin(&app, &headers) {
         return error_response(&e);
     }
-    // Bodies past axum's own buffer limit are refused like those past ours.
-    let body = match body {
-        Ok(body) => body,
-        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return error_response(&Error::MessageTooLarge {
-                limit_bytes: ADMIN_BODY_BYTES_MAX,
-            })
-        }
-        Err(e) => return error_response(&Error::InvalidMessage(e.body_text())),
-    };
-    if body.len() > ADMIN_BODY_BYTES_MAX {
-        return error_response(&Error::MessageTooLarge {
-            limit_bytes: ADMIN_BODY_BYTES_MAX,
-        });
-    }
-    let parsed: TopUpBody = match serde_json::from_slice(&body) {
+    let parsed: TopUpBody = match admin_body(body) {
         Ok(b) => b,
-        Err(e) if e.is_syntax() || e.is_eof() => {
-            return error_response(&Error::BadJson(e.to_string()))
-        }
-        Err(e) => return error_response(&Error::InvalidMessage(e.to_string())),
+        Err(e) => return error_response(&e),
     };
     if let Err(e) = check_user_id(&parsed.user) {
         return error_response(&Error::InvalidMessage(e.client_message()));

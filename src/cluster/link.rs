@@ -66,16 +66,13 @@ impl RoomLink for NatsLink {
         if last {
             headers.insert(HEADER_LAST, "1");
         }
-        let queued = self.cluster.queue(Outgoing {
+        self.cluster.queue(Outgoing {
             subject: self.subject.clone(),
             headers,
             // Shares the encoded bytes: no copy per publication.
             payload: Bytes::from(event.bytes.clone()),
             numbered_at: Some(Instant::now()),
         });
-        if !queued {
-            self.cluster.metrics.cluster_publish_dropped.inc();
-        }
     }
 
     fn has_room(&self) -> bool {

@@ -20,10 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::stream::DirectGetErrorKind;
-use bytes::Bytes;
 
 use super::link::{HEADER_EPOCH, HEADER_SEQ};
-use super::{remote, Cluster, Lease, Owned};
+use super::Cluster;
 use crate::app::App;
 use crate::error::{CloseCode, Error, Result};
 use crate::protocol::{EventFrame, Frame};
@@ -53,24 +52,10 @@ pub(super) async fn take_over_orphans(app: &Arc<App>) {
 /// Claims `replica`'s room and runs it here. `Ok(false)` if another node was faster.
 async fn take_over(app: &Arc<App>, cluster: &Arc<Cluster>, replica: &Arc<Replica>) -> Result<bool> {
     let kept = kept_events(cluster, &replica.id, replica.epoch_id).await?;
-    let commands = cluster
-        .client
-        .subscribe(cluster.commands_subject(&replica.id))
-        .await
-        .map_err(|e| Error::RoomUnavailable(format!("NATS: {e}")))?;
     let mut summary = replica.summary.clone();
     summary.seq = kept.last().map_or(0, |(e, _)| e.seq);
-    let lease = Lease {
-        node: cluster.node_id.clone(),
-        summary: summary.clone(),
-    };
-    let value = Bytes::from(serde_json::to_vec(&lease).expect("leases serialize"));
-    let revision = match cluster.leases.create(&replica.id, value).await {
-        Ok(revision) => revision,
-        Err(e) if e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => {
-            return Ok(false)
-        }
-        Err(e) => return Err(Error::RoomUnavailable(format!("NATS: {e}"))),
+    let Some((commands, revision)) = cluster.claim(&summary).await? else {
+        return Ok(false);
     };
     // The room is this node's now. The relay stops; what it had not delivered yet, the hub gets
     // from the kept events.
@@ -101,17 +86,8 @@ async fn take_over(app: &Arc<App>, cluster: &Arc<Cluster>, replica: &Arc<Replica
             return Ok(false);
         }
     };
-    let stop = tokio_util::sync::CancellationToken::new();
-    cluster.owned.insert(
-        room.id.clone(),
-        Owned {
-            revision,
-            renewed: tokio::time::Instant::now(),
-            stop: stop.clone(),
-        },
-    );
+    cluster.serve(app, room, commands, revision);
     cluster.metrics.cluster_takeovers.inc();
-    tokio::spawn(remote::serve_room(app.clone(), room, commands, stop));
     Ok(true)
 }
 

@@ -146,14 +146,17 @@ impl Hub {
         }
     }
 
+    /// Marks the hub closed (no member joins after this) and takes its members out.
+    fn close_and_take(&self) -> Members {
+        let mut members = self.members();
+        self.closed.store(true, Ordering::Release);
+        std::mem::take(&mut *members)
+    }
+
     /// Ends the hub without a last event: every member's connection is closed with `code`.
     /// Returns how many members there were.
     pub fn kick_all(&self, code: CloseCode) -> usize {
-        let members = {
-            let mut members = self.members();
-            self.closed.store(true, Ordering::Release);
-            std::mem::take(&mut *members)
-        };
+        let members = self.close_and_take();
         let n = members.by_conn.len();
         for member in members.by_conn.into_values() {
             member.outbox.kick(code);
@@ -164,12 +167,7 @@ impl Hub {
     /// Ends the hub after its last event (such as `room_closed`) was delivered: every member's
     /// writer forwards what the ring holds for it, then stops.
     pub fn close(&self) {
-        let members = {
-            let mut members = self.members();
-            self.closed.store(true, Ordering::Release);
-            std::mem::take(&mut *members)
-        };
-        for member in members.by_conn.into_values() {
+        for member in self.close_and_take().by_conn.into_values() {
             member.outbox.send(Outbound::Unsubscribe);
         }
     }
