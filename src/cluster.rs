@@ -8,7 +8,8 @@
 //!   (so of two nodes opening the same room at once exactly one wins; the other gets
 //!   `room_exists`) and renewed by its owner every third of `cluster.lease_ms`, each time with the
 //!   room's current summary, which is what `GET /rooms` lists on every node. A lease that is not
-//!   renewed expires with the bucket's `max_age`.
+//!   renewed expires with the bucket's `max_age`. The owner takes commands only while its lease
+//!   is certain, a quarter of the lease short of its expiry (the fence, `cluster/link.rs`).
 //! - **Events** go from the sequencer's link (`cluster/link.rs`) through one bounded, ordered
 //!   queue per node to the room's subject `<namespace>.room.<id>.events`. Every other node with
 //!   members in the room keeps a replica (`room/replica.rs`) whose relay delivers them, checked
@@ -65,7 +66,10 @@ impl Lease {
 
 /// A room this node owns.
 struct Owned {
+    /// The revision of the claim: the room's term on this node.
+    term: u64,
     revision: u64,
+    /// When the latest confirmed write of the lease was sent.
     renewed: Instant,
     /// Stops the room's command service.
     stop: CancellationToken,
@@ -198,6 +202,7 @@ impl Cluster {
             headers,
             payload: Bytes::from(frame.clone()),
             numbered_at: None,
+            hold: None,
         });
     }
 
@@ -226,7 +231,7 @@ impl Cluster {
         if app.rooms.get(&id).is_some() {
             return Err(Error::RoomExists(id));
         }
-        let Some((commands, revision)) = cluster.claim(&room.summary()).await? else {
+        let Some(claim) = cluster.claim(&room.summary()).await? else {
             return Err(Error::RoomExists(id));
         };
         let room = match app.rooms.open(room) {
@@ -236,14 +241,21 @@ impl Cluster {
                 return Err(e);
             }
         };
-        cluster.serve(app, room.clone(), commands, revision);
+        cluster.serve(app, room.clone(), claim);
         Ok(room)
+    }
+
+    /// How long after a lease write was sent this node may still sequence the room: a quarter
+    /// of the lease short of its expiry, for the clocks' drift and for a command admitted just
+    /// before the fence to finish.
+    fn sequencing_window(&self) -> Duration {
+        self.lease - self.lease / 4
     }
 
     /// Claims the lease of the room `summary` describes for this node, subscribed to its
     /// commands first so that no forwarded command can find the room unserved. `None` if another
     /// node holds the lease.
-    async fn claim(&self, summary: &RoomSummary) -> Result<Option<(async_nats::Subscriber, u64)>> {
+    async fn claim(&self, summary: &RoomSummary) -> Result<Option<Claim>> {
         let commands = self
             .client
             .subscribe(self.commands_subject(&summary.room))
@@ -253,32 +265,33 @@ impl Cluster {
             node: self.node_id.clone(),
             summary: summary.clone(),
         };
+        let sent = Instant::now();
         match self.leases.create(&summary.room, lease.encode()).await {
-            Ok(revision) => Ok(Some((commands, revision))),
+            Ok(revision) => Ok(Some(Claim {
+                commands,
+                revision,
+                sent,
+            })),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
             Err(e) => Err(Error::RoomUnavailable(format!("NATS: {e}"))),
         }
     }
 
-    /// Records `room`, whose lease this node claimed at `revision`, as this node's, and starts
-    /// serving other nodes' commands for it.
-    fn serve(
-        &self,
-        app: &Arc<App>,
-        room: Arc<Room>,
-        commands: async_nats::Subscriber,
-        revision: u64,
-    ) {
+    /// Records `room`, whose lease this node claimed, as this node's, lets it take commands
+    /// for as long as the claim is certain, and starts serving other nodes' commands for it.
+    fn serve(&self, app: &Arc<App>, room: Arc<Room>, claim: Claim) {
         let stop = CancellationToken::new();
         self.owned.insert(
             room.id.clone(),
             Owned {
-                revision,
-                renewed: Instant::now(),
+                term: claim.revision,
+                revision: claim.revision,
+                renewed: claim.sent,
                 stop: stop.clone(),
             },
         );
-        tokio::spawn(remote::serve_room(app.clone(), room, commands, stop));
+        room.hold(claim.revision, claim.sent + self.sequencing_window());
+        tokio::spawn(remote::serve_room(app.clone(), room, claim.commands, stop));
     }
 
     /// Lets go of a room this node closed: stops its command service and deletes its lease.
@@ -398,9 +411,10 @@ impl Cluster {
                 headers: HeaderMap::new(),
                 payload: report.encode(),
                 numbered_at: None,
+                hold: None,
             });
-            if counts.viewers + counts.streamers == 0 {
-                self.drop_replica(&replica);
+            if counts.viewers + counts.streamers == 0 && replica.stop_if_empty() {
+                self.forget_replica(&replica);
             }
         }
     }
@@ -413,6 +427,7 @@ impl Cluster {
             headers: HeaderMap::new(),
             payload: notice.encode(),
             numbered_at: None,
+            hold: None,
         });
     }
 
@@ -430,6 +445,15 @@ impl Cluster {
         rooms.sort_by(|a, b| b.viewers.cmp(&a.viewers).then_with(|| a.room.cmp(&b.room)));
         Ok(rooms)
     }
+}
+
+/// A lease this node just created.
+struct Claim {
+    /// The room's forwarded commands, subscribed to before the claim.
+    commands: async_nats::Subscriber,
+    revision: u64,
+    /// When the create was sent: the lease expires no earlier than a lease after this.
+    sent: Instant,
 }
 
 /// Opens the lease bucket, creating it if this is the cluster's first node.
@@ -492,8 +516,9 @@ async fn relay_private(app: Arc<App>, mut messages: async_nats::Subscriber) {
 }
 
 /// Renews the lease of every room this node owns, each third of the lease, with the room's
-/// summary. A room whose lease cannot be renewed in time, or was taken, is no longer this
-/// node's to sequence: it is closed here (its members see their subscription end) and forgotten.
+/// summary; each confirmed renewal extends the room's fence. A room whose lease cannot be
+/// renewed within a lease, or was taken, is no longer this node's to sequence: it is abandoned
+/// here (its members are sent to re-join, its queued events dropped) and forgotten.
 async fn keep_leases(app: Arc<App>) {
     let cluster = app.cluster.as_ref().expect("a cluster").clone();
     let mut interval = tokio::time::interval(cluster.lease / 3);
@@ -508,40 +533,64 @@ async fn keep_leases(app: Arc<App>) {
             .cluster_connected
             .set(i64::from(cluster.is_connected()));
         let ids: Vec<String> = cluster.owned.iter().map(|o| o.key().clone()).collect();
-        for id in ids {
-            let Some(room) = app.rooms.get(&id) else {
-                cluster.release(&id);
-                continue;
-            };
-            let Some(revision) = cluster.owned.get(&id).map(|o| o.revision) else {
-                continue;
-            };
-            let lease = Lease {
-                node: cluster.node_id.clone(),
-                summary: room.summary(),
-            };
-            match cluster.leases.update(&id, lease.encode(), revision).await {
-                Ok(revision) => {
-                    if let Some(mut owned) = cluster.owned.get_mut(&id) {
-                        owned.revision = revision;
-                        owned.renewed = Instant::now();
-                    }
+        // At once, so one room's unanswered write cannot hold back the others' renewals.
+        futures_util::future::join_all(ids.into_iter().map(|id| renew(&app, &cluster, id))).await;
+        takeover::take_over_orphans(&app).await;
+    }
+}
+
+/// Renews one room's lease. A write whose answer was lost but which did land (the lease holds
+/// this node's name at a newer revision) is adopted, not taken for another node's claim.
+async fn renew(app: &Arc<App>, cluster: &Arc<Cluster>, id: String) {
+    let Some(room) = app.rooms.get(&id) else {
+        cluster.release(&id);
+        return;
+    };
+    let Some((term, revision)) = cluster.owned.get(&id).map(|o| (o.term, o.revision)) else {
+        return;
+    };
+    let lease = Lease {
+        node: cluster.node_id.clone(),
+        summary: room.summary(),
+    };
+    let sent = Instant::now();
+    // A write unanswered for a whole lease could not have kept it.
+    let update = cluster.leases.update(&id, lease.encode(), revision);
+    let error = match tokio::time::timeout(cluster.lease, update).await {
+        Ok(Ok(revision)) => {
+            if let Some(mut owned) = cluster.owned.get_mut(&id) {
+                owned.revision = revision;
+                owned.renewed = sent;
+            }
+            room.hold(term, sent + cluster.sequencing_window());
+            return;
+        }
+        Ok(Err(e)) => e,
+        Err(_) => kv::UpdateError::new(kv::UpdateErrorKind::TimedOut),
+    };
+    let mut taken = error.kind() == kv::UpdateErrorKind::WrongLastRevision;
+    if taken {
+        if let Ok(Some(entry)) = cluster.leases.entry(&id).await {
+            let holder = serde_json::from_slice::<Lease>(&entry.value).map(|l| l.node);
+            if entry.operation == kv::Operation::Put && holder.ok() == Some(cluster.node_id.clone())
+            {
+                // Ours: an earlier renewal landed after its caller stopped waiting. The next
+                // beat renews from it; until then the fence stands where it was.
+                if let Some(mut owned) = cluster.owned.get_mut(&id) {
+                    owned.revision = entry.revision;
                 }
-                Err(e) => {
-                    let lapsed = cluster
-                        .owned
-                        .get(&id)
-                        .is_none_or(|o| o.renewed.elapsed() >= cluster.lease);
-                    let taken = e.kind() == kv::UpdateErrorKind::WrongLastRevision;
-                    tracing::warn!(room = %id, error = %e, lapsed, taken, "could not renew a room's lease");
-                    if lapsed || taken {
-                        cluster.metrics.cluster_leases_lost.inc();
-                        room.abandon();
-                        app.forget_room(&room);
-                    }
-                }
+                taken = false;
             }
         }
-        takeover::take_over_orphans(&app).await;
+    }
+    let lapsed = cluster
+        .owned
+        .get(&id)
+        .is_none_or(|o| o.renewed.elapsed() >= cluster.lease);
+    tracing::warn!(room = %id, %error, lapsed, taken, "could not renew a room's lease");
+    if lapsed || taken {
+        cluster.metrics.cluster_leases_lost.inc();
+        room.abandon();
+        app.forget_room(&room);
     }
 }

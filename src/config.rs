@@ -69,6 +69,9 @@ pub struct ServerConfig {
     /// Private frames (acks, receipts, thank-yous) queued per connection before it is dropped as
     /// a slow consumer. At least 8.
     pub outbox_frames_max: usize,
+    /// `send_gift` commands of one connection committing at once; their acks come in any order
+    /// (`docs/PROTOCOL.md` §2). 1 runs every command in the order sent. 1 to 256.
+    pub gifts_in_flight_max: usize,
     /// Bytes of private frames queued per connection before it is dropped as a slow consumer
     /// (one frame is always accepted into an empty queue). At least 4096.
     pub outbox_bytes_max: usize,
@@ -116,6 +119,7 @@ impl Default for ServerConfig {
             origins_allowed: Vec::new(),
             message_bytes_max: 16 * 1024,
             outbox_frames_max: 256,
+            gifts_in_flight_max: 16,
             outbox_bytes_max: 1 << 20,
             ws_read_buffer_bytes: 128,
             ws_write_buffer_bytes: 16 * 1024,
@@ -174,6 +178,13 @@ pub struct RoomsConfig {
     pub viewer_count_interval_ms: u64,
     /// Room events buffered for viewers; a viewer further behind is dropped as slow.
     pub room_ring_frames: usize,
+    /// When a room's members on this node are this many events behind on average (the node
+    /// cannot keep up with the room), the room refuses new commands with `room_busy` until they
+    /// catch up, so members reading at full speed are never dropped as slow. Above half of
+    /// `room_ring_frames` and below it: one client that stopped reading adds at most a ring over
+    /// the member count to the mean, so it is dropped as slow before it alone can make a room of
+    /// two or more members busy.
+    pub busy_backlog_events: usize,
     /// A room whose streamer has had no connection in it for this long is closed.
     pub streamer_away_close_ms: u64,
     /// Members (streamer and viewer connections) per room.
@@ -215,6 +226,7 @@ impl Default for RoomsConfig {
         RoomsConfig {
             viewer_count_interval_ms: 500,
             room_ring_frames: 1024,
+            busy_backlog_events: 640,
             streamer_away_close_ms: 300_000,
             members_max: 50_000,
             rooms_max: 10_000,
@@ -702,6 +714,12 @@ impl ServerConfig {
             16 << 20,
         );
         c.at_least("server.outbox_frames_max", self.outbox_frames_max, 8);
+        c.between(
+            "server.gifts_in_flight_max",
+            self.gifts_in_flight_max,
+            1,
+            256,
+        );
         c.at_least("server.outbox_bytes_max", self.outbox_bytes_max, 4096);
         c.at_least("server.ws_read_buffer_bytes", self.ws_read_buffer_bytes, 64);
         c.at_least(
@@ -798,6 +816,14 @@ impl RoomsConfig {
             50,
         );
         c.between("rooms.room_ring_frames", self.room_ring_frames, 16, 1 << 20);
+        if self.room_ring_frames >= 16 {
+            c.between(
+                "rooms.busy_backlog_events",
+                self.busy_backlog_events,
+                self.room_ring_frames / 2 + 1,
+                self.room_ring_frames - 1,
+            );
+        }
         c.at_least(
             "rooms.streamer_away_close_ms",
             self.streamer_away_close_ms,
@@ -1031,6 +1057,8 @@ mod tests {
             ("[auth]\nleeway_secs = 301", "auth.leeway_secs"),
             ("[rooms]\nviewer_count_interval_ms = 49", "rooms.viewer_count_interval_ms"),
             ("[rooms]\nroom_ring_frames = 15", "rooms.room_ring_frames"),
+            ("[rooms]\nbusy_backlog_events = 1024", "rooms.busy_backlog_events"),
+            ("[rooms]\nbusy_backlog_events = 512", "rooms.busy_backlog_events"),
             ("[rooms]\nstreamer_away_close_ms = 999", "rooms.streamer_away_close_ms"),
             ("[rooms]\nmembers_max = 0", "rooms.members_max"),
             ("[rooms]\nrooms_max = 0", "rooms.rooms_max"),

@@ -46,7 +46,7 @@ use crate::outbox::{Kick, Outbound, Outbox, OutboxReceiver};
 use crate::protocol::server::{self, ServerMessage};
 use crate::protocol::{EventFrame, Frame};
 use crate::room::hub::Subscription;
-use crate::session::Session;
+use crate::session::{InFlight, Session};
 use crate::socket::ResetOnDrop;
 
 /// The WebSocket settings every connection (and the conformance echo endpoint) uses.
@@ -156,35 +156,53 @@ where
         .identity()
         .is_none()
         .then(|| Box::pin(tokio::time::sleep(timeout)));
-    loop {
+    // Gifts still committing; see `session.rs`. Answered as each finishes, and all of them
+    // before the connection ends, so a gift being committed still gets its receipt.
+    let mut in_flight = InFlight::default();
+    let in_flight_max = app.config.server.gifts_in_flight_max;
+    let code = loop {
         if session.identity().is_some() {
             auth_deadline = None;
         }
-        // The next command is read only when its replies fit in the outbox (see `outbox.rs`).
-        let room = outbox.has_room_for_a_command();
+        // The next command is read only when its replies, and those of the gifts in flight, fit
+        // in the outbox (see `outbox.rs`).
+        let running = in_flight.len();
+        let room = outbox.has_room_for_commands(running + 1);
+        let read = room && running < in_flight_max;
         let next = tokio::select! {
             biased;
-            _ = &mut kicked => return kick.code(),
-            _ = &mut shutdown => return CloseCode::GoingAway,
+            _ = &mut kicked => break kick.code(),
+            _ = &mut shutdown => break CloseCode::GoingAway,
             _ = async { auth_deadline.as_mut().expect("checked by the guard").await }, if auth_deadline.is_some() => {
-                return CloseCode::AuthTimeout
+                break CloseCode::AuthTimeout
             }
-            _ = outbox.room_for_a_command(), if !room => continue,
-            next = stream.next(), if room => next,
+            done = in_flight.next(), if running > 0 => {
+                match session.finish(done) {
+                    Some(code) => break code,
+                    None => continue,
+                }
+            }
+            _ = outbox.room_for_commands(running + 1), if !room => continue,
+            next = stream.next(), if read => next,
         };
         let verdict = match next {
             None => Some(CloseCode::Normal),
             // Boxed so the idle connection's future does not carry the largest command's state.
-            Some(Ok(Message::Text(text))) => Box::pin(session.handle_text(text.as_str())).await,
+            Some(Ok(Message::Text(text))) => {
+                Box::pin(session.handle_text(text.as_str(), &mut in_flight)).await
+            }
             Some(Ok(Message::Binary(_))) => session.reject_binary(),
             Some(Ok(Message::Close(_))) => Some(CloseCode::Normal),
             Some(Ok(_)) => None,
             Some(Err(e)) => Some(read_error(e, outbox, app)),
         };
         if let Some(code) = verdict {
-            return code;
+            break code;
         }
-    }
+    };
+    // Bounded by the ledger's call deadline.
+    Box::pin(session.drain(&mut in_flight)).await;
+    code
 }
 
 /// Maps a WebSocket read failure to a close code, telling the client why where it can still hear.
@@ -279,26 +297,46 @@ fn collect(
         Step::Private(Outbound::Unsubscribe) => {
             // Forward what the room sent before it let go of us (such as room_closed).
             if let Some(mut s) = ring.take() {
-                while let Ok(event) = s.ring.try_recv() {
-                    take_event(event, s.through_seq, batch, events);
-                }
-            }
-        }
-        Step::Ring(Ok(event)) => {
-            if let Some(s) = ring.as_mut() {
-                take_event(event, s.through_seq, batch, events);
-                while batch.len() < WRITE_BATCH_FRAMES_MAX {
+                loop {
                     match s.ring.try_recv() {
-                        Ok(event) => take_event(event, s.through_seq, batch, events),
-                        Err(broadcast::error::TryRecvError::Lagged(_)) => {
-                            return Err(WriteFail::Slow)
+                        Ok(event) => {
+                            s.took(1);
+                            take_event(event, s.through_seq, batch, events);
                         }
+                        // What the ring overwrote is never taken; it no longer counts as owed.
+                        Err(broadcast::error::TryRecvError::Lagged(lost)) => s.took(lost),
                         Err(_) => break,
                     }
                 }
             }
         }
-        Step::Ring(Err(broadcast::error::RecvError::Lagged(_))) => return Err(WriteFail::Slow),
+        Step::Ring(Ok(event)) => {
+            if let Some(s) = ring.as_mut() {
+                let mut taken = 1;
+                take_event(event, s.through_seq, batch, events);
+                while batch.len() < WRITE_BATCH_FRAMES_MAX {
+                    match s.ring.try_recv() {
+                        Ok(event) => {
+                            taken += 1;
+                            take_event(event, s.through_seq, batch, events);
+                        }
+                        Err(broadcast::error::TryRecvError::Lagged(lost)) => {
+                            s.took(taken + lost);
+                            return Err(WriteFail::Slow);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                // Counted once per batch: the hub's count is shared by every member.
+                s.took(taken);
+            }
+        }
+        Step::Ring(Err(broadcast::error::RecvError::Lagged(lost))) => {
+            if let Some(s) = ring.as_ref() {
+                s.took(lost);
+            }
+            return Err(WriteFail::Slow);
+        }
         Step::Ring(Err(broadcast::error::RecvError::Closed)) => *ring = None,
     }
     Ok(())

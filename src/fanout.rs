@@ -7,6 +7,9 @@
 //! room's NATS subject, from which every other node's replica relays it to its own members.
 //! A single node is therefore a cluster of one, not a second code path.
 
+use tokio::time::Instant;
+
+use crate::error::Result;
 use crate::protocol::EventFrame;
 
 /// Makes the link of each room this node sequences.
@@ -21,9 +24,18 @@ pub trait RoomLink: Send + Sync {
     /// the room's lock, in `seq` order, so it must not block.
     fn publish(&self, event: &EventFrame, last: bool);
 
-    /// Whether the link can take another event now. A room refuses new commands (before any
-    /// money moves) while it cannot, rather than let its other nodes fall behind.
-    fn has_room(&self) -> bool;
+    /// Whether the room may take a new command now, checked before any money moves. A link
+    /// refuses with `room_busy` while it cannot take another event (rather than let the room's
+    /// other nodes fall behind), and with `room_unavailable` while this node's right to
+    /// sequence the room is not certain (`cluster/link.rs`).
+    fn admit(&self) -> Result<()>;
+
+    /// This node sequences the room under the lease it claimed as `term`, and may take
+    /// commands until `until` (when that lease was last confirmed, less a margin).
+    fn hold(&self, term: u64, until: Instant);
+
+    /// This node no longer sequences the room: events not yet sent on are dropped.
+    fn revoke(&self);
 }
 
 /// Fan-out within this process only.
@@ -41,7 +53,12 @@ impl Fanout for LocalFanout {
 impl RoomLink for LocalLink {
     fn publish(&self, _event: &EventFrame, _last: bool) {}
 
-    fn has_room(&self) -> bool {
-        true
+    /// A single node always holds its rooms and has no queue beyond its hub.
+    fn admit(&self) -> Result<()> {
+        Ok(())
     }
+
+    fn hold(&self, _term: u64, _until: Instant) {}
+
+    fn revoke(&self) {}
 }

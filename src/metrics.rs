@@ -42,6 +42,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "giftd_ledger_ready",
     "giftd_recoveries_total",
     "giftd_room_busy_total",
+    "giftd_gifts_in_flight",
     "giftd_cluster_connected",
     "giftd_cluster_replicas",
     "giftd_cluster_remote_commands_total",
@@ -50,6 +51,8 @@ pub const METRIC_NAMES: &[&str] = &[
     "giftd_cluster_publish_dropped_total",
     "giftd_cluster_resyncs_total",
     "giftd_cluster_leases_lost_total",
+    "giftd_cluster_commands_fenced_total",
+    "giftd_cluster_publish_revoked_total",
     "giftd_cluster_takeovers_total",
     "giftd_combos_total",
     "giftd_goals_total",
@@ -129,6 +132,9 @@ pub struct Metrics {
     pub ack_seconds: HistogramVec,
     pub ledger_ready: IntGauge,
     pub room_busy: IntCounter,
+    /// Gifts read from their connections and not yet answered (committing at the ledger, or
+    /// forwarded to the room's node).
+    pub gifts_in_flight: IntGauge,
     /// Rooms this node relays for another node (replicas).
     pub cluster_replicas: IntGauge,
     /// Commands forwarded to another node's room, and served for another node.
@@ -142,6 +148,10 @@ pub struct Metrics {
     pub cluster_resyncs: IntCounter,
     /// Room leases this node lost to another node.
     pub cluster_leases_lost: IntCounter,
+    /// Commands refused because this node's lease on their room was not confirmed in time.
+    pub cluster_commands_fenced: IntCounter,
+    /// Queued events of rooms this node lost, dropped instead of published.
+    pub cluster_publish_revoked: IntCounter,
     /// Rooms this node took over from a node that died.
     pub cluster_takeovers: IntCounter,
     /// Gift combos (two or more gifts) that ended.
@@ -321,6 +331,10 @@ impl Metrics {
                 "giftd_ledger_ready",
                 "1 while the ledger's last write succeeded.",
             ),
+            gifts_in_flight: gauge(
+                "giftd_gifts_in_flight",
+                "Gifts read from their connections and not yet answered (committing, or forwarded to the room's node).",
+            ),
             room_busy: counter(
                 "giftd_room_busy_total",
                 "Commands refused with room_busy because a room's events were backed up.",
@@ -350,6 +364,14 @@ impl Metrics {
             cluster_leases_lost: counter(
                 "giftd_cluster_leases_lost_total",
                 "Rooms this node stopped running because it could not renew their lease.",
+            ),
+            cluster_commands_fenced: counter(
+                "giftd_cluster_commands_fenced_total",
+                "Commands refused with room_unavailable because this node's lease on the room was not confirmed in time.",
+            ),
+            cluster_publish_revoked: counter(
+                "giftd_cluster_publish_revoked_total",
+                "Queued events of rooms this node lost to another node, dropped instead of published.",
             ),
             cluster_takeovers: counter(
                 "giftd_cluster_takeovers_total",

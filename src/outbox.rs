@@ -11,7 +11,7 @@
 //!
 //! A connection's own replies are different: a client that pipelines many commands is not slow
 //! just because their acks are queued. So the connection's reader reads the next command only
-//! when the outbox has room for its replies ([`Outbox::room_for_a_command`]); until then the
+//! when the outbox has room for its replies ([`Outbox::room_for_commands`]); until then the
 //! client's commands wait in its socket, and TCP slows the client down instead of giftd dropping
 //! it. Any task holding an `Outbox` can close the
 //! connection with a close code; the first code set wins.
@@ -193,17 +193,18 @@ impl Outbox {
         self.kick.kick(code);
     }
 
-    /// Whether the queue can take the replies of one more command (at most
-    /// [`COMMAND_ITEMS_MAX`] items) and is at most half full in bytes.
-    pub fn has_room_for_a_command(&self) -> bool {
+    /// Whether the queue can take the replies of `commands` more commands (at most
+    /// [`COMMAND_ITEMS_MAX`] items each: the next one, and the gifts still in flight) and is at
+    /// most half full in bytes.
+    pub fn has_room_for_commands(&self, commands: usize) -> bool {
         let items = self.queue.items.lock().unwrap_or_else(|p| p.into_inner());
-        items.queue.len() + COMMAND_ITEMS_MAX <= self.queue.frames_max
+        items.queue.len() + COMMAND_ITEMS_MAX * commands <= self.queue.frames_max
             && items.bytes <= self.queue.bytes_max / 2
     }
 
-    /// Resolves once [`Outbox::has_room_for_a_command`] holds.
-    pub async fn room_for_a_command(&self) {
-        while !self.has_room_for_a_command() {
+    /// Resolves once [`Outbox::has_room_for_commands`] holds.
+    pub async fn room_for_commands(&self, commands: usize) {
+        while !self.has_room_for_commands(commands) {
             // A take between the check and here leaves a permit, so this cannot miss it.
             self.queue.taken.notified().await;
         }
@@ -263,12 +264,12 @@ mod tests {
         for _ in 0..4 {
             assert!(outbox.push(OutKind::Ack, frame(1)));
         }
-        assert!(outbox.has_room_for_a_command());
+        assert!(outbox.has_room_for_commands(1));
         assert!(outbox.push(OutKind::Ack, frame(1)));
-        assert!(!outbox.has_room_for_a_command());
+        assert!(!outbox.has_room_for_commands(1));
         let waiting = tokio::spawn({
             let outbox = outbox.clone();
-            async move { outbox.room_for_a_command().await }
+            async move { outbox.room_for_commands(1).await }
         });
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished());
@@ -277,7 +278,7 @@ mod tests {
         // Half the byte bound is room enough; more is not.
         let (outbox, _rx) = Outbox::new(100, 1000);
         assert!(outbox.push(OutKind::Ack, frame(600)));
-        assert!(!outbox.has_room_for_a_command());
+        assert!(!outbox.has_room_for_commands(1));
     }
 
     #[test]

@@ -38,7 +38,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use std::time::Duration;
 
-use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use crate::auth::Role;
@@ -54,6 +53,7 @@ use crate::question::Questions;
 
 use combo::Combos;
 use goal::{EndReason, Goal};
+use hub::Subscription;
 use hub::{Counts, Hub};
 
 /// Identifies one connection on this node.
@@ -104,6 +104,8 @@ pub struct Room {
     state: Mutex<State>,
     closed: AtomicBool,
     recent_gifts_max: usize,
+    /// Members' mean backlog at which commands are refused with `room_busy`.
+    busy_backlog_events: u64,
     history_events_max: usize,
     history_age: Duration,
     /// A node's report older than this no longer counts.
@@ -207,6 +209,7 @@ impl Room {
             }),
             closed: AtomicBool::new(false),
             recent_gifts_max: config.recent_gifts_max,
+            busy_backlog_events: config.busy_backlog_events as u64,
             history_events_max: config.history_events_max,
             history_age: Duration::from_millis(config.history_age_ms),
             report_stale: Duration::from_millis(config.viewer_count_interval_ms.saturating_mul(3)),
@@ -321,17 +324,28 @@ impl Room {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Refuses a new command while the room's link to its other nodes is backed up, before any
-    /// money moves; the client may retry.
+    /// Refuses a new command, before any money moves, while this node's members are behind the
+    /// room (`room/hub.rs`, backlog) or the room's link to its other nodes is backed up; the
+    /// client may retry.
     pub fn admit(&self) -> Result<()> {
         if self.is_closed() {
             return Err(Error::RoomNotFound(self.id.clone()));
         }
-        if !self.link.has_room() {
+        if self.hub.backlog_mean_events() >= self.busy_backlog_events {
             self.metrics.room_busy.inc();
             return Err(Error::RoomBusy);
         }
-        Ok(())
+        self.link.admit().inspect_err(|e| {
+            if matches!(e, Error::RoomBusy) {
+                self.metrics.room_busy.inc();
+            }
+        })
+    }
+
+    /// This node sequences the room under its cluster lease `term`, and may take commands until
+    /// `until` (`cluster/link.rs`).
+    pub fn hold(&self, term: u64, until: Instant) {
+        self.link.hold(term, until);
     }
 
     /// Numbers, encodes and delivers one event. Must be called with the lock held.
@@ -444,7 +458,7 @@ impl Room {
         role: Role,
         user: &str,
         outbox: Outbox,
-    ) -> Result<(Snapshot, broadcast::Receiver<EventFrame>)> {
+    ) -> Result<(Snapshot, Subscription)> {
         match self.join_since(conn, role, user, outbox, None)? {
             (Entry::Fresh(snapshot), ring) => Ok((snapshot, ring)),
             (Entry::Recovered { .. }, _) => unreachable!("no position was given"),
@@ -461,13 +475,15 @@ impl Room {
         user: &str,
         outbox: Outbox,
         since: Option<&Position>,
-    ) -> Result<(Entry, broadcast::Receiver<EventFrame>)> {
+    ) -> Result<(Entry, Subscription)> {
         let mut state = self.live()?;
-        let ring = self.hub.join(conn, role, user, outbox)?;
+        let mut subscription = self.hub.join(conn, role, user, outbox)?;
         if role == Role::Streamer {
             state.streamer_away_since = None;
         }
-        Ok((self.entry(&mut state, since), ring))
+        let entry = self.entry(&mut state, since);
+        subscription.through_seq = entry.through_seq();
+        Ok((entry, subscription))
     }
 
     /// What a member joining on another node gets: its missed events or a snapshot. That node
@@ -541,6 +557,9 @@ impl Room {
         {
             let _state = self.lock();
             self.closed.store(true, Ordering::Release);
+            // Events numbered here but not yet on their way must not reach the room's next
+            // owner, which numbers from what reached the stream.
+            self.link.revoke();
         }
         self.hub.kick_all(crate::error::CloseCode::Resync);
     }
@@ -723,9 +742,10 @@ mod tests {
         r.gift("g2", "v1", "rose", "Rose", 1).unwrap();
         assert_eq!(r.publish_viewers_if_changed(), Some(3));
         assert_eq!(r.publish_viewers_if_changed(), None);
-        let first = ring.try_recv().unwrap().bytes;
+        let first = ring.ring.try_recv().unwrap().bytes;
         assert!(first.as_str().contains(r#""seq":2"#), "{}", first.as_str());
         assert!(ring
+            .ring
             .try_recv()
             .unwrap()
             .bytes
@@ -783,7 +803,7 @@ mod tests {
         assert_eq!(since_seq, 4);
         assert_eq!(seqs(&missed), (5..=10).collect::<Vec<_>>());
         r.gift("g10", "v1", "rose", "Rose", 1).unwrap();
-        assert_eq!(seqs(&[ring.try_recv().unwrap()]), vec![11]);
+        assert_eq!(seqs(&[ring.ring.try_recv().unwrap()]), vec![11]);
     }
 
     #[test]

@@ -383,7 +383,7 @@ mod tests {
         assert!(room.is_closed());
         assert!(app.rooms.get("r").is_none());
         let mut last = None;
-        while let Ok(frame) = events.try_recv() {
+        while let Ok(frame) = events.ring.try_recv() {
             last = Some(frame);
         }
         let last = last.expect("room events");

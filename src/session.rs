@@ -10,6 +10,14 @@
 //! `session/rooms.rs`, `session/gifts.rs`, `session/questions.rs`, `session/red_packets.rs` and
 //! `session/goals.rs`.
 //!
+//! **Gifts in flight.** A `send_gift` needs nothing of the session once its checks pass (role,
+//! room, sticker, rate limits), only the ledger and the room. So its commit runs as an owned
+//! future ([`InFlight`]) while the connection reads on: up to `server.gifts_in_flight_max` per
+//! connection, so one connection's gifts share ledger batches instead of waiting for each
+//! other's commits. Their acks come as each commits, in any order. Any other command waits until
+//! the connection's gifts in flight are answered, so everything else still runs in the order
+//! sent (`docs/PROTOCOL.md` §2).
+//!
 //! In a cluster, a member of a room that another node runs is in that room through a replica
 //! (`room/replica.rs`). Its commands that act on the room are checked here (authentication, rate
 //! limits) and then run by the room's owner (`cluster/remote.rs`), whose session code is this
@@ -25,6 +33,8 @@ pub(crate) use rooms::entry_reply;
 
 use std::sync::{Arc, Mutex};
 
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde::Serialize;
 use serde_json::json;
 use tokio::time::Instant;
@@ -54,6 +64,47 @@ enum Reply {
     /// An ack, the member's recovered events (if any), then a room subscription, queued in that
     /// order so the client sees its snapshot or its missed events before the room's next event.
     AckThenSubscribe(Frame, Vec<EventFrame>, Subscription),
+}
+
+/// A pipelined command that has run: its reply, for [`Session::finish`].
+pub struct Finished {
+    id: u64,
+    name: &'static str,
+    started: Instant,
+    result: Result<Reply>,
+}
+
+/// A connection's gifts still committing. Empty, it allocates nothing: most connections never
+/// gift.
+#[derive(Default)]
+pub struct InFlight {
+    running: Option<FuturesUnordered<BoxFuture<'static, Finished>>>,
+}
+
+impl InFlight {
+    pub fn len(&self) -> usize {
+        self.running.as_ref().map_or(0, FuturesUnordered::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn push(&mut self, command: BoxFuture<'static, Finished>) {
+        self.running
+            .get_or_insert_with(FuturesUnordered::new)
+            .push(command);
+    }
+
+    /// The next one to finish; pending forever while none runs.
+    pub async fn next(&mut self) -> Finished {
+        match self.running.as_mut() {
+            Some(running) if !running.is_empty() => {
+                running.next().await.expect("checked non-empty")
+            }
+            _ => std::future::pending().await,
+        }
+    }
 }
 
 /// The room a connection is in: one this node runs, or another node's through its replica.
@@ -138,8 +189,9 @@ impl Session {
         self.reply_error(None, &Error::BinaryFrame, Instant::now(), "binary")
     }
 
-    /// Handles one text frame.
-    pub async fn handle_text(&mut self, text: &str) -> Option<CloseCode> {
+    /// Handles one text frame. A gift may be left running in `in_flight`, to be answered with
+    /// [`Session::finish`]; any other command first waits until `in_flight` is answered.
+    pub async fn handle_text(&mut self, text: &str, in_flight: &mut InFlight) -> Option<CloseCode> {
         let started = Instant::now();
         let (id, decoded) = protocol::decode(text);
         let name = decoded.as_ref().map_or("invalid", Command::name);
@@ -153,14 +205,67 @@ impl Session {
             Ok(command) => {
                 let id = id.expect("decoded commands carry an id");
                 match self.admit(&command) {
-                    Ok(()) => match self.relayed_room(&command) {
-                        Some(replica) => self.forward(&replica, text).await,
-                        None => self.dispatch(id, command).await,
-                    },
                     Err(e) => Err(e),
+                    Ok(()) => match command {
+                        Command::SendGift { sticker, key }
+                            if in_flight.len() < self.app.config.server.gifts_in_flight_max =>
+                        {
+                            match self.start_gift(id, sticker, key, text) {
+                                Ok(gift) => {
+                                    self.app.metrics.gifts_in_flight.inc();
+                                    in_flight.push(Box::pin(async move {
+                                        Finished {
+                                            id,
+                                            name,
+                                            started,
+                                            result: gift.await,
+                                        }
+                                    }));
+                                    return None;
+                                }
+                                Err(e) => Err(e),
+                            }
+                        }
+                        command => {
+                            if let Some(code) = self.drain(in_flight).await {
+                                return Some(code);
+                            }
+                            match self.relayed_room(&command) {
+                                Some(replica) => self.forward(&replica, text).await,
+                                None => self.dispatch(id, command).await,
+                            }
+                        }
+                    },
                 }
             }
         };
+        self.answer(id, name, started, result)
+    }
+
+    /// Answers a gift that was left running.
+    pub fn finish(&mut self, done: Finished) -> Option<CloseCode> {
+        self.app.metrics.gifts_in_flight.dec();
+        self.answer(Some(done.id), done.name, done.started, done.result)
+    }
+
+    /// Answers every gift still running, as each finishes.
+    pub async fn drain(&mut self, in_flight: &mut InFlight) -> Option<CloseCode> {
+        let mut code = None;
+        while !in_flight.is_empty() {
+            let done = in_flight.next().await;
+            code = code.or(self.finish(done));
+        }
+        code
+    }
+
+    /// Queues a command's ack or error.
+    fn answer(
+        &mut self,
+        id: Option<u64>,
+        name: &str,
+        started: Instant,
+        result: Result<Reply>,
+    ) -> Option<CloseCode> {
         match result {
             Ok(reply) => {
                 match reply {
@@ -279,6 +384,11 @@ impl Session {
         if !command.acts_on_room() {
             return None;
         }
+        self.replica()
+    }
+
+    /// The replica of the room this connection is in, if another node runs it.
+    fn replica(&mut self) -> Option<Arc<Replica>> {
         match self.membership() {
             Ok(Membership::Relayed(replica)) => Some(replica),
             _ => None,
@@ -287,14 +397,22 @@ impl Session {
 
     /// Has the room's owner run `text`, and returns its ack or error as the owner encoded it.
     async fn forward(&mut self, replica: &Replica, text: &str) -> Result<Reply> {
+        self.forwarding(replica, text).await
+    }
+
+    /// [`Session::forward`] as a future that needs nothing of the session.
+    fn forwarding(&self, replica: &Replica, text: &str) -> BoxFuture<'static, Result<Reply>> {
         let who = self.who();
         let request = Request::Command {
             user: who.user.clone(),
             role: who.role,
             frame: text.to_owned(),
         };
-        let answer = remote::ask(&self.app, &replica.id, &request).await?;
-        Ok(Reply::Ack(Frame::from(answer.frame)))
+        let (app, room) = (self.app.clone(), replica.id.clone());
+        Box::pin(async move {
+            let answer = remote::ask(&app, &room, &request).await?;
+            Ok(Reply::Ack(Frame::from(answer.frame)))
+        })
     }
 
     /// Runs a command that a member on another node sent for `room`, which this node runs, as
@@ -379,7 +497,7 @@ impl Session {
             Command::CloseRoom {} => self.handle_close_room(id),
             Command::Join { room, since } => self.handle_join(id, &room, since).await,
             Command::Leave {} => self.handle_leave(id),
-            Command::SendGift { sticker, key } => self.handle_send_gift(id, sticker, &key).await,
+            Command::SendGift { sticker, key } => self.gift(id, sticker, key)?.await,
             Command::Ask { text, sticker, key } => self.handle_ask(id, text, sticker, key).await,
             Command::Answer { question_id, text } => self.handle_answer(id, question_id, &text),
             Command::Thank { gift_id, text } => self.handle_thank(id, gift_id, text),
@@ -452,7 +570,9 @@ mod tests {
 
     /// Sends one frame and returns the reply it queued, as JSON.
     async fn call(s: &mut Session, rx: &OutboxReceiver, text: &str) -> serde_json::Value {
-        s.handle_text(text).await;
+        let mut in_flight = InFlight::default();
+        s.handle_text(text, &mut in_flight).await;
+        s.drain(&mut in_flight).await;
         loop {
             match rx.try_recv().expect("a reply") {
                 Outbound::Frame(_, f) => return serde_json::from_str(f.as_str()).unwrap(),
@@ -483,7 +603,10 @@ mod tests {
         let app = app(|_| {});
         let (mut s, _rx) = session(&app, 1, None);
         let code = s
-            .handle_text(r#"{"type":"auth","id":1,"token":"x.y.z"}"#)
+            .handle_text(
+                r#"{"type":"auth","id":1,"token":"x.y.z"}"#,
+                &mut InFlight::default(),
+            )
             .await;
         assert_eq!(code, Some(CloseCode::AuthFailed));
     }

@@ -36,6 +36,21 @@ fn assert_gap_free(events: &[Value]) {
     }
 }
 
+/// Each receipt's gift is the event at the receipt's `seq`, for every receipt `events` covers.
+fn assert_receipts_at_their_positions(events: &[Value], receipts: &[Value]) {
+    let at: HashMap<u64, &Value> = events
+        .iter()
+        .map(|e| (e["seq"].as_u64().unwrap(), e))
+        .collect();
+    let first = events[0]["seq"].as_u64().unwrap();
+    for r in receipts {
+        let seq = r["seq"].as_u64().unwrap();
+        if seq >= first {
+            assert_eq!(at[&seq]["gift_id"], r["gift_id"], "{r}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_across_three_nodes_is_one_room() {
     let mut cluster = TestCluster::start(3).await;
@@ -171,7 +186,7 @@ async fn a_room_across_three_nodes_is_one_room() {
     }
 
     // Money: every gift was charged once, on the one ledger.
-    let rose = price(a, "rose").await;
+    let rose = a.price("rose").await;
     for user in ["va", "vb", "vc"] {
         let late = if user == "vc" { rose } else { 0 };
         assert_eq!(a.balance(user).await, 10_000 - 5 * rose - late, "{user}");
@@ -228,23 +243,9 @@ async fn the_same_key_on_two_nodes_at_once_debits_once() {
         let replays = [&rb, &rc].iter().filter(|r| r["replayed"] == true).count();
         assert_eq!(replays, 1, "{rb} {rc}");
     }
-    let coffee = price(a, "coffee").await;
+    let coffee = a.price("coffee").await;
     assert_eq!(a.balance("bob").await, 10_000 - 10 * coffee);
     cluster.shutdown().await;
-}
-
-/// The price of `sticker` in the node's catalog.
-async fn price(node: &support::TestServer, sticker: &str) -> u64 {
-    let (_, body) = node.http("GET", "/stickers", None, None).await;
-    let stickers: Value = serde_json::from_str(&body).unwrap();
-    stickers["stickers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["id"] == sticker)
-        .unwrap()["price_coins"]
-        .as_u64()
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -397,17 +398,7 @@ async fn when_the_rooms_node_is_killed_another_takes_the_room_over() {
         let events = events_through(v, last).await;
         assert_gap_free(&events);
         assert_eq!(events[0]["epoch"], epoch.as_str());
-        let at: HashMap<u64, &Value> = events
-            .iter()
-            .map(|e| (e["seq"].as_u64().unwrap(), e))
-            .collect();
-        for r in &receipts {
-            if let Some(seq) = r["seq"].as_u64() {
-                if seq > events[0]["seq"].as_u64().unwrap() {
-                    assert_eq!(at[&seq]["gift_id"], r["gift_id"], "{r}");
-                }
-            }
-        }
+        assert_receipts_at_their_positions(&events, &receipts);
     }
 
     // The viewer whose node died re-joins elsewhere with its position and recovers.
@@ -445,7 +436,7 @@ async fn when_the_rooms_node_is_killed_another_takes_the_room_over() {
     );
 
     // Money: each key charged once, and the ledger audits clean.
-    let rose = price(b, "rose").await;
+    let rose = b.price("rose").await;
     assert_eq!(b.balance("fan").await, 100_000 - 40 * rose);
     let db = support::ledger::LedgerDb::open(&b.config).await;
     let report = db.audit().await;
@@ -571,7 +562,7 @@ async fn nats_restarted_under_load_loses_nothing_acknowledged() {
     assert_gap_free(&on_a);
 
     // Each key was charged once; the ledger audits clean.
-    let rose = price(b, "rose").await;
+    let rose = b.price("rose").await;
     assert_eq!(b.balance("fan").await, 100_000 - 30 * rose);
     let report = support::ledger::LedgerDb::open(&b.config)
         .await
@@ -647,4 +638,146 @@ async fn a_red_packet_across_nodes_is_grabbed_once_per_user_and_ends_once_everyw
         .await;
     assert!(report.violations.is_empty(), "{report:?}");
     cluster.shutdown().await;
+}
+
+/// Every event of epoch `epoch` the room's JetStream stream holds, in stream order, as
+/// `(seq, gift_id)`.
+async fn stream_events(cluster: &TestCluster, room: &str, epoch: &str) -> Vec<(u64, Value)> {
+    let client = async_nats::connect(support::cluster::nats_url())
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(client);
+    let stream = js
+        .get_stream(format!("{}_events", cluster.namespace))
+        .await
+        .unwrap();
+    let subject = format!("{}.room.{room}.events", cluster.namespace);
+    let mut events = Vec::new();
+    let mut next = stream.direct_get_first_for_subject(subject.clone()).await;
+    // Bounded: the stream keeps at most `rooms.history_events_max` events per room.
+    for _ in 0..=10_000 {
+        let Ok(message) = next else { break };
+        let event: Value = serde_json::from_slice(&message.payload).unwrap();
+        if event["epoch"] == epoch {
+            events.push((event["seq"].as_u64().unwrap(), event["gift_id"].clone()));
+        }
+        next = stream
+            .direct_get_next_for_subject(subject.clone(), Some(message.sequence + 1))
+            .await;
+    }
+    events
+}
+
+/// Split brain: the room's node loses NATS (a proxy in front of it is cut) while it and the
+/// other nodes go on. It must stop taking commands before its lease can lapse (refusing them
+/// before any money moves), another node takes the room over, and when the cut heals, the
+/// events the old owner numbered while cut off never reach the room: every `seq` is in the
+/// room's stream once, and viewers elsewhere see one gap-free sequence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_nats_stops_sequencing_and_its_late_events_never_reach_the_room() {
+    let nats = support::cluster::nats_url();
+    let target = nats.trim_start_matches("nats://").to_owned();
+    let proxy = support::proxy::Proxy::start(target).await;
+    let proxied = format!("nats://{}", proxy.addr);
+    let mut cluster = TestCluster::start_with(3, |c| {
+        if c.cluster.node_id == "n0" {
+            c.cluster.nats_url = proxied.clone();
+        }
+    })
+    .await;
+    let [a, b, c] = &cluster.nodes[..] else {
+        unreachable!()
+    };
+    a.top_up("va", "web", 100_000, "p-va").await;
+    b.top_up("fan", "web", 100_000, "p-fan").await;
+    let mut star = a.streamer("star").await;
+    let epoch = star.open_room("r", "Live").await["epoch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut va = a.viewer("va").await;
+    va.join("r").await;
+    let mut vb = b.viewer("vb").await;
+    vb.join("r").await;
+    let mut vc = c.viewer("vc").await;
+    vc.join("r").await;
+    let mut fan = b.viewer("fan").await;
+    fan.join("r").await;
+    let mut receipts = Vec::new();
+    for k in 0..5 {
+        receipts.push(gift_until_acked(&mut fan, &format!("k{k}")).await);
+    }
+
+    proxy.cut();
+    let rose = b.price("rose").await;
+    let before = a.balance("va").await;
+    let mut accepted = 0;
+    let refused = loop {
+        assert!(
+            accepted < 200,
+            "the cut-off owner never stopped taking gifts"
+        );
+        let gift =
+            json!({ "type": "send_gift", "sticker": "rose", "key": format!("late{accepted}") });
+        match va.try_request(gift).await {
+            Some(Ok(_)) => accepted += 1,
+            Some(Err(e)) => break Some(e),
+            None => break None, // closed: the room was given up without a fence
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let refused = refused.expect("refused before the room was given up");
+    assert_eq!(refused["reason"], "room_unavailable", "{refused}");
+    assert_eq!(
+        a.balance("va").await,
+        before - accepted * rose,
+        "the refused gift was not charged"
+    );
+    assert_eq!(
+        va.closed().await.code,
+        4002,
+        "the cut-off owner gives the room up"
+    );
+
+    // Another node takes over; gifts go on through it.
+    for k in 5..10 {
+        receipts.push(gift_until_acked(&mut fan, &format!("k{k}")).await);
+    }
+    proxy.heal();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while a.metric("giftd_cluster_connected").await != 1.0 {
+        assert!(std::time::Instant::now() < deadline, "n0 did not reconnect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Whatever the old owner still had queued had its chance to go out before these.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for k in 10..15 {
+        receipts.push(gift_until_acked(&mut fan, &format!("k{k}")).await);
+    }
+    let last = receipts
+        .iter()
+        .filter_map(|r| r["seq"].as_u64())
+        .max()
+        .unwrap();
+
+    let stored = stream_events(&cluster, "r", &epoch).await;
+    let seqs: Vec<u64> = stored.iter().map(|(s, _)| *s).collect();
+    assert!(
+        seqs.windows(2).all(|p| p[1] == p[0] + 1),
+        "every seq once, in order: {seqs:?}"
+    );
+    assert_eq!(seqs.last(), Some(&last));
+    for v in [&mut vb, &mut vc] {
+        let events = events_through(v, last).await;
+        assert_gap_free(&events);
+        assert_receipts_at_their_positions(&events, &receipts);
+    }
+    let audit = support::ledger::LedgerDb::open(&b.config)
+        .await
+        .audit()
+        .await;
+    assert!(audit.violations.is_empty(), "{audit:?}");
+    assert!(a.metric("giftd_cluster_commands_fenced_total").await >= 1.0);
+    cluster.shutdown().await;
+    drop(proxy);
 }

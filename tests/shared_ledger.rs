@@ -28,6 +28,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 use support::ledger::{check, checker, read_totals, LedgerDb};
+use support::proxy::Proxy;
 use support::TestServer;
 
 /// Two nodes on one fresh PostgreSQL schema. The first holds the schema's guard, so it is
@@ -339,66 +340,6 @@ async fn a_red_packet_is_grabbed_once_per_share_and_returned_once_from_two_nodes
         drop(a);
     })
     .await
-}
-
-/// A TCP proxy in front of PostgreSQL that the test can cut (every connection dropped, new ones
-/// refused) and heal: an unreachable database without touching the shared server.
-struct Proxy {
-    addr: std::net::SocketAddr,
-    up: Arc<AtomicBool>,
-    links: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
-    accept: tokio::task::JoinHandle<()>,
-}
-
-impl Proxy {
-    async fn start(target: String) -> Proxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let up = Arc::new(AtomicBool::new(true));
-        let links = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let accept = tokio::spawn({
-            let (up, links) = (up.clone(), links.clone());
-            async move {
-                while let Ok((mut inbound, _)) = listener.accept().await {
-                    if !up.load(Ordering::SeqCst) {
-                        continue; // Dropped: the database is unreachable.
-                    }
-                    let target = target.clone();
-                    let link = tokio::spawn(async move {
-                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
-                            let _ =
-                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                        }
-                    });
-                    links.lock().unwrap().push(link);
-                }
-            }
-        });
-        Proxy {
-            addr,
-            up,
-            links,
-            accept,
-        }
-    }
-
-    fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        for link in self.links.lock().unwrap().drain(..) {
-            link.abort();
-        }
-    }
-
-    fn heal(&self) {
-        self.up.store(true, Ordering::SeqCst);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.cut();
-        self.accept.abort();
-    }
 }
 
 async fn readyz(server: &TestServer) -> u16 {

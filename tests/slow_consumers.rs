@@ -198,3 +198,85 @@ async fn a_viewer_that_never_reads_again_is_reset_never_cut_inside_a_frame() {
     }
     assert!(sloth.bytes_received <= bytes_bound(&server));
 }
+
+/// When most of a room's members fall behind together (here: eight viewers whose reads stall,
+/// standing in for a node too slow to write to them), the room refuses new commands with
+/// `room_busy` before any of them is a whole ring behind: no member is dropped as slow, and the
+/// room takes commands again once they have caught up (docs/PROTOCOL.md §9).
+#[tokio::test]
+async fn members_behind_together_make_the_room_busy_instead_of_being_dropped() {
+    let server = TestServer::start_with(|c| {
+        c.server.socket_send_buffer_bytes = SEND_BUFFER_BYTES;
+        // Stalled writers are not dropped for their time: only the ring could drop them.
+        c.server.write_timeout_ms = 60_000;
+        c.rooms.room_ring_frames = 128;
+        c.rooms.busy_backlog_events = 70;
+        c.rooms.viewer_count_interval_ms = 60_000;
+    })
+    .await;
+    let mut star = server.streamer("star").await;
+    star.open_room("r", "busy").await;
+    let mut behind = Vec::new();
+    for i in 0..8 {
+        let token = server.token(&format!("v{i}"), Role::Viewer);
+        let mut raw = RawWs::connect(server.addr, &token, RECV_BUFFER_BYTES).await;
+        raw.send_text(r#"{"type":"join","id":1,"room":"r"}"#).await;
+        behind.push(raw);
+    }
+    let mut talker = server.viewer("talker").await;
+    talker.join("r").await;
+
+    let text = "q".repeat(299);
+    let (mut asked, mut last_seq) = (0u64, 0u64);
+    let busy = loop {
+        assert!(asked < 2_000, "the room never got busy");
+        match talker.request(json!({ "type": "ask", "text": text })).await {
+            Ok(r) => {
+                asked += 1;
+                last_seq = r["seq"].as_u64().unwrap();
+            }
+            Err(e) => break e,
+        }
+    };
+    assert!(asked > 70, "busy only once members were behind: {asked}");
+    assert_eq!(busy["reason"], "room_busy", "{busy}");
+    assert_eq!(busy["code"], 15006);
+    assert_eq!(server.metric("giftd_slow_consumers_total").await, 0.0);
+
+    // They catch up: every question arrives, no close frame, and the room takes commands again.
+    for raw in &mut behind {
+        let frames = raw
+            .read_until(
+                |f| matches!(f, RawFrame::Text(t) if event_seq(t) == Some(last_seq)),
+                Duration::from_secs(10),
+            )
+            .await;
+        assert!(
+            frames.iter().all(|f| !matches!(f, RawFrame::Close(..))),
+            "{frames:?}"
+        );
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match talker
+            .request(json!({ "type": "ask", "text": "again" }))
+            .await
+        {
+            Ok(_) => break,
+            Err(e) => {
+                assert_eq!(e["reason"], "room_busy", "{e}");
+                assert!(std::time::Instant::now() < deadline, "still busy");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    assert_eq!(server.metric("giftd_slow_consumers_total").await, 0.0);
+    assert!(server.metric("giftd_room_busy_total").await >= 1.0);
+    drop(star);
+}
+
+/// The `seq` of a room event.
+fn event_seq(frame: &str) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_str(frame).ok()?;
+    (v["type"] == "event").then(|| v["seq"].as_u64()).flatten()
+}

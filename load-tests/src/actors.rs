@@ -95,11 +95,16 @@ pub(crate) struct StreamerPlan {
     /// Answer every question and thank every `thank_every`-th gift (0: never).
     pub(crate) answer_questions: bool,
     pub(crate) thank_every: u64,
+    /// Run a goal of this many coins all the time (0: none): set one at the start and a new one
+    /// whenever it is reached.
+    pub(crate) goal_coins: u64,
 }
 
 #[derive(Debug, Default, Clone)]
 pub(crate) struct StreamerOut {
     pub(crate) seq: SeqCheck,
+    /// Room events seen, by kind (gifts, combo ends, goal events, ...).
+    pub(crate) events: BTreeMap<String, u64>,
     pub(crate) commands: BTreeMap<&'static str, Hist>,
     pub(crate) errors: Counts,
     pub(crate) closed_early: Option<String>,
@@ -108,6 +113,8 @@ pub(crate) struct StreamerOut {
 pub(crate) struct Streamer {
     pub(crate) room: String,
     pub(crate) last_seq: Arc<AtomicU64>,
+    /// The room's viewer count (the cluster's) from its latest `viewers` event.
+    pub(crate) viewers: Arc<AtomicU64>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<Result<StreamerOut>>,
 }
@@ -131,10 +138,18 @@ impl Streamer {
         let last_seq = Arc::new(AtomicU64::new(seq));
         let (stop, stopped) = oneshot::channel();
         let room = plan.room.clone();
-        let task = tokio::spawn(streamer_loop(ws, plan, seq, last_seq.clone(), stopped));
+        let viewers = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(streamer_loop(
+            ws,
+            plan,
+            seq,
+            (last_seq.clone(), viewers.clone()),
+            stopped,
+        ));
         Ok(Streamer {
             room,
             last_seq,
+            viewers,
             stop,
             task,
         })
@@ -151,7 +166,7 @@ async fn streamer_loop(
     mut ws: Ws,
     plan: StreamerPlan,
     snapshot_seq: u64,
-    last_seq: Arc<AtomicU64>,
+    (last_seq, viewers): (Arc<AtomicU64>, Arc<AtomicU64>),
     mut stopped: oneshot::Receiver<()>,
 ) -> Result<StreamerOut> {
     let mut out = StreamerOut {
@@ -161,6 +176,12 @@ async fn streamer_loop(
     let mut inflight: HashMap<u64, (Instant, &'static str)> = HashMap::new();
     let mut next_id = 2u64;
     let mut gifts = 0u64;
+    if plan.goal_coins > 0 {
+        inflight.insert(next_id, (Instant::now(), "set_goal"));
+        ws.send(Message::text(wire::set_goal(next_id, plan.goal_coins)))
+            .await?;
+        next_id += 1;
+    }
     loop {
         let msg = tokio::select! {
             _ = &mut stopped => break,
@@ -185,7 +206,11 @@ async fn streamer_loop(
         };
         if let Some(ev) = wire::scan_event(text.as_str()) {
             out.seq.see(ev.seq);
+            *out.events.entry(ev.kind.to_owned()).or_default() += 1;
             last_seq.store(out.seq.expected - 1, Ordering::Relaxed);
+            if let Some(count) = wire::viewer_count_of_event(text.as_str()) {
+                viewers.store(count, Ordering::Relaxed);
+            }
             let reply = match ev.kind {
                 "question" if plan.answer_questions => wire::question_id_of_event(text.as_str())
                     .map(|q| ("answer", wire::answer(next_id, q, "good question"))),
@@ -194,6 +219,10 @@ async fn streamer_loop(
                     (gifts % plan.thank_every == 0)
                         .then(|| ev.gift_id.map(|g| ("thank", wire::thank(next_id, g))))
                         .flatten()
+                }
+                // The new goal replaces the reached one (its `goal_ended` is not answered).
+                "goal_reached" if plan.goal_coins > 0 => {
+                    Some(("set_goal", wire::set_goal(next_id, plan.goal_coins)))
                 }
                 _ => None,
             };
@@ -274,6 +303,9 @@ pub(crate) struct SenderOut {
     /// Acks that were replays of an earlier key (none expected: keys are unique).
     pub(crate) replayed: u64,
     pub(crate) unanswered: u64,
+    /// Commands the server refused with `room_busy` (it shed load; nothing was charged). A load
+    /// the node cannot keep up with is expected to get these, so they are not errors.
+    pub(crate) busy: u64,
     pub(crate) errors: Counts,
     /// Send to ack, by command name.
     pub(crate) commands: BTreeMap<&'static str, Hist>,
@@ -291,6 +323,7 @@ impl SenderOut {
         self.acked += o.acked;
         self.replayed += o.replayed;
         self.unanswered += o.unanswered;
+        self.busy += o.busy;
         add_counts(&mut self.errors, &o.errors);
         for (k, h) in &o.commands {
             self.commands.entry(k).or_default().merge(h);
@@ -506,6 +539,7 @@ async fn send_loop(
                     out.gift_ids.push(gift_id);
                 }
             }
+            _ if reply.reason.as_deref() == Some("room_busy") => out.busy += 1,
             _ => {
                 *out.errors
                     .entry(format!("{}: {}", f.name, reply.reason.unwrap_or_default()))

@@ -66,6 +66,10 @@ pub(crate) struct Common {
     /// omitted.
     #[arg(long)]
     pub(crate) server_pid: Option<u32>,
+    /// The NATS server's pid, for its CPU while gifts are sent; found by its process name
+    /// `nats-server` when omitted (and left out of the report if not exactly one runs).
+    #[arg(long)]
+    pub(crate) nats_pid: Option<u32>,
     #[arg(long, default_value = giftd::config::DEV_JWT_SECRET)]
     pub(crate) jwt_secret: String,
     #[arg(long, default_value = giftd::config::DEV_ADMIN_TOKEN)]
@@ -142,6 +146,15 @@ pub(crate) struct FanoutArgs {
     /// Target: gift deliveries per second (0: none).
     #[arg(long, default_value_t = 0.0)]
     pub(crate) target_deliveries_per_sec: f64,
+    /// Each room's streamer keeps a goal of this many coins running (0: none), so gifts also
+    /// move a goal: the room mechanics' cost on the fan-out.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) goal_coins: u64,
+    /// Before sending, wait up to this long for the room's published viewer count (the
+    /// cluster's, as the streamer sees it) to reach --viewers; a shortfall is an integrity
+    /// failure. 0: do not wait (workers' joins are acknowledged either way).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) wait_viewer_count_secs: u64,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -171,7 +184,8 @@ pub(crate) struct GiftsArgs {
     /// Gifts per second over all senders; 0 sends closed-loop as fast as acks come back.
     #[arg(long, default_value_t = 0.0)]
     pub(crate) gifts_per_sec: f64,
-    /// Gifts in flight per sender (giftd handles one connection's commands in order).
+    /// Gifts in flight per sender (giftd commits up to `server.gifts_in_flight_max` of one
+    /// connection's gifts at once).
     #[arg(long, default_value_t = 2)]
     pub(crate) pipeline: usize,
     #[arg(long, default_value_t = 10)]
@@ -200,8 +214,8 @@ pub(crate) struct MixedArgs {
     pub(crate) viewers: usize,
     #[arg(long, default_value_t = 5)]
     pub(crate) senders_per_room: usize,
-    /// Commands per second over all senders (60% gifts, 10% paid questions, 10% questions,
-    /// 10% balance, 10% ping).
+    /// Commands per second over all senders (60% gifts of three stickers, so gifts in a row of
+    /// one sticker form combos; 10% paid questions, 10% questions, 10% balance, 10% ping).
     #[arg(long, default_value_t = 500.0)]
     pub(crate) commands_per_sec: f64,
     #[arg(long, default_value_t = 10)]
@@ -211,4 +225,7 @@ pub(crate) struct MixedArgs {
     pub(crate) thank_every: u64,
     #[arg(long, default_value_t = 15)]
     pub(crate) catch_up_secs: u64,
+    /// Each room's streamer keeps a goal of this many coins running (0: none).
+    #[arg(long, default_value_t = 2_000)]
+    pub(crate) goal_coins: u64,
 }

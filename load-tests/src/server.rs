@@ -302,6 +302,31 @@ pub(crate) fn pid_listening_on(port: u16) -> Option<u32> {
     None
 }
 
+/// The pid of the process named `name` (its `/proc/<pid>/comm`) when exactly one runs: the NATS
+/// server of a cluster run (`nats-server`), whose CPU the report includes. Several matches are
+/// ambiguous and give `None` (pass the pid instead).
+pub(crate) fn pid_by_name(name: &str) -> Option<u32> {
+    match pids_by_name(name)[..] {
+        [pid] => Some(pid),
+        _ => None,
+    }
+}
+
+/// Every pid whose `/proc/<pid>/comm` is `name`.
+fn pids_by_name(name: &str) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let comm = fs::read_to_string(entry.path().join("comm")).ok()?;
+            (comm.trim_end() == name).then_some(pid)
+        })
+        .collect()
+}
+
 /// Runs `giftd audit --db` and checks every receipted gift id is in the ledger's `gifts` table.
 /// Returns the problems found (empty when clean) and the number of gifts in the ledger.
 pub(crate) fn audit(bin: &Path, db: &Path, receipted: &[String]) -> Result<(Vec<String>, u64)> {
@@ -395,6 +420,15 @@ mod tests {
         }
         std::hint::black_box(x);
         assert!(cpu_secs(std::process::id()).unwrap() > 0.0);
+    }
+
+    #[test]
+    fn finds_a_process_by_name() {
+        let comm = fs::read_to_string(format!("/proc/{}/comm", std::process::id())).unwrap();
+        // Another copy of this test binary may run at the same time, so only membership holds.
+        assert!(pids_by_name(comm.trim_end()).contains(&std::process::id()));
+        assert!(pids_by_name("no-such-process-name").is_empty());
+        assert_eq!(pid_by_name("no-such-process-name"), None);
     }
 
     #[test]

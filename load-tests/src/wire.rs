@@ -40,6 +40,16 @@ pub(crate) fn scan_event(text: &str) -> Option<EventRef<'_>> {
     })
 }
 
+/// The count of a `viewers` event (the room's viewers across the cluster), read after the
+/// event's fixed leading fields.
+pub(crate) fn viewer_count_of_event(text: &str) -> Option<u64> {
+    let ev = scan_event(text)?;
+    if ev.kind != "viewers" {
+        return None;
+    }
+    number_after(text, r#""count":"#).map(|(n, _)| n)
+}
+
 /// The string value following `key` (which ends with the opening quote). Values the scanner reads
 /// (room ids, kinds, gift ids) never contain escapes.
 fn string_after<'a>(text: &'a str, key: &str) -> Option<(&'a str, &'a str)> {
@@ -128,6 +138,10 @@ pub(crate) fn thank(id: u64, gift_id: &str) -> String {
     format!(r#"{{"type":"thank","id":{id},"gift_id":"{gift_id}","text":"thank you"}}"#)
 }
 
+pub(crate) fn set_goal(id: u64, target_coins: u64) -> String {
+    format!(r#"{{"type":"set_goal","id":{id},"target_coins":{target_coins}}}"#)
+}
+
 pub(crate) fn balance(id: u64) -> String {
     format!(r#"{{"type":"balance","id":{id}}}"#)
 }
@@ -139,6 +153,17 @@ pub(crate) fn ping(id: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_viewer_counts() {
+        let t =
+            r#"{"type":"event","room":"r1","epoch":"e7","seq":9,"kind":"viewers","count":100000}"#;
+        assert_eq!(viewer_count_of_event(t), Some(100_000));
+        let gift =
+            r#"{"type":"event","room":"r1","seq":17,"kind":"gift","gift_id":"g5","count":3}"#;
+        assert_eq!(viewer_count_of_event(gift), None);
+        assert_eq!(viewer_count_of_event(r#"{"type":"ack","id":1}"#), None);
+    }
 
     #[test]
     fn scans_gift_events() {
@@ -187,6 +212,7 @@ mod tests {
             ask(7, "why \"so\"?", Some(("coffee", "k"))),
             answer(8, 1, "because"),
             open_room(9, "r", "Title"),
+            set_goal(10, 500),
         ] {
             serde_json::from_str::<serde_json::Value>(&s).unwrap();
         }

@@ -173,6 +173,7 @@ pub async fn serve_room(
                 headers: async_nats::HeaderMap::new(),
                 payload: answer.encode(),
                 numbered_at: None,
+                hold: None,
             });
             drop(permit);
         });

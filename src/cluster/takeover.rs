@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::stream::DirectGetErrorKind;
 
-use super::link::{HEADER_EPOCH, HEADER_SEQ};
+use super::link::{HEADER_EPOCH, HEADER_SEQ, HEADER_TERM};
 use super::Cluster;
 use crate::app::App;
 use crate::error::{CloseCode, Error, Result};
@@ -54,7 +54,7 @@ async fn take_over(app: &Arc<App>, cluster: &Arc<Cluster>, replica: &Arc<Replica
     let kept = kept_events(cluster, &replica.id, replica.epoch_id).await?;
     let mut summary = replica.summary.clone();
     summary.seq = kept.last().map_or(0, |(e, _)| e.seq);
-    let Some((commands, revision)) = cluster.claim(&summary).await? else {
+    let Some(claim) = cluster.claim(&summary).await? else {
         return Ok(false);
     };
     // The room is this node's now. The relay stops; what it had not delivered yet, the hub gets
@@ -86,13 +86,13 @@ async fn take_over(app: &Arc<App>, cluster: &Arc<Cluster>, replica: &Arc<Replica
             return Ok(false);
         }
     };
-    cluster.serve(app, room, commands, revision);
+    cluster.serve(app, room, claim);
     cluster.metrics.cluster_takeovers.inc();
     Ok(true)
 }
 
 /// The room's kept events of epoch `epoch`, oldest first, each with its age: the latest
-/// gap-free run of them.
+/// gap-free run of them, leaving out any that a former owner published after a newer term's.
 async fn kept_events(
     cluster: &Cluster,
     room: &str,
@@ -103,6 +103,7 @@ async fn kept_events(
     let now_ns = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i128);
+    let mut latest_term = 0;
     let mut next = cluster
         .events
         .direct_get_first_for_subject(subject.clone())
@@ -118,10 +119,19 @@ async fn kept_events(
         let header = |name: &str| message.headers.get(name).map(|v| v.as_str().to_owned());
         let their_epoch = header(HEADER_EPOCH).and_then(|e| u64::from_str_radix(&e, 16).ok());
         let seq = header(HEADER_SEQ).and_then(|s| s.parse::<u64>().ok());
+        let term = header(HEADER_TERM)
+            .and_then(|t| t.parse::<u64>().ok())
+            .unwrap_or(0);
         if let (Some(e), Some(seq), Ok(bytes)) =
             (their_epoch, seq, Frame::try_from(message.payload.clone()))
         {
-            if e == epoch {
+            if e == epoch && term >= latest_term {
+                if term > latest_term {
+                    // A new owner continues from its own reading of the stream: what a former
+                    // owner published beyond it was never part of the room.
+                    kept.retain(|(e, _)| e.seq < seq);
+                }
+                latest_term = term;
                 if kept.last().is_some_and(|(last, _)| seq != last.seq + 1) {
                     kept.clear(); // only the latest gap-free run continues the room
                 }

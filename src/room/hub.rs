@@ -7,10 +7,19 @@
 //! writer shares, and a writer that falls a whole ring behind is a slow consumer.
 //!
 //! The member map is behind a plain mutex held for short, synchronous sections only.
+//!
+//! **Backlog.** The hub counts how far behind its members' writers are, without a lock or a
+//! per-member entry: every event delivered owes one take per member subscribed at that moment,
+//! and every writer counts the events it takes from the ring (sent, or given up on when it ends
+//! or lags). The difference over the member count is the members' mean backlog: when the node
+//! itself cannot keep up with the room, every writer falls behind and the mean grows, while one
+//! client that stopped reading moves it by its own backlog divided by the members. The room
+//! sheds load on the mean (`Room::admit`), so members reading at full speed are never dropped as
+//! slow because the node is slower than the room's publishers.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::broadcast;
 
@@ -42,6 +51,24 @@ struct Members {
 pub struct Subscription {
     pub ring: broadcast::Receiver<EventFrame>,
     pub through_seq: u64,
+    /// The hub's count of events its members' writers took from the ring.
+    taken: Arc<AtomicI64>,
+}
+
+impl Subscription {
+    /// Counts `events` this member's writer took from the ring: sent, skipped as already seen,
+    /// or lost to lag.
+    pub fn took(&self, events: u64) {
+        self.taken
+            .fetch_add(i64::try_from(events).unwrap_or(i64::MAX), Ordering::Relaxed);
+    }
+}
+
+impl Drop for Subscription {
+    /// What the member never took, it never will: it no longer counts as backlog.
+    fn drop(&mut self) {
+        self.took(self.ring.len() as u64);
+    }
 }
 
 /// A hub's members: viewer connections, the streamer's connections, and distinct viewer users.
@@ -54,6 +81,9 @@ pub struct Counts {
 
 pub struct Hub {
     ring: broadcast::Sender<EventFrame>,
+    /// Takes owed: each delivered event times the members subscribed when it was delivered.
+    owed: AtomicI64,
+    taken: Arc<AtomicI64>,
     members: Mutex<Members>,
     closed: AtomicBool,
     members_max: usize,
@@ -67,6 +97,8 @@ impl Hub {
         let (ring, _) = broadcast::channel(ring_frames);
         Hub {
             ring,
+            owed: AtomicI64::new(0),
+            taken: Arc::new(AtomicI64::new(0)),
             members: Mutex::new(Members::default()),
             closed: AtomicBool::new(false),
             members_max,
@@ -85,7 +117,22 @@ impl Hub {
     /// out when it next reads.
     pub fn deliver(&self, event: EventFrame) {
         // No members is fine: an empty room still numbers its events.
-        let _ = self.ring.send(event);
+        if let Ok(members) = self.ring.send(event) {
+            self.owed.fetch_add(
+                i64::try_from(members).unwrap_or(i64::MAX),
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// How many events the members' writers are behind, on average (see the module doc).
+    pub fn backlog_mean_events(&self) -> u64 {
+        let members = self.ring.receiver_count() as u64;
+        if members == 0 {
+            return 0;
+        }
+        let behind = self.owed.load(Ordering::Relaxed) - self.taken.load(Ordering::Relaxed);
+        u64::try_from(behind).unwrap_or(0) / members
     }
 
     /// Adds a member and subscribes it to every event delivered after this call.
@@ -95,7 +142,7 @@ impl Hub {
         role: Role,
         user: &str,
         outbox: Outbox,
-    ) -> Result<broadcast::Receiver<EventFrame>> {
+    ) -> Result<Subscription> {
         let mut members = self.members();
         if self.is_closed() {
             return Err(Error::NotInRoom);
@@ -115,7 +162,11 @@ impl Hub {
         }
         let user = user.to_owned();
         members.by_conn.insert(conn, Member { role, user, outbox });
-        Ok(self.ring.subscribe())
+        Ok(Subscription {
+            ring: self.ring.subscribe(),
+            through_seq: 0,
+            taken: self.taken.clone(),
+        })
     }
 
     /// Removes a member; returns its role if it was one.
@@ -153,6 +204,17 @@ impl Hub {
         std::mem::take(&mut *members)
     }
 
+    /// Closes the hub if it has no members, in one step with that check, so no member can join
+    /// in between and be left in a closed hub. Returns whether it closed.
+    pub fn close_if_empty(&self) -> bool {
+        let members = self.members();
+        if !members.by_conn.is_empty() {
+            return false;
+        }
+        self.closed.store(true, Ordering::Release);
+        true
+    }
+
     /// Ends the hub without a last event: every member's connection is closed with `code`.
     /// Returns how many members there were.
     pub fn kick_all(&self, code: CloseCode) -> usize {
@@ -187,6 +249,55 @@ mod tests {
     }
 
     #[test]
+    fn the_backlog_is_what_members_have_not_taken_and_leaves_with_them() {
+        let hub = Hub::new(4, 10);
+        let (outbox, _rx) = Outbox::new(8, 1 << 20);
+        let mut fast = hub.join(1, Role::Viewer, "amy", outbox.clone()).unwrap();
+        let slow = hub.join(2, Role::Viewer, "bob", outbox).unwrap();
+        for seq in 1..=3 {
+            hub.deliver(event(seq));
+        }
+        assert_eq!(hub.backlog_mean_events(), 3, "each member owes 3");
+        while fast.ring.try_recv().is_ok() {
+            fast.took(1);
+        }
+        assert_eq!(hub.backlog_mean_events(), 1, "3 owed over 2 members");
+        drop(slow);
+        assert_eq!(
+            hub.backlog_mean_events(),
+            0,
+            "a member's backlog leaves with it"
+        );
+        // Six more into a ring of four: the member lags by two, which are never taken.
+        for seq in 4..=9 {
+            hub.deliver(event(seq));
+        }
+        assert_eq!(hub.backlog_mean_events(), 6);
+        match fast.ring.try_recv() {
+            Err(broadcast::error::TryRecvError::Lagged(lost)) => fast.took(lost),
+            other => panic!("expected a lag, got {other:?}"),
+        }
+        while fast.ring.try_recv().is_ok() {
+            fast.took(1);
+        }
+        assert_eq!(hub.backlog_mean_events(), 0);
+    }
+
+    #[test]
+    fn only_an_empty_hub_closes_if_empty_and_then_no_one_joins() {
+        let hub = Hub::new(2, 10);
+        let (outbox, _rx) = Outbox::new(8, 1 << 20);
+        let _ring = hub.join(1, Role::Viewer, "bob", outbox.clone()).unwrap();
+        assert!(!hub.close_if_empty());
+        hub.leave(1);
+        assert!(hub.close_if_empty());
+        assert!(matches!(
+            hub.join(2, Role::Viewer, "amy", outbox),
+            Err(Error::NotInRoom)
+        ));
+    }
+
+    #[test]
     fn members_see_later_events_and_lag_is_reported() {
         let hub = Hub::new(2, 10);
         hub.deliver(event(1));
@@ -196,10 +307,10 @@ mod tests {
             hub.deliver(event(seq));
         }
         assert!(matches!(
-            ring.try_recv(),
+            ring.ring.try_recv(),
             Err(broadcast::error::TryRecvError::Lagged(1))
         ));
-        assert_eq!(ring.try_recv().unwrap().seq, 3);
+        assert_eq!(ring.ring.try_recv().unwrap().seq, 3);
     }
 
     #[test]

@@ -9,6 +9,12 @@
 //! of them away with close 4002 `resync`, after which they re-join with their last position and
 //! recover the missed events from the owner's history, and the replica ends. It also ends with
 //! the room's last event (`room_closed`), or when it has no members left.
+//!
+//! Each event also carries its owner's term (`cluster/link.rs`). An event of an older term than
+//! the relay has seen comes from a node that lost the room and is skipped. A new term whose
+//! first event does not follow what the relay delivered means the relay delivered events the
+//! new owner never had (a former owner's, numbered just before it lost the room): members
+//! re-join, as after a gap, and get the new owner's history.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,7 +26,7 @@ use tokio::task::AbortHandle;
 use super::hub::{Counts, Hub};
 use super::{ConnId, RoomSummary};
 use crate::auth::Role;
-use crate::cluster::link::{HEADER_EPOCH, HEADER_LAST, HEADER_SEQ};
+use crate::cluster::link::{HEADER_EPOCH, HEADER_LAST, HEADER_SEQ, HEADER_TERM};
 use crate::cluster::Cluster;
 use crate::config::RoomsConfig;
 use crate::error::{CloseCode, Error, Result};
@@ -74,6 +80,18 @@ impl Replica {
         (self.hub.clone(), self.last_seq.load(Ordering::Acquire))
     }
 
+    /// Ends the replica if it has no members (checked and closed in one step, so a member joining
+    /// meanwhile either is counted or finds it closed); its relay stops. Returns whether it ended.
+    pub(crate) fn stop_if_empty(&self) -> bool {
+        if !self.hub.close_if_empty() {
+            return false;
+        }
+        if let Some(relay) = self.relay.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            relay.abort();
+        }
+        true
+    }
+
     /// Ends the replica: its relay stops and its members' subscriptions end.
     pub(crate) fn stop(&self) {
         if let Some(relay) = self.relay.lock().unwrap_or_else(|p| p.into_inner()).take() {
@@ -91,17 +109,12 @@ impl Replica {
         user: &str,
         outbox: Outbox,
     ) -> Result<Subscription> {
-        let ring = self
-            .hub
+        self.hub
             .join(conn, role, user, outbox)
             .map_err(|e| match e {
                 Error::NotInRoom => Error::RoomNotFound(self.id.clone()),
                 other => other,
-            })?;
-        Ok(Subscription {
-            ring,
-            through_seq: 0,
-        })
+            })
     }
 
     pub fn leave(&self, conn: ConnId) {
@@ -115,6 +128,7 @@ impl Replica {
     /// Relays the room's events from NATS to the hub until the room ends or the relay finds a
     /// gap.
     pub(crate) async fn relay(self: Arc<Self>, mut events: Subscriber, cluster: Arc<Cluster>) {
+        let mut current_term = 0;
         while let Some(message) = events.next().await {
             let headers = message.headers.as_ref();
             let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
@@ -126,7 +140,19 @@ impl Replica {
             if epoch != self.epoch_id {
                 continue; // another incarnation of the room
             }
+            let term = header(HEADER_TERM)
+                .and_then(|t| t.parse::<u64>().ok())
+                .unwrap_or(0);
+            if term < current_term {
+                continue; // a former owner's, numbered after it lost the room
+            }
             let last = self.last_seq.load(Ordering::Acquire);
+            if term > current_term && current_term != 0 && last != 0 && seq <= last {
+                tracing::warn!(room = %self.id, last, seq, term, "a new owner does not continue what was relayed; members re-join");
+                self.resync(&cluster);
+                return;
+            }
+            current_term = term;
             if last != 0 && seq <= last {
                 continue; // delivered already
             }

@@ -1,6 +1,7 @@
 //! Money commands: `send_gift`, the streamer's `thank`, and `balance`. A paid question is a gift
 //! too; it lives with the questions (`questions.rs`) and goes through the same `gifting::send`.
 
+use futures_util::future::BoxFuture;
 use serde_json::json;
 
 use super::{ack, Reply, Session};
@@ -15,21 +16,40 @@ use crate::protocol::server::{encode, ReceiptView, ServerMessage};
 const THANKS_TEXT_DEFAULT: &str = "Thank you!";
 
 impl Session {
-    pub(super) async fn handle_send_gift(
+    /// Checks a `send_gift` and returns its commit as a future that needs nothing of the
+    /// session, so the connection can read on while it runs (`session.rs`, gifts in flight). For
+    /// a room another node runs, the future forwards `text` to it.
+    pub(super) fn start_gift(
         &mut self,
         id: u64,
         sticker: String,
-        key: &str,
-    ) -> Result<Reply> {
+        key: String,
+        text: &str,
+    ) -> Result<BoxFuture<'static, Result<Reply>>> {
+        if let Some(replica) = self.replica() {
+            return Ok(self.forwarding(&replica, text));
+        }
+        self.gift(id, sticker, key)
+    }
+
+    /// Checks a `send_gift` in a room this node runs and returns its commit as a future.
+    pub(super) fn gift(
+        &mut self,
+        id: u64,
+        sticker: String,
+        key: String,
+    ) -> Result<BoxFuture<'static, Result<Reply>>> {
         self.who().require(Role::Viewer)?;
         let room = self.current_room()?;
         let sticker = self.sticker(sticker)?;
-        let user = self.who().user.clone();
-        let done = gifting::send(&self.app, &room, &user, &sticker, key, None).await?;
-        ack(
-            id,
-            &ReceiptView::new(&done.outcome.receipt, done.outcome.replayed),
-        )
+        let (app, user) = (self.app.clone(), self.who().user.clone());
+        Ok(Box::pin(async move {
+            let done = gifting::send(&app, &room, &user, &sticker, &key, None).await?;
+            ack(
+                id,
+                &ReceiptView::new(&done.outcome.receipt, done.outcome.replayed),
+            )
+        }))
     }
 
     pub(super) fn handle_thank(

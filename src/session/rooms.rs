@@ -18,7 +18,6 @@ use crate::outbox::Outbound;
 use crate::protocol::client::{check_room_id, check_text, Since};
 use crate::protocol::server::{self, Recovered};
 use crate::protocol::{EventFrame, Frame};
-use crate::room::hub::Subscription;
 use crate::room::replica::Replica;
 use crate::room::{Entry, Position, Room};
 
@@ -117,8 +116,16 @@ impl Session {
         let Some(cluster) = self.app.cluster.clone() else {
             return Err(Error::RoomNotFound(room_id.to_owned()));
         };
+        // A replica found empty by the node's report, and ended, between being found and being
+        // joined is replaced once: the next one is new, and the member is in it before any report.
         let replica = cluster.replica(room_id, &self.app.config.rooms).await?;
-        self.enter_replica(id, replica, since).await
+        match self.enter_replica(id, replica.clone(), since.clone()).await {
+            Err(Error::RoomNotFound(_)) if replica.is_closed() => {
+                let replica = cluster.replica(room_id, &self.app.config.rooms).await?;
+                self.enter_replica(id, replica, since).await
+            }
+            entered => entered,
+        }
     }
 
     /// The role a member has in a room of `streamer`: the room's own streamer (on any of their
@@ -175,19 +182,15 @@ impl Session {
     fn enter_since(&mut self, id: u64, room: Arc<Room>, since: Option<&Position>) -> Result<Reply> {
         let role = self.role_in(&room.streamer);
         let user = self.who().user.clone();
-        let (entry, ring) = room.join_since(self.conn, role, &user, self.outbox.clone(), since)?;
+        let (entry, subscription) =
+            room.join_since(self.conn, role, &user, self.outbox.clone(), since)?;
         if since.is_some() {
             let recovered = matches!(entry, Entry::Recovered { .. });
             self.app.metrics.recovery(recovered);
         }
-        let through_seq = entry.through_seq();
         let (ack, missed) = entry_reply(id, &room, entry);
         tracing::Span::current().record("room", room.id.as_str());
         self.room = Some(Membership::Owned(room));
-        Ok(Reply::AckThenSubscribe(
-            ack,
-            missed,
-            Subscription { ring, through_seq },
-        ))
+        Ok(Reply::AckThenSubscribe(ack, missed, subscription))
     }
 }

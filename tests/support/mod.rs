@@ -7,6 +7,7 @@
 
 pub mod cluster;
 pub mod ledger;
+pub mod proxy;
 pub mod raw_ws;
 pub mod rooms;
 pub mod tokens;
@@ -280,6 +281,20 @@ impl TestServer {
 
     pub async fn metrics(&self) -> String {
         self.http("GET", "/metrics", None, None).await.1
+    }
+
+    /// The price of `sticker` in the server's catalog.
+    pub async fn price(&self, sticker: &str) -> u64 {
+        let (_, body) = self.http("GET", "/stickers", None, None).await;
+        let stickers: Value = serde_json::from_str(&body).unwrap();
+        stickers["stickers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == sticker)
+            .unwrap_or_else(|| panic!("no sticker {sticker}"))["price_coins"]
+            .as_u64()
+            .unwrap()
     }
 
     /// The value of one sample line of `/metrics`, e.g. `giftd_gifts_total`.

@@ -152,4 +152,36 @@ impl RawWs {
         }
         (frames, end)
     }
+
+    /// Reads whole frames until one satisfies `done` (at most `timeout`), returning them all.
+    pub async fn read_until(
+        &mut self,
+        done: impl Fn(&RawFrame) -> bool,
+        timeout: Duration,
+    ) -> Vec<RawFrame> {
+        let mut frames = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        tokio::time::timeout(timeout, async {
+            loop {
+                while let Some(f) = self.parse() {
+                    let last = done(&f);
+                    frames.push(f);
+                    if last {
+                        return;
+                    }
+                }
+                let n = self
+                    .stream
+                    .read(&mut buf)
+                    .await
+                    .expect("the stream is open");
+                assert!(n > 0, "the stream ended early: {frames:?}");
+                self.bytes_received += n;
+                self.pending.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await
+        .expect("the awaited frame in time");
+        frames
+    }
 }

@@ -24,7 +24,10 @@ pub(crate) async fn run(ctx: &mut Ctx, args: &FanoutArgs) -> Result<Outcome> {
         "senders_per_room": args.senders_per_room,
         "sticker": args.sticker,
         "pipeline": args.pipeline,
+        "goal_coins": args.goal_coins,
         "conns_per_worker": ctx.common.conns_per_worker,
+        "nodes": ctx.targets.len(),
+        "wait_viewer_count_secs": args.wait_viewer_count_secs,
     });
     let mut report = ctx.report("fanout", params);
     let plan = RoomsPlan {
@@ -38,6 +41,8 @@ pub(crate) async fn run(ctx: &mut Ctx, args: &FanoutArgs) -> Result<Outcome> {
         mix: Mix::Gifts,
         sticker: args.sticker.clone(),
         thank_every: 0,
+        goal_coins: args.goal_coins,
+        wait_viewer_count: Duration::from_secs(args.wait_viewer_count_secs),
     };
     let run = run_rooms(ctx, &plan).await?;
     let d = analyse_rooms(&run, &mut report);

@@ -42,6 +42,7 @@ pub(crate) async fn run(ctx: &mut Ctx, args: &GiftsArgs) -> Result<Outcome> {
             room: room.clone(),
             answer_questions: false,
             thank_every: 0,
+            goal_coins: 0,
         };
         streamers.push(Streamer::open(plan, &ctx.minter).await?);
     }

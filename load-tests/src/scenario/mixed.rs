@@ -1,6 +1,8 @@
 //! `mixed`: streamers, passive viewers and active senders doing a realistic mix (gifts of several
-//! stickers, paid and free questions, balance and ping), with streamers answering every question
-//! and thanking some gifts. Reports each command's ack latency and the viewers' delivery checks.
+//! stickers, which form combos, paid and free questions, balance and ping), with streamers
+//! answering every question, thanking some gifts and keeping a goal running. Reports each
+//! command's ack latency, the viewers' delivery checks, and the room events by kind, so the
+//! mechanics at work show.
 
 use std::time::Duration;
 
@@ -22,6 +24,7 @@ pub(crate) async fn run(ctx: &mut Ctx, args: &MixedArgs) -> Result<Outcome> {
         "commands_per_sec": args.commands_per_sec,
         "duration_secs": args.duration_secs,
         "thank_every": args.thank_every,
+        "goal_coins": args.goal_coins,
     });
     let mut report = ctx.report("mixed", params);
     let plan = RoomsPlan {
@@ -35,6 +38,8 @@ pub(crate) async fn run(ctx: &mut Ctx, args: &MixedArgs) -> Result<Outcome> {
         mix: Mix::Mixed,
         sticker: "rose".into(),
         thank_every: args.thank_every,
+        goal_coins: args.goal_coins,
+        wait_viewer_count: Duration::ZERO,
     };
     let run = run_rooms(ctx, &plan).await?;
     let d = analyse_rooms(&run, &mut report);
@@ -51,6 +56,16 @@ pub(crate) async fn run(ctx: &mut Ctx, args: &MixedArgs) -> Result<Outcome> {
     }
     for (name, h) in &streamer_cmds {
         report.latency(&format!("ack {name} (streamer)"), h);
+    }
+    let mut events: std::collections::BTreeMap<&str, u64> = Default::default();
+    for s in &run.streamers {
+        for (kind, n) in &s.events {
+            *events.entry(kind).or_default() += n;
+        }
+    }
+    // The room mechanics at work: combos that ended, goals set and reached.
+    for (kind, n) in events {
+        report.metric(&format!("room_events_{kind}"), n as f64);
     }
     report.metric(
         "private_messages_received",

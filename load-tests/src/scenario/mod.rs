@@ -49,6 +49,8 @@ pub(crate) struct Ctx {
     pub(crate) server_pid: Option<u32>,
     /// Each node's pid, where known (for CPU and RSS readings).
     pub(crate) node_pids: Vec<Option<u32>>,
+    /// The NATS server's pid (given, or the one `nats-server` process), for its CPU.
+    pub(crate) nats_pid: Option<u32>,
     /// First source address octet of this run (rotated between runs, away from TIME_WAITs).
     source_octet: u8,
 }
@@ -122,7 +124,11 @@ impl Ctx {
                 nodes.iter().map(|s| Some(s.pid)).collect(),
             )
         };
+        let nats_pid = common
+            .nats_pid
+            .or_else(|| server::pid_by_name("nats-server"));
         Ok(Ctx {
+            nats_pid,
             minter: Arc::new(Minter::new(&common.jwt_secret)),
             source_octet: 2 + (nonce % 200) as u8,
             common,
@@ -318,6 +324,11 @@ pub(crate) struct RoomsPlan {
     pub(crate) mix: Mix,
     pub(crate) sticker: String,
     pub(crate) thank_every: u64,
+    /// The goal each streamer keeps running, in coins (0: none).
+    pub(crate) goal_coins: u64,
+    /// How long to wait, once every viewer's join is acknowledged, for the room's published
+    /// viewer count to reach `viewers` (zero: do not wait).
+    pub(crate) wait_viewer_count: Duration,
 }
 
 /// What the rooms harness saw.
@@ -333,6 +344,15 @@ pub(crate) struct RoomsRun {
     pub(crate) worker_nodes: Vec<usize>,
     /// Each node's CPU and memory over the sending window.
     pub(crate) node_usage: Vec<NodeUsage>,
+    /// Each node's RSS before the viewers connected and once all had joined.
+    pub(crate) node_rss_before_viewers: Vec<Option<u64>>,
+    pub(crate) node_rss_viewers_joined: Vec<Option<u64>>,
+    /// The NATS server's CPU while gifts were sent (% of one core).
+    pub(crate) nats_cpu_percent: Option<f64>,
+    /// The rooms' published viewer count (summed over rooms) when sending started, and how long
+    /// after the last join acknowledgement it took to get there (with `wait_viewer_count`).
+    pub(crate) viewer_count: u64,
+    pub(crate) viewer_count_wait_secs: Option<f64>,
 }
 
 /// One server process's CPU use while gifts were sent, and its RSS at the end of sending.
@@ -361,10 +381,18 @@ pub(crate) async fn run_rooms(ctx: &Ctx, plan: &RoomsPlan) -> Result<RoomsRun> {
             room: room.clone(),
             answer_questions: plan.mix == Mix::Mixed,
             thank_every: plan.thank_every,
+            goal_coins: plan.goal_coins,
         };
         streamers.push(Streamer::open(plan, &ctx.minter).await?);
     }
 
+    let rss_now = || -> Vec<Option<u64>> {
+        ctx.node_pids
+            .iter()
+            .map(|p| p.and_then(|p| server::rss_bytes(p).ok()))
+            .collect()
+    };
+    let node_rss_before_viewers = rss_now();
     let bar = ctx.bar(plan.viewers as u64, "viewers");
     let specs = ctx.worker_specs(plan.viewers, "v", &rooms);
     let worker_nodes: Vec<usize> = specs.iter().map(|s| s.node).collect();
@@ -376,6 +404,16 @@ pub(crate) async fn run_rooms(ctx: &Ctx, plan: &RoomsPlan) -> Result<RoomsRun> {
         )
         .await?;
     bar.finish();
+    let node_rss_viewers_joined = rss_now();
+    let viewer_count_wait_secs = if plan.wait_viewer_count.is_zero() {
+        None
+    } else {
+        Some(wait_viewer_count(ctx, &streamers, plan.viewers as u64, plan.wait_viewer_count).await)
+    };
+    let viewer_count: u64 = streamers
+        .iter()
+        .map(|s| s.viewers.load(Ordering::Relaxed))
+        .sum();
 
     // Senders: credited, connected and in their rooms before the clock starts.
     let sender_count = plan.rooms * plan.senders_per_room;
@@ -418,6 +456,7 @@ pub(crate) async fn run_rooms(ctx: &Ctx, plan: &RoomsPlan) -> Result<RoomsRun> {
 
     let bar = ctx.bar(plan.duration.as_secs().max(1), "sending");
     let cpu_before = cpu_now(&ctx.node_pids);
+    let nats_before = cpu_now(&[ctx.nats_pid]);
     let started = Instant::now();
     let tasks: Vec<_> = senders
         .into_iter()
@@ -445,6 +484,10 @@ pub(crate) async fn run_rooms(ctx: &Ctx, plan: &RoomsPlan) -> Result<RoomsRun> {
     ticker.abort();
     bar.finish();
     let sending_secs = started.elapsed().as_secs_f64();
+    let nats_cpu_percent = match (nats_before[0], cpu_now(&[ctx.nats_pid])[0]) {
+        (Some(b), Some(a)) => Some(per_sec(a - b, sending_secs) * 100.0),
+        _ => None,
+    };
     let node_usage: Vec<NodeUsage> = cpu_now(&ctx.node_pids)
         .into_iter()
         .zip(cpu_before)
@@ -479,7 +522,34 @@ pub(crate) async fn run_rooms(ctx: &Ctx, plan: &RoomsPlan) -> Result<RoomsRun> {
         final_seq,
         worker_nodes,
         node_usage,
+        node_rss_before_viewers,
+        node_rss_viewers_joined,
+        nats_cpu_percent,
+        viewer_count,
+        viewer_count_wait_secs,
     })
+}
+
+/// Waits (at most `wait`, polling every 100 ms) until the rooms' published viewer counts add up
+/// to `want`; returns the seconds waited. The count is the cluster's, published by the room's
+/// node on its viewer-count timer, so it trails the joins by up to one interval plus the nodes'
+/// reports.
+async fn wait_viewer_count(ctx: &Ctx, streamers: &[Streamer], want: u64, wait: Duration) -> f64 {
+    let started = Instant::now();
+    let bar = ctx.bar(want, "counted");
+    loop {
+        let seen: u64 = streamers
+            .iter()
+            .map(|s| s.viewers.load(Ordering::Relaxed))
+            .sum();
+        bar.set_position(seen.min(want));
+        if seen >= want || started.elapsed() >= wait {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bar.finish();
+    started.elapsed().as_secs_f64()
 }
 
 /// Viewer-side findings of a rooms run: delivery latency, loss, throughput.
@@ -560,6 +630,14 @@ pub(crate) fn analyse_rooms(run: &RoomsRun, report: &mut Report) -> Deliveries {
     } else {
         0.0
     };
+    let connect_start = run.ready.iter().map(|r| r.connect_start_us).min();
+    let connect_end = run.ready.iter().map(|r| r.connect_end_us).max();
+    if let (Some(start), Some(end)) = (connect_start, connect_end) {
+        // From the first viewer's connect to the last one's join acknowledgement.
+        let secs = end.saturating_sub(start) as f64 / 1e6;
+        report.metric("viewers_connect_secs", secs);
+        report.metric("viewers_joined_per_sec", per_sec(connected as f64, secs));
+    }
     report.metric("viewers_connected", connected as f64);
     report.metric("viewers_failed", failed as f64);
     report.metric("worker_processes", run.workers.len() as f64);
@@ -610,6 +688,17 @@ pub(crate) fn analyse_rooms(run: &RoomsRun, report: &mut Report) -> Deliveries {
             "{unmatched} gift deliveries for gifts no sender committed"
         ));
     }
+    if let Some(secs) = run.viewer_count_wait_secs {
+        let want: u64 = joined.values().sum();
+        report.metric("room_viewer_count", run.viewer_count as f64);
+        report.metric("room_viewer_count_wait_secs", secs);
+        if run.viewer_count < want {
+            report.problem(format!(
+                "the room's viewer count reached {} of {want} joined viewers",
+                run.viewer_count
+            ));
+        }
+    }
     sender_problems(s, report);
     per_node(run, report);
     for (i, st) in run.streamers.iter().enumerate() {
@@ -633,8 +722,28 @@ pub(crate) fn analyse_rooms(run: &RoomsRun, report: &mut Report) -> Deliveries {
 /// latency (the last viewer on that node), and the node's CPU and RSS while gifts were sent.
 fn per_node(run: &RoomsRun, report: &mut Report) {
     let nodes = run.node_usage.len().max(1);
+    if let Some(cpu) = run.nats_cpu_percent {
+        report.metric("nats_cpu_percent_while_sending", cpu);
+    }
     for (node, usage) in run.node_usage.iter().enumerate() {
         let name = format!("node{node}");
+        let viewers: u64 = run
+            .ready
+            .iter()
+            .zip(&run.worker_nodes)
+            .filter(|(_, n)| **n == node)
+            .map(|(r, _)| r.connected)
+            .sum();
+        let before = run.node_rss_before_viewers.get(node).copied().flatten();
+        let joined = run.node_rss_viewers_joined.get(node).copied().flatten();
+        if let (Some(before), Some(joined)) = (before, joined) {
+            report.metric(&format!("{name}_rss_bytes_viewers_joined"), joined as f64);
+            if viewers > 0 {
+                // Joined viewers' cost: connection, session and room membership together.
+                let per_conn = joined.saturating_sub(before) as f64 / viewers as f64;
+                report.metric(&format!("{name}_rss_bytes_per_viewer"), per_conn);
+            }
+        }
         if let Some(cpu) = usage.cpu_percent {
             report.metric(&format!("{name}_cpu_percent_while_sending"), cpu);
         }
@@ -693,6 +802,7 @@ fn per_node(run: &RoomsRun, report: &mut Report) {
 
 /// Integrity problems seen by senders.
 pub(crate) fn sender_problems(s: &SenderOut, report: &mut Report) {
+    report.metric("commands_refused_room_busy", s.busy as f64);
     if !s.errors.is_empty() {
         report.problem(format!("command errors: {:?}", s.errors));
     }
