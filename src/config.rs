@@ -219,6 +219,16 @@ pub struct RoomsConfig {
     pub goal_duration_ms_max: u64,
     /// Largest `target_coins` a goal may be given. At least 1.
     pub goal_target_coins_max: u64,
+    /// Gifters each leaderboard shows in the join snapshot, its events and the `leaderboard`
+    /// command. 1 to 100.
+    pub leaderboard_top_n: usize,
+    /// The rolling window of the `window` board, in ms, counted in 60 steps. 60000 to 604800000.
+    pub leaderboard_window_ms: u64,
+    /// Senders the `session` and `window` boards each track per room; once full, new senders are
+    /// not ranked on them (the `all_time` board, read from the ledger, has no limit). At least 1.
+    pub leaderboard_senders_max: usize,
+    /// Entries on each side of the user that `leaderboard` with `around` returns. 0 to 50.
+    pub leaderboard_neighbours: usize,
 }
 
 impl Default for RoomsConfig {
@@ -273,6 +283,10 @@ impl Default for RoomsConfig {
             combos_open_max: 1_000,
             goal_duration_ms_max: 86_400_000,
             goal_target_coins_max: 1_000_000_000,
+            leaderboard_top_n: 10,
+            leaderboard_window_ms: 3_600_000,
+            leaderboard_senders_max: 50_000,
+            leaderboard_neighbours: 2,
         }
     }
 }
@@ -856,6 +870,24 @@ impl RoomsConfig {
             1000,
         );
         c.at_least("rooms.goal_target_coins_max", self.goal_target_coins_max, 1);
+        c.between("rooms.leaderboard_top_n", self.leaderboard_top_n, 1, 100);
+        c.between(
+            "rooms.leaderboard_window_ms",
+            self.leaderboard_window_ms,
+            60_000,
+            604_800_000,
+        );
+        c.at_least(
+            "rooms.leaderboard_senders_max",
+            self.leaderboard_senders_max,
+            1,
+        );
+        c.between(
+            "rooms.leaderboard_neighbours",
+            self.leaderboard_neighbours,
+            0,
+            50,
+        );
         c.need(
             self.pin_tiers
                 .windows(2)

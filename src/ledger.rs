@@ -420,6 +420,21 @@ impl Wallet {
     }
 }
 
+/// A gifter's all-time coins to one streamer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gifter {
+    pub user: String,
+    pub coins: u64,
+}
+
+/// A user's place on a streamer's all-time board: `gifters` in board order, the first of them at
+/// rank `first_rank` (1 = the top gifter).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Neighbourhood {
+    pub first_rank: u64,
+    pub gifters: Vec<Gifter>,
+}
+
 #[async_trait]
 pub trait Ledger: Send + Sync + 'static {
     /// Credits a wallet for a confirmed store purchase. Idempotent on `purchase_id`.
@@ -459,6 +474,30 @@ pub trait Ledger: Send + Sync + 'static {
 
     /// A streamer's committed earnings in coins.
     async fn earnings(&self, streamer: &str) -> Result<u64>;
+
+    /// The top `limit` gifters of `streamer` by the coins of every gift made to them, in any
+    /// room: more coins first, equal coins by user id in byte order. Read from `gifter_totals`,
+    /// which the database keeps in each gift's own transaction.
+    async fn top_gifters(&self, streamer: &str, limit: usize) -> Result<Vec<Gifter>>;
+
+    /// `user` among `streamer`'s gifters, in the order of [`Ledger::top_gifters`], with up to
+    /// `neighbours` gifters on each side; `None` if the user never gifted to the streamer.
+    async fn gifter_around(
+        &self,
+        streamer: &str,
+        user: &str,
+        neighbours: usize,
+    ) -> Result<Option<Neighbourhood>>;
+
+    /// The coins gifted in `room` from `since_ms` on, per sender and per `step_ms` step of
+    /// `created_ms`: `(sender, step start in ms, coins)`. Rebuilds a room's leaderboards after a
+    /// takeover (`room/leaderboard.rs`).
+    async fn room_gifts_since(
+        &self,
+        room: &str,
+        since_ms: u64,
+        step_ms: u64,
+    ) -> Result<Vec<(String, u64, u64)>>;
 
     /// Sets a user's own spending limits. Gifts decided after it returns use them, on every node.
     async fn set_limits(&self, user: &str, limits: UserLimits) -> Result<()>;

@@ -56,6 +56,8 @@ pub const METRIC_NAMES: &[&str] = &[
     "giftd_cluster_takeovers_total",
     "giftd_combos_total",
     "giftd_goals_total",
+    "giftd_leaderboard_senders_untracked_total",
+    "giftd_leaderboard_reads_total",
 ];
 
 /// Kinds of frames a connection writes, for `giftd_messages_out_total{type}`.
@@ -158,6 +160,10 @@ pub struct Metrics {
     pub combos: IntCounter,
     /// Goals that ended: `[reached, missed]`.
     goals: [IntCounter; 2],
+    /// Gifts whose sender a full session or window board could not rank (once per board).
+    pub leaderboard_senders_untracked: IntCounter,
+    /// Reads of all-time leaderboards from the ledger: `[ok, failed]`.
+    leaderboard_reads: [IntCounter; 2],
     pub cluster_connected: IntGauge,
 }
 
@@ -389,6 +395,18 @@ impl Metrics {
                 );
                 [vec.with_label_values(&["reached"]), vec.with_label_values(&["missed"])]
             },
+            leaderboard_senders_untracked: counter(
+                "giftd_leaderboard_senders_untracked_total",
+                "Gifts whose sender a room's full session or window leaderboard could not rank, once per board (rooms.leaderboard_senders_max).",
+            ),
+            leaderboard_reads: {
+                let vec = counter_vec(
+                    "giftd_leaderboard_reads_total",
+                    "Reads of all-time leaderboards from the ledger, by outcome.",
+                    &["outcome"],
+                );
+                [vec.with_label_values(&["ok"]), vec.with_label_values(&["failed"])]
+            },
             cluster_connected: gauge(
                 "giftd_cluster_connected",
                 "1 while this node is connected to NATS (always 0 on a single node).",
@@ -403,6 +421,11 @@ impl Metrics {
     }
 
     /// Counts a goal that ended, reached or not.
+    /// Counts a read of an all-time leaderboard from the ledger.
+    pub fn leaderboard_read(&self, ok: bool) {
+        self.leaderboard_reads[usize::from(!ok)].inc();
+    }
+
     pub fn goal_ended(&self, reached: bool) {
         self.goals[usize::from(!reached)].inc();
     }

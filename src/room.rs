@@ -29,6 +29,7 @@
 pub mod combo;
 pub mod goal;
 pub mod hub;
+pub mod leaderboard;
 pub mod registry;
 pub mod replica;
 
@@ -44,10 +45,12 @@ use crate::auth::Role;
 use crate::config::RoomsConfig;
 use crate::error::{Error, Result};
 use crate::fanout::{Fanout, RoomLink};
-use crate::ledger::now_ms;
+use crate::ledger::{now_ms, Gifter};
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
-use crate::protocol::server::{ComboView, EventKind, GoalView, PaidView, QuestionView, Snapshot};
+use crate::protocol::server::{
+    Board, ComboView, EventKind, GoalView, PaidView, QuestionView, Ranked, Snapshot,
+};
 use crate::protocol::{epoch_hex, Event, EventFrame};
 use crate::question::Questions;
 
@@ -55,6 +58,7 @@ use combo::Combos;
 use goal::{EndReason, Goal};
 use hub::Subscription;
 use hub::{Counts, Hub};
+use leaderboard::Boards;
 
 /// Identifies one connection on this node.
 pub type ConnId = u64;
@@ -89,6 +93,8 @@ struct State {
     combos: Combos,
     /// The streamer's current goal (`room/goal.rs`).
     goal: Option<Goal>,
+    /// Top gifters (`room/leaderboard.rs`).
+    boards: Boards,
 }
 
 pub struct Room {
@@ -103,6 +109,8 @@ pub struct Room {
     link: Box<dyn RoomLink>,
     state: Mutex<State>,
     closed: AtomicBool,
+    /// A read of the all-time board from the ledger is under way.
+    all_time_reading: AtomicBool,
     recent_gifts_max: usize,
     /// Members' mean backlog at which commands are refused with `room_busy`.
     busy_backlog_events: u64,
@@ -206,8 +214,10 @@ impl Room {
                     config.combos_open_max,
                 ),
                 goal: None,
+                boards: Boards::new(config),
             }),
             closed: AtomicBool::new(false),
+            all_time_reading: AtomicBool::new(false),
             recent_gifts_max: config.recent_gifts_max,
             busy_backlog_events: config.busy_backlog_events as u64,
             history_events_max: config.history_events_max,
@@ -432,6 +442,7 @@ impl Room {
             questions_open,
             questions_pinned,
             goal: state.goal.as_ref().map(|g| Box::new(g.view().clone())),
+            leaderboards: Box::new(state.boards.view()),
         }
     }
 
@@ -598,7 +609,16 @@ impl Room {
         let seq = self.publish(&mut state, &kind);
         self.remember_gift(&mut state, gift_id, from);
         self.goal_gift(&mut state, sticker, price_coins);
+        self.rank_gift(&mut state, from, price_coins);
         Ok(seq)
+    }
+
+    /// Counts a published gift on the room's leaderboards.
+    fn rank_gift(&self, state: &mut State, from: &str, price_coins: u64) {
+        let untracked = state.boards.gift(from, price_coins, now_ms());
+        self.metrics
+            .leaderboard_senders_untracked
+            .inc_by(untracked.into());
     }
 
     fn end_combo(&self, state: &mut State, ended: combo::Ended) {
@@ -607,7 +627,8 @@ impl Room {
     }
 
     /// The room ticker's beat for the room's mechanics: ends lapsed combos and a goal past its
-    /// deadline, and publishes the goal's progress if it changed (coalesced like viewer counts).
+    /// deadline, and publishes the goal's progress and the leaderboards that changed (coalesced
+    /// like viewer counts).
     pub fn tick(&self, now: Instant) {
         let Ok(mut state) = self.live() else {
             return;
@@ -616,6 +637,92 @@ impl Room {
             self.end_combo(&mut state, ended);
         }
         self.tick_goal(&mut state, now_ms());
+        self.publish_boards(&mut state);
+    }
+
+    fn publish_boards(&self, state: &mut State) {
+        state.boards.expire(now_ms());
+        for (board, top) in state.boards.changed() {
+            self.publish(state, &EventKind::Leaderboard { board, top });
+        }
+    }
+
+    /// Whether the all-time board should be read from the ledger now (gifts were published since
+    /// the last read, and no read is under way). A `true` must be answered with
+    /// [`Room::set_all_time`].
+    pub fn all_time_due(&self) -> bool {
+        if self.all_time_reading.load(Ordering::Acquire) || self.is_closed() {
+            return false;
+        }
+        let due = self.lock().boards.all_time_due();
+        if due {
+            self.all_time_reading.store(true, Ordering::Release);
+        }
+        due
+    }
+
+    /// The all-time board as the ledger gave it (or the read's failure, to try again on the next
+    /// beat); published at once if its top changed.
+    pub fn set_all_time(&self, read: Result<Vec<Gifter>>) {
+        self.metrics.leaderboard_read(read.is_ok());
+        let mut state = self.lock();
+        self.all_time_reading.store(false, Ordering::Release);
+        match read {
+            Ok(gifters) => state.boards.set_all_time(ranked(1, gifters)),
+            Err(e) => {
+                tracing::warn!(room = %self.id, error = %e, "could not read the all-time leaderboard");
+                state.boards.all_time_retry();
+                return;
+            }
+        }
+        if !self.is_closed() {
+            self.publish_boards(&mut state);
+        }
+    }
+
+    /// Gifters each board shows.
+    pub fn leaderboard_top_n(&self) -> usize {
+        self.lock().boards.top_n()
+    }
+
+    /// The session or window board's top N, and `around`'s entry with up to `neighbours` on each
+    /// side (empty if that user is not on the board).
+    pub fn leaderboard(
+        &self,
+        board: Board,
+        around: Option<&str>,
+        neighbours: usize,
+    ) -> Result<(Vec<Ranked>, Vec<Ranked>)> {
+        assert_ne!(
+            board,
+            Board::AllTime,
+            "the all-time board is read from the ledger"
+        );
+        let mut state = self.live()?;
+        state.boards.expire(now_ms());
+        let top = state.boards.top(board);
+        let around = around.map_or_else(Vec::new, |user| {
+            state.boards.around(board, user, neighbours)
+        });
+        Ok((top, around))
+    }
+
+    /// Rebuilds the session and window boards from the ledger's gifts in the room (after a
+    /// takeover): per-sender sums since the room opened, and the window's gifts by step since
+    /// [`Room::boards_window_since_ms`].
+    pub fn restore_boards(&self, session: &[(String, u64, u64)], window: &[(String, u64, u64)]) {
+        let mut state = self.lock();
+        state.boards.restore(session, window, now_ms());
+    }
+
+    /// Where the window board begins now.
+    pub fn boards_window_since_ms(&self) -> u64 {
+        self.lock().boards.window_start_ms(now_ms())
+    }
+
+    /// The step in which the window board counts gifts.
+    pub fn boards_step_ms(&self) -> u64 {
+        self.lock().boards.step_ms()
     }
 
     fn remember_gift(&self, state: &mut State, gift_id: &str, from: &str) {
@@ -650,6 +757,7 @@ impl Room {
         let seq = self.publish(&mut state, &EventKind::Question(view.clone()));
         if let Some((sticker, price_coins)) = counted {
             self.goal_gift(&mut state, &sticker, price_coins);
+            self.rank_gift(&mut state, from, price_coins);
         }
         Ok((view, seq))
     }
@@ -708,6 +816,19 @@ impl Room {
             opened_ms: self.opened_ms,
         }
     }
+}
+
+/// Ranks gifters given in board order, the first at `first_rank`.
+pub fn ranked(first_rank: u64, gifters: Vec<Gifter>) -> Vec<Ranked> {
+    gifters
+        .into_iter()
+        .zip(first_rank..)
+        .map(|(g, rank)| Ranked {
+            rank,
+            user: g.user,
+            coins: g.coins,
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -918,6 +1039,47 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn leaderboards_are_published_on_the_beat_only_when_their_top_changed() {
+        let r = room();
+        let first = r.summary().seq;
+        for (i, (from, coins)) in [("bob", 10), ("amy", 10), ("bob", 5)].iter().enumerate() {
+            r.gift(&format!("g{i}"), from, "rose", "Rose", *coins)
+                .unwrap();
+        }
+        assert!(
+            !kinds_after(&r, first).contains(&"leaderboard".to_owned()),
+            "no board is published per gift"
+        );
+        r.tick(Instant::now());
+        let kinds = kinds_after(&r, first);
+        assert_eq!(kinds.iter().filter(|k| *k == "leaderboard").count(), 2);
+        let (top, around) = r.leaderboard(Board::Session, Some("amy"), 0).unwrap();
+        let users: Vec<(&str, u64, u64)> = top
+            .iter()
+            .map(|e| (e.user.as_str(), e.rank, e.coins))
+            .collect();
+        assert_eq!(users, [("bob", 1, 15), ("amy", 2, 10)]);
+        assert_eq!(around, top[1..]);
+        // Nothing changed: the next beat publishes nothing.
+        let seq = r.summary().seq;
+        r.tick(Instant::now());
+        assert_eq!(r.summary().seq, seq);
+
+        // The all-time board is read once after gifts, and published when the read returns.
+        assert!(r.all_time_due());
+        assert!(!r.all_time_due(), "one read at a time");
+        r.set_all_time(Ok(vec![Gifter {
+            user: "bob".into(),
+            coins: 115,
+        }]));
+        assert_eq!(kinds_after(&r, seq), ["leaderboard"]);
+        assert!(!r.all_time_due(), "no gift since the read");
+        let snapshot = r.snapshot(&mut r.lock());
+        assert_eq!(snapshot.leaderboards.all_time[0].coins, 115);
+        assert_eq!(snapshot.leaderboards.session.len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_resumed_room_continues_open_combos_and_the_goal_and_ends_each_once() {
         let r = room();
         let (goal, _) = r.set_goal(30, Some("clap".into()), None).unwrap();
@@ -942,12 +1104,25 @@ mod tests {
         tokio::time::advance(Duration::from_millis(3_000)).await;
         next.tick(Instant::now());
         next.tick(Instant::now());
+        let kinds: Vec<String> = kinds_after(&next, last)
+            .into_iter()
+            .filter(|k| k != "leaderboard")
+            .collect();
         assert_eq!(
-            kinds_after(&next, last),
+            kinds,
             ["gift", "goal_reached", "combo_end"],
             "bob's combo ends once, amy's not again, the goal is reached once"
         );
-        let combo_end = next.lock().history.back().unwrap().event.bytes.clone();
+        let combo_end = next
+            .lock()
+            .history
+            .iter()
+            .rev()
+            .find(|k| k.event.bytes.as_str().contains(r#""kind":"combo_end""#))
+            .unwrap()
+            .event
+            .bytes
+            .clone();
         assert!(
             combo_end
                 .as_str()

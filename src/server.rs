@@ -320,9 +320,10 @@ async fn serve_http<S>(
     }
 }
 
-/// Once per interval: publishes each room's viewer count if it changed, and closes rooms whose
-/// streamer has been away longer than `streamer_away_close_ms` (a crashed streamer app must not
-/// leave its room open forever).
+/// Once per interval: publishes each room's viewer count if it changed, beats its mechanics
+/// (`Room::tick`), reads its all-time leaderboard from the ledger after gifts (one read per room
+/// at a time, off the ticker), and closes rooms whose streamer has been away longer than
+/// `streamer_away_close_ms` (a crashed streamer app must not leave its room open forever).
 async fn room_ticker(app: Arc<App>) {
     let rooms = &app.config.rooms;
     let mut interval = tokio::time::interval(Duration::from_millis(rooms.viewer_count_interval_ms));
@@ -343,6 +344,15 @@ async fn room_ticker(app: Arc<App>) {
             } else {
                 room.publish_viewers_if_changed();
                 room.tick(now);
+                if room.all_time_due() {
+                    let (ledger, room) = (app.ledger.clone(), room.clone());
+                    tokio::spawn(async move {
+                        let read = ledger
+                            .top_gifters(&room.streamer, room.leaderboard_top_n())
+                            .await;
+                        room.set_all_time(read);
+                    });
+                }
             }
         }
         if let Some(cluster) = &app.cluster {

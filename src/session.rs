@@ -7,8 +7,8 @@
 //!
 //! This file holds the session's lifecycle and the checks every command shares (authentication,
 //! rate limits, roles, the current room); each command's handler lives with its family:
-//! `session/rooms.rs`, `session/gifts.rs`, `session/questions.rs`, `session/red_packets.rs` and
-//! `session/goals.rs`.
+//! `session/rooms.rs`, `session/gifts.rs`, `session/questions.rs`, `session/red_packets.rs`,
+//! `session/goals.rs` and `session/leaderboards.rs`.
 //!
 //! **Gifts in flight.** A `send_gift` needs nothing of the session once its checks pass (role,
 //! room, sticker, rate limits), only the ledger and the room. So its commit runs as an owned
@@ -25,6 +25,7 @@
 
 mod gifts;
 mod goals;
+mod leaderboards;
 mod questions;
 mod red_packets;
 mod rooms;
@@ -507,6 +508,9 @@ impl Session {
                 duration_ms,
             } => self.handle_set_goal(id, target_coins, sticker, duration_ms),
             Command::EndGoal {} => self.handle_end_goal(id),
+            Command::Leaderboard { board, around } => {
+                self.handle_leaderboard(id, board, around).await
+            }
             Command::Balance {} => self.handle_balance(id).await,
             Command::DropRedPacket {
                 total_coins,

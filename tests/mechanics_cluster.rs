@@ -113,7 +113,7 @@ async fn gift_until_acked(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_open_combo_and_the_goal_survive_a_takeover_and_end_once() {
+async fn an_open_combo_the_goal_and_the_leaderboards_survive_a_takeover() {
     let window_ms = 8_000;
     let mut cluster = TestCluster::start_with(2, |c| c.rooms.combo_window_ms = window_ms).await;
     let mut owner = cluster.spawn_process("owner").await;
@@ -149,6 +149,13 @@ async fn an_open_combo_and_the_goal_survive_a_takeover_and_end_once() {
     let snapshot = star.join("r").await;
     assert_eq!(snapshot["goal"]["goal_id"], goal_id, "{snapshot}");
     assert_eq!(snapshot["goal"]["progress_coins"], 20, "{snapshot}");
+    // The session's leaderboard came back from the ledger: every heart, before and after.
+    let fan_20 = json!([{ "rank": 1, "user": "fan", "coins": 20 }]);
+    assert_eq!(snapshot["leaderboards"]["session"], fan_20, "{snapshot}");
+    let session = star
+        .ok(json!({ "type": "leaderboard", "board": "session", "around": "fan" }))
+        .await;
+    assert_eq!(session["around"], fan_20);
     let done = star.ok(json!({ "type": "end_goal" })).await;
     assert_eq!(
         done["goal"]["progress_coins"],

@@ -271,7 +271,7 @@ async fn streamer_loop(
 pub(crate) enum Mix {
     /// Only `send_gift` with one sticker.
     Gifts,
-    /// Gifts of varied stickers, paid and free questions, balance and ping.
+    /// Gifts of varied stickers, paid and free questions, leaderboard reads, balance and ping.
     Mixed,
 }
 
@@ -397,6 +397,8 @@ struct InFlight {
 }
 
 const MIX_STICKERS: [&str; 3] = ["rose", "heart", "clap"];
+/// Each mixed `leaderboard` command reads one of these boards around its own sender.
+const LEADERBOARDS: [&str; 3] = ["session", "window", "all_time"];
 
 fn next_command(plan: &SenderPlan, rng: &mut Rng, id: u64) -> (&'static str, String) {
     let key = format!("{}-{}-{id}", plan.key_prefix, plan.index);
@@ -413,7 +415,11 @@ fn next_command(plan: &SenderPlan, rng: &mut Rng, id: u64) -> (&'static str, Str
             wire::ask(id, "a paid question?", Some(("coffee", &key))),
         ),
         70..=79 => ("ask", wire::ask(id, "a free question?", None)),
-        80..=89 => ("balance", wire::balance(id)),
+        80..=84 => ("balance", wire::balance(id)),
+        85..=89 => {
+            let board = LEADERBOARDS[rng.below(LEADERBOARDS.len() as u64) as usize];
+            ("leaderboard", wire::leaderboard(id, board, &plan.user))
+        }
         _ => ("ping", wire::ping(id)),
     }
 }

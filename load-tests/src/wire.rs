@@ -146,6 +146,11 @@ pub(crate) fn balance(id: u64) -> String {
     format!(r#"{{"type":"balance","id":{id}}}"#)
 }
 
+/// A `leaderboard` read of `board` around `user` (a user id, which needs no escaping).
+pub(crate) fn leaderboard(id: u64, board: &str, user: &str) -> String {
+    format!(r#"{{"type":"leaderboard","id":{id},"board":"{board}","around":"{user}"}}"#)
+}
+
 pub(crate) fn ping(id: u64) -> String {
     format!(r#"{{"type":"ping","id":{id}}}"#)
 }

@@ -8,9 +8,10 @@
 //! `cluster.events_kept_ms`), claims the lease with a create-if-absent (so of several nodes
 //! trying at once exactly one wins), and continues the room: the same epoch, `seq` from the last
 //! kept event, and the history, questions and recent gifts those events give
-//! (`Room::resume`). Its replica's members stay subscribed: the hub passes from the replica to
-//! the room, after the events the relay had not delivered yet. The other nodes' replicas go on
-//! relaying, now from the new owner, with no gap and no new epoch.
+//! (`Room::resume`), with the leaderboards rebuilt from the ledger's gifts in the room. Its
+//! replica's members stay subscribed: the hub passes from the replica to the room, after the
+//! events the relay had not delivered yet. The other nodes' replicas go on relaying, now from
+//! the new owner, with no gap and no new epoch.
 //!
 //! What cannot be continued is not: a room whose kept events are gone (idle longer than
 //! `cluster.events_kept_ms`) or end with its close ends here too, and its members are sent
@@ -27,6 +28,7 @@ use crate::app::App;
 use crate::error::{CloseCode, Error, Result};
 use crate::protocol::{EventFrame, Frame};
 use crate::room::hub::Counts;
+use crate::room::leaderboard::ONE_STEP_MS;
 use crate::room::replica::Replica;
 use crate::room::Room;
 
@@ -73,6 +75,21 @@ async fn take_over(app: &Arc<App>, cluster: &Arc<Cluster>, replica: &Arc<Replica
         app.metrics.clone(),
         app.fanout.as_ref(),
     );
+    if let Some(room) = &resumed {
+        // The leaderboards come back from the ledger, which holds every gift the room committed.
+        let ledger = &app.ledger;
+        let (window_ms, step_ms) = (room.boards_window_since_ms(), room.boards_step_ms());
+        let read = tokio::try_join!(
+            ledger.room_gifts_since(&room.id, room.opened_ms, ONE_STEP_MS),
+            ledger.room_gifts_since(&room.id, window_ms, step_ms),
+        );
+        match read {
+            Ok((session, window)) => room.restore_boards(&session, &window),
+            Err(e) => {
+                tracing::warn!(room = %room.id, error = %e, "leaderboards not restored: the ledger did not answer");
+            }
+        }
+    }
     let room = match resumed.map(|room| app.rooms.open(room)) {
         Some(Ok(room)) => room,
         Some(Err(e)) => {

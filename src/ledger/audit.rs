@@ -28,6 +28,7 @@
 //!     accounts hold exactly what was neither grabbed nor returned (nothing once it ended); every
 //!     grab took its recorded share, from the packet's accounts into the grabber's wallet, and
 //!     the packet's grab counts agree with its grabs.
+//! 12. Every streamer's gifter totals (the all-time leaderboard) equal the sums of their gifts.
 
 use std::path::Path;
 
@@ -176,6 +177,17 @@ const CHECKS: &[(&str, &str)] = &[
          GROUP BY g.txn_id, g.packet_id, g.grabber, g.coins HAVING
             g.coins != -SUM(CASE WHEN x.account LIKE 'packet:' || g.packet_id || ':%' THEN x.amount_coins ELSE 0 END)
          OR g.coins != SUM(CASE WHEN x.account LIKE 'wallet:' || g.grabber || ':%' THEN x.amount_coins ELSE 0 END)",
+    ),
+    (
+        "gifter total differs from the sum of the gifts (streamer, sender, total, gifts)",
+        "SELECT t.streamer, t.sender, t.coins, COALESCE(g.coins, 0) FROM gifter_totals t
+         LEFT JOIN (SELECT streamer, sender, SUM(price_coins) AS coins FROM gifts GROUP BY streamer, sender) g
+            ON g.streamer = t.streamer AND g.sender = t.sender
+         WHERE g.coins IS NULL OR g.coins != t.coins
+         UNION ALL
+         SELECT g.streamer, g.sender, 0, g.coins
+         FROM (SELECT streamer, sender, SUM(price_coins) AS coins FROM gifts GROUP BY streamer, sender) g
+         WHERE NOT EXISTS (SELECT 1 FROM gifter_totals t WHERE t.streamer = g.streamer AND t.sender = g.sender)",
     ),
     (
         "receivable above zero",

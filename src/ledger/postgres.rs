@@ -67,9 +67,9 @@ use super::deadline::{self, Ticket};
 use super::posting::Allowance;
 use super::posting::{self, BatchSums, Entry};
 use super::{
-    new_gift_id, now_ms, CapPolicy, GiftOutcome, GiftReceipt, GiftRequest, GrabReceipt, Ledger,
-    PacketDrop, PacketEnd, PacketGrab, PacketReceipt, RefundReason, RefundReceipt, RefundRequest,
-    Spending, TopUpReceipt, TopUpRequest, UserLimits, Wallet,
+    new_gift_id, now_ms, CapPolicy, GiftOutcome, GiftReceipt, GiftRequest, Gifter, GrabReceipt,
+    Ledger, Neighbourhood, PacketDrop, PacketEnd, PacketGrab, PacketReceipt, RefundReason,
+    RefundReceipt, RefundRequest, Spending, TopUpReceipt, TopUpRequest, UserLimits, Wallet,
 };
 use crate::error::{Error, Result};
 use crate::gift::{Channel, ChannelCoins};
@@ -215,6 +215,35 @@ CREATE TABLE packet_grabs (
     UNIQUE (packet_id, share_index),
     CHECK (ch_ios + ch_android + ch_web = coins)
 );
+"#,
+    // Each streamer's gifters with their summed coins, for the all-time leaderboard, kept by a
+    // statement trigger in the gifts' own transaction (one upsert per sender per batch, in a fixed
+    // order so that two nodes' batches never deadlock), and filled from the gifts before it.
+    // Boards order equal coins by sender in byte order (`COLLATE "C"`, as the rank index does). Gifts by room rebuild a room's
+    // boards after a takeover.
+    r#"
+CREATE TABLE gifter_totals (
+    streamer TEXT NOT NULL,
+    sender   TEXT NOT NULL,
+    coins    BIGINT NOT NULL CHECK (coins > 0),
+    PRIMARY KEY (streamer, sender)
+);
+CREATE INDEX gifter_totals_by_rank ON gifter_totals (streamer, coins DESC, sender COLLATE "C");
+CREATE FUNCTION giftd_add_to_gifter_totals() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO gifter_totals (streamer, sender, coins)
+        SELECT streamer, sender, SUM(price_coins)::BIGINT FROM new_gifts
+        GROUP BY streamer, sender ORDER BY streamer, sender
+    ON CONFLICT (streamer, sender) DO UPDATE SET coins = gifter_totals.coins + excluded.coins;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER gifts_add_to_gifter_totals AFTER INSERT ON gifts
+    REFERENCING NEW TABLE AS new_gifts FOR EACH STATEMENT
+    EXECUTE FUNCTION giftd_add_to_gifter_totals();
+INSERT INTO gifter_totals (streamer, sender, coins)
+    SELECT streamer, sender, SUM(price_coins)::BIGINT FROM gifts GROUP BY streamer, sender;
+CREATE INDEX gifts_by_room ON gifts (room, created_ms);
 "#,
 ];
 
@@ -427,6 +456,128 @@ impl AsyncRead<u64> for ReadEarnings<'_> {
     }
 }
 
+async fn read_gifters(
+    client: &deadpool_postgres::Client,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Gifter>> {
+    let stmt = client.prepare_cached(sql).await.map_err(pg)?;
+    let rows = client.query(&stmt, params).await.map_err(pg)?;
+    Ok(rows
+        .iter()
+        .map(|r| Gifter {
+            user: r.get(0),
+            coins: nonnegative("gifter_totals", r.get(1)),
+        })
+        .collect())
+}
+
+struct ReadTopGifters<'a>(&'a str, usize);
+
+impl AsyncRead<Vec<Gifter>> for ReadTopGifters<'_> {
+    async fn run(self, client: &deadpool_postgres::Client) -> Result<Vec<Gifter>> {
+        read_gifters(
+            client,
+            "SELECT sender, coins FROM gifter_totals WHERE streamer = $1
+             ORDER BY coins DESC, sender COLLATE \"C\" LIMIT $2",
+            &[&self.0, &(self.1 as i64)],
+        )
+        .await
+    }
+}
+
+/// `user`'s place among a streamer's gifters: those ranked ahead are counted, then the nearest
+/// on each side read from the board's index.
+struct ReadGifterAround<'a>(&'a str, &'a str, usize);
+
+impl AsyncRead<Option<Neighbourhood>> for ReadGifterAround<'_> {
+    async fn run(self, client: &deadpool_postgres::Client) -> Result<Option<Neighbourhood>> {
+        let ReadGifterAround(streamer, user, neighbours) = self;
+        let stmt = client
+            .prepare_cached("SELECT coins FROM gifter_totals WHERE streamer = $1 AND sender = $2")
+            .await
+            .map_err(pg)?;
+        let Some(row) = client
+            .query_opt(&stmt, &[&streamer, &user])
+            .await
+            .map_err(pg)?
+        else {
+            return Ok(None);
+        };
+        let coins: i64 = row.get(0);
+        const AHEAD: &str =
+            "streamer = $1 AND (coins > $2 OR (coins = $2 AND sender COLLATE \"C\" < $3))";
+        const BEHIND: &str =
+            "streamer = $1 AND (coins < $2 OR (coins = $2 AND sender COLLATE \"C\" > $3))";
+        let n = neighbours as i64;
+        let count = client
+            .prepare_cached(&format!("SELECT COUNT(*) FROM gifter_totals WHERE {AHEAD}"))
+            .await
+            .map_err(pg)?;
+        let ahead: i64 = client
+            .query_one(&count, &[&streamer, &coins, &user])
+            .await
+            .map_err(pg)?
+            .get(0);
+        let mut above = read_gifters(
+            client,
+            &format!(
+                "SELECT sender, coins FROM gifter_totals WHERE {AHEAD} ORDER BY coins, sender COLLATE \"C\" DESC LIMIT $4"
+            ),
+            &[&streamer, &coins, &user, &n],
+        )
+        .await?;
+        above.reverse();
+        let below = read_gifters(
+            client,
+            &format!(
+                "SELECT sender, coins FROM gifter_totals WHERE {BEHIND} ORDER BY coins DESC, sender COLLATE \"C\" LIMIT $4"
+            ),
+            &[&streamer, &coins, &user, &n],
+        )
+        .await?;
+        let first_rank = ahead as u64 + 1 - above.len() as u64;
+        let mut gifters = above;
+        gifters.push(Gifter {
+            user: user.to_owned(),
+            coins: nonnegative("gifter_totals", coins),
+        });
+        gifters.extend(below);
+        Ok(Some(Neighbourhood {
+            first_rank,
+            gifters,
+        }))
+    }
+}
+
+struct ReadRoomGifts<'a>(&'a str, u64, u64);
+
+impl AsyncRead<Vec<(String, u64, u64)>> for ReadRoomGifts<'_> {
+    async fn run(self, client: &deadpool_postgres::Client) -> Result<Vec<(String, u64, u64)>> {
+        let stmt = client
+            .prepare_cached(
+                "SELECT sender, (created_ms / $3) * $3, SUM(price_coins)::BIGINT FROM gifts
+                 WHERE room = $1 AND created_ms >= $2 GROUP BY 1, 2",
+            )
+            .await
+            .map_err(pg)?;
+        let rows = client
+            .query(&stmt, &[&self.0, &(self.1 as i64), &(self.2 as i64)])
+            .await
+            .map_err(pg)?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<_, String>(0),
+                    r.get::<_, i64>(1) as u64,
+                    r.get::<_, i64>(2) as u64,
+                )
+            })
+            .collect())
+    }
+}
+
 struct ReadSpending<'a>(&'a str, CapPolicy);
 
 impl AsyncRead<Spending> for ReadSpending<'_> {
@@ -551,6 +702,30 @@ impl Ledger for PostgresLedger {
 
     async fn earnings(&self, streamer: &str) -> Result<u64> {
         self.read(ReadEarnings(streamer)).await
+    }
+
+    async fn top_gifters(&self, streamer: &str, limit: usize) -> Result<Vec<Gifter>> {
+        self.read(ReadTopGifters(streamer, limit)).await
+    }
+
+    async fn gifter_around(
+        &self,
+        streamer: &str,
+        user: &str,
+        neighbours: usize,
+    ) -> Result<Option<Neighbourhood>> {
+        self.read(ReadGifterAround(streamer, user, neighbours))
+            .await
+    }
+
+    async fn room_gifts_since(
+        &self,
+        room: &str,
+        since_ms: u64,
+        step_ms: u64,
+    ) -> Result<Vec<(String, u64, u64)>> {
+        assert!(step_ms > 0, "a step has a length");
+        self.read(ReadRoomGifts(room, since_ms, step_ms)).await
     }
 
     async fn set_limits(&self, user: &str, limits: UserLimits) -> Result<()> {

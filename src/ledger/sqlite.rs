@@ -33,9 +33,9 @@ use super::deadline::{self, Ticket};
 use super::posting::Allowance;
 use super::posting::{self, AccountKind, BatchSums, Entry};
 use super::{
-    new_gift_id, new_packet_id, now_ms, CapPolicy, GiftOutcome, GiftReceipt, GiftRequest,
-    GrabReceipt, GrabView, Ledger, PacketDrop, PacketEnd, PacketEndReason, PacketGrab,
-    PacketReceipt, RefundReason, RefundReceipt, RefundRequest, Spending, TopUpReceipt,
+    new_gift_id, new_packet_id, now_ms, CapPolicy, GiftOutcome, GiftReceipt, GiftRequest, Gifter,
+    GrabReceipt, GrabView, Ledger, Neighbourhood, PacketDrop, PacketEnd, PacketEndReason,
+    PacketGrab, PacketReceipt, RefundReason, RefundReceipt, RefundRequest, Spending, TopUpReceipt,
     TopUpRequest, UserLimits, Wallet,
 };
 use crate::error::{Error, Result};
@@ -321,6 +321,7 @@ pub fn open_connection(path: &Path) -> Result<Connection> {
     conn.execute_batch(SCHEMA).db()?;
     migrate_gift_ids(&conn)?;
     migrate_topup_repaid(&conn)?;
+    migrate_gifter_totals(&conn)?;
     conn.execute_batch(INDEXES).db()?;
     Ok(conn)
 }
@@ -374,6 +375,42 @@ fn migrate_topup_repaid(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// Each streamer's gifters with their summed coins, for the all-time leaderboard: kept by a
+/// trigger in every gift's own transaction, so it always agrees with `gifts` (`giftd audit`
+/// checks it). Files from before it get it filled from their gifts, once. Runs after
+/// [`migrate_gift_ids`], which rebuilds `gifts` (and would drop a trigger on it).
+fn migrate_gifter_totals(conn: &Connection) -> Result<()> {
+    let has: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'gifter_totals')",
+            [],
+            |r| r.get(0),
+        )
+        .db()?;
+    if has {
+        return Ok(());
+    }
+    conn.execute_batch(
+        "BEGIN IMMEDIATE;
+         CREATE TABLE gifter_totals (
+             streamer TEXT NOT NULL,
+             sender   TEXT NOT NULL,
+             coins    INTEGER NOT NULL CHECK (coins > 0),
+             PRIMARY KEY (streamer, sender)
+         ) WITHOUT ROWID;
+         CREATE INDEX gifter_totals_by_rank ON gifter_totals (streamer, coins DESC, sender);
+         CREATE TRIGGER gifts_add_to_gifter_totals AFTER INSERT ON gifts BEGIN
+             INSERT INTO gifter_totals (streamer, sender, coins)
+             VALUES (NEW.streamer, NEW.sender, NEW.price_coins)
+             ON CONFLICT (streamer, sender) DO UPDATE SET coins = coins + excluded.coins;
+         END;
+         INSERT INTO gifter_totals (streamer, sender, coins)
+             SELECT streamer, sender, SUM(price_coins) FROM gifts GROUP BY streamer, sender;
+         COMMIT;",
+    )
+    .db()
+}
+
 #[async_trait]
 impl Ledger for SqliteLedger {
     async fn top_up(&self, req: TopUpRequest) -> Result<TopUpReceipt> {
@@ -419,6 +456,59 @@ impl Ledger for SqliteLedger {
     async fn earnings(&self, streamer: &str) -> Result<u64> {
         let streamer = streamer.to_owned();
         self.read(move |conn| earnings(conn, &streamer)).await
+    }
+
+    async fn top_gifters(&self, streamer: &str, limit: usize) -> Result<Vec<Gifter>> {
+        let streamer = streamer.to_owned();
+        self.read(move |conn| {
+            gifters(
+                conn,
+                "SELECT sender, coins FROM gifter_totals WHERE streamer = ?1
+                 ORDER BY coins DESC, sender LIMIT ?2",
+                params![streamer, limit as i64],
+            )
+        })
+        .await
+    }
+
+    async fn gifter_around(
+        &self,
+        streamer: &str,
+        user: &str,
+        neighbours: usize,
+    ) -> Result<Option<Neighbourhood>> {
+        let (streamer, user) = (streamer.to_owned(), user.to_owned());
+        self.read(move |conn| gifter_around(conn, &streamer, &user, neighbours))
+            .await
+    }
+
+    async fn room_gifts_since(
+        &self,
+        room: &str,
+        since_ms: u64,
+        step_ms: u64,
+    ) -> Result<Vec<(String, u64, u64)>> {
+        assert!(step_ms > 0, "a step has a length");
+        let room = room.to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT sender, (created_ms / ?3) * ?3, SUM(price_coins) FROM gifts
+                     WHERE room = ?1 AND created_ms >= ?2 GROUP BY 1, 2",
+                )
+                .db()?;
+            let rows = stmt
+                .query_map(params![room, since_ms as i64, step_ms as i64], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)? as u64,
+                        r.get::<_, i64>(2)? as u64,
+                    ))
+                })
+                .db()?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().db()
+        })
+        .await
     }
 
     async fn set_limits(&self, user: &str, limits: UserLimits) -> Result<()> {
@@ -809,6 +899,72 @@ fn owed(conn: &Connection, user: &str) -> Result<u64> {
     let balance = v.unwrap_or(0);
     assert!(balance <= 0, "receivable {account} holds {balance} coins");
     Ok(balance.unsigned_abs())
+}
+
+fn gifters(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<Vec<Gifter>> {
+    let mut stmt = conn.prepare_cached(sql).db()?;
+    let rows = stmt
+        .query_map(params, |r| {
+            Ok(Gifter {
+                user: r.get(0)?,
+                coins: r.get::<_, i64>(1)? as u64,
+            })
+        })
+        .db()?;
+    rows.collect::<rusqlite::Result<Vec<_>>>().db()
+}
+
+/// `user`'s place among `streamer`'s gifters: those ranked ahead are counted, then the nearest on
+/// each side read from the board's index.
+fn gifter_around(
+    conn: &Connection,
+    streamer: &str,
+    user: &str,
+    neighbours: usize,
+) -> Result<Option<Neighbourhood>> {
+    let coins: Option<i64> = conn
+        .prepare_cached("SELECT coins FROM gifter_totals WHERE streamer = ?1 AND sender = ?2")
+        .db()?
+        .query_row(params![streamer, user], |r| r.get(0))
+        .optional()
+        .db()?;
+    let Some(coins) = coins else {
+        return Ok(None);
+    };
+    const AHEAD: &str = "streamer = ?1 AND (coins > ?2 OR (coins = ?2 AND sender < ?3))";
+    const BEHIND: &str = "streamer = ?1 AND (coins < ?2 OR (coins = ?2 AND sender > ?3))";
+    let ahead: i64 = conn
+        .prepare_cached(&format!("SELECT COUNT(*) FROM gifter_totals WHERE {AHEAD}"))
+        .db()?
+        .query_row(params![streamer, coins, user], |r| r.get(0))
+        .db()?;
+    let n = neighbours as i64;
+    let mut above = gifters(
+        conn,
+        &format!(
+            "SELECT sender, coins FROM gifter_totals WHERE {AHEAD} ORDER BY coins, sender DESC LIMIT ?4"
+        ),
+        params![streamer, coins, user, n],
+    )?;
+    above.reverse();
+    let below = gifters(
+        conn,
+        &format!(
+            "SELECT sender, coins FROM gifter_totals WHERE {BEHIND} ORDER BY coins DESC, sender LIMIT ?4"
+        ),
+        params![streamer, coins, user, n],
+    )?;
+    let first_rank = ahead as u64 + 1 - above.len() as u64;
+    let mut gifters = above;
+    gifters.push(Gifter {
+        user: user.to_owned(),
+        coins: nonnegative("gifter_totals", coins),
+    });
+    gifters.extend(below);
+    Ok(Some(Neighbourhood {
+        first_rank,
+        gifters,
+    }))
 }
 
 fn earnings(conn: &Connection, streamer: &str) -> Result<u64> {
@@ -1542,6 +1698,85 @@ mod tests {
             coins,
             purchase_id: id.into(),
         }
+    }
+
+    #[tokio::test]
+    async fn gifter_totals_rank_gifters_and_are_filled_for_older_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.db");
+        let l = open(&dir);
+        for user in ["amy", "bob", "cat", "dan"] {
+            l.top_up(top_up(user, Channel::Web, 500, &format!("p-{user}")))
+                .await
+                .unwrap();
+        }
+        let gifts = [
+            ("amy", 30),
+            ("bob", 50),
+            ("cat", 30),
+            ("dan", 10),
+            ("amy", 20),
+        ];
+        for (i, (user, price)) in gifts.iter().enumerate() {
+            l.gift(gift(user, &format!("k{i}"), *price)).await.unwrap();
+        }
+        let board = |g: Vec<Gifter>| -> Vec<(String, u64)> {
+            g.into_iter().map(|g| (g.user, g.coins)).collect()
+        };
+        let expected = |pairs: &[(&str, u64)]| -> Vec<(String, u64)> {
+            pairs.iter().map(|(u, c)| (u.to_string(), *c)).collect()
+        };
+        // Equal coins rank by user id: amy before bob.
+        assert_eq!(
+            board(l.top_gifters("star", 3).await.unwrap()),
+            expected(&[("amy", 50), ("bob", 50), ("cat", 30)])
+        );
+        let around = l.gifter_around("star", "cat", 1).await.unwrap().unwrap();
+        assert_eq!(around.first_rank, 2);
+        assert_eq!(
+            board(around.gifters),
+            expected(&[("bob", 50), ("cat", 30), ("dan", 10)])
+        );
+        let top = l.gifter_around("star", "amy", 2).await.unwrap().unwrap();
+        assert_eq!(top.first_rank, 1);
+        assert_eq!(top.gifters.len(), 3);
+        assert_eq!(l.gifter_around("star", "eve", 2).await.unwrap(), None);
+        assert!(l.top_gifters("nobody", 3).await.unwrap().is_empty());
+        let mut by_room = l.room_gifts_since("r1", 0, 60_000).await.unwrap();
+        by_room.sort();
+        let sums: Vec<(String, u64)> = by_room.into_iter().map(|(u, _, c)| (u, c)).collect();
+        assert_eq!(
+            sums,
+            expected(&[("amy", 50), ("bob", 50), ("cat", 30), ("dan", 10)])
+        );
+        l.close().await;
+
+        // A file from before the board: its gifts fill it once on open, and gifts keep it.
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("DROP TRIGGER gifts_add_to_gifter_totals; DROP TABLE gifter_totals;")
+            .unwrap();
+        let l = open(&dir);
+        l.gift(gift("dan", "k9", 45)).await.unwrap();
+        assert_eq!(
+            board(l.top_gifters("star", 2).await.unwrap()),
+            expected(&[("dan", 55), ("amy", 50)])
+        );
+        l.close().await;
+        assert!(audit_ok(&path));
+
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("UPDATE gifter_totals SET coins = coins + 1 WHERE sender = 'cat'")
+            .unwrap();
+        let report = crate::ledger::audit::audit(&path).unwrap();
+        assert!(
+            report
+                .violations
+                .join("\n")
+                .contains("gifter total differs"),
+            "{report:?}"
+        );
     }
 
     #[tokio::test]

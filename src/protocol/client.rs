@@ -3,6 +3,7 @@
 
 use serde::Deserialize;
 
+use super::server::Board;
 use crate::bounds;
 use crate::error::{Error, Result};
 
@@ -69,6 +70,13 @@ pub enum Command {
     },
     /// Streamer: end the room's current goal.
     EndGoal {},
+    /// The current room's leaderboard `board`: its top N and, with `around`, that user's entry
+    /// with its neighbours.
+    Leaderboard {
+        board: Board,
+        #[serde(default)]
+        around: Option<String>,
+    },
     /// The caller's wallet.
     Balance {},
     /// Liveness and clock check.
@@ -87,6 +95,7 @@ const KNOWN: &[&str] = &[
     "thank",
     "set_goal",
     "end_goal",
+    "leaderboard",
     "balance",
     "ping",
     "drop_red_packet",
@@ -125,6 +134,7 @@ impl Command {
             Command::Thank { .. } => "thank",
             Command::SetGoal { .. } => "set_goal",
             Command::EndGoal {} => "end_goal",
+            Command::Leaderboard { .. } => "leaderboard",
             Command::Balance {} => "balance",
             Command::Ping {} => "ping",
         }
@@ -141,6 +151,7 @@ impl Command {
                 | Command::Thank { .. }
                 | Command::SetGoal { .. }
                 | Command::EndGoal {}
+                | Command::Leaderboard { .. }
                 | Command::CloseRoom {}
                 | Command::DropRedPacket { .. }
                 | Command::GrabRedPacket { .. }

@@ -213,6 +213,11 @@ pub enum EventKind {
         goal: GoalView,
         reason: String,
     },
+    /// A leaderboard's top N changed; coalesced, at most once per `viewer_count_interval_ms`.
+    Leaderboard {
+        board: Board,
+        top: Vec<Ranked>,
+    },
 }
 
 /// A gift's place in its combo.
@@ -222,6 +227,52 @@ pub struct ComboView {
     pub count: u32,
     /// Their coins, this one included.
     pub total_coins: u64,
+}
+
+/// A leaderboard (`room/leaderboard.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Board {
+    Session,
+    Window,
+    AllTime,
+}
+
+impl Board {
+    pub const ALL: [Board; 3] = [Board::Session, Board::Window, Board::AllTime];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Board::Session => "session",
+            Board::Window => "window",
+            Board::AllTime => "all_time",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        match self {
+            Board::Session => 0,
+            Board::Window => 1,
+            Board::AllTime => 2,
+        }
+    }
+}
+
+/// A gifter's place on a board.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ranked {
+    /// 1 for the top gifter; ranks are distinct (ties are broken by user id).
+    pub rank: u64,
+    pub user: String,
+    pub coins: u64,
+}
+
+/// The three boards' top N, as the join snapshot shows them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BoardsView {
+    pub session: Vec<Ranked>,
+    pub window: Vec<Ranked>,
+    pub all_time: Vec<Ranked>,
 }
 
 /// A room goal as its events and the snapshot show it.
@@ -243,7 +294,7 @@ pub struct GoalView {
 
 impl EventKind {
     /// Every kind's name, in [`EventKind::index`] order.
-    pub const NAMES: [&'static str; 14] = [
+    pub const NAMES: [&'static str; 15] = [
         "viewers",
         "gift",
         "question",
@@ -258,6 +309,7 @@ impl EventKind {
         "goal_progress",
         "goal_reached",
         "goal_ended",
+        "leaderboard",
     ];
 
     /// A dense index, for per-kind counters resolved once.
@@ -277,6 +329,7 @@ impl EventKind {
             EventKind::GoalProgress { .. } => 11,
             EventKind::GoalReached { .. } => 12,
             EventKind::GoalEnded { .. } => 13,
+            EventKind::Leaderboard { .. } => 14,
         }
     }
 
@@ -296,6 +349,7 @@ impl EventKind {
             EventKind::GoalProgress { .. } => "goal_progress",
             EventKind::GoalReached { .. } => "goal_reached",
             EventKind::GoalEnded { .. } => "goal_ended",
+            EventKind::Leaderboard { .. } => "leaderboard",
         }
     }
 }
@@ -347,6 +401,9 @@ pub struct Snapshot {
     /// The room's current goal, absent when there is none. Boxed: most rooms have none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub goal: Option<Box<GoalView>>,
+    /// The room's leaderboards' top N (`room/leaderboard.rs`). Boxed: it keeps a snapshot small
+    /// to move.
+    pub leaderboards: Box<BoardsView>,
 }
 
 /// The ack of a `join` whose missed events are replayed: the client keeps its own state and

@@ -514,14 +514,18 @@ impl Client {
         self.next_of("event").await
     }
 
-    /// The next room event of `kind`, skipping (and dropping) viewer counts.
+    /// The next room event of `kind`, skipping (and dropping) what the room ticker publishes
+    /// coalesced: viewer counts and leaderboards.
     pub async fn next_event_of(&mut self, kind: &str) -> Value {
         loop {
             let e = self.next_event().await;
             if e["kind"] == kind {
                 return e;
             }
-            assert_eq!(e["kind"], "viewers", "expected {kind}, got {e}");
+            assert!(
+                e["kind"] == "viewers" || e["kind"] == "leaderboard",
+                "expected {kind}, got {e}"
+            );
         }
     }
 

@@ -214,6 +214,12 @@ var GiftdClient = class extends TypedEmitter {
     if (text !== void 0) command.text = text;
     return this.request(command);
   }
+  /** A board of the current room: its top N, and with `around`, that user's rank and neighbours. */
+  leaderboard(board, opts = {}) {
+    const command = { type: "leaderboard", board };
+    if (opts.around !== void 0) command.around = opts.around;
+    return this.request(command, { resendable: true });
+  }
   balance() {
     return this.request({ type: "balance" }, { resendable: true });
   }

@@ -7,6 +7,7 @@ import type {
   AnswerResult,
   AskResult,
   BalanceResult,
+  Board,
   CloseRoomResult,
   ErrorMessage,
   ErrorReason,
@@ -14,6 +15,7 @@ import type {
   GiftEvent,
   GiftReceivedMessage,
   JoinResult,
+  LeaderboardResult,
   LeaveResult,
   PaidAskResult,
   PingResult,
@@ -297,6 +299,13 @@ export class GiftdClient extends TypedEmitter<ClientEvents> {
     const command: Command = { type: 'thank', gift_id: giftId };
     if (text !== undefined) command.text = text;
     return this.request<ThankResult>(command);
+  }
+
+  /** A board of the current room: its top N, and with `around`, that user's rank and neighbours. */
+  leaderboard(board: Board, opts: { around?: string } = {}): Promise<LeaderboardResult> {
+    const command: Command = { type: 'leaderboard', board };
+    if (opts.around !== undefined) command.around = opts.around;
+    return this.request<LeaderboardResult>(command, { resendable: true });
   }
 
   balance(): Promise<BalanceResult> {

@@ -23,6 +23,7 @@ export type ClientMessage =
   | ThankMessage
   | SetGoalMessage
   | EndGoalMessage
+  | LeaderboardMessage
   | BalanceMessage
   | PingMessage;
 /**
@@ -60,6 +61,13 @@ export type Coins = number;
  * via the `definition` "Millis".
  */
 export type Millis = number;
+/**
+ * session: the room's gifts since it opened; window: its gifts of the last rooms.leaderboard_window_ms; all_time: every gift to the streamer, from the ledger.
+ *
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "Board".
+ */
+export type Board = "session" | "window" | "all_time";
 /**
  * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
  * via the `definition` "ServerMessage".
@@ -133,7 +141,8 @@ export type RoomEvent =
   | RoomClosedEvent
   | ComboEndEvent
   | GoalEvent
-  | GoalEndedEvent;
+  | GoalEndedEvent
+  | LeaderboardEvent;
 /**
  * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
  * via the `definition` "JoinResult".
@@ -262,6 +271,18 @@ export interface SetGoalMessage {
 export interface EndGoalMessage {
   type: "end_goal";
   id: RequestId;
+}
+/**
+ * A board of the current room: its top N and, with `around`, that user's entry with up to rooms.leaderboard_neighbours entries on each side.
+ *
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "LeaderboardMessage".
+ */
+export interface LeaderboardMessage {
+  type: "leaderboard";
+  id: RequestId;
+  board: Board;
+  around?: string;
 }
 /**
  * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
@@ -471,6 +492,32 @@ export interface GoalEndedEvent {
   reason: "deadline" | "ended" | "replaced" | "room_closed";
 }
 /**
+ * A board's top N changed; coalesced, at most once per rooms.viewer_count_interval_ms.
+ *
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "LeaderboardEvent".
+ */
+export interface LeaderboardEvent {
+  type: "event";
+  room: RoomId;
+  epoch: Epoch;
+  seq: Seq;
+  kind: "leaderboard";
+  board: Board;
+  top: Ranked[];
+}
+/**
+ * A gifter's place on a board: more coins first, equal coins by user id in byte order.
+ *
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "Ranked".
+ */
+export interface Ranked {
+  rank: number;
+  user: string;
+  coins: Coins;
+}
+/**
  * Private: the streamer thanked one of your gifts.
  *
  * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
@@ -512,6 +559,15 @@ export interface GiftReceivedMessage {
   streamer_coins: Coins;
   platform_coins: Coins;
   seq?: Seq | null;
+}
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "Leaderboards".
+ */
+export interface Leaderboards {
+  session: Ranked[];
+  window: Ranked[];
+  all_time: Ranked[];
 }
 /**
  * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
@@ -567,6 +623,7 @@ export interface Snapshot {
   questions_open: Question[];
   questions_pinned: Question[];
   goal?: Goal;
+  leaderboards: Leaderboards;
 }
 /**
  * The ack of a join whose `since` was recovered: no snapshot, the missed events follow.
@@ -606,6 +663,7 @@ export interface OpenRoomResult {
   questions_open: Question[];
   questions_pinned: Question[];
   goal?: Goal;
+  leaderboards: Leaderboards;
 }
 /**
  * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
@@ -699,6 +757,17 @@ export interface ThankResult {
 export interface GoalResult {
   goal: Goal;
   seq: Seq;
+}
+/**
+ * The ack of leaderboard: the board's top N, and with `around`, that user's entry and neighbours (empty if the user is not on the board).
+ *
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "LeaderboardResult".
+ */
+export interface LeaderboardResult {
+  board: Board;
+  top: Ranked[];
+  around?: Ranked[];
 }
 /**
  * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema

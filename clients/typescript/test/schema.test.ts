@@ -39,6 +39,7 @@ const RESULT_DEF: Record<string, string> = {
   thank: 'ThankResult',
   set_goal: 'GoalResult',
   end_goal: 'GoalResult',
+  leaderboard: 'LeaderboardResult',
   balance: 'BalanceResult',
   ping: 'PingResult',
 };
@@ -117,6 +118,9 @@ describe('protocol schema', () => {
     await b.balance();
     await s.balance();
     await c.ping();
+    const board = await c.leaderboard('session', { around: bob });
+    expect(board.around?.map((e) => e.user)).toEqual([bob]);
+    await c.leaderboard('all_time');
     // Errors: one per family the SDK meets in a normal session.
     const errors = await Promise.all([
       c.sendGift('no-such-sticker').catch((e: unknown) => e),
@@ -132,6 +136,8 @@ describe('protocol schema', () => {
     ]);
     // A viewer count is published at most every 500 ms after it changes.
     await until('a viewers event', () => taps.star.in.some((m) => m.kind === 'viewers'));
+    // So are the leaderboards whose top changed.
+    await until('a leaderboard event', () => taps.star.in.some((m) => m.kind === 'leaderboard'));
     // Leave; join again from a position (recovered), and from a foreign epoch (a fresh snapshot).
     const position = c.position!;
     await c.leave();
@@ -151,10 +157,12 @@ describe('protocol schema', () => {
       'answered',
       'gift_received',
       ...['auth', 'open_room', 'close_room', 'join', 'join(recovered)', 'join(not recovered)', 'leave'].map((k) => `ack:${k}`),
-      ...['send_gift', 'ask(free)', 'ask(paid)', 'answer', 'thank', 'balance', 'balance(streamer)', 'ping'].map(
+      ...['send_gift', 'ask(free)', 'ask(paid)', 'answer', 'thank', 'balance', 'balance(streamer)', 'ping', 'leaderboard'].map(
         (k) => `ack:${k}`,
       ),
-      ...['viewers', 'gift', 'question', 'question(paid)', 'answer', 'thanks', 'room_closed'].map((k) => `event:${k}`),
+      ...['viewers', 'gift', 'question', 'question(paid)', 'answer', 'thanks', 'room_closed', 'leaderboard'].map(
+        (k) => `event:${k}`,
+      ),
     ];
     expect([...seen].sort()).toEqual(expect.arrayContaining(expected.sort()));
   });

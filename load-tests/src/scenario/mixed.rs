@@ -1,8 +1,8 @@
 //! `mixed`: streamers, passive viewers and active senders doing a realistic mix (gifts of several
-//! stickers, which form combos, paid and free questions, balance and ping), with streamers
-//! answering every question, thanking some gifts and keeping a goal running. Reports each
-//! command's ack latency, the viewers' delivery checks, and the room events by kind, so the
-//! mechanics at work show.
+//! stickers, which form combos, paid and free questions, leaderboard reads, balance and ping),
+//! with streamers answering every question, thanking some gifts and keeping a goal running.
+//! Reports each command's ack latency, the viewers' delivery checks, and the room events by kind
+//! (combo ends, goals, leaderboard updates), so the mechanics at work show.
 
 use std::time::Duration;
 
@@ -63,7 +63,7 @@ pub(crate) async fn run(ctx: &mut Ctx, args: &MixedArgs) -> Result<Outcome> {
             *events.entry(kind).or_default() += n;
         }
     }
-    // The room mechanics at work: combos that ended, goals set and reached.
+    // The room mechanics at work: combos that ended, goals set and reached, leaderboards.
     for (kind, n) in events {
         report.metric(&format!("room_events_{kind}"), n as f64);
     }
