@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # A/B: what the room mechanics (combos, goals, leaderboards) cost the fan-out. The same
-# `giftd-load fanout` (1 room x 1,000 viewers, 200 gifts/s from 8 senders, each sender repeating
-# one sticker, so combos run all the time) against giftd built at BASE (default f8a6db6, the last
-# commit before any room mechanics) and against this tree, interleaved, RUNS runs each (default
-# 3), DURATION seconds each (default 15). This tree's streamer keeps a goal running
+# `giftd-load fanout` (1 room x 1,000 viewers, RATE gifts/s (default 200) from 8 senders, each
+# repeating one sticker, so combos run all the time) against giftd built at BASE (default
+# f8a6db6, the last commit before any room mechanics) and against this tree, interleaved, RUNS
+# runs each (default 3), DURATION seconds each (default 15). This tree's streamer keeps a goal running
 # (--goal-coins 2000); the leaderboards update on every beat. Prints the medians and the ratio.
 # The base is built in a git worktree under target/ab-mechanics (removed afterwards).
 # JSON reports in load-tests/results/issue11/.
@@ -11,6 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-15}
+RATE=${RATE:-200}
 BASE=${BASE:-f8a6db6}
 OUT=load-tests/results/issue11
 TARGET=${CARGO_TARGET_DIR:-target}
@@ -31,8 +32,8 @@ BASE_GIFTD=$WORK/target/release/giftd
 run() { # name, binary, goal coins, run
     echo "== $1 run $4 ($(cut -d' ' -f1-3 /proc/loadavg))"
     "$LOAD" fanout --spawn-server "$2" --rooms 1 --viewers 1000 --senders-per-room 8 \
-        --gifts-per-sec 200 --duration-secs "$DURATION" --goal-coins "$3" --quiet \
-        --json "$OUT/$1-run$4.json" | grep -E "gift_deliveries_per_sec|viewer_events  |gift to last viewer" || true
+        --gifts-per-sec "$RATE" --duration-secs "$DURATION" --goal-coins "$3" --quiet \
+        --json "$OUT/$1-$RATE-run$4.json" | grep -E "gift_deliveries_per_sec|viewer_events  |gift to last viewer" || true
 }
 
 for i in $(seq 1 "$RUNS"); do
@@ -40,14 +41,14 @@ for i in $(seq 1 "$RUNS"); do
     run mechanics "$GIFTD" 2000 "$i"
 done
 
-python3 - "$OUT" "$RUNS" <<'PY'
+python3 - "$OUT" "$RUNS" "$RATE" <<'PY'
 import json, statistics, sys
-out, runs = sys.argv[1], int(sys.argv[2])
+out, runs, rate = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 med = {}
 for name in ("base", "mechanics"):
     rates, p99s, events, lost = [], [], [], 0
     for i in range(1, runs + 1):
-        d = json.load(open(f"{out}/{name}-run{i}.json"))
+        d = json.load(open(f"{out}/{name}-{rate}-run{i}.json"))
         m = d["metrics"]
         rates.append(m["gift_deliveries_per_sec"])
         events.append(m["viewer_events"] / m["gift_deliveries"])
