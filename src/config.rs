@@ -229,6 +229,9 @@ pub struct RoomsConfig {
     pub leaderboard_senders_max: usize,
     /// Entries on each side of the user that `leaderboard` with `around` returns. 0 to 50.
     pub leaderboard_neighbours: usize,
+    /// A room reads its all-time board from the ledger at most this often, in ms, and only after
+    /// gifts. 500 to 3600000.
+    pub leaderboard_all_time_interval_ms: u64,
 }
 
 impl Default for RoomsConfig {
@@ -287,6 +290,7 @@ impl Default for RoomsConfig {
             leaderboard_window_ms: 3_600_000,
             leaderboard_senders_max: 50_000,
             leaderboard_neighbours: 2,
+            leaderboard_all_time_interval_ms: 5_000,
         }
     }
 }
@@ -881,6 +885,12 @@ impl RoomsConfig {
             "rooms.leaderboard_senders_max",
             self.leaderboard_senders_max,
             1,
+        );
+        c.between(
+            "rooms.leaderboard_all_time_interval_ms",
+            self.leaderboard_all_time_interval_ms,
+            500,
+            3_600_000,
         );
         c.between(
             "rooms.leaderboard_neighbours",

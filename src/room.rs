@@ -648,13 +648,13 @@ impl Room {
     }
 
     /// Whether the all-time board should be read from the ledger now (gifts were published since
-    /// the last read, and no read is under way). A `true` must be answered with
-    /// [`Room::set_all_time`].
+    /// the last read, which is at least `rooms.leaderboard_all_time_interval_ms` old, and no read
+    /// is under way). A `true` must be answered with [`Room::set_all_time`].
     pub fn all_time_due(&self) -> bool {
         if self.all_time_reading.load(Ordering::Acquire) || self.is_closed() {
             return false;
         }
-        let due = self.lock().boards.all_time_due();
+        let due = self.lock().boards.all_time_due(now_ms());
         if due {
             self.all_time_reading.store(true, Ordering::Release);
         }

@@ -6,7 +6,8 @@
 //! - `all_time`: every gift ever made to the room's streamer, in any room. It is derived from the
 //!   ledger (`gifter_totals`, which the database maintains in the same transaction as each gift),
 //!   so it survives restarts and agrees with the ledger exactly; the room keeps only its top N,
-//!   refreshed by the room ticker after gifts ([`Boards::all_time_due`]).
+//!   refreshed by the room ticker after gifts, at most once per
+//!   `rooms.leaderboard_all_time_interval_ms` ([`Boards::all_time_due`]).
 //!
 //! The session and window boards live in the room's sequencer state, touched only under the
 //! room's lock, and count every gift (and paid question) the room publishes, after the ledger
@@ -139,6 +140,9 @@ pub struct Boards {
     all_time: Vec<Ranked>,
     /// Gifts were published since the all-time board was last read from the ledger.
     all_time_stale: bool,
+    /// When the all-time board was last read (Unix ms), and how often it may be.
+    all_time_read_ms: Option<u64>,
+    all_time_interval_ms: u64,
     /// Each board's top N as the room last published it.
     published: [Vec<Ranked>; 3],
     /// Boards that changed since they were last compared with what was published: only those
@@ -157,6 +161,8 @@ impl Boards {
             step_ms: (config.leaderboard_window_ms / WINDOW_STEPS).max(1),
             all_time: Vec::new(),
             all_time_stale: true,
+            all_time_read_ms: None,
+            all_time_interval_ms: config.leaderboard_all_time_interval_ms,
             published: Default::default(),
             dirty: [false; 3],
             top_n: config.leaderboard_top_n,
@@ -232,9 +238,18 @@ impl Boards {
         self.dirty = [true; 3];
     }
 
-    /// Whether the all-time board should be read from the ledger again; clears the mark.
-    pub fn all_time_due(&mut self) -> bool {
-        std::mem::take(&mut self.all_time_stale)
+    /// Whether the all-time board should be read from the ledger again at `now_ms`: gifts came
+    /// since the last read, and the last read is at least the interval old. Clears the mark.
+    pub fn all_time_due(&mut self, now_ms: u64) -> bool {
+        let rested = self
+            .all_time_read_ms
+            .is_none_or(|at| now_ms.saturating_sub(at) >= self.all_time_interval_ms);
+        if !(self.all_time_stale && rested) {
+            return false;
+        }
+        self.all_time_stale = false;
+        self.all_time_read_ms = Some(now_ms);
+        true
     }
 
     /// Marks the all-time board for another read (the last one failed).
@@ -380,6 +395,27 @@ mod tests {
             coins: 99,
         }]);
         assert_eq!(b.changed().len(), 1);
+    }
+
+    #[test]
+    fn the_all_time_board_is_read_after_gifts_and_at_most_once_per_interval() {
+        let mut b = Boards::new(&RoomsConfig {
+            leaderboard_all_time_interval_ms: 5_000,
+            ..RoomsConfig::default()
+        });
+        assert!(b.all_time_due(1_000), "a new room reads it once");
+        assert!(!b.all_time_due(9_000), "no gift since");
+        b.gift("amy", 1, 9_000);
+        assert!(b.all_time_due(9_000));
+        b.gift("amy", 1, 9_100);
+        assert!(!b.all_time_due(13_999), "read 4.999 s ago");
+        assert!(b.all_time_due(14_000));
+        b.all_time_retry();
+        assert!(
+            !b.all_time_due(14_500),
+            "a failed read waits for the interval too"
+        );
+        assert!(b.all_time_due(19_000));
     }
 
     #[test]
