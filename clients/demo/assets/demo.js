@@ -831,6 +831,24 @@ var Questions = class {
     }
   }
 };
+var TopGifters = class {
+  constructor(client) {
+    client.on("snapshot", (s) => this.draw(s.leaderboards.session));
+    client.on("event", (e) => {
+      if (e.kind === "leaderboard" && e.board === "session") this.draw(e.top);
+    });
+    client.on("room_closed", () => this.draw([]));
+  }
+  draw(top) {
+    $("top-gifters").replaceChildren(
+      ...top.map((r) => {
+        const li = el("li");
+        li.append(`${r.rank}. `, el("span", "who", r.user), ` ${r.coins} coins`);
+        return li;
+      })
+    );
+  }
+};
 function questionLine(q) {
   const li = el("li");
   li.dataset.questionId = String(q.question_id);
@@ -844,7 +862,7 @@ function questionLine(q) {
 // src/streamer.ts
 function streamerPage() {
   connectPanel("streamer", (client) => {
-    for (const id of ["room-panel", "earnings", "gifts-panel", "questions-panel"]) $(id).hidden = false;
+    for (const id of ["room-panel", "earnings", "gifts-panel", "board-panel", "questions-panel"]) $(id).hidden = false;
     new StreamerRoom(client);
   });
 }
@@ -852,6 +870,7 @@ var StreamerRoom = class {
   constructor(client) {
     this.client = client;
     this.questions = new Questions((q) => this.questionItem(q));
+    new TopGifters(client);
     const open = $("open-room");
     const close = $("close-room");
     open.addEventListener(
@@ -968,7 +987,7 @@ var StreamerRoom = class {
 // src/viewer.ts
 function viewerPage() {
   connectPanel("viewer", (client, user) => {
-    for (const id of ["room-panel", "wallet", "stickers-panel", "receipts-panel", "ticker-panel", "questions-panel"]) {
+    for (const id of ["room-panel", "wallet", "stickers-panel", "receipts-panel", "ticker-panel", "board-panel", "questions-panel"]) {
       $(id).hidden = false;
     }
     new ViewerRoom(client, user);
@@ -978,6 +997,7 @@ var ViewerRoom = class {
   constructor(client, user) {
     this.client = client;
     this.user = user;
+    new TopGifters(client);
     void this.listRooms();
     void guarded("stickers", () => this.picker());
     void guarded("balance", async () => this.showBalance((await client.balance()).balance_coins));

@@ -1,7 +1,7 @@
 // What both demo pages share: the connect panel (a pasted token, or one minted by the dev tools),
-// the dev tools' HTTP calls, small DOM helpers and the questions list.
+// the dev tools' HTTP calls, small DOM helpers, the questions list and the top gifters.
 import { GiftdClient, GiftdError } from '../../typescript/src/index.js';
-import type { Question, QuestionEvent, Snapshot } from '../../typescript/src/index.js';
+import type { Question, QuestionEvent, Ranked, Snapshot } from '../../typescript/src/index.js';
 
 /** An entry of `GET /stickers`. */
 export interface Sticker {
@@ -174,6 +174,30 @@ export class Questions {
       const isPinned = q.paid !== undefined && (q.pinned_until_ms ?? 0) > now;
       (isPinned ? pinned : open).appendChild(this.render(q));
     }
+  }
+}
+
+/**
+ * The room's top gifters this stream (the `session` leaderboard): from the snapshot, then from
+ * each coalesced `leaderboard` event, which carries the whole top N.
+ */
+export class TopGifters {
+  constructor(client: GiftdClient) {
+    client.on('snapshot', (s) => this.draw(s.leaderboards.session));
+    client.on('event', (e) => {
+      if (e.kind === 'leaderboard' && e.board === 'session') this.draw(e.top);
+    });
+    client.on('room_closed', () => this.draw([]));
+  }
+
+  private draw(top: Ranked[]): void {
+    $('top-gifters').replaceChildren(
+      ...top.map((r) => {
+        const li = el('li');
+        li.append(`${r.rank}. `, el('span', 'who', r.user), ` ${r.coins} coins`);
+        return li;
+      }),
+    );
   }
 }
 

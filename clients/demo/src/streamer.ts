@@ -2,11 +2,11 @@
 // three-way split, from the private `gift_received`), answer questions (paid ones pinned), close
 // the room.
 import type { GiftdClient, GiftEvent, GiftReceivedMessage, Question } from '../../typescript/src/index.js';
-import { $, button, el, guarded, log, prepend, Questions, questionLine, connectPanel } from './common.js';
+import { $, button, el, guarded, log, prepend, Questions, questionLine, connectPanel, TopGifters } from './common.js';
 
 export function streamerPage(): void {
   connectPanel('streamer', (client) => {
-    for (const id of ['room-panel', 'earnings', 'gifts-panel', 'questions-panel']) $(id).hidden = false;
+    for (const id of ['room-panel', 'earnings', 'gifts-panel', 'board-panel', 'questions-panel']) $(id).hidden = false;
     new StreamerRoom(client);
   });
 }
@@ -22,6 +22,7 @@ class StreamerRoom {
 
   constructor(private client: GiftdClient) {
     this.questions = new Questions((q) => this.questionItem(q));
+    new TopGifters(client);
     const open = $<HTMLButtonElement>('open-room');
     const close = $<HTMLButtonElement>('close-room');
     open.addEventListener('click', () =>

@@ -15,11 +15,12 @@ import {
   Questions,
   questionLine,
   stickers,
+  TopGifters,
 } from './common.js';
 
 export function viewerPage(): void {
   connectPanel('viewer', (client, user) => {
-    for (const id of ['room-panel', 'wallet', 'stickers-panel', 'receipts-panel', 'ticker-panel', 'questions-panel']) {
+    for (const id of ['room-panel', 'wallet', 'stickers-panel', 'receipts-panel', 'ticker-panel', 'board-panel', 'questions-panel']) {
       $(id).hidden = false;
     }
     new ViewerRoom(client, user);
@@ -33,6 +34,7 @@ class ViewerRoom {
     private client: GiftdClient,
     private user: string,
   ) {
+    new TopGifters(client);
     void this.listRooms();
     void guarded('stickers', () => this.picker());
     void guarded('balance', async () => this.showBalance((await client.balance()).balance_coins));

@@ -209,6 +209,13 @@ test('a streamer and two viewers: gift, receipt, ticker, thanks, question and an
   await expectExactly(star.tab.locator('#earn-streamer'), String(sums.streamer));
   await expectExactly(star.tab.locator('#earn-platform'), String(sums.platform));
 
+  // Both pages rank the room's gifters (the session leaderboard): bob's gift and paid question
+  // (200 coins) ahead of amy's gift (100).
+  for (const who of [star, amy]) {
+    await expectText(who.tab.locator('#top-gifters li').nth(0), '1. bob 200 coins');
+    await expectText(who.tab.locator('#top-gifters li').nth(1), '2. amy 100 coins');
+  }
+
   mkdirSync(SHOTS, { recursive: true });
   await star.tab.screenshot({ path: join(SHOTS, 'demo-streamer.png'), fullPage: true });
   await bob.tab.screenshot({ path: join(SHOTS, 'demo-viewer.png'), fullPage: true });
