@@ -41,6 +41,10 @@ pub const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 /// Frames a writer takes from its queues per socket write before flushing, so one busy room
 /// cannot starve a connection's private replies for long.
 pub const WRITE_BATCH_FRAMES_MAX: usize = 256;
+/// How long a room refuses commands with `room_busy` after a member's writer last found the node
+/// behind the room (`room/hub.rs`): long enough for the writers to catch up, short enough that a
+/// publisher's retry after a short backoff gets through once they have.
+pub const NODE_BEHIND_HOLD: Duration = Duration::from_millis(200);
 /// How often a stalled write checks whether its client fell a whole ring behind.
 pub const STALL_CHECK: Duration = Duration::from_millis(50);
 /// What the ledger gets to finish after the shutdown grace period, at least.

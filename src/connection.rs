@@ -263,6 +263,10 @@ async fn ring_overrun(ring: &Option<Subscription>, ring_frames: usize) {
 enum WriteFail {
     /// The client cannot keep up.
     Slow,
+    /// The ring overwrote events this writer had not sent although its socket took every write at
+    /// once: the node fell behind, not the client. The client re-joins with its position and
+    /// recovers them (close 4002).
+    NodeBehind,
     /// The socket failed; the peer is gone.
     Socket,
 }
@@ -276,12 +280,25 @@ impl From<tungstenite::Error> for WriteFail {
     }
 }
 
-/// Takes what is ready from the outbox or ring into `batch`.
+/// What a writer lost to the ring's lag says about whom: a writer whose last write had to wait
+/// for its socket has a slow client; one whose socket took everything at once has a slow node.
+fn lapped(s: &Subscription, socket_waited: bool, metrics: &Metrics) -> WriteFail {
+    if socket_waited {
+        return WriteFail::Slow;
+    }
+    s.node_is_behind();
+    metrics.fanout_node_behind.inc();
+    WriteFail::NodeBehind
+}
+
+/// Takes what is ready from the outbox or ring into `batch`. `socket_waited` says whether the
+/// writer's last write had to wait for its socket.
 fn collect(
     step: Step,
     ring: &mut Option<Subscription>,
     batch: &mut Vec<Frame>,
     events: &mut u64,
+    socket_waited: bool,
     metrics: &Metrics,
 ) -> Result<(), WriteFail> {
     match step {
@@ -322,20 +339,27 @@ fn collect(
                         }
                         Err(broadcast::error::TryRecvError::Lagged(lost)) => {
                             s.took(taken + lost);
-                            return Err(WriteFail::Slow);
+                            return Err(lapped(s, socket_waited, metrics));
                         }
                         Err(_) => break,
                     }
+                }
+                // This writer was `taken + len` events behind when it woke: if its socket is not
+                // what held it back, the node is behind the room (`room/hub.rs`).
+                if !socket_waited && taken + s.ring.len() as u64 >= s.behind_events() {
+                    s.node_is_behind();
+                    metrics.fanout_node_behind.inc();
                 }
                 // Counted once per batch: the hub's count is shared by every member.
                 s.took(taken);
             }
         }
         Step::Ring(Err(broadcast::error::RecvError::Lagged(lost))) => {
-            if let Some(s) = ring.as_ref() {
-                s.took(lost);
-            }
-            return Err(WriteFail::Slow);
+            let Some(s) = ring.as_ref() else {
+                return Err(WriteFail::Slow);
+            };
+            s.took(lost);
+            return Err(lapped(s, socket_waited, metrics));
         }
         Step::Ring(Err(broadcast::error::RecvError::Closed)) => *ring = None,
     }
@@ -357,6 +381,9 @@ async fn write_loop<Si>(
     // Registered once: a fresh `cancelled()` per iteration would take the token's lock each time.
     let kicked = kick.token().cancelled();
     tokio::pin!(kicked);
+    // Whether the last write had to wait for the socket (the client's reading), as opposed to
+    // being taken at once: what tells a slow client from a slow node.
+    let mut socket_waited = false;
     loop {
         let step = tokio::select! {
             biased;
@@ -365,7 +392,14 @@ async fn write_loop<Si>(
             r = next_ring(&mut ring) => Step::Ring(r),
         };
         let mut events = 0;
-        let collected = collect(step, &mut ring, &mut batch, &mut events, &metrics);
+        let collected = collect(
+            step,
+            &mut ring,
+            &mut batch,
+            &mut events,
+            socket_waited,
+            &metrics,
+        );
         if events > 0 {
             metrics.fanout_deliveries.inc_by(events);
             metrics.out(OutKind::Event, events);
@@ -383,6 +417,7 @@ async fn write_loop<Si>(
         // Feed the whole batch, then flush once: one socket write for a burst of events.
         // Boxed: the timers and sink futures of a write in progress need not weigh on every idle
         // connection's task.
+        let mut waited = false;
         let outcome = Box::pin(async {
             let write = async {
                 for frame in batch.drain(..) {
@@ -390,6 +425,13 @@ async fn write_loop<Si>(
                 }
                 sink.flush().await
             };
+            tokio::pin!(write);
+            // Pending only while the socket is full: the kernel holds what the client has not read.
+            let write = std::future::poll_fn(|cx| {
+                let poll = std::future::Future::poll(write.as_mut(), cx);
+                waited |= poll.is_pending();
+                poll
+            });
             tokio::select! {
                 r = write => r.map_err(WriteFail::from),
                 _ = ring_overrun(&ring, limits.ring_frames) => Err(WriteFail::Slow),
@@ -398,6 +440,7 @@ async fn write_loop<Si>(
             }
         })
         .await;
+        socket_waited = waited;
         // Idle connections keep no batch buffer; a busy one allocates one per write.
         batch = Vec::new();
         if let Err(fail) = outcome {
@@ -451,6 +494,7 @@ async fn write_loop<Si>(
 fn finish(fail: WriteFail, kick: &Kick) {
     match fail {
         WriteFail::Slow => kick.kick(CloseCode::SlowConsumer),
+        WriteFail::NodeBehind => kick.kick(CloseCode::Resync),
         WriteFail::Socket => kick.kick(CloseCode::Normal),
     }
 }
@@ -707,5 +751,104 @@ mod tests {
         assert!(frames.len() <= 2, "{frames:?}");
         assert!(!conn.reset.is_requested());
         assert_eq!(app.metrics.close_resets.get(), 0);
+    }
+
+    /// A streamer's room "r" and a viewer in it, each driven through channels; returns the room
+    /// once the viewer's join is acknowledged.
+    async fn room_with_a_viewer(
+        app: &TestApp,
+        out_capacity: usize,
+    ) -> (Driven, Driven, Arc<crate::room::Room>) {
+        // The streamer's writer never waits for its socket either.
+        let mut star = drive(app, Some(("star", Role::Streamer)), 4096);
+        star.send(r#"{"type":"open_room","id":1,"room":"r","title":"t"}"#);
+        while !matches!(star.from_server.recv().await, Some(Message::Text(t)) if t.as_str().contains(r#""id":1"#))
+        {
+        }
+        let mut viewer = drive(app, Some(("amy", Role::Viewer)), out_capacity);
+        viewer.send(r#"{"type":"join","id":1,"room":"r"}"#);
+        while !matches!(viewer.from_server.recv().await, Some(Message::Text(t)) if t.as_str().contains(r#""type":"ack""#))
+        {
+        }
+        let room = app.rooms.get("r").expect("the room is open");
+        (star, viewer, room)
+    }
+
+    /// Events published while the viewer's writer gets no CPU (the test holds the only thread):
+    /// to the writer, exactly a node that is slower than its room.
+    fn publish_without_yielding(room: &crate::room::Room, events: u64) {
+        for count in 0..events {
+            room.announce(&server::EventKind::Viewers { count })
+                .unwrap();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_writer_behind_with_a_socket_that_takes_everything_makes_the_room_busy() {
+        let app = app(|_| {});
+        let (_star, mut viewer, room) = room_with_a_viewer(&app, 4096).await;
+        room.admit().expect("not busy yet");
+        let busy = app.config.rooms.busy_backlog_events as u64;
+        // Behind by more than busy_backlog_events, less than the ring. The mean backlog over the
+        // two members (the streamer's writer keeps up) stays under the threshold: only the
+        // writer's own report can tell the room.
+        publish_without_yielding(&room, busy + 100);
+        let mut seen = 0;
+        while seen < busy + 100 {
+            match viewer.from_server.recv().await.expect("still connected") {
+                Message::Text(t) if t.as_str().contains(r#""kind":"viewers""#) => seen += 1,
+                other => panic!("after {seen} events: {other:?}"),
+            }
+            if seen == 1 {
+                assert!(
+                    matches!(room.admit(), Err(Error::RoomBusy)),
+                    "the writer found the node behind on its first batch"
+                );
+            }
+        }
+        assert!(app.metrics.fanout_node_behind.get() >= 1);
+        assert_eq!(app.metrics.slow_consumers.get(), 0);
+        tokio::time::sleep(crate::bounds::NODE_BEHIND_HOLD).await;
+        room.admit()
+            .expect("the writers caught up: the room takes commands again");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_writer_lapped_while_its_socket_took_everything_is_sent_to_resync_not_called_slow() {
+        let app = app(|c| {
+            c.rooms.room_ring_frames = 16;
+            c.rooms.busy_backlog_events = 12;
+        });
+        let (_star, viewer, room) = room_with_a_viewer(&app, 4096).await;
+        publish_without_yielding(&room, 40);
+        let (out, _) = viewer.all().await;
+        assert_eq!(close_code(out.last()), Some(4002), "{out:?}");
+        assert_eq!(app.metrics.slow_consumers.get(), 0);
+        assert!(app.metrics.fanout_node_behind.get() >= 1);
+        assert!(matches!(room.admit(), Err(Error::RoomBusy)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_writer_lapped_while_its_socket_was_full_is_slow() {
+        let app = app(|c| {
+            c.rooms.room_ring_frames = 16;
+            c.rooms.busy_backlog_events = 12;
+        });
+        // Room for 2 frames: the client reads nothing more, so the writer waits on its socket.
+        let (_star, viewer, room) = room_with_a_viewer(&app, 2).await;
+        // A few at a time, so the streamer's writer keeps up: only the viewer's socket is full.
+        for _ in 0..10 {
+            publish_without_yielding(&room, 4);
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let Driven {
+            from_server, done, ..
+        } = viewer;
+        done.await.unwrap();
+        drop(from_server);
+        assert_eq!(app.metrics.slow_consumers.get(), 1);
+        assert_eq!(app.metrics.fanout_node_behind.get(), 0);
+        room.admit()
+            .expect("a slow client does not make the room busy");
     }
 }

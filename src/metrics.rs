@@ -42,6 +42,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "giftd_ledger_ready",
     "giftd_recoveries_total",
     "giftd_room_busy_total",
+    "giftd_fanout_node_behind_total",
     "giftd_gifts_in_flight",
     "giftd_cluster_connected",
     "giftd_cluster_replicas",
@@ -134,6 +135,7 @@ pub struct Metrics {
     pub ack_seconds: HistogramVec,
     pub ledger_ready: IntGauge,
     pub room_busy: IntCounter,
+    pub fanout_node_behind: IntCounter,
     /// Gifts read from their connections and not yet answered (committing at the ledger, or
     /// forwarded to the room's node).
     pub gifts_in_flight: IntGauge,
@@ -344,6 +346,10 @@ impl Metrics {
             room_busy: counter(
                 "giftd_room_busy_total",
                 "Commands refused with room_busy because a room's events were backed up.",
+            ),
+            fanout_node_behind: counter(
+                "giftd_fanout_node_behind_total",
+                "Writer batches that found the node rooms.busy_backlog_events behind a room while the member's socket took every write at once (the node, not the client, was slow); the room refuses commands meanwhile.",
             ),
             cluster_replicas: gauge(
                 "giftd_cluster_replicas",

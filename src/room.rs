@@ -179,7 +179,11 @@ impl Room {
             seq: 0,
             opened_ms: now_ms(),
         };
-        let hub = Arc::new(Hub::new(config.room_ring_frames, config.members_max));
+        let hub = Arc::new(Hub::new(
+            config.room_ring_frames,
+            config.members_max,
+            config.busy_backlog_events,
+        ));
         Room::build(&summary, rand::random(), hub, config, metrics, fanout)
     }
 
@@ -335,13 +339,13 @@ impl Room {
     }
 
     /// Refuses a new command, before any money moves, while this node's members are behind the
-    /// room (`room/hub.rs`, backlog) or the room's link to its other nodes is backed up; the
-    /// client may retry.
+    /// room (`room/hub.rs`: their mean backlog, or a writer that is behind with a socket that is
+    /// not full) or the room's link to its other nodes is backed up; the client may retry.
     pub fn admit(&self) -> Result<()> {
         if self.is_closed() {
             return Err(Error::RoomNotFound(self.id.clone()));
         }
-        if self.hub.backlog_mean_events() >= self.busy_backlog_events {
+        if self.hub.backlog_mean_events() >= self.busy_backlog_events || self.hub.node_behind() {
             self.metrics.room_busy.inc();
             return Err(Error::RoomBusy);
         }
@@ -1016,7 +1020,7 @@ mod tests {
         Room::resume(
             &r.summary(),
             r.epoch_id,
-            Arc::new(Hub::new(16, 16)),
+            Arc::new(Hub::new(16, 16, 10)),
             history,
             &RoomsConfig::default(),
             Arc::new(Metrics::new()),

@@ -16,19 +16,31 @@
 //! client that stopped reading moves it by its own backlog divided by the members. The room
 //! sheds load on the mean (`Room::admit`), so members reading at full speed are never dropped as
 //! slow because the node is slower than the room's publishers.
+//!
+//! **Slow node or slow client.** The mean misses a node that is behind for only some of its
+//! members (their writers get less of the CPU than others), and the backlog alone cannot say
+//! whether a writer is behind because its client does not read or because it was not scheduled.
+//! Its socket can: a writer whose socket took its last write at once, and which still finds itself
+//! `behind_events` behind the room, is behind because the node is. It says so
+//! ([`Subscription::node_is_behind`]) and the room refuses commands for [`NODE_BEHIND_HOLD`]
+//! after the last such report, before any member falls a whole ring behind.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::broadcast;
+use tokio::time::Instant;
 
 use crate::auth::Role;
+use crate::bounds::NODE_BEHIND_HOLD;
 use crate::error::{CloseCode, Error, Result};
 use crate::outbox::{Outbound, Outbox};
 use crate::protocol::EventFrame;
 
 use super::ConnId;
+
+const NODE_BEHIND_HOLD_MS: u64 = NODE_BEHIND_HOLD.as_millis() as u64;
 
 struct Member {
     role: Role,
@@ -45,22 +57,54 @@ struct Members {
     viewer_conns_by_user: HashMap<String, u32>,
 }
 
+/// What a hub's members' writers report to it.
+struct Reports {
+    /// Events its members' writers took from the ring.
+    taken: AtomicI64,
+    /// When a writer last reported the node behind, as [`Reports::now_ms`] (0: never).
+    node_behind_ms: AtomicU64,
+    born: Instant,
+    /// A writer this many events behind with a socket that took its last write at once reports
+    /// the node behind.
+    behind_events: u64,
+}
+
+impl Reports {
+    /// Milliseconds since the hub was made, plus 1, so that 0 keeps meaning "never".
+    fn now_ms(&self) -> u64 {
+        self.born.elapsed().as_millis() as u64 + 1
+    }
+}
+
 /// A member's view of a room's ring: every event after `through_seq`, in order. Whatever the
 /// ring holds at or before `through_seq` the member already has (from its snapshot or its
 /// replay), and its writer skips it.
 pub struct Subscription {
     pub ring: broadcast::Receiver<EventFrame>,
     pub through_seq: u64,
-    /// The hub's count of events its members' writers took from the ring.
-    taken: Arc<AtomicI64>,
+    reports: Arc<Reports>,
 }
 
 impl Subscription {
     /// Counts `events` this member's writer took from the ring: sent, skipped as already seen,
     /// or lost to lag.
     pub fn took(&self, events: u64) {
-        self.taken
+        self.reports
+            .taken
             .fetch_add(i64::try_from(events).unwrap_or(i64::MAX), Ordering::Relaxed);
+    }
+
+    /// How far behind the room a writer may be, while its socket takes everything at once,
+    /// before the node counts as behind.
+    pub fn behind_events(&self) -> u64 {
+        self.reports.behind_events
+    }
+
+    /// This member's writer is `behind_events` behind although its socket is not what holds it
+    /// back: the node is slower than the room, and the room sheds load (see the module doc).
+    pub fn node_is_behind(&self) {
+        let now = self.reports.now_ms();
+        self.reports.node_behind_ms.store(now, Ordering::Relaxed);
     }
 }
 
@@ -83,7 +127,7 @@ pub struct Hub {
     ring: broadcast::Sender<EventFrame>,
     /// Takes owed: each delivered event times the members subscribed when it was delivered.
     owed: AtomicI64,
-    taken: Arc<AtomicI64>,
+    reports: Arc<Reports>,
     members: Mutex<Members>,
     closed: AtomicBool,
     members_max: usize,
@@ -91,14 +135,20 @@ pub struct Hub {
 
 impl Hub {
     /// A hub whose ring holds `ring_frames` events per member and which admits at most
-    /// `members_max` members.
-    pub fn new(ring_frames: usize, members_max: usize) -> Hub {
+    /// `members_max` members; a writer `behind_events` behind reports the node behind unless its
+    /// socket is what holds it back.
+    pub fn new(ring_frames: usize, members_max: usize, behind_events: usize) -> Hub {
         assert!(ring_frames >= 1);
         let (ring, _) = broadcast::channel(ring_frames);
         Hub {
             ring,
             owed: AtomicI64::new(0),
-            taken: Arc::new(AtomicI64::new(0)),
+            reports: Arc::new(Reports {
+                taken: AtomicI64::new(0),
+                node_behind_ms: AtomicU64::new(0),
+                born: Instant::now(),
+                behind_events: behind_events as u64,
+            }),
             members: Mutex::new(Members::default()),
             closed: AtomicBool::new(false),
             members_max,
@@ -131,8 +181,15 @@ impl Hub {
         if members == 0 {
             return 0;
         }
-        let behind = self.owed.load(Ordering::Relaxed) - self.taken.load(Ordering::Relaxed);
+        let taken = self.reports.taken.load(Ordering::Relaxed);
+        let behind = self.owed.load(Ordering::Relaxed) - taken;
         u64::try_from(behind).unwrap_or(0) / members
+    }
+
+    /// Whether a member's writer reported the node behind within the last [`NODE_BEHIND_HOLD`].
+    pub fn node_behind(&self) -> bool {
+        let at = self.reports.node_behind_ms.load(Ordering::Relaxed);
+        at > 0 && self.reports.now_ms().saturating_sub(at) < NODE_BEHIND_HOLD_MS
     }
 
     /// Adds a member and subscribes it to every event delivered after this call.
@@ -165,7 +222,7 @@ impl Hub {
         Ok(Subscription {
             ring: self.ring.subscribe(),
             through_seq: 0,
-            taken: self.taken.clone(),
+            reports: self.reports.clone(),
         })
     }
 
@@ -250,7 +307,7 @@ mod tests {
 
     #[test]
     fn the_backlog_is_what_members_have_not_taken_and_leaves_with_them() {
-        let hub = Hub::new(4, 10);
+        let hub = Hub::new(4, 10, 3);
         let (outbox, _rx) = Outbox::new(8, 1 << 20);
         let mut fast = hub.join(1, Role::Viewer, "amy", outbox.clone()).unwrap();
         let slow = hub.join(2, Role::Viewer, "bob", outbox).unwrap();
@@ -285,7 +342,7 @@ mod tests {
 
     #[test]
     fn only_an_empty_hub_closes_if_empty_and_then_no_one_joins() {
-        let hub = Hub::new(2, 10);
+        let hub = Hub::new(2, 10, 1);
         let (outbox, _rx) = Outbox::new(8, 1 << 20);
         let _ring = hub.join(1, Role::Viewer, "bob", outbox.clone()).unwrap();
         assert!(!hub.close_if_empty());
@@ -299,7 +356,7 @@ mod tests {
 
     #[test]
     fn members_see_later_events_and_lag_is_reported() {
-        let hub = Hub::new(2, 10);
+        let hub = Hub::new(2, 10, 1);
         hub.deliver(event(1));
         let (outbox, _rx) = Outbox::new(8, 1 << 20);
         let mut ring = hub.join(1, Role::Viewer, "bob", outbox).unwrap();
@@ -315,7 +372,7 @@ mod tests {
 
     #[test]
     fn a_user_on_two_devices_is_one_user() {
-        let hub = Hub::new(4, 10);
+        let hub = Hub::new(4, 10, 3);
         let (outbox, _rx) = Outbox::new(8, 1 << 20);
         hub.join(1, Role::Viewer, "bob", outbox.clone()).unwrap();
         hub.join(2, Role::Viewer, "bob", outbox.clone()).unwrap();
@@ -329,7 +386,7 @@ mod tests {
 
     #[test]
     fn counts_follow_joins_and_leaves_and_a_closed_hub_refuses_members() {
-        let hub = Hub::new(4, 2);
+        let hub = Hub::new(4, 2, 3);
         let (outbox, rx) = Outbox::new(8, 1 << 20);
         hub.join(1, Role::Viewer, "bob", outbox.clone()).unwrap();
         hub.join(2, Role::Streamer, "star", outbox.clone()).unwrap();

@@ -57,7 +57,11 @@ impl Replica {
             streamer: summary.streamer.clone(),
             epoch_id,
             summary: summary.clone(),
-            hub: Arc::new(Hub::new(config.room_ring_frames, config.members_max)),
+            hub: Arc::new(Hub::new(
+                config.room_ring_frames,
+                config.members_max,
+                config.busy_backlog_events,
+            )),
             last_seq: AtomicU64::new(0),
             relay: Mutex::new(None),
         })
