@@ -102,6 +102,11 @@ impl Pool {
         })
     }
 
+    /// The worker processes' pids (for their CPU).
+    pub(crate) fn pids(&self) -> Vec<Option<u32>> {
+        self.children.iter().map(|c| c.id()).collect()
+    }
+
     pub(crate) fn broadcaster(&self) -> Broadcaster {
         self.broadcaster.clone()
     }

@@ -349,6 +349,8 @@ pub(crate) struct RoomsRun {
     pub(crate) node_rss_viewers_joined: Vec<Option<u64>>,
     /// The NATS server's CPU while gifts were sent (% of one core).
     pub(crate) nats_cpu_percent: Option<f64>,
+    /// The generator's CPU while gifts were sent (this process and its workers, % of one core).
+    pub(crate) client_cpu_percent: Option<f64>,
     /// The rooms' published viewer count (summed over rooms) when sending started, and how long
     /// after the last join acknowledgement it took to get there (with `wait_viewer_count`).
     pub(crate) viewer_count: u64,
@@ -457,6 +459,9 @@ pub(crate) async fn run_rooms(ctx: &Ctx, plan: &RoomsPlan) -> Result<RoomsRun> {
     let bar = ctx.bar(plan.duration.as_secs().max(1), "sending");
     let cpu_before = cpu_now(&ctx.node_pids);
     let nats_before = cpu_now(&[ctx.nats_pid]);
+    let mut client_pids = pool.pids();
+    client_pids.push(Some(std::process::id()));
+    let client_before = cpu_now(&client_pids);
     let started = Instant::now();
     let tasks: Vec<_> = senders
         .into_iter()
@@ -484,6 +489,12 @@ pub(crate) async fn run_rooms(ctx: &Ctx, plan: &RoomsPlan) -> Result<RoomsRun> {
     ticker.abort();
     bar.finish();
     let sending_secs = started.elapsed().as_secs_f64();
+    let client_cpu_secs: Option<f64> = client_before
+        .iter()
+        .zip(cpu_now(&client_pids))
+        .map(|(b, a)| Some(a? - (*b)?))
+        .sum();
+    let client_cpu_percent = client_cpu_secs.map(|s| per_sec(s, sending_secs) * 100.0);
     let nats_cpu_percent = match (nats_before[0], cpu_now(&[ctx.nats_pid])[0]) {
         (Some(b), Some(a)) => Some(per_sec(a - b, sending_secs) * 100.0),
         _ => None,
@@ -525,6 +536,7 @@ pub(crate) async fn run_rooms(ctx: &Ctx, plan: &RoomsPlan) -> Result<RoomsRun> {
         node_rss_before_viewers,
         node_rss_viewers_joined,
         nats_cpu_percent,
+        client_cpu_percent,
         viewer_count,
         viewer_count_wait_secs,
     })
@@ -724,6 +736,23 @@ fn per_node(run: &RoomsRun, report: &mut Report) {
     let nodes = run.node_usage.len().max(1);
     if let Some(cpu) = run.nats_cpu_percent {
         report.metric("nats_cpu_percent_while_sending", cpu);
+    }
+    // CPU per gift delivery, server and client: % of a core is 10,000 µs of CPU per second.
+    let deliveries_per_sec = report.metrics.get("gift_deliveries_per_sec").copied();
+    let per_delivery = |cpu_percent: f64| {
+        deliveries_per_sec
+            .filter(|d| *d > 0.0)
+            .map(|d| cpu_percent * 10_000.0 / d)
+    };
+    if let Some(cpu) = run.client_cpu_percent {
+        report.metric("client_cpu_percent_while_sending", cpu);
+        if let Some(us) = per_delivery(cpu) {
+            report.metric("client_cpu_us_per_delivery", us);
+        }
+    }
+    let server_cpu: Option<f64> = run.node_usage.iter().map(|u| u.cpu_percent).sum();
+    if let Some(us) = server_cpu.and_then(per_delivery) {
+        report.metric("server_cpu_us_per_delivery", us);
     }
     for (node, usage) in run.node_usage.iter().enumerate() {
         let name = format!("node{node}");
