@@ -127,6 +127,12 @@ impl Kick {
         self.token.cancel();
     }
 
+    /// Whether the connection was asked to close: one atomic load, where polling the token's
+    /// future takes its lock.
+    pub fn is_kicked(&self) -> bool {
+        self.code.get().is_some()
+    }
+
     /// The close code chosen by whoever kicked first (`Normal` if nobody did).
     pub fn code(&self) -> CloseCode {
         self.code.get().copied().unwrap_or(CloseCode::Normal)
