@@ -286,9 +286,14 @@ fn lapped(s: &Subscription, socket_waited: bool, metrics: &Metrics) -> WriteFail
     if socket_waited {
         return WriteFail::Slow;
     }
+    node_is_behind(s, metrics);
+    WriteFail::NodeBehind
+}
+
+/// Tells the room (and the metric) that this writer is behind although its socket is not.
+fn node_is_behind(s: &Subscription, metrics: &Metrics) {
     s.node_is_behind();
     metrics.fanout_node_behind.inc();
-    WriteFail::NodeBehind
 }
 
 /// Takes what is ready from the outbox or ring into `batch`. `socket_waited` says whether the
@@ -347,8 +352,7 @@ fn collect(
                 // This writer was `taken + len` events behind when it woke: if its socket is not
                 // what held it back, the node is behind the room (`room/hub.rs`).
                 if !socket_waited && taken + s.ring.len() as u64 >= s.behind_events() {
-                    s.node_is_behind();
-                    metrics.fanout_node_behind.inc();
+                    node_is_behind(s, metrics);
                 }
                 // Counted once per batch: the hub's count is shared by every member.
                 s.took(taken);

@@ -217,7 +217,7 @@ impl Outbox {
     }
 
     pub fn is_kicked(&self) -> bool {
-        self.kick.token.is_cancelled()
+        self.kick.is_kicked()
     }
 }
 
