@@ -309,7 +309,7 @@ impl Cluster {
     }
 
     /// The lease of `room`, if some node runs it.
-    async fn lease_of(&self, room: &str) -> Result<Option<Lease>> {
+    pub(crate) async fn lease_of(&self, room: &str) -> Result<Option<Lease>> {
         let value = self
             .leases
             .get(room)

@@ -232,6 +232,10 @@ pub struct RoomsConfig {
     /// A room reads its all-time board from the ledger at most this often, in ms, and only after
     /// gifts. 500 to 3600000.
     pub leaderboard_all_time_interval_ms: u64,
+    /// How long a PK challenge waits for the other streamer's answer, in ms. 1000 to 600000.
+    pub pk_answer_ms: u64,
+    /// How long a PK battle runs once accepted, in ms. 1000 to 3600000.
+    pub pk_duration_ms: u64,
 }
 
 impl Default for RoomsConfig {
@@ -291,6 +295,8 @@ impl Default for RoomsConfig {
             leaderboard_senders_max: 50_000,
             leaderboard_neighbours: 2,
             leaderboard_all_time_interval_ms: 5_000,
+            pk_answer_ms: 30_000,
+            pk_duration_ms: 300_000,
         }
     }
 }
@@ -890,6 +896,13 @@ impl RoomsConfig {
             "rooms.leaderboard_all_time_interval_ms",
             self.leaderboard_all_time_interval_ms,
             500,
+            3_600_000,
+        );
+        c.between("rooms.pk_answer_ms", self.pk_answer_ms, 1_000, 600_000);
+        c.between(
+            "rooms.pk_duration_ms",
+            self.pk_duration_ms,
+            1_000,
             3_600_000,
         );
         c.between(

@@ -85,6 +85,10 @@ pub enum Error {
     PacketExpired,
     #[error("the room has no goal")]
     GoalNotFound,
+    #[error("room `{0}` is already in a PK battle or has an open challenge")]
+    PkBusy(String),
+    #[error("PK battle `{0}` is not open for this room")]
+    PkNotFound(String),
 
     #[error("insufficient funds: balance {balance_coins} coins, price {price_coins} coins")]
     InsufficientFunds {
@@ -179,6 +183,8 @@ impl Error {
             Error::PacketEmpty => wire(13009, "red_packet_empty", 409),
             Error::PacketExpired => wire(13010, "red_packet_expired", 409),
             Error::GoalNotFound => wire(13011, "goal_not_found", 404),
+            Error::PkBusy(_) => wire(13012, "pk_busy", 409),
+            Error::PkNotFound(_) => wire(13013, "pk_not_found", 404),
             Error::InsufficientFunds { .. } => wire(14001, "insufficient_funds", 402),
             Error::UnknownSticker(_) => wire(14002, "unknown_sticker", 404),
             Error::IdempotencyConflict(_) => wire(14003, "idempotency_conflict", 409),
@@ -382,6 +388,8 @@ pub(crate) mod tests {
             Error::ShuttingDown,
             Error::RoomUnavailable("x".into()),
             Error::GoalNotFound,
+            Error::PkBusy("r".into()),
+            Error::PkNotFound("k".into()),
         ]
     }
 
@@ -431,6 +439,8 @@ pub(crate) mod tests {
             Error::PacketEmpty => 41,
             Error::PacketExpired => 42,
             Error::GoalNotFound => 43,
+            Error::PkBusy(_) => 44,
+            Error::PkNotFound(_) => 45,
         }
     }
 
@@ -452,7 +462,7 @@ pub(crate) mod tests {
     fn one_of_each_variant() {
         let mut seen: Vec<usize> = one_of_each().iter().map(variant_index).collect();
         seen.sort();
-        assert_eq!(seen, (0..44).collect::<Vec<_>>());
+        assert_eq!(seen, (0..46).collect::<Vec<_>>());
     }
 
     #[test]

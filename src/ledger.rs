@@ -20,6 +20,7 @@
 
 pub mod audit;
 pub mod deadline;
+pub mod pk;
 pub mod postgres;
 pub mod posting;
 pub mod sqlite;
@@ -498,6 +499,19 @@ pub trait Ledger: Send + Sync + 'static {
         since_ms: u64,
         step_ms: u64,
     ) -> Result<Vec<(String, u64, u64)>>;
+
+    /// Records a PK challenge (`ledger/pk.rs`): a new `invited` battle that claims both rooms.
+    /// [`crate::error::Error::PkBusy`] if either room is in an open battle; a battle of theirs
+    /// whose clock ran out is ended first (by [`pk::PkBattle::apply`]'s rules).
+    async fn pk_create(&self, challenge: pk::PkChallenge) -> Result<pk::PkBattle>;
+
+    /// Applies `change` to the battle by [`pk::PkBattle::apply`]'s rules and returns it as
+    /// committed; a clock that ran out is applied (and committed) even when the change itself is
+    /// refused. [`crate::error::Error::PkNotFound`] for an unknown battle.
+    async fn pk_change(&self, battle_id: &str, change: pk::PkChange) -> Result<pk::PkBattle>;
+
+    /// The battle as committed, its scores included; `None` for an unknown battle.
+    async fn pk_battle(&self, battle_id: &str) -> Result<Option<pk::PkBattle>>;
 
     /// Sets a user's own spending limits. Gifts decided after it returns use them, on every node.
     async fn set_limits(&self, user: &str, limits: UserLimits) -> Result<()>;

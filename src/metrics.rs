@@ -14,6 +14,7 @@ use prometheus::{
 
 use crate::gift::split::Split;
 use crate::gift::Channel;
+use crate::ledger::pk::PkEndReason;
 use crate::protocol::server::EventKind;
 
 /// Every metric family giftd exports.
@@ -59,6 +60,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "giftd_goals_total",
     "giftd_leaderboard_senders_untracked_total",
     "giftd_leaderboard_reads_total",
+    "giftd_pk_ended_total",
 ];
 
 /// Kinds of frames a connection writes, for `giftd_messages_out_total{type}`.
@@ -166,6 +168,8 @@ pub struct Metrics {
     pub leaderboard_senders_untracked: IntCounter,
     /// Reads of all-time leaderboards from the ledger: `[ok, failed]`.
     leaderboard_reads: [IntCounter; 2],
+    /// `pk_ended` events published, by reason (in [`PkEndReason::ALL`] order).
+    pk_ended: [IntCounter; 5],
     pub cluster_connected: IntGauge,
 }
 
@@ -413,6 +417,14 @@ impl Metrics {
                 );
                 [vec.with_label_values(&["ok"]), vec.with_label_values(&["failed"])]
             },
+            pk_ended: {
+                let vec = counter_vec(
+                    "giftd_pk_ended_total",
+                    "PK battles and challenges that ended, once per room that published pk_ended (twice per battle), by reason.",
+                    &["reason"],
+                );
+                PkEndReason::ALL.map(|r| vec.with_label_values(&[r.as_str()]))
+            },
             cluster_connected: gauge(
                 "giftd_cluster_connected",
                 "1 while this node is connected to NATS (always 0 on a single node).",
@@ -426,12 +438,21 @@ impl Metrics {
         self.room_events[kind.index()].inc();
     }
 
-    /// Counts a goal that ended, reached or not.
     /// Counts a read of an all-time leaderboard from the ledger.
     pub fn leaderboard_read(&self, ok: bool) {
         self.leaderboard_reads[usize::from(!ok)].inc();
     }
 
+    /// Counts a `pk_ended` this node published.
+    pub fn pk_ended(&self, reason: PkEndReason) {
+        let i = PkEndReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .expect("ALL lists every reason");
+        self.pk_ended[i].inc();
+    }
+
+    /// Counts a goal that ended, reached or not.
     pub fn goal_ended(&self, reached: bool) {
         self.goals[usize::from(!reached)].inc();
     }

@@ -30,6 +30,7 @@ pub mod combo;
 pub mod goal;
 pub mod hub;
 pub mod leaderboard;
+pub mod pk;
 pub mod registry;
 pub mod replica;
 
@@ -95,6 +96,10 @@ struct State {
     goal: Option<Goal>,
     /// Top gifters (`room/leaderboard.rs`).
     boards: Boards,
+    /// The room's PK battle or open challenge, as last published (`room/pk.rs`).
+    pk: Option<crate::ledger::pk::PkBattle>,
+    /// A ledger call for the battle is under way.
+    pk_calling: bool,
 }
 
 pub struct Room {
@@ -109,6 +114,8 @@ pub struct Room {
     link: Box<dyn RoomLink>,
     state: Mutex<State>,
     closed: AtomicBool,
+    /// The room ticker has started closing the room.
+    closing: AtomicBool,
     /// A read of the all-time board from the ledger is under way.
     all_time_reading: AtomicBool,
     recent_gifts_max: usize,
@@ -219,8 +226,11 @@ impl Room {
                 ),
                 goal: None,
                 boards: Boards::new(config),
+                pk: None,
+                pk_calling: false,
             }),
             closed: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
             all_time_reading: AtomicBool::new(false),
             recent_gifts_max: config.recent_gifts_max,
             busy_backlog_events: config.busy_backlog_events as u64,
@@ -285,6 +295,10 @@ impl Room {
                         state.goal = view.ok().map(Goal::restore);
                     }
                     Some("goal_ended") => state.goal = None,
+                    Some(kind @ ("pk_invite" | "pk_started" | "pk_score" | "pk_ended")) => {
+                        let battle = serde_json::from_value(value["battle"].clone()).ok();
+                        Room::pk_restore(&mut state, kind, battle);
+                    }
                     Some("question") => {
                         if let Ok(view) = serde_json::from_value::<QuestionView>(value.clone()) {
                             if let Some(paid) = &view.paid {
@@ -323,6 +337,11 @@ impl Room {
 
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+
+    /// True once, for the caller that is to close the room (the ticker closes off its own task).
+    pub fn claim_close(&self) -> bool {
+        !self.closing.swap(true, Ordering::AcqRel)
     }
 
     /// Locks the state of a live room. The guard is never held across `.await`.
@@ -446,6 +465,7 @@ impl Room {
             questions_open,
             questions_pinned,
             goal: state.goal.as_ref().map(|g| Box::new(g.view().clone())),
+            pk: state.pk.as_ref().map(|b| Box::new(b.clone())),
             leaderboards: Box::new(state.boards.view()),
         }
     }
@@ -545,10 +565,13 @@ impl Room {
     }
 
     /// Closes the room: publishes `room_closed` and tells every member's writer to finish with
-    /// the ring. Returns the final sequence number.
+    /// the ring. Returns the final sequence number. A PK battle is ended in the ledger before
+    /// (`session/pk.rs`, which publishes its `pk_ended`); one still shown here, because the
+    /// ledger could not be reached, ends by its clock in the ledger and in the other room.
     pub fn close(&self, reason: &str) -> Result<u64> {
         let seq = {
             let mut state = self.live()?;
+            state.pk = None;
             for ended in state.combos.end_all() {
                 self.end_combo(&mut state, ended);
             }

@@ -337,13 +337,30 @@ async fn room_ticker(app: Arc<App>) {
         let now = Instant::now();
         for room in app.rooms.all() {
             if room.streamer_away_for(away, now) {
-                if room.close("the streamer left").is_ok() {
-                    tracing::info!(room = %room.id, "closed a room its streamer left");
+                if room.claim_close() {
+                    // Off the ticker: a PK battle is ended in the ledger first.
+                    let app = app.clone();
+                    tokio::spawn(async move {
+                        crate::session::end_for_close(&app, &room).await;
+                        if room.close("the streamer left").is_ok() {
+                            tracing::info!(room = %room.id, "closed a room its streamer left");
+                        }
+                        app.forget_room(&room);
+                    });
                 }
-                app.forget_room(&room);
             } else {
                 room.publish_viewers_if_changed();
                 room.tick(now);
+                if let Some((battle_id, change)) = room.pk_due(crate::ledger::now_ms()) {
+                    let (ledger, room) = (app.ledger.clone(), room.clone());
+                    tokio::spawn(async move {
+                        let read = match change {
+                            Some(change) => ledger.pk_change(&battle_id, change).await.map(Some),
+                            None => ledger.pk_battle(&battle_id).await,
+                        };
+                        room.pk_called(read);
+                    });
+                }
                 if room.all_time_due() {
                     let (ledger, room) = (app.ledger.clone(), room.clone());
                     tokio::spawn(async move {

@@ -8,7 +8,7 @@
 //! This file holds the session's lifecycle and the checks every command shares (authentication,
 //! rate limits, roles, the current room); each command's handler lives with its family:
 //! `session/rooms.rs`, `session/gifts.rs`, `session/questions.rs`, `session/red_packets.rs`,
-//! `session/goals.rs` and `session/leaderboards.rs`.
+//! `session/goals.rs`, `session/leaderboards.rs` and `session/pk.rs`.
 //!
 //! **Gifts in flight.** A `send_gift` needs nothing of the session once its checks pass (role,
 //! room, sticker, rate limits), only the ledger and the room. So its commit runs as an owned
@@ -26,10 +26,12 @@
 mod gifts;
 mod goals;
 mod leaderboards;
+mod pk;
 mod questions;
 mod red_packets;
 mod rooms;
 
+pub(crate) use pk::{end_for_close, learn as learn_pk};
 pub(crate) use rooms::entry_reply;
 
 use std::sync::{Arc, Mutex};
@@ -495,7 +497,7 @@ impl Session {
         match command {
             Command::Auth { token } => self.handle_auth(id, &token),
             Command::OpenRoom { room, title } => self.handle_open_room(id, &room, &title).await,
-            Command::CloseRoom {} => self.handle_close_room(id),
+            Command::CloseRoom {} => self.handle_close_room(id).await,
             Command::Join { room, since } => self.handle_join(id, &room, since).await,
             Command::Leave {} => self.handle_leave(id),
             Command::SendGift { sticker, key } => self.gift(id, sticker, key)?.await,
@@ -511,6 +513,10 @@ impl Session {
             Command::Leaderboard { board, around } => {
                 self.handle_leaderboard(id, board, around).await
             }
+            Command::PkChallenge { room } => self.handle_pk_challenge(id, &room).await,
+            Command::PkAccept { battle_id } => self.handle_pk_answer(id, &battle_id, true).await,
+            Command::PkDecline { battle_id } => self.handle_pk_answer(id, &battle_id, false).await,
+            Command::PkLeave { battle_id } => self.handle_pk_leave(id, &battle_id).await,
             Command::Balance {} => self.handle_balance(id).await,
             Command::DropRedPacket {
                 total_coins,

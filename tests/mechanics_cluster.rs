@@ -1,4 +1,4 @@
-//! Combos and goals in a room across three nodes (docs/ARCHITECTURE.md, "Cluster"): gifts sent
+//! Combos, goals and PK battles across nodes (docs/ARCHITECTURE.md, "Cluster"): gifts sent
 //! on other nodes are committed and numbered by the room's node, so they grow combos and move
 //! the goal there; goal commands from the streamer's console on another node are forwarded to
 //! it; every member, on any node, sees each combo end exactly once and the goal's progress equal
@@ -10,7 +10,7 @@ mod support;
 
 use std::time::Duration;
 
-use mechanics::{check_combos, check_goals_after, events_until, of};
+use mechanics::{check_combos, check_goals_after, check_pk, events_until, of};
 use serde_json::json;
 use support::cluster::TestCluster;
 
@@ -186,5 +186,81 @@ async fn an_open_combo_the_goal_and_the_leaderboards_survive_a_takeover() {
     assert_eq!(hearts(&events), 4);
     let finals = mechanics::check_goals(&events);
     assert_eq!(finals[&goal_id], 20);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pk_battle_between_rooms_on_two_nodes_survives_a_takeover_and_ends_once() {
+    let battle_ms = 10_000;
+    let mut cluster = TestCluster::start_with(2, |c| c.rooms.pk_duration_ms = battle_ms).await;
+    let mut owner = cluster.spawn_process("owner").await;
+    let (b, c) = (&cluster.nodes[0], &cluster.nodes[1]);
+    for fan in ["va", "vb"] {
+        b.top_up(fan, "web", 1_000, &format!("p-{fan}")).await;
+    }
+    // Room a runs on the process that will be killed, room b on node B.
+    let mut ann = owner.connect("ann", giftd::auth::Role::Streamer).await;
+    ann.open_room("a", "A").await;
+    let mut bo = b.streamer("bo").await;
+    bo.open_room("b", "B").await;
+    // Watchers and fans on node C and B see the rooms through replicas.
+    let (mut wa, mut wb) = (c.viewer("wa").await, c.viewer("wb").await);
+    wa.join("a").await;
+    wb.join("b").await;
+    let (mut va, mut vb) = (b.viewer("va").await, c.viewer("vb").await);
+    va.join("a").await;
+    vb.join("b").await;
+
+    let invited = ann.ok(json!({ "type": "pk_challenge", "room": "b" })).await;
+    let id = invited["battle"]["battle_id"].as_str().unwrap().to_owned();
+    // Node B learnt of the challenge from node "owner": room b shows it.
+    let mut b_events = events_until(&mut wb, Duration::ZERO, |seen| {
+        !of(seen, "pk_invite").is_empty()
+    })
+    .await;
+    // bo answers from a console on node C: forwarded to node B, which tells node "owner".
+    let mut console = c.streamer("bo").await;
+    assert_eq!(console.join("b").await["pk"]["battle_id"], id.as_str());
+    console
+        .ok(json!({ "type": "pk_accept", "battle_id": id }))
+        .await;
+    for k in 0..2 {
+        va.send_gift("clap", &format!("a{k}")).await.unwrap();
+    }
+    vb.send_gift("heart", "b0").await.unwrap();
+    // Room a showed the clap score before its node dies.
+    let mut a_events = events_until(&mut wa, Duration::ZERO, |seen| {
+        of(seen, "pk_score")
+            .iter()
+            .any(|e| e["battle"]["challenger"]["score_coins"] == 20)
+    })
+    .await;
+    owner.kill();
+    gift_until_acked(&mut va, "clap", "a2").await;
+
+    a_events.extend(
+        events_until(&mut wa, Duration::ZERO, |seen| {
+            !of(seen, "pk_ended").is_empty()
+        })
+        .await,
+    );
+    b_events.extend(
+        events_until(&mut wb, Duration::ZERO, |seen| {
+            !of(seen, "pk_ended").is_empty()
+        })
+        .await,
+    );
+    let a_end = check_pk("a", &a_events).ended;
+    let b_end = check_pk("b", &b_events).ended;
+    assert_eq!(a_end.len(), 1, "{a_events:?}");
+    assert_eq!(a_end, b_end);
+    assert_eq!(a_end[0]["battle_id"], id.as_str());
+    assert_eq!(a_end[0]["reason"], "time_up");
+    assert_eq!(
+        a_end[0]["challenger"]["score_coins"], 30,
+        "the gift after the takeover counts"
+    );
+    assert_eq!(a_end[0]["opponent"]["score_coins"], 5);
+    assert_eq!(a_end[0]["winner"], "a");
     cluster.shutdown().await;
 }

@@ -98,6 +98,15 @@ pub(crate) struct StreamerPlan {
     /// Run a goal of this many coins all the time (0: none): set one at the start and a new one
     /// whenever it is reached.
     pub(crate) goal_coins: u64,
+    /// Keep challenging this room to PK battles, one after another (`None`: never challenge).
+    pub(crate) pk_challenge: Option<String>,
+}
+
+/// A streamer's PK battles: the one its room is in, and whether a challenge is on its way.
+#[derive(Default)]
+struct Pk {
+    battle: Option<String>,
+    challenging: bool,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -176,6 +185,9 @@ async fn streamer_loop(
     let mut inflight: HashMap<u64, (Instant, &'static str)> = HashMap::new();
     let mut next_id = 2u64;
     let mut gifts = 0u64;
+    let mut pk = Pk::default();
+    // A challenge that failed (the rival room not open yet, busy) is tried again on the next beat.
+    let mut pk_beat = tokio::time::interval(Duration::from_secs(1));
     if plan.goal_coins > 0 {
         inflight.insert(next_id, (Instant::now(), "set_goal"));
         ws.send(Message::text(wire::set_goal(next_id, plan.goal_coins)))
@@ -186,6 +198,15 @@ async fn streamer_loop(
         let msg = tokio::select! {
             _ = &mut stopped => break,
             msg = ws.next() => msg,
+            _ = pk_beat.tick() => {
+                if let (Some(rival), None, false) = (&plan.pk_challenge, &pk.battle, pk.challenging) {
+                    pk.challenging = true;
+                    inflight.insert(next_id, (Instant::now(), "pk_challenge"));
+                    ws.send(Message::text(wire::pk_challenge(next_id, rival))).await?;
+                    next_id += 1;
+                }
+                continue;
+            }
         };
         let text = match msg {
             Some(Ok(Message::Text(t))) => t,
@@ -224,6 +245,16 @@ async fn streamer_loop(
                 "goal_reached" if plan.goal_coins > 0 => {
                     Some(("set_goal", wire::set_goal(next_id, plan.goal_coins)))
                 }
+                // The challenged streamer accepts at once; either side is then in the battle.
+                "pk_invite" => wire::pk_of_event(text.as_str()).and_then(|(battle, opponent)| {
+                    pk.battle = Some(battle.clone());
+                    (opponent == plan.room)
+                        .then(|| ("pk_accept", wire::pk_accept(next_id, &battle)))
+                }),
+                "pk_ended" => {
+                    pk.battle = None;
+                    None
+                }
                 _ => None,
             };
             if let Some((name, msg)) = reply {
@@ -237,6 +268,9 @@ async fn streamer_loop(
             let Some((started, name)) = reply.id.and_then(|id| inflight.remove(&id)) else {
                 continue;
             };
+            if name == "pk_challenge" {
+                pk.challenging = false;
+            }
             match reply.kind.as_str() {
                 "ack" => out
                     .commands

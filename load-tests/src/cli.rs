@@ -150,6 +150,10 @@ pub(crate) struct FanoutArgs {
     /// move a goal: the room mechanics' cost on the fan-out.
     #[arg(long, default_value_t = 0)]
     pub(crate) goal_coins: u64,
+    /// Rooms battle in pairs, one PK battle after another (an odd last room battles a rival
+    /// room with no viewers), so gifts also score: the PK battles' cost on the fan-out.
+    #[arg(long)]
+    pub(crate) pk: bool,
     /// Before sending, wait up to this long for the room's published viewer count (the
     /// cluster's, as the streamer sees it) to reach --viewers; a shortfall is an integrity
     /// failure. 0: do not wait (workers' joins are acknowledged either way).
@@ -228,4 +232,8 @@ pub(crate) struct MixedArgs {
     /// Each room's streamer keeps a goal of this many coins running (0: none).
     #[arg(long, default_value_t = 2_000)]
     pub(crate) goal_coins: u64,
+    /// Rooms battle in pairs, one PK battle after another (an odd last room battles a rival
+    /// room with no viewers). `--pk false` turns it off.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub(crate) pk: bool,
 }

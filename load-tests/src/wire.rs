@@ -142,6 +142,25 @@ pub(crate) fn set_goal(id: u64, target_coins: u64) -> String {
     format!(r#"{{"type":"set_goal","id":{id},"target_coins":{target_coins}}}"#)
 }
 
+/// A PK challenge to `room` (a load room id, which needs no escaping).
+pub(crate) fn pk_challenge(id: u64, room: &str) -> String {
+    format!(r#"{{"type":"pk_challenge","id":{id},"room":"{room}"}}"#)
+}
+
+pub(crate) fn pk_accept(id: u64, battle_id: &str) -> String {
+    format!(r#"{{"type":"pk_accept","id":{id},"battle_id":"{battle_id}"}}"#)
+}
+
+/// The battle id and the challenged room of a `pk_*` event (rare: decoded with serde).
+pub(crate) fn pk_of_event(text: &str) -> Option<(String, String)> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    let battle = v.get("battle")?;
+    Some((
+        battle.get("battle_id")?.as_str()?.to_owned(),
+        battle.get("opponent")?.get("room")?.as_str()?.to_owned(),
+    ))
+}
+
 pub(crate) fn balance(id: u64) -> String {
     format!(r#"{{"type":"balance","id":{id}}}"#)
 }

@@ -25,6 +25,7 @@ use super::link::Outgoing;
 use crate::app::App;
 use crate::auth::{Identity, Role};
 use crate::error::{Error, Result};
+use crate::ledger::pk::PkBattle;
 use crate::ledger::PacketEndReason;
 use crate::protocol::server::EventKind;
 use crate::protocol::{EventFrame, Frame};
@@ -58,6 +59,9 @@ pub enum Request {
         grabbed_coins: u64,
         returned_coins: u64,
     },
+    /// A PK battle of the room changed (`session/pk.rs`): the room shows the ledger's record.
+    /// Sent without a reply subject.
+    Pk { battle: Box<PkBattle> },
 }
 
 impl Request {
@@ -151,6 +155,11 @@ pub async fn serve_room(
                 });
                 continue;
             }
+            Request::Pk { battle } => {
+                let (app, room) = (app.clone(), room.clone());
+                tokio::spawn(async move { crate::session::learn_pk(&app, &room, &battle).await });
+                continue;
+            }
             Request::Command { .. } | Request::Join { .. } => {}
         }
         let Some(reply) = message.reply else {
@@ -216,7 +225,7 @@ async fn answer(app: &Arc<App>, room: &Arc<Room>, request: Request) -> Answer {
                 Err(e) => Answer::frame(crate::protocol::server::error(Some(id), &e)),
             }
         }
-        Request::Report { .. } | Request::RedPacketEnded { .. } => {
+        Request::Report { .. } | Request::RedPacketEnded { .. } | Request::Pk { .. } => {
             unreachable!("notices are handled without an answer")
         }
     }

@@ -29,6 +29,9 @@
 //!     grab took its recorded share, from the packet's accounts into the grabber's wallet, and
 //!     the packet's grab counts agree with its grabs.
 //! 12. Every streamer's gifter totals (the all-time leaderboard) equal the sums of their gifts.
+//! 13. Every PK battle that ran its time was won by the higher score (no winner for equal
+//!     scores), one that never started has no winner, and a room's claim names an open battle
+//!     of that room (an ended battle holds none).
 
 use std::path::Path;
 
@@ -188,6 +191,21 @@ const CHECKS: &[(&str, &str)] = &[
          SELECT g.streamer, g.sender, 0, g.coins
          FROM (SELECT streamer, sender, SUM(price_coins) AS coins FROM gifts GROUP BY streamer, sender) g
          WHERE NOT EXISTS (SELECT 1 FROM gifter_totals t WHERE t.streamer = g.streamer AND t.sender = g.sender)",
+    ),
+    (
+        "PK battle result disagrees with its scores (battle, reason, winner)",
+        "SELECT battle_id, reason, COALESCE(winner, '-') FROM pk_battles WHERE status = 'ended' AND (
+            (started_ms IS NULL AND winner IS NOT NULL)
+            OR (reason = 'time_up' AND NOT (
+                (challenger_score_coins > opponent_score_coins AND winner = challenger_room)
+                OR (challenger_score_coins < opponent_score_coins AND winner = opponent_room)
+                OR (challenger_score_coins = opponent_score_coins AND winner IS NULL))))",
+    ),
+    (
+        "PK claim does not name an open battle of its room (room, battle)",
+        "SELECT r.room, r.battle_id FROM pk_rooms r LEFT JOIN pk_battles b ON b.battle_id = r.battle_id
+         WHERE b.battle_id IS NULL OR b.status = 'ended'
+            OR (b.challenger_room != r.room AND b.opponent_room != r.room)",
     ),
     (
         "receivable above zero",
@@ -446,6 +464,70 @@ mod tests {
         let text = audit(&path).unwrap().violations.join("\n");
         assert!(
             text.contains("refund entries do not match its record"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn detects_a_pk_result_or_claim_that_disagrees_with_the_battle() {
+        use crate::ledger::pk::{PkChallenge, PkChange, PkEndReason, PkStatus};
+        use crate::ledger::sqlite::{SqliteLedger, SqliteOptions};
+        use crate::ledger::Ledger;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.db");
+        let options = SqliteOptions {
+            path: path.clone(),
+            batch_max: 8,
+            queue_max: 8,
+            call_timeout_ms: 5_000,
+        };
+        let histogram =
+            prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("t", "t")).unwrap();
+        let ledger = SqliteLedger::open(options, histogram).unwrap();
+        let battle = ledger
+            .pk_create(PkChallenge {
+                challenger_room: "a".into(),
+                challenger: "ann".into(),
+                opponent_room: "b".into(),
+                opponent: "bo".into(),
+                answer_ms: 60_000,
+                duration_ms: 1,
+            })
+            .await
+            .unwrap();
+        let id = battle.battle_id;
+        let answer = PkChange::Answer {
+            room: "b".into(),
+            accept: true,
+        };
+        assert_eq!(
+            ledger.pk_change(&id, answer).await.unwrap().status,
+            PkStatus::Active
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let finish = PkChange::Finish {
+            room: "a".into(),
+            reason: PkEndReason::TimeUp,
+        };
+        let ended = ledger.pk_change(&id, finish).await.unwrap();
+        assert_eq!(
+            (ended.reason, ended.winner),
+            (Some(PkEndReason::TimeUp), None)
+        );
+        ledger.close().await;
+        assert!(audit(&path).unwrap().violations.is_empty());
+
+        let conn = open_connection(&path).unwrap();
+        conn.execute_batch(&format!(
+            "UPDATE pk_battles SET winner = 'b' WHERE battle_id = '{id}';
+             INSERT INTO pk_rooms (room, battle_id) VALUES ('a', '{id}');"
+        ))
+        .unwrap();
+        let text = audit(&path).unwrap().violations.join("\n");
+        assert!(text.contains("PK battle result disagrees"), "{text}");
+        assert!(
+            text.contains("PK claim does not name an open battle"),
             "{text}"
         );
     }

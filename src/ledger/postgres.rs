@@ -63,7 +63,10 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::NoTls;
 
+mod pk;
+
 use super::deadline::{self, Ticket};
+use super::pk::{PkBattle, PkChallenge, PkChange};
 use super::posting::Allowance;
 use super::posting::{self, BatchSums, Entry};
 use super::{
@@ -245,6 +248,7 @@ INSERT INTO gifter_totals (streamer, sender, coins)
     SELECT streamer, sender, SUM(price_coins)::BIGINT FROM gifts GROUP BY streamer, sender;
 CREATE INDEX gifts_by_room ON gifts (room, created_ms);
 "#,
+    pk::MIGRATION,
 ];
 
 /// Options for [`PostgresLedger::open`].
@@ -402,6 +406,19 @@ impl PostgresLedger {
             f.run(&client).await
         })
         .await
+    }
+}
+
+impl PostgresLedger {
+    /// Runs a battle's write (its own transaction on the pool) under the call deadline.
+    async fn pk_write(
+        &self,
+        write: impl std::future::Future<Output = Result<PkBattle>>,
+    ) -> Result<PkBattle> {
+        if self.tx.is_closed() {
+            return Err(Error::ShuttingDown);
+        }
+        deadline::read(self.call_timeout, write).await
     }
 }
 
@@ -735,6 +752,26 @@ impl Ledger for PostgresLedger {
 
     async fn spending(&self, user: &str, policy: CapPolicy) -> Result<Spending> {
         self.read(ReadSpending(user, policy)).await
+    }
+
+    async fn pk_create(&self, challenge: PkChallenge) -> Result<PkBattle> {
+        self.pk_write(pk::create(&self.pool, &challenge)).await
+    }
+
+    async fn pk_change(&self, battle_id: &str, change: PkChange) -> Result<PkBattle> {
+        self.pk_write(pk::change(&self.pool, battle_id, &change))
+            .await
+    }
+
+    async fn pk_battle(&self, battle_id: &str) -> Result<Option<PkBattle>> {
+        if self.tx.is_closed() {
+            return Err(Error::ShuttingDown);
+        }
+        deadline::read(self.call_timeout, async {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            pk::read(&client, battle_id, false).await
+        })
+        .await
     }
 
     async fn probe(&self) -> Result<()> {

@@ -29,7 +29,10 @@ use prometheus::Histogram;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
+mod pk;
+
 use super::deadline::{self, Ticket};
+use super::pk::{PkBattle, PkChallenge, PkChange};
 use super::posting::Allowance;
 use super::posting::{self, AccountKind, BatchSums, Entry};
 use super::{
@@ -40,6 +43,7 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::gift::{Channel, ChannelCoins};
+use pk::PkWrite;
 
 /// Maps SQLite's errors to the crate's: any storage failure is `ledger_unavailable`.
 pub(crate) trait Db<T> {
@@ -192,6 +196,7 @@ enum Op {
     Packet(PacketOp, Ticket),
     GiftSeq(String, u64),
     SetLimits(String, UserLimits, Reply<()>, Ticket),
+    Pk(PkWrite, Reply<PkBattle>, Ticket),
     Probe(Reply<()>, Ticket),
     Fault(Option<StorageFault>),
     Shutdown(oneshot::Sender<()>),
@@ -323,6 +328,7 @@ pub fn open_connection(path: &Path) -> Result<Connection> {
     migrate_topup_repaid(&conn)?;
     migrate_gifter_totals(&conn)?;
     conn.execute_batch(INDEXES).db()?;
+    conn.execute_batch(pk::SCHEMA).db()?;
     Ok(conn)
 }
 
@@ -516,6 +522,22 @@ impl Ledger for SqliteLedger {
         self.call(|r, t| Op::SetLimits(user, limits, r, t)).await
     }
 
+    async fn pk_create(&self, challenge: PkChallenge) -> Result<PkBattle> {
+        self.call(|r, t| Op::Pk(PkWrite::Create(challenge), r, t))
+            .await
+    }
+
+    async fn pk_change(&self, battle_id: &str, change: PkChange) -> Result<PkBattle> {
+        let id = battle_id.to_owned();
+        self.call(|r, t| Op::Pk(PkWrite::Change(id, change), r, t))
+            .await
+    }
+
+    async fn pk_battle(&self, battle_id: &str) -> Result<Option<PkBattle>> {
+        let id = battle_id.to_owned();
+        self.read(move |conn| pk::read(conn, &id)).await
+    }
+
     async fn spending(&self, user: &str, policy: CapPolicy) -> Result<Spending> {
         let user = user.to_owned();
         self.read(move |conn| {
@@ -564,6 +586,7 @@ enum Pending {
     Drop(Reply<PacketReceipt>, Result<PacketReceipt>),
     Grab(Reply<GrabReceipt>, Result<GrabReceipt>),
     Expire(Reply<Vec<PacketEnd>>, Result<Vec<PacketEnd>>),
+    Pk(Reply<PkBattle>, Result<PkBattle>),
     Probe(Reply<()>, Result<()>),
 }
 
@@ -576,6 +599,7 @@ impl Pending {
             Pending::Drop(r, _) => Pending::Drop(r, Err(e.clone())),
             Pending::Grab(r, _) => Pending::Grab(r, Err(e.clone())),
             Pending::Expire(r, _) => Pending::Expire(r, Err(e.clone())),
+            Pending::Pk(r, _) => Pending::Pk(r, Err(e.clone())),
             Pending::Probe(r, _) => Pending::Probe(r, Err(e.clone())),
         }
     }
@@ -590,6 +614,7 @@ impl Pending {
             Pending::Drop(_, v) => unavailable(v.as_ref().err()),
             Pending::Grab(_, v) => unavailable(v.as_ref().err()),
             Pending::Expire(_, v) => unavailable(v.as_ref().err()),
+            Pending::Pk(_, v) => unavailable(v.as_ref().err()),
             Pending::Probe(_, v) => unavailable(v.as_ref().err()),
         }
     }
@@ -604,6 +629,7 @@ impl Pending {
             Pending::Drop(r, v) => drop(r.send(v)),
             Pending::Grab(r, v) => drop(r.send(v)),
             Pending::Expire(r, v) => drop(r.send(v)),
+            Pending::Pk(r, v) => drop(r.send(v)),
             Pending::Probe(r, v) => drop(r.send(v)),
         }
     }
@@ -672,6 +698,7 @@ impl Writer {
                     | Op::Refund(_, _, t)
                     | Op::Packet(_, t)
                     | Op::SetLimits(_, _, _, t)
+                    | Op::Pk(_, _, t)
                     | Op::Probe(_, t)
                         if !t.start() =>
                     {
@@ -712,6 +739,12 @@ impl Writer {
                         let result = apply_set_limits(&tx, &user, limits);
                         let failed = storage_failure(&result);
                         pending.push(Pending::Probe(r, result));
+                        failed
+                    }
+                    Op::Pk(write, r, _) => {
+                        let result = pk::apply(&tx, &write);
+                        let failed = storage_failure(&result);
+                        pending.push(Pending::Pk(r, result));
                         failed
                     }
                     Op::Probe(r, _) => {
@@ -766,6 +799,7 @@ impl Writer {
                         Op::Packet(PacketOp::Grab(_, r), _) => drop(r.send(Err(e.clone()))),
                         Op::Packet(PacketOp::Expire(_, r), _) => drop(r.send(Err(e.clone()))),
                         Op::Probe(r, _) | Op::SetLimits(_, _, r, _) => drop(r.send(Err(e.clone()))),
+                        Op::Pk(_, r, _) => drop(r.send(Err(e.clone()))),
                         Op::GiftSeq(..) | Op::Fault(_) => {}
                     }
                 }

@@ -77,6 +77,14 @@ pub enum Command {
         #[serde(default)]
         around: Option<String>,
     },
+    /// Streamer: challenge the streamer of live room `room` to a PK battle.
+    PkChallenge { room: String },
+    /// Streamer: accept a challenge to the current room.
+    PkAccept { battle_id: String },
+    /// Streamer: decline a challenge to the current room.
+    PkDecline { battle_id: String },
+    /// Streamer: leave the current room's battle (the other room wins) or withdraw a challenge.
+    PkLeave { battle_id: String },
     /// The caller's wallet.
     Balance {},
     /// Liveness and clock check.
@@ -100,6 +108,10 @@ const KNOWN: &[&str] = &[
     "ping",
     "drop_red_packet",
     "grab_red_packet",
+    "pk_challenge",
+    "pk_accept",
+    "pk_decline",
+    "pk_leave",
 ];
 
 /// The last event position a client saw in a room.
@@ -135,6 +147,10 @@ impl Command {
             Command::SetGoal { .. } => "set_goal",
             Command::EndGoal {} => "end_goal",
             Command::Leaderboard { .. } => "leaderboard",
+            Command::PkChallenge { .. } => "pk_challenge",
+            Command::PkAccept { .. } => "pk_accept",
+            Command::PkDecline { .. } => "pk_decline",
+            Command::PkLeave { .. } => "pk_leave",
             Command::Balance {} => "balance",
             Command::Ping {} => "ping",
         }
@@ -155,6 +171,10 @@ impl Command {
                 | Command::CloseRoom {}
                 | Command::DropRedPacket { .. }
                 | Command::GrabRedPacket { .. }
+                | Command::PkChallenge { .. }
+                | Command::PkAccept { .. }
+                | Command::PkDecline { .. }
+                | Command::PkLeave { .. }
         )
     }
 

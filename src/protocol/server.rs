@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::Frame;
 use crate::auth::Role;
 use crate::error::Error;
+use crate::ledger::pk::PkBattle;
 use crate::ledger::GiftReceipt;
 
 #[derive(Debug, Serialize)]
@@ -218,6 +219,24 @@ pub enum EventKind {
         board: Board,
         top: Vec<Ranked>,
     },
+    /// A streamer challenged another room to a PK battle (`room/pk.rs`); both rooms see it.
+    PkInvite {
+        battle: Box<PkBattle>,
+    },
+    /// The challenge was accepted: the battle runs for `remaining_ms` more, to `battle.ends_ms`.
+    PkStarted {
+        battle: Box<PkBattle>,
+        remaining_ms: u64,
+    },
+    /// The battle's scores changed; coalesced, at most once per `viewer_count_interval_ms`.
+    PkScore {
+        battle: Box<PkBattle>,
+        remaining_ms: u64,
+    },
+    /// The battle or the challenge ended (`battle.reason`, `battle.winner`); once per room.
+    PkEnded {
+        battle: Box<PkBattle>,
+    },
 }
 
 /// A gift's place in its combo.
@@ -294,7 +313,7 @@ pub struct GoalView {
 
 impl EventKind {
     /// Every kind's name, in [`EventKind::index`] order.
-    pub const NAMES: [&'static str; 15] = [
+    pub const NAMES: [&'static str; 19] = [
         "viewers",
         "gift",
         "question",
@@ -310,6 +329,10 @@ impl EventKind {
         "goal_reached",
         "goal_ended",
         "leaderboard",
+        "pk_invite",
+        "pk_started",
+        "pk_score",
+        "pk_ended",
     ];
 
     /// A dense index, for per-kind counters resolved once.
@@ -330,6 +353,10 @@ impl EventKind {
             EventKind::GoalReached { .. } => 12,
             EventKind::GoalEnded { .. } => 13,
             EventKind::Leaderboard { .. } => 14,
+            EventKind::PkInvite { .. } => 15,
+            EventKind::PkStarted { .. } => 16,
+            EventKind::PkScore { .. } => 17,
+            EventKind::PkEnded { .. } => 18,
         }
     }
 
@@ -350,6 +377,10 @@ impl EventKind {
             EventKind::GoalReached { .. } => "goal_reached",
             EventKind::GoalEnded { .. } => "goal_ended",
             EventKind::Leaderboard { .. } => "leaderboard",
+            EventKind::PkInvite { .. } => "pk_invite",
+            EventKind::PkStarted { .. } => "pk_started",
+            EventKind::PkScore { .. } => "pk_score",
+            EventKind::PkEnded { .. } => "pk_ended",
         }
     }
 }
@@ -401,6 +432,9 @@ pub struct Snapshot {
     /// The room's current goal, absent when there is none. Boxed: most rooms have none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub goal: Option<Box<GoalView>>,
+    /// The room's PK battle or open challenge (`room/pk.rs`), absent when there is none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pk: Option<Box<PkBattle>>,
     /// The room's leaderboards' top N (`room/leaderboard.rs`). Boxed: it keeps a snapshot small
     /// to move.
     pub leaderboards: Box<BoardsView>,

@@ -56,8 +56,9 @@ fn check_since(since: Since) -> Result<Position> {
 }
 
 impl Session {
-    pub(super) fn handle_close_room(&mut self, id: u64) -> Result<Reply> {
+    pub(super) async fn handle_close_room(&mut self, id: u64) -> Result<Reply> {
         let room = self.owned_room()?;
+        super::end_for_close(&self.app, &room).await;
         let seq = room.close("closed by the streamer")?;
         self.app.forget_room(&room);
         self.room = None;

@@ -190,3 +190,112 @@ pub async fn events_until(
 pub fn of<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["kind"] == kind).collect()
 }
+
+/// What [`check_pk`] found in one room's events: each battle's `pk_ended` record.
+#[derive(Debug, Default)]
+pub struct PkTally {
+    pub ended: Vec<Value>,
+}
+
+/// The battle a room shows, as [`check_pk`] replays it.
+struct ShownPk {
+    id: String,
+    /// 0 invited, 1 active, 2 ended.
+    rank: u8,
+    /// (challenger, opponent)
+    scores: (u64, u64),
+    /// The coins of this room's gifts published since `pk_started`.
+    coins: Option<u64>,
+}
+
+/// Replays one room's `events` (`room` is the room): each battle is shown in order
+/// (`pk_invite`, then `pk_started`, `pk_score`s, then exactly one `pk_ended`, nothing after), the
+/// scores never go down, and this room's score in each event equals the coins of the gifts
+/// (and paid questions) published in this room between `pk_started` and that event. Tests call it
+/// on events where gifts do not race the battle's start or end.
+pub fn check_pk(room: &str, events: &[Value]) -> PkTally {
+    assert_gap_free(events);
+    let mut tally = PkTally::default();
+    let mut ended: Vec<String> = Vec::new();
+    let mut shown: Option<ShownPk> = None;
+    for e in events {
+        let kind = e["kind"].as_str().unwrap();
+        match kind {
+            "gift" | "question" => {
+                let price = if kind == "gift" {
+                    e["price_coins"].as_u64()
+                } else {
+                    e["paid"]["price_coins"].as_u64()
+                };
+                if let (
+                    Some(p),
+                    Some(ShownPk {
+                        coins: Some(coins), ..
+                    }),
+                ) = (price, shown.as_mut())
+                {
+                    *coins += p;
+                }
+                continue;
+            }
+            "pk_invite" | "pk_started" | "pk_score" | "pk_ended" => {}
+            _ => continue,
+        }
+        let b = &e["battle"];
+        let id = b["battle_id"].as_str().unwrap().to_owned();
+        assert!(
+            !ended.contains(&id),
+            "{e}: an event after the battle's pk_ended"
+        );
+        let scores = (
+            b["challenger"]["score_coins"].as_u64().unwrap(),
+            b["opponent"]["score_coins"].as_u64().unwrap(),
+        );
+        let own = if b["challenger"]["room"] == room {
+            scores.0
+        } else {
+            assert_eq!(b["opponent"]["room"], room, "{e}: not this room's battle");
+            scores.1
+        };
+        let rank = match kind {
+            "pk_invite" => 0,
+            "pk_started" | "pk_score" => 1,
+            _ => 2,
+        };
+        match shown.as_mut() {
+            Some(s) if s.id == id => {
+                assert!(rank >= s.rank, "{e}: out of order");
+                assert!(kind != "pk_started" || s.rank == 0, "{e}: started twice");
+                assert!(
+                    scores.0 >= s.scores.0 && scores.1 >= s.scores.1,
+                    "{e}: a score went down"
+                );
+                if kind == "pk_started" {
+                    s.coins = Some(0);
+                }
+                if let Some(coins) = s.coins {
+                    assert_eq!(own, coins, "{e}: this room's score is not its gifts");
+                }
+                s.rank = rank;
+                s.scores = scores;
+            }
+            Some(s) => panic!("{e}: a new battle while {} is shown", s.id),
+            None => {
+                assert!(kind != "pk_score", "{e}: scores of a battle never shown");
+                shown = Some(ShownPk {
+                    id: id.clone(),
+                    rank,
+                    scores,
+                    coins: (kind == "pk_started").then_some(0),
+                });
+            }
+        }
+        if kind == "pk_ended" {
+            assert!(b["reason"].is_string(), "{e}");
+            ended.push(id);
+            tally.ended.push(b.clone());
+            shown = None;
+        }
+    }
+    tally
+}

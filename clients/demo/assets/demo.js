@@ -220,6 +220,22 @@ var GiftdClient = class extends TypedEmitter {
     if (opts.around !== void 0) command.around = opts.around;
     return this.request(command, { resendable: true });
   }
+  /** Streamer: challenges the streamer of live room `room` to a PK battle. */
+  pkChallenge(room) {
+    return this.request({ type: "pk_challenge", room });
+  }
+  /** Streamer: accepts a challenge to the current room (its id is in the `pk_invite` event). */
+  pkAccept(battleId) {
+    return this.request({ type: "pk_accept", battle_id: battleId });
+  }
+  /** Streamer: declines a challenge to the current room. */
+  pkDecline(battleId) {
+    return this.request({ type: "pk_decline", battle_id: battleId });
+  }
+  /** Streamer: leaves the current room's battle (the other room wins) or withdraws a challenge. */
+  pkLeave(battleId) {
+    return this.request({ type: "pk_leave", battle_id: battleId });
+  }
   balance() {
     return this.request({ type: "balance" }, { resendable: true });
   }

@@ -19,6 +19,7 @@ import type {
   LeaveResult,
   PaidAskResult,
   PingResult,
+  PkResult,
   Position,
   QuestionEvent,
   Receipt,
@@ -306,6 +307,26 @@ export class GiftdClient extends TypedEmitter<ClientEvents> {
     const command: Command = { type: 'leaderboard', board };
     if (opts.around !== undefined) command.around = opts.around;
     return this.request<LeaderboardResult>(command, { resendable: true });
+  }
+
+  /** Streamer: challenges the streamer of live room `room` to a PK battle. */
+  pkChallenge(room: string): Promise<PkResult> {
+    return this.request<PkResult>({ type: 'pk_challenge', room });
+  }
+
+  /** Streamer: accepts a challenge to the current room (its id is in the `pk_invite` event). */
+  pkAccept(battleId: string): Promise<PkResult> {
+    return this.request<PkResult>({ type: 'pk_accept', battle_id: battleId });
+  }
+
+  /** Streamer: declines a challenge to the current room. */
+  pkDecline(battleId: string): Promise<PkResult> {
+    return this.request<PkResult>({ type: 'pk_decline', battle_id: battleId });
+  }
+
+  /** Streamer: leaves the current room's battle (the other room wins) or withdraws a challenge. */
+  pkLeave(battleId: string): Promise<PkResult> {
+    return this.request<PkResult>({ type: 'pk_leave', battle_id: battleId });
   }
 
   balance(): Promise<BalanceResult> {

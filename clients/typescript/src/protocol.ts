@@ -24,6 +24,8 @@ export type ClientMessage =
   | SetGoalMessage
   | EndGoalMessage
   | LeaderboardMessage
+  | PkChallengeMessage
+  | PkBattleMessage
   | BalanceMessage
   | PingMessage;
 /**
@@ -105,6 +107,8 @@ export type ErrorReason =
   | "gift_not_found"
   | "self_gift"
   | "goal_not_found"
+  | "pk_busy"
+  | "pk_not_found"
   | "red_packet_not_found"
   | "red_packet_empty"
   | "red_packet_expired"
@@ -142,7 +146,17 @@ export type RoomEvent =
   | ComboEndEvent
   | GoalEvent
   | GoalEndedEvent
-  | LeaderboardEvent;
+  | LeaderboardEvent
+  | PkEvent
+  | PkClockEvent;
+/**
+ * Coins of the gifts the ledger committed in this room while the battle was active.
+ */
+export type Coins2 = number;
+/**
+ * The winning room; absent for a draw or a battle that never started.
+ */
+export type RoomId1 = string;
 /**
  * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
  * via the `definition` "JoinResult".
@@ -156,7 +170,7 @@ export type AskResult = FreeAskResult | PaidAskResult;
 /**
  * Debt left by refunds of coins already spent; later top-ups repay it first.
  */
-export type Coins2 = number;
+export type Coins3 = number;
 
 export interface GiftdProtocolSchema {}
 /**
@@ -283,6 +297,28 @@ export interface LeaderboardMessage {
   id: RequestId;
   board: Board;
   around?: string;
+}
+/**
+ * The current room's streamer challenges the streamer of live room `room` to a PK battle.
+ *
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "PkChallengeMessage".
+ */
+export interface PkChallengeMessage {
+  type: "pk_challenge";
+  id: RequestId;
+  room: RoomId;
+}
+/**
+ * The current room's streamer accepts or declines a challenge to the room, or leaves its battle (the other room wins) or withdraws its challenge.
+ *
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "PkBattleMessage".
+ */
+export interface PkBattleMessage {
+  type: "pk_accept" | "pk_decline" | "pk_leave";
+  id: RequestId;
+  battle_id: string;
 }
 /**
  * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
@@ -518,6 +554,64 @@ export interface Ranked {
   coins: Coins;
 }
 /**
+ * pk_invite: a challenge the room is in; pk_ended: the battle or challenge ended (exactly once per room).
+ *
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "PkEvent".
+ */
+export interface PkEvent {
+  type: "event";
+  room: RoomId;
+  epoch: Epoch;
+  seq: Seq;
+  kind: "pk_invite" | "pk_ended";
+  battle: PkBattle;
+}
+/**
+ * A PK battle as the ledger records it.
+ *
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "PkBattle".
+ */
+export interface PkBattle {
+  battle_id: string;
+  challenger: PkSide;
+  opponent: PkSide;
+  status: "invited" | "active" | "ended";
+  created_ms: Millis;
+  answer_by_ms: Millis;
+  duration_ms: Millis;
+  started_ms?: Millis;
+  ends_ms?: Millis;
+  ended_ms?: Millis;
+  reason?: "time_up" | "declined" | "expired" | "left" | "room_closed";
+  winner?: RoomId1;
+}
+/**
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "PkSide".
+ */
+export interface PkSide {
+  room: RoomId;
+  streamer: string;
+  score_coins: Coins2;
+}
+/**
+ * pk_started: the challenge was accepted; pk_score: the scores changed (coalesced, at most once per rooms.viewer_count_interval_ms). `remaining_ms` is the countdown when the event was published.
+ *
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "PkClockEvent".
+ */
+export interface PkClockEvent {
+  type: "event";
+  room: RoomId;
+  epoch: Epoch;
+  seq: Seq;
+  kind: "pk_started" | "pk_score";
+  battle: PkBattle;
+  remaining_ms: Millis;
+}
+/**
  * Private: the streamer thanked one of your gifts.
  *
  * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
@@ -623,6 +717,7 @@ export interface Snapshot {
   questions_open: Question[];
   questions_pinned: Question[];
   goal?: Goal;
+  pk?: PkBattle;
   leaderboards: Leaderboards;
 }
 /**
@@ -663,6 +758,7 @@ export interface OpenRoomResult {
   questions_open: Question[];
   questions_pinned: Question[];
   goal?: Goal;
+  pk?: PkBattle;
   leaderboards: Leaderboards;
 }
 /**
@@ -759,6 +855,16 @@ export interface GoalResult {
   seq: Seq;
 }
 /**
+ * The ack of pk_challenge, pk_accept, pk_decline and pk_leave: the battle as the ledger recorded it, and the room event that shows it (null if the room had already shown it).
+ *
+ * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
+ * via the `definition` "PkResult".
+ */
+export interface PkResult {
+  battle: PkBattle;
+  seq: Seq | null;
+}
+/**
  * The ack of leaderboard: the board's top N, and with `around`, that user's entry and neighbours (empty if the user is not on the board).
  *
  * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema
@@ -779,7 +885,7 @@ export interface BalanceResult {
   android_coins: Coins;
   web_coins: Coins;
   earnings_coins?: Coins;
-  owed_coins: Coins2;
+  owed_coins: Coins3;
 }
 /**
  * This interface was referenced by `GiftdProtocolSchema`'s JSON-Schema

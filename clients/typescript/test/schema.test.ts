@@ -40,6 +40,10 @@ const RESULT_DEF: Record<string, string> = {
   set_goal: 'GoalResult',
   end_goal: 'GoalResult',
   leaderboard: 'LeaderboardResult',
+  pk_challenge: 'PkResult',
+  pk_accept: 'PkResult',
+  pk_decline: 'PkResult',
+  pk_leave: 'PkResult',
   balance: 'BalanceResult',
   ping: 'PingResult',
 };
@@ -96,7 +100,7 @@ describe('protocol schema', () => {
     const star = uid('star');
     const bob = uid('bob');
     const carol = uid('carol');
-    const taps = { star: new Tap(), bob: new Tap(), carol: new Tap() };
+    const taps = { star: new Tap(), bob: new Tap(), carol: new Tap(), rival: new Tap() };
     const s = await client(star, 'streamer', { onFrame: taps.star.onFrame });
     // bob authenticates with an `auth` message, the others in the handshake.
     const b = await client(bob, 'viewer', { onFrame: taps.bob.onFrame, auth: 'message' });
@@ -121,6 +125,19 @@ describe('protocol schema', () => {
     const board = await c.leaderboard('session', { around: bob });
     expect(board.around?.map((e) => e.user)).toEqual([bob]);
     await c.leaderboard('all_time');
+    // A PK battle with a rival streamer's room: challenged, accepted, scored by a gift, left.
+    const rival = await client(uid('rival'), 'streamer', { onFrame: taps.rival.onFrame });
+    const rivalRoom = uid('rival');
+    await rival.openRoom(rivalRoom, 'Rival stream');
+    const invited = await s.pkChallenge(rivalRoom);
+    await until('a pk_invite in the rival room', () => taps.rival.in.some((m) => m.kind === 'pk_invite'));
+    const started = await rival.pkAccept(invited.battle.battle_id);
+    expect(started.battle.status).toBe('active');
+    await b.sendGift('rose');
+    await until('a pk_score', () => taps.star.in.some((m) => m.kind === 'pk_score'));
+    const left = await rival.pkLeave(invited.battle.battle_id);
+    expect(left.battle).toMatchObject({ status: 'ended', reason: 'left', winner: room });
+    await until('a pk_ended', () => taps.star.in.some((m) => m.kind === 'pk_ended'));
     // Errors: one per family the SDK meets in a normal session.
     const errors = await Promise.all([
       c.sendGift('no-such-sticker').catch((e: unknown) => e),
@@ -160,6 +177,8 @@ describe('protocol schema', () => {
       ...['send_gift', 'ask(free)', 'ask(paid)', 'answer', 'thank', 'balance', 'balance(streamer)', 'ping', 'leaderboard'].map(
         (k) => `ack:${k}`,
       ),
+      ...['pk_challenge', 'pk_accept', 'pk_leave'].map((k) => `ack:${k}`),
+      ...['pk_invite', 'pk_started', 'pk_score', 'pk_ended'].map((k) => `event:${k}`),
       ...['viewers', 'gift', 'question', 'question(paid)', 'answer', 'thanks', 'room_closed', 'leaderboard'].map(
         (k) => `event:${k}`,
       ),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use super::{analyse_rooms, check_positive, run_rooms, Ctx, RoomsPlan};
+use super::{analyse_rooms, check_positive, report_room_events, run_rooms, Ctx, RoomsPlan};
 use crate::actors::Mix;
 use crate::cli::FanoutArgs;
 use crate::stats::Check;
@@ -25,6 +25,7 @@ pub(crate) async fn run(ctx: &mut Ctx, args: &FanoutArgs) -> Result<Outcome> {
         "sticker": args.sticker,
         "pipeline": args.pipeline,
         "goal_coins": args.goal_coins,
+        "pk": args.pk,
         "conns_per_worker": ctx.common.conns_per_worker,
         "nodes": ctx.targets.len(),
         "wait_viewer_count_secs": args.wait_viewer_count_secs,
@@ -42,6 +43,7 @@ pub(crate) async fn run(ctx: &mut Ctx, args: &FanoutArgs) -> Result<Outcome> {
         sticker: args.sticker.clone(),
         thank_every: 0,
         goal_coins: args.goal_coins,
+        pk: args.pk,
         wait_viewer_count: Duration::from_secs(args.wait_viewer_count_secs),
     };
     let run = run_rooms(ctx, &plan).await?;
@@ -53,6 +55,10 @@ pub(crate) async fn run(ctx: &mut Ctx, args: &FanoutArgs) -> Result<Outcome> {
     report.latency("gift to last viewer", &d.last_viewer);
     report.latency("receipt to last viewer", &d.receipt_to_last_viewer);
     report.latency("viewer connect", &d.connect);
+    // The room mechanics the streamers saw (goal and PK events), when any run.
+    if args.goal_coins > 0 || args.pk {
+        report_room_events(&run, &mut report);
+    }
     let p99_ms = d.last_viewer.summary().latency_us_p99 as f64 / 1000.0;
     report.checks.push(Check::at_most(
         "gift_to_last_viewer_latency_ms_p99",

@@ -43,6 +43,7 @@ pub(crate) async fn run(ctx: &mut Ctx, args: &GiftsArgs) -> Result<Outcome> {
             answer_questions: false,
             thank_every: 0,
             goal_coins: 0,
+            pk_challenge: None,
         };
         streamers.push(Streamer::open(plan, &ctx.minter).await?);
     }

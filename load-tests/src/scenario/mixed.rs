@@ -1,6 +1,7 @@
 //! `mixed`: streamers, passive viewers and active senders doing a realistic mix (gifts of several
 //! stickers, which form combos, paid and free questions, leaderboard reads, balance and ping),
-//! with streamers answering every question, thanking some gifts and keeping a goal running.
+//! with streamers answering every question, thanking some gifts, keeping a goal running and
+//! fighting PK battles in pairs of rooms.
 //! Reports each command's ack latency, the viewers' delivery checks, and the room events by kind
 //! (combo ends, goals, leaderboard updates), so the mechanics at work show.
 
@@ -8,7 +9,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use super::{analyse_rooms, audit_into, check_positive, run_rooms, Ctx, RoomsPlan};
+use super::{
+    analyse_rooms, audit_into, check_positive, report_room_events, run_rooms, Ctx, RoomsPlan,
+};
 use crate::actors::Mix;
 use crate::cli::MixedArgs;
 use crate::stats::Hist;
@@ -25,6 +28,7 @@ pub(crate) async fn run(ctx: &mut Ctx, args: &MixedArgs) -> Result<Outcome> {
         "duration_secs": args.duration_secs,
         "thank_every": args.thank_every,
         "goal_coins": args.goal_coins,
+        "pk": args.pk,
     });
     let mut report = ctx.report("mixed", params);
     let plan = RoomsPlan {
@@ -39,6 +43,7 @@ pub(crate) async fn run(ctx: &mut Ctx, args: &MixedArgs) -> Result<Outcome> {
         sticker: "rose".into(),
         thank_every: args.thank_every,
         goal_coins: args.goal_coins,
+        pk: args.pk,
         wait_viewer_count: Duration::ZERO,
     };
     let run = run_rooms(ctx, &plan).await?;
@@ -57,16 +62,9 @@ pub(crate) async fn run(ctx: &mut Ctx, args: &MixedArgs) -> Result<Outcome> {
     for (name, h) in &streamer_cmds {
         report.latency(&format!("ack {name} (streamer)"), h);
     }
-    let mut events: std::collections::BTreeMap<&str, u64> = Default::default();
-    for s in &run.streamers {
-        for (kind, n) in &s.events {
-            *events.entry(kind).or_default() += n;
-        }
-    }
-    // The room mechanics at work: combos that ended, goals set and reached, leaderboards.
-    for (kind, n) in events {
-        report.metric(&format!("room_events_{kind}"), n as f64);
-    }
+    // The room mechanics at work: combos that ended, goals set and reached, leaderboards, PK
+    // battles.
+    report_room_events(&run, &mut report);
     report.metric(
         "private_messages_received",
         run.senders.private_messages as f64,

@@ -326,9 +326,25 @@ pub(crate) struct RoomsPlan {
     pub(crate) thank_every: u64,
     /// The goal each streamer keeps running, in coins (0: none).
     pub(crate) goal_coins: u64,
+    /// Rooms battle in pairs (0 and 1, 2 and 3, ...), one PK battle after another; an odd last
+    /// room battles a rival room of its own, with no viewers.
+    pub(crate) pk: bool,
     /// How long to wait, once every viewer's join is acknowledged, for the room's published
     /// viewer count to reach `viewers` (zero: do not wait).
     pub(crate) wait_viewer_count: Duration,
+}
+
+/// Reports the room events every streamer saw, by kind, as `room_events_<kind>`.
+pub(crate) fn report_room_events(run: &RoomsRun, report: &mut Report) {
+    let mut events: BTreeMap<&str, u64> = BTreeMap::new();
+    for s in &run.streamers {
+        for (kind, n) in &s.events {
+            *events.entry(kind).or_default() += n;
+        }
+    }
+    for (kind, n) in events {
+        report.metric(&format!("room_events_{kind}"), n as f64);
+    }
 }
 
 /// What the rooms harness saw.
@@ -376,7 +392,11 @@ pub(crate) async fn run_rooms(ctx: &Ctx, plan: &RoomsPlan) -> Result<RoomsRun> {
         .map(|r| format!("load-{}-r{r}", ctx.run_id))
         .collect();
     let mut streamers = Vec::new();
+    let rival = format!("load-{}-rival", ctx.run_id);
     for (r, room) in rooms.iter().enumerate() {
+        // Even rooms challenge the next one (or the rival room); odd ones accept.
+        let pk_challenge = (plan.pk && r % 2 == 0)
+            .then(|| rooms.get(r + 1).cloned().unwrap_or_else(|| rival.clone()));
         let plan = StreamerPlan {
             target: ctx.target,
             user: format!("st-{}-{r}", ctx.run_id),
@@ -384,9 +404,24 @@ pub(crate) async fn run_rooms(ctx: &Ctx, plan: &RoomsPlan) -> Result<RoomsRun> {
             answer_questions: plan.mix == Mix::Mixed,
             thank_every: plan.thank_every,
             goal_coins: plan.goal_coins,
+            pk_challenge,
         };
         streamers.push(Streamer::open(plan, &ctx.minter).await?);
     }
+    let rival = if plan.pk && plan.rooms % 2 == 1 {
+        let plan = StreamerPlan {
+            target: ctx.target,
+            user: format!("st-{}-rival", ctx.run_id),
+            room: rival,
+            answer_questions: false,
+            thank_every: 0,
+            goal_coins: 0,
+            pk_challenge: None,
+        };
+        Some(Streamer::open(plan, &ctx.minter).await?)
+    } else {
+        None
+    };
 
     let rss_now = || -> Vec<Option<u64>> {
         ctx.node_pids
@@ -523,6 +558,9 @@ pub(crate) async fn run_rooms(ctx: &Ctx, plan: &RoomsPlan) -> Result<RoomsRun> {
     let mut streamer_outs = Vec::new();
     for s in streamers {
         streamer_outs.push(s.close().await?);
+    }
+    if let Some(rival) = rival {
+        rival.close().await?;
     }
     Ok(RoomsRun {
         ready,
