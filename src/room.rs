@@ -100,6 +100,9 @@ struct State {
     pk: Option<crate::ledger::pk::PkBattle>,
     /// A ledger call for the battle is under way.
     pk_calling: bool,
+    /// The battle whose `pk_ended` the room published last: records of it that arrive late (a
+    /// notice overtaken by another) are ignored.
+    pk_ended: Option<String>,
 }
 
 pub struct Room {
@@ -228,6 +231,7 @@ impl Room {
                 boards: Boards::new(config),
                 pk: None,
                 pk_calling: false,
+                pk_ended: None,
             }),
             closed: AtomicBool::new(false),
             closing: AtomicBool::new(false),

@@ -53,7 +53,7 @@ impl Room {
         let Ok(mut state) = self.live() else {
             return Learned::Done(None);
         };
-        if !battle.has_room(&self.id) {
+        if !battle.has_room(&self.id) || state.pk_ended.as_ref() == Some(&battle.battle_id) {
             return Learned::Done(None);
         }
         let Some(shown) = state.pk.as_ref() else {
@@ -96,6 +96,7 @@ impl Room {
         };
         if battle.status == PkStatus::Ended {
             state.pk = None;
+            state.pk_ended = Some(battle.battle_id.clone());
             self.metrics
                 .pk_ended(battle.reason.unwrap_or(PkEndReason::TimeUp));
         } else {
@@ -148,10 +149,12 @@ impl Room {
 
     /// Rebuilds the battle from a kept `pk_*` event (a takeover; see `Room::resume`).
     pub(super) fn pk_restore(state: &mut State, kind: &str, battle: Option<PkBattle>) {
-        state.pk = match kind {
-            "pk_ended" => None,
-            _ => battle,
-        };
+        if kind == "pk_ended" {
+            state.pk = None;
+            state.pk_ended = battle.map(|b| b.battle_id);
+        } else {
+            state.pk = battle;
+        }
     }
 }
 
@@ -240,6 +243,9 @@ mod tests {
             .unwrap();
         assert!(matches!(r.pk_learn(&ended), Learned::Done(Some(4))));
         assert_eq!(r.pk_learn(&ended), Learned::Done(None), "ended once");
+        // A notice overtaken by the end (its task ran late) does not bring the battle back.
+        assert_eq!(r.pk_learn(&scored), Learned::Done(None));
+        assert_eq!(r.pk_learn(&invited), Learned::Done(None));
         assert!(matches!(r.pk_learn(&newer), Learned::Done(Some(5))));
         assert_eq!(
             kinds(&r),
