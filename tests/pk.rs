@@ -215,3 +215,28 @@ async fn battle(challenger: &mut Client, opponent: &mut Client, room: &str) -> S
         .await;
     id
 }
+
+#[tokio::test]
+async fn a_room_closed_because_its_streamer_stayed_away_forfeits_its_battle() {
+    let server = TestServer::start_with(|c| {
+        c.rooms.streamer_away_close_ms = 1_000;
+        c.rooms.pk_duration_ms = 600_000;
+    })
+    .await;
+    let (mut ann, mut va) = live(&server, "ann", "a", "va").await;
+    let (mut bo, mut vb) = live(&server, "bo", "b", "vb").await;
+    let id = battle(&mut ann, &mut bo, "b").await;
+    // ann's app dies and does not come back: the room ticker closes her room, ending the battle.
+    drop(ann);
+    let a_events = events_until(&mut va, Duration::ZERO, |seen| {
+        seen.last().is_some_and(|e| e["kind"] == "room_closed")
+    })
+    .await;
+    let ended = check_pk("a", &a_events).ended;
+    assert_eq!(ended.len(), 1);
+    assert_eq!(ended[0]["reason"], "room_closed");
+    assert_eq!(ended[0]["winner"], "b");
+    assert_eq!(a_events[a_events.len() - 2]["kind"], "pk_ended");
+    let b_ended = check_pk("b", &until_ended(&mut vb, &id).await).ended;
+    assert_eq!(b_ended, ended);
+}
