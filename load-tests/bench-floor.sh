@@ -8,6 +8,7 @@
 #   10k-100   1 room x 10,000 viewers, 100 gifts/s (8 senders)
 #   10k-200   1 room x 10,000 viewers, 200 gifts/s (8 senders)
 #   100x100   100 rooms x 100 viewers, 20 gifts/s each (1 sender per room)
+#   19k-50    1 room x 19,000 viewers on one node, 50 gifts/s (8 senders; not in the default set)
 # Prints per scenario the medians and giftd's ratios to the floor. JSON reports in
 # load-tests/results/issue13/floor/.
 set -euo pipefail
@@ -27,6 +28,7 @@ args_of() {
         10k-1) echo "--rooms 1 --viewers 10000 --gifts-per-sec 1 --senders-per-room 1 --conns-per-worker 5000" ;;
         10k-100) echo "--rooms 1 --viewers 10000 --gifts-per-sec 100 --senders-per-room 8 --conns-per-worker 5000" ;;
         10k-200) echo "--rooms 1 --viewers 10000 --gifts-per-sec 200 --senders-per-room 8 --conns-per-worker 5000" ;;
+        19k-50) echo "--rooms 1 --viewers 19000 --gifts-per-sec 50 --senders-per-room 8 --conns-per-worker 5000" ;;
         100x100) echo "--rooms 100 --viewers 10000 --gifts-per-sec 2000 --senders-per-room 1 --conns-per-worker 5000" ;;
         *) echo "unknown scenario $1" >&2; exit 64 ;;
     esac
