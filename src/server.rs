@@ -352,13 +352,9 @@ async fn room_ticker(app: Arc<App>) {
                 room.publish_viewers_if_changed();
                 room.tick(now);
                 if let Some((battle_id, change)) = room.pk_due(crate::ledger::now_ms()) {
-                    let (ledger, room) = (app.ledger.clone(), room.clone());
+                    let (app, room) = (app.clone(), room.clone());
                     tokio::spawn(async move {
-                        let read = match change {
-                            Some(change) => ledger.pk_change(&battle_id, change).await.map(Some),
-                            None => ledger.pk_battle(&battle_id).await,
-                        };
-                        room.pk_called(read);
+                        crate::session::beat_pk(&app, &room, &battle_id, change).await
                     });
                 }
                 if room.all_time_due() {

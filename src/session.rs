@@ -31,7 +31,7 @@ mod questions;
 mod red_packets;
 mod rooms;
 
-pub(crate) use pk::{end_for_close, learn as learn_pk};
+pub(crate) use pk::{beat as beat_pk, end_for_close, learn as learn_pk};
 pub(crate) use rooms::entry_reply;
 
 use std::sync::{Arc, Mutex};

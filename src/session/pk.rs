@@ -152,6 +152,20 @@ fn notify(app: &Arc<App>, room: &str, battle: &PkBattle) {
     }
 }
 
+/// The room ticker's call for a battling room (`Room::pk_due`): reads the battle, or ends it
+/// once its clock ran out and tells the other room at once, as a command would.
+pub(crate) async fn beat(app: &Arc<App>, room: &Room, battle_id: &str, change: Option<PkChange>) {
+    let Some(change) = change else {
+        room.pk_called(app.ledger.pk_battle(battle_id).await);
+        return;
+    };
+    let ended = app.ledger.pk_change(battle_id, change).await;
+    if let Ok(battle) = &ended {
+        notify(app, battle.other_room(&room.id), battle);
+    }
+    room.pk_called(ended.map(Some));
+}
+
 /// Ends the room's battle, if it has one, as the room closes: the other room wins a running
 /// battle, a challenge just ends. Publishes `pk_ended` here and tells the other room.
 pub(crate) async fn end_for_close(app: &Arc<App>, room: &Room) {
