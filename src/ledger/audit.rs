@@ -325,7 +325,20 @@ pub async fn audit_postgres(url: &str) -> Result<AuditReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::sqlite::open_connection;
+    use crate::ledger::sqlite::{open_connection, SqliteLedger, SqliteOptions};
+
+    /// A SQLite ledger writing the file at `path`.
+    fn ledger_at(path: &Path) -> SqliteLedger {
+        let options = SqliteOptions {
+            path: path.to_owned(),
+            batch_max: 8,
+            queue_max: 8,
+            call_timeout_ms: 5_000,
+        };
+        let histogram =
+            prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("t", "t")).unwrap();
+        SqliteLedger::open(options, histogram).unwrap()
+    }
 
     #[test]
     fn detects_a_forged_balance() {
@@ -354,20 +367,11 @@ mod tests {
     async fn detects_entries_that_disagree_with_their_gift() {
         use crate::config::SplitConfig;
         use crate::gift::Channel;
-        use crate::ledger::sqlite::{SqliteLedger, SqliteOptions};
         use crate::ledger::{GiftPurpose, GiftRequest, Ledger, TopUpRequest};
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("l.db");
-        let options = SqliteOptions {
-            path: path.clone(),
-            batch_max: 8,
-            queue_max: 8,
-            call_timeout_ms: 5_000,
-        };
-        let histogram =
-            prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("t", "t")).unwrap();
-        let ledger = SqliteLedger::open(options, histogram).unwrap();
+        let ledger = ledger_at(&path);
         let top_up = TopUpRequest {
             user: "v".into(),
             channel: Channel::Ios,
@@ -418,20 +422,11 @@ mod tests {
     #[tokio::test]
     async fn detects_a_refund_whose_wallet_coins_were_booked_as_another_users_debt() {
         use crate::gift::Channel;
-        use crate::ledger::sqlite::{SqliteLedger, SqliteOptions};
         use crate::ledger::{Ledger, RefundReason, RefundRequest, TopUpRequest};
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("l.db");
-        let options = SqliteOptions {
-            path: path.clone(),
-            batch_max: 8,
-            queue_max: 8,
-            call_timeout_ms: 5_000,
-        };
-        let histogram =
-            prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("t", "t")).unwrap();
-        let ledger = SqliteLedger::open(options, histogram).unwrap();
+        let ledger = ledger_at(&path);
         let top_up = |user: &str, coins, id: &str| TopUpRequest {
             user: user.into(),
             channel: Channel::Web,
@@ -471,28 +466,15 @@ mod tests {
     #[tokio::test]
     async fn detects_a_pk_result_or_claim_that_disagrees_with_the_battle() {
         use crate::ledger::pk::{PkChallenge, PkChange, PkEndReason, PkStatus};
-        use crate::ledger::sqlite::{SqliteLedger, SqliteOptions};
         use crate::ledger::Ledger;
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("l.db");
-        let options = SqliteOptions {
-            path: path.clone(),
-            batch_max: 8,
-            queue_max: 8,
-            call_timeout_ms: 5_000,
-        };
-        let histogram =
-            prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("t", "t")).unwrap();
-        let ledger = SqliteLedger::open(options, histogram).unwrap();
+        let ledger = ledger_at(&path);
         let battle = ledger
             .pk_create(PkChallenge {
-                challenger_room: "a".into(),
-                challenger: "ann".into(),
-                opponent_room: "b".into(),
-                opponent: "bo".into(),
-                answer_ms: 60_000,
                 duration_ms: 1,
+                ..PkChallenge::example()
             })
             .await
             .unwrap();
@@ -535,20 +517,11 @@ mod tests {
     #[tokio::test]
     async fn detects_a_red_packet_share_rewritten_after_its_grab() {
         use crate::gift::Channel;
-        use crate::ledger::sqlite::{SqliteLedger, SqliteOptions};
         use crate::ledger::{CapPolicy, Ledger, PacketDrop, PacketGrab, TopUpRequest};
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("l.db");
-        let options = SqliteOptions {
-            path: path.clone(),
-            batch_max: 8,
-            queue_max: 8,
-            call_timeout_ms: 5_000,
-        };
-        let histogram =
-            prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("t", "t")).unwrap();
-        let ledger = SqliteLedger::open(options, histogram).unwrap();
+        let ledger = ledger_at(&path);
         ledger
             .top_up(TopUpRequest {
                 user: "s".into(),

@@ -19,6 +19,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+/// The columns of `pk_battles` both backends select, in the order their row mappings read them.
+pub(crate) const COLUMNS: &str = "battle_id, challenger_room, challenger, challenger_score_coins,
+    opponent_room, opponent, opponent_score_coins, status, created_ms, answer_by_ms, duration_ms,
+    started_ms, ends_ms, ended_ms, reason, winner";
+
 /// Where a battle is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -133,6 +138,20 @@ pub struct PkChallenge {
 }
 
 impl PkChallenge {
+    /// Room `a` (streamer `ann`) challenges room `b` (streamer `bo`): 10 s to answer, 60 s of
+    /// battle. For tests.
+    #[cfg(test)]
+    pub(crate) fn example() -> PkChallenge {
+        PkChallenge {
+            challenger_room: "a".into(),
+            challenger: "ann".into(),
+            opponent_room: "b".into(),
+            opponent: "bo".into(),
+            answer_ms: 10_000,
+            duration_ms: 60_000,
+        }
+    }
+
     /// The battle this challenge opens at `now_ms`, with a new id.
     pub fn battle(&self, now_ms: u64) -> Result<PkBattle> {
         if self.challenger_room == self.opponent_room {
@@ -293,16 +312,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn invited(now_ms: u64) -> PkBattle {
-        PkChallenge {
-            challenger_room: "a".into(),
-            challenger: "ann".into(),
-            opponent_room: "b".into(),
-            opponent: "bo".into(),
-            answer_ms: 10_000,
-            duration_ms: 60_000,
-        }
-        .battle(now_ms)
-        .unwrap()
+        PkChallenge::example().battle(now_ms).unwrap()
     }
 
     fn answer(room: &str, accept: bool) -> PkChange {

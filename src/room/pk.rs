@@ -179,16 +179,7 @@ mod tests {
     }
 
     fn battle() -> PkBattle {
-        PkChallenge {
-            challenger_room: "a".into(),
-            challenger: "ann".into(),
-            opponent_room: "b".into(),
-            opponent: "bo".into(),
-            answer_ms: 10_000,
-            duration_ms: 60_000,
-        }
-        .battle(now_ms())
-        .unwrap()
+        PkChallenge::example().battle(now_ms()).unwrap()
     }
 
     fn kinds(r: &Room) -> Vec<String> {

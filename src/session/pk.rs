@@ -43,8 +43,7 @@ impl Session {
             duration_ms: rooms.pk_duration_ms,
         };
         let battle = self.app.ledger.pk_create(challenge).await?;
-        let seq = learn(&self.app, &own, &battle).await;
-        notify(&self.app, &battle.opponent.room, &battle);
+        let seq = show(&self.app, &own, &battle).await;
         ack(id, &json!({ "battle": battle, "seq": seq }))
     }
 
@@ -88,15 +87,13 @@ impl Session {
             Err(e @ Error::PkNotFound(_)) => {
                 // Refused because the battle's clock ran out, which the ledger recorded: show it.
                 if let Ok(Some(battle)) = self.app.ledger.pk_battle(battle_id).await {
-                    learn(&self.app, &own, &battle).await;
-                    notify(&self.app, battle.other_room(&own.id), &battle);
+                    show(&self.app, &own, &battle).await;
                 }
                 return Err(e);
             }
             Err(e) => return Err(e),
         };
-        let seq = learn(&self.app, &own, &battle).await;
-        notify(&self.app, battle.other_room(&own.id), &battle);
+        let seq = show(&self.app, &own, &battle).await;
         ack(id, &json!({ "battle": battle, "seq": seq }))
     }
 }
@@ -136,6 +133,14 @@ pub(crate) async fn learn(app: &App, room: &Room, battle: &PkBattle) -> Option<u
             }
         }
     }
+}
+
+/// Makes `room`, whose node just changed `battle` in the ledger, show it, and sends the record to
+/// the battle's other room. Returns the `seq` of the event published here, if any.
+async fn show(app: &Arc<App>, room: &Room, battle: &PkBattle) -> Option<u64> {
+    let seq = learn(app, room, battle).await;
+    notify(app, battle.other_room(&room.id), battle);
+    seq
 }
 
 /// Sends `battle`'s record to room `room`: learnt at once if this node runs it, else sent to
@@ -178,8 +183,7 @@ pub(crate) async fn end_for_close(app: &Arc<App>, room: &Room) {
     };
     match app.ledger.pk_change(&shown.battle_id, change).await {
         Ok(battle) => {
-            learn(app, room, &battle).await;
-            notify(app, battle.other_room(&room.id), &battle);
+            show(app, room, &battle).await;
         }
         Err(e) => {
             tracing::warn!(room = %room.id, error = %e, "could not end the PK battle of a closing room")

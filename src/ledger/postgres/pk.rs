@@ -16,7 +16,7 @@ use tokio_postgres::Row;
 use super::{pg, pool_error};
 use crate::error::{Error, Result};
 use crate::ledger::now_ms;
-use crate::ledger::pk::{PkBattle, PkChallenge, PkChange, PkEndReason, PkSide, PkStatus};
+use crate::ledger::pk::{PkBattle, PkChallenge, PkChange, PkEndReason, PkSide, PkStatus, COLUMNS};
 
 /// The migration that adds battles (appended to the backend's list).
 pub(super) const MIGRATION: &str = r#"
@@ -47,19 +47,17 @@ CREATE TABLE pk_rooms (
 );
 CREATE FUNCTION giftd_add_to_pk_scores() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    UPDATE pk_battles b SET challenger_score_coins = b.challenger_score_coins + s.coins
-    FROM (SELECT p.battle_id, SUM(g.price_coins)::BIGINT AS coins
+    UPDATE pk_battles b SET
+        challenger_score_coins = b.challenger_score_coins + s.challenger_coins,
+        opponent_score_coins = b.opponent_score_coins + s.opponent_coins
+    FROM (SELECT p.battle_id,
+                 SUM(CASE WHEN g.room = p.challenger_room THEN g.price_coins ELSE 0 END)::BIGINT
+                     AS challenger_coins,
+                 SUM(CASE WHEN g.room = p.opponent_room THEN g.price_coins ELSE 0 END)::BIGINT
+                     AS opponent_coins
           FROM new_gifts g
           JOIN pk_rooms r ON r.room = g.room
-          JOIN pk_battles p ON p.battle_id = r.battle_id AND p.challenger_room = g.room
-          WHERE g.created_ms < p.ends_ms
-          GROUP BY p.battle_id) s
-    WHERE b.battle_id = s.battle_id AND b.status = 'active';
-    UPDATE pk_battles b SET opponent_score_coins = b.opponent_score_coins + s.coins
-    FROM (SELECT p.battle_id, SUM(g.price_coins)::BIGINT AS coins
-          FROM new_gifts g
-          JOIN pk_rooms r ON r.room = g.room
-          JOIN pk_battles p ON p.battle_id = r.battle_id AND p.opponent_room = g.room
+          JOIN pk_battles p ON p.battle_id = r.battle_id
           WHERE g.created_ms < p.ends_ms
           GROUP BY p.battle_id) s
     WHERE b.battle_id = s.battle_id AND b.status = 'active';
@@ -70,11 +68,6 @@ CREATE TRIGGER gifts_add_to_pk_scores AFTER INSERT ON gifts
     REFERENCING NEW TABLE AS new_gifts FOR EACH STATEMENT
     EXECUTE FUNCTION giftd_add_to_pk_scores();
 "#;
-
-const COLUMNS: &str =
-    "battle_id, challenger_room, challenger, challenger_score_coins, opponent_room,
-    opponent, opponent_score_coins, status, created_ms, answer_by_ms, duration_ms, started_ms,
-    ends_ms, ended_ms, reason, winner";
 
 fn battle_of(r: &Row) -> PkBattle {
     let opt = |i: usize| r.get::<_, Option<i64>>(i).map(|v| v as u64);

@@ -9,7 +9,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use super::Db;
 use crate::error::{Error, Result};
 use crate::ledger::now_ms;
-use crate::ledger::pk::{PkBattle, PkChallenge, PkChange, PkEndReason, PkSide, PkStatus};
+use crate::ledger::pk::{PkBattle, PkChallenge, PkChange, PkEndReason, PkSide, PkStatus, COLUMNS};
 
 pub(super) const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS pk_battles (
@@ -37,13 +37,15 @@ CREATE TABLE IF NOT EXISTS pk_rooms (
     room      TEXT PRIMARY KEY,
     battle_id TEXT NOT NULL
 ) WITHOUT ROWID;
-CREATE TRIGGER IF NOT EXISTS gifts_add_to_pk_scores AFTER INSERT ON gifts BEGIN
-    UPDATE pk_battles SET challenger_score_coins = challenger_score_coins + NEW.price_coins
-        WHERE battle_id = (SELECT battle_id FROM pk_rooms WHERE room = NEW.room)
-          AND status = 'active' AND challenger_room = NEW.room AND NEW.created_ms < ends_ms;
-    UPDATE pk_battles SET opponent_score_coins = opponent_score_coins + NEW.price_coins
-        WHERE battle_id = (SELECT battle_id FROM pk_rooms WHERE room = NEW.room)
-          AND status = 'active' AND opponent_room = NEW.room AND NEW.created_ms < ends_ms;
+CREATE TRIGGER IF NOT EXISTS gifts_add_to_pk_scores AFTER INSERT ON gifts
+WHEN EXISTS (SELECT 1 FROM pk_rooms WHERE room = NEW.room) BEGIN
+    UPDATE pk_battles SET
+        challenger_score_coins = challenger_score_coins
+            + CASE WHEN challenger_room = NEW.room THEN NEW.price_coins ELSE 0 END,
+        opponent_score_coins = opponent_score_coins
+            + CASE WHEN opponent_room = NEW.room THEN NEW.price_coins ELSE 0 END
+    WHERE battle_id = (SELECT battle_id FROM pk_rooms WHERE room = NEW.room)
+      AND status = 'active' AND NEW.created_ms < ends_ms;
 END;
 "#;
 
@@ -52,11 +54,6 @@ pub(super) enum PkWrite {
     Create(PkChallenge),
     Change(String, PkChange),
 }
-
-const COLUMNS: &str =
-    "battle_id, challenger_room, challenger, challenger_score_coins, opponent_room,
-    opponent, opponent_score_coins, status, created_ms, answer_by_ms, duration_ms, started_ms,
-    ends_ms, ended_ms, reason, winner";
 
 fn battle_of(r: &Row<'_>) -> rusqlite::Result<PkBattle> {
     let opt = |i: usize| -> rusqlite::Result<Option<u64>> {
