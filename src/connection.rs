@@ -29,6 +29,7 @@ use std::time::Duration;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
@@ -63,8 +64,8 @@ pub fn ws_config(server: &ServerConfig) -> WebSocketConfig {
 
 /// Serves one upgraded WebSocket until it closes.
 ///
-/// Not an `async fn`: it splits the socket before the connection's long-lived future exists, so
-/// that future holds two small handles rather than the whole WebSocket by value.
+/// Not an `async fn`: it splits the socket and starts the writer before the connection's
+/// long-lived future exists, so that future holds only what the reader needs (see [`start`]).
 pub fn serve<S>(
     ws: WebSocketStream<S>,
     app: Arc<App>,
@@ -78,22 +79,32 @@ where
     let conn = app.next_conn_id();
     let span = tracing::info_span!("conn", id = conn, %peer, user = tracing::field::Empty, room = tracing::field::Empty);
     let (sink, stream) = ws.split();
-    run(sink, stream, app, identity, conn, reset).instrument(span)
+    // Entered while the connection starts: the writer's task and the session's user field
+    // belong to the connection's span.
+    let reader = span.in_scope(|| start(sink, stream, app, identity, conn, reset));
+    reader.instrument(span)
 }
 
-/// Runs one connection over a sink and a stream of WebSocket messages until it closes.
-async fn run<Si, St>(
+/// Starts one connection over a sink and a stream of WebSocket messages: spawns its writer,
+/// authenticates its session if the upgrade carried a token, and returns its reader, which runs
+/// until the connection closes.
+///
+/// Not an `async fn` either: an idle connection's reader future lasts as long as the connection,
+/// and an `async fn` would keep room in it for everything it ever held (the sink, the writer's
+/// settings), moved out or not. Everything the writer takes is handed over here instead.
+fn start<Si, St>(
     sink: Si,
-    mut stream: St,
+    stream: St,
     app: Arc<App>,
     identity: Option<Box<Identity>>,
     conn: u64,
     reset: ResetOnDrop,
-) where
+) -> impl std::future::Future<Output = ()> + Send
+where
     Si: Sink<Message, Error = tungstenite::Error> + Unpin + Send + 'static,
-    St: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+    St: Stream<Item = Result<Message, tungstenite::Error>> + Unpin + Send,
 {
-    let metrics = app.metrics.clone();
+    let metrics = &app.metrics;
     metrics.connections.inc();
     metrics.connections_accepted.inc();
     let server_config = &app.config.server;
@@ -101,15 +112,13 @@ async fn run<Si, St>(
         server_config.outbox_frames_max,
         server_config.outbox_bytes_max,
     );
-    let kick = outbox.kick_handle();
     let limits = WriterLimits {
         ring_frames: app.config.rooms.room_ring_frames,
         write_timeout: Duration::from_millis(server_config.write_timeout_ms),
         close_timeout: Duration::from_millis(server_config.close_timeout_ms),
     };
-    let writer = tokio::spawn(
-        write_loop(sink, rx, kick.clone(), metrics.clone(), limits, reset).in_current_span(),
-    );
+    let writer =
+        tokio::spawn(write_loop(sink, rx, metrics.clone(), limits, reset).in_current_span());
 
     let mut session = Session::new(app.clone(), conn, outbox.clone());
     if let Some(identity) = identity {
@@ -121,19 +130,31 @@ async fn run<Si, St>(
         session.authenticate(*identity);
         outbox.push(OutKind::Welcome, welcome);
     }
-    let code = read_loop(&mut stream, &mut session, &app, &outbox, &kick).await;
+    run(stream, app, session, outbox, writer)
+}
+
+/// Reads a started connection until it closes, then waits for its writer to finish.
+async fn run<St>(
+    mut stream: St,
+    app: Arc<App>,
+    mut session: Session,
+    outbox: Outbox,
+    writer: JoinHandle<()>,
+) where
+    St: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+{
+    let code = read_loop(&mut stream, &mut session, &app, &outbox).await;
     outbox.kick(code);
     session.end();
     drop(session);
-    drop(outbox);
     let _ = writer.await;
-    let code = kick.code();
+    let code = outbox.kick_switch().code();
     tracing::debug!(close = %code, "connection closed");
-    metrics
+    app.metrics
         .connections_closed
         .with_label_values(&[code.reason()])
         .inc();
-    metrics.connections.dec();
+    app.metrics.connections.dec();
 }
 
 async fn read_loop<St>(
@@ -141,13 +162,13 @@ async fn read_loop<St>(
     session: &mut Session,
     app: &App,
     outbox: &Outbox,
-    kick: &Kick,
 ) -> CloseCode
 where
     St: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
 {
-    // Registered once: a fresh `cancelled()` per iteration would take the token's lock each time.
-    let kicked = kick.token().cancelled();
+    let kick = outbox.kick_switch();
+    // Registered once: a fresh wait per iteration would take the `Notify`'s lock each time.
+    let kicked = kick.kicked();
     let shutdown = app.shutdown.cancelled();
     tokio::pin!(kicked, shutdown);
     // The auth deadline exists only until the connection authenticates.
@@ -373,7 +394,6 @@ fn collect(
 async fn write_loop<Si>(
     mut sink: Si,
     rx: OutboxReceiver,
-    kick: Arc<Kick>,
     metrics: Arc<Metrics>,
     limits: WriterLimits,
     reset: ResetOnDrop,
@@ -382,10 +402,11 @@ async fn write_loop<Si>(
 {
     let mut ring: Option<Subscription> = None;
     let mut batch: Vec<Frame> = Vec::new();
-    // Registered once: a fresh `cancelled()` per iteration would take the token's lock each time.
-    let kicked = kick.token().cancelled();
+    let kick = rx.kick_switch();
+    // Registered once: a fresh wait per iteration would take the `Notify`'s lock each time.
+    let kicked = kick.kicked();
     tokio::pin!(kicked);
-    // Polling the token's future takes its lock every time (2 % of the server's CPU at a million
+    // Polling the kick's future takes its lock every time (2 % of the server's CPU at a million
     // deliveries a second, as the writer wakes once per batch). Once polled, it stays registered
     // and wakes this task when the connection is kicked, so after the first wait it is polled
     // again only once `kick()` has set the code (one atomic load), which it does before it
@@ -426,7 +447,7 @@ async fn write_loop<Si>(
         match collected {
             Ok(()) => {}
             Err(fail) => {
-                finish(fail, &kick);
+                finish(fail, kick);
                 break;
             }
         }
@@ -464,7 +485,7 @@ async fn write_loop<Si>(
         batch = Vec::new();
         if let Err(fail) = outcome {
             let socket_gone = matches!(fail, WriteFail::Socket);
-            finish(fail, &kick);
+            finish(fail, kick);
             if socket_gone {
                 return;
             }
@@ -476,7 +497,9 @@ async fn write_loop<Si>(
         // Counted when detected, not when the close completes, which may take close_timeout.
         metrics.slow_consumers.inc();
     }
-    let closing = tokio::time::timeout(limits.close_timeout, async {
+    // Boxed, like the write phase: a connection closes once, and the close's futures need not
+    // weigh on every idle connection's task.
+    let closing = Box::pin(tokio::time::timeout(limits.close_timeout, async {
         // Frames queued before the close (the error that explains it, a receipt) go out first,
         // unless the client is too slow to read them: then the close frame is what it needs.
         // (A receipt it misses is answered again by resending the gift with the same key.)
@@ -500,7 +523,7 @@ async fn write_loop<Si>(
             Err(e) => return Err(e),
         }
         sink.close().await
-    })
+    }))
     .await;
     if closing.is_err() {
         // The client read neither the rest of the frame in progress nor the close frame in time.
@@ -580,7 +603,7 @@ mod tests {
             })
         });
         let reset = ResetOnDrop::default();
-        let done = tokio::spawn(run(
+        let done = tokio::spawn(start(
             sink,
             stream,
             app.app.clone(),

@@ -18,6 +18,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures_util::FutureExt;
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::json;
@@ -130,7 +131,7 @@ fn upgrade<F, Fut>(
     F: FnOnce(WebSocketStream<Throttled<TokioIo<hyper::upgrade::Upgraded>>>) -> Fut
         + Send
         + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let slot = req
         .extensions()
@@ -139,13 +140,20 @@ fn upgrade<F, Fut>(
     let on_upgrade = hyper::upgrade::on(&mut req);
     let inbound = (server.inbound_bytes_per_sec, server.inbound_burst_bytes);
     let config = connection::ws_config(server);
+    // Two tasks: this one waits for the upgrade, then hands the connection to a task of its own
+    // that holds its slots and the connection's future only. A task's future keeps room for
+    // everything its code ever held, so one task for both would carry the upgrade's leftovers
+    // (the WebSocket settings, the upgrade future, the `serve` closure) for the connection's life.
+    let connections = tracker.clone();
     tracker.spawn(async move {
-        let _held = (slot, held);
         match on_upgrade.await {
             Ok(upgraded) => {
                 let io = Throttled::new(TokioIo::new(upgraded), inbound.0, inbound.1);
                 let ws = WebSocketStream::from_raw_socket(io, WsRole::Server, Some(config)).await;
-                serve(ws).await;
+                // `map` rather than an `async` block: a block would keep both the future it
+                // captured and the one it awaits.
+                let connection = serve(ws).map(move |()| drop((slot, held)));
+                connections.spawn(connection);
             }
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }

@@ -18,13 +18,14 @@
 //!
 //! The queue is a `VecDeque` that allocates only when something is queued, rather than a channel
 //! that allocates a block of slots up front: most of a viewer's life is idle, and thousands of
-//! idle connections should cost as little as possible.
+//! idle connections should cost as little as possible. For the same reason the queue and the kill
+//! switch share one allocation, and the kill switch is a `Notify` beside the close code rather
+//! than a `CancellationToken` (which allocates a tree node of its own).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use crate::error::CloseCode;
 use crate::metrics::OutKind;
@@ -51,7 +52,6 @@ pub enum Outbound {
 #[derive(Clone)]
 pub struct Outbox {
     queue: Arc<Queue>,
-    kick: Arc<Kick>,
 }
 
 struct Queue {
@@ -62,6 +62,7 @@ struct Queue {
     taken: Notify,
     frames_max: usize,
     bytes_max: usize,
+    kick: Kick,
 }
 
 #[derive(Default)]
@@ -86,6 +87,11 @@ pub struct OutboxReceiver {
 }
 
 impl OutboxReceiver {
+    /// The connection's kill switch.
+    pub fn kick_switch(&self) -> &Kick {
+        &self.queue.kick
+    }
+
     /// The next queued item, waiting for one if there is none.
     pub async fn recv(&self) -> Outbound {
         loop {
@@ -111,24 +117,37 @@ impl OutboxReceiver {
     }
 }
 
+/// A connection's kill switch: the close code chosen by the first kick, and a wake-up for the
+/// tasks waiting for it.
 pub struct Kick {
-    token: CancellationToken,
     code: OnceLock<CloseCode>,
+    kicked: Notify,
 }
 
 impl Kick {
-    pub fn token(&self) -> &CancellationToken {
-        &self.token
-    }
-
     /// Asks the connection to close with `code`. Only the first call chooses the code.
     pub fn kick(&self, code: CloseCode) {
-        let _ = self.code.set(code);
-        self.token.cancel();
+        if self.code.set(code).is_ok() {
+            self.kicked.notify_waiters();
+        }
     }
 
-    /// Whether the connection was asked to close: one atomic load, where polling the token's
-    /// future takes its lock.
+    /// Resolves once the connection has been kicked (at once if it already was).
+    pub async fn kicked(&self) {
+        loop {
+            let notified = self.kicked.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a kick between the check and the wait wakes it.
+            notified.as_mut().enable();
+            if self.is_kicked() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Whether the connection was asked to close: one atomic load, where polling the
+    /// [`Kick::kicked`] future takes the `Notify`'s lock.
     pub fn is_kicked(&self) -> bool {
         self.code.get().is_some()
     }
@@ -150,22 +169,22 @@ impl Outbox {
             taken: Notify::new(),
             frames_max,
             bytes_max,
-        });
-        let kick = Arc::new(Kick {
-            token: CancellationToken::new(),
-            code: OnceLock::new(),
+            kick: Kick {
+                code: OnceLock::new(),
+                kicked: Notify::new(),
+            },
         });
         (
             Outbox {
                 queue: queue.clone(),
-                kick,
             },
             OutboxReceiver { queue },
         )
     }
 
-    pub fn kick_handle(&self) -> Arc<Kick> {
-        self.kick.clone()
+    /// The connection's kill switch.
+    pub fn kick_switch(&self) -> &Kick {
+        &self.queue.kick
     }
 
     /// Queues a private frame. Returns false if the connection is gone or was just kicked as slow.
@@ -196,7 +215,7 @@ impl Outbox {
 
     /// Asks the connection to close with `code`. Only the first call chooses the code.
     pub fn kick(&self, code: CloseCode) {
-        self.kick.kick(code);
+        self.queue.kick.kick(code);
     }
 
     /// Whether the queue can take the replies of `commands` more commands (at most
@@ -217,7 +236,7 @@ impl Outbox {
     }
 
     pub fn is_kicked(&self) -> bool {
-        self.kick.is_kicked()
+        self.queue.kick.is_kicked()
     }
 }
 
@@ -237,7 +256,7 @@ mod tests {
         assert!(outbox.push(OutKind::Ack, frame(1)));
         assert!(!outbox.push(OutKind::Ack, frame(1)));
         assert!(outbox.is_kicked());
-        assert_eq!(outbox.kick_handle().code(), CloseCode::SlowConsumer);
+        assert_eq!(outbox.kick_switch().code(), CloseCode::SlowConsumer);
         assert!(rx.try_recv().is_some());
     }
 
@@ -251,7 +270,7 @@ mod tests {
         assert!(outbox.push(OutKind::Ack, frame(600)));
         assert!(outbox.push(OutKind::Ack, frame(400)));
         assert!(!outbox.push(OutKind::Ack, frame(1)));
-        assert_eq!(outbox.kick_handle().code(), CloseCode::SlowConsumer);
+        assert_eq!(outbox.kick_switch().code(), CloseCode::SlowConsumer);
     }
 
     #[test]
@@ -287,14 +306,27 @@ mod tests {
         assert!(!outbox.has_room_for_commands(1));
     }
 
+    #[tokio::test]
+    async fn kicked_wakes_a_waiter_and_resolves_at_once_after_a_kick() {
+        let (outbox, rx) = Outbox::new(8, 1024);
+        let waiting = tokio::spawn(async move { rx.kick_switch().kicked().await });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        outbox.kick(CloseCode::SlowConsumer);
+        waiting.await.unwrap();
+        // A waiter that comes after the kick does not wait, however often it asks.
+        outbox.kick_switch().kicked().await;
+        outbox.kick_switch().kicked().await;
+    }
+
     #[test]
     fn the_first_kick_chooses_the_code() {
         for code in ALL_CLOSE_CODES {
             let (outbox, _rx) = Outbox::new(8, 1024);
-            assert_eq!(outbox.kick_handle().code(), CloseCode::Normal);
+            assert_eq!(outbox.kick_switch().code(), CloseCode::Normal);
             outbox.kick(code);
             outbox.kick(CloseCode::GoingAway);
-            assert_eq!(outbox.kick_handle().code(), code);
+            assert_eq!(outbox.kick_switch().code(), code);
             assert!(!outbox.push(OutKind::Ack, frame(1)));
         }
     }
