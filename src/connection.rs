@@ -112,13 +112,7 @@ where
         server_config.outbox_frames_max,
         server_config.outbox_bytes_max,
     );
-    let limits = WriterLimits {
-        ring_frames: app.config.rooms.room_ring_frames,
-        write_timeout: Duration::from_millis(server_config.write_timeout_ms),
-        close_timeout: Duration::from_millis(server_config.close_timeout_ms),
-    };
-    let writer =
-        tokio::spawn(write_loop(sink, rx, metrics.clone(), limits, reset).in_current_span());
+    let writer = tokio::spawn(write_loop(sink, rx, app.clone(), reset).in_current_span());
 
     let mut session = Session::new(app.clone(), conn, outbox.clone());
     if let Some(identity) = identity {
@@ -190,6 +184,9 @@ where
         let running = in_flight.len();
         let room = outbox.has_room_for_commands(running + 1);
         let read = room && running < in_flight_max;
+        // Made only while the outbox is full, and boxed: an idle connection's future keeps no
+        // room for a wait it rarely needs.
+        let mut room_wait = (!room).then(|| Box::pin(outbox.room_for_commands(running + 1)));
         let next = tokio::select! {
             biased;
             _ = &mut kicked => break kick.code(),
@@ -203,7 +200,7 @@ where
                     None => continue,
                 }
             }
-            _ = outbox.room_for_commands(running + 1), if !room => continue,
+            _ = async { room_wait.as_mut().expect("checked by the guard").await }, if room_wait.is_some() => continue,
             next = stream.next(), if read => next,
         };
         let verdict = match next {
@@ -391,15 +388,13 @@ fn collect(
     Ok(())
 }
 
-async fn write_loop<Si>(
-    mut sink: Si,
-    rx: OutboxReceiver,
-    metrics: Arc<Metrics>,
-    limits: WriterLimits,
-    reset: ResetOnDrop,
-) where
+async fn write_loop<Si>(mut sink: Si, rx: OutboxReceiver, app: Arc<App>, reset: ResetOnDrop)
+where
     Si: Sink<Message, Error = tungstenite::Error> + Unpin,
 {
+    // The metrics and the bounds are read through the app, not copied into this future: every
+    // idle connection keeps one.
+    let metrics = &app.metrics;
     let mut ring: Option<Subscription> = None;
     let mut batch: Vec<Frame> = Vec::new();
     let kick = rx.kick_switch();
@@ -438,7 +433,7 @@ async fn write_loop<Si>(
             &mut batch,
             &mut events,
             socket_waited,
-            &metrics,
+            metrics,
         );
         if events > 0 {
             metrics.fanout_deliveries.inc_by(events);
@@ -474,8 +469,10 @@ async fn write_loop<Si>(
             });
             tokio::select! {
                 r = write => r.map_err(WriteFail::from),
-                _ = ring_overrun(&ring, limits.ring_frames) => Err(WriteFail::Slow),
-                _ = tokio::time::sleep(limits.write_timeout) => Err(WriteFail::Slow),
+                _ = ring_overrun(&ring, app.config.rooms.room_ring_frames) => Err(WriteFail::Slow),
+                _ = tokio::time::sleep(Duration::from_millis(app.config.server.write_timeout_ms)) => {
+                    Err(WriteFail::Slow)
+                }
                 _ = &mut kicked => Ok(()),
             }
         })
@@ -499,7 +496,8 @@ async fn write_loop<Si>(
     }
     // Boxed, like the write phase: a connection closes once, and the close's futures need not
     // weigh on every idle connection's task.
-    let closing = Box::pin(tokio::time::timeout(limits.close_timeout, async {
+    let close_timeout = Duration::from_millis(app.config.server.close_timeout_ms);
+    let closing = Box::pin(tokio::time::timeout(close_timeout, async {
         // Frames queued before the close (the error that explains it, a receipt) go out first,
         // unless the client is too slow to read them: then the close frame is what it needs.
         // (A receipt it misses is answered again by resending the gift with the same key.)
@@ -539,14 +537,6 @@ fn finish(fail: WriteFail, kick: &Kick) {
         WriteFail::NodeBehind => kick.kick(CloseCode::Resync),
         WriteFail::Socket => kick.kick(CloseCode::Normal),
     }
-}
-
-/// The writer's bounds, from config.
-#[derive(Clone, Copy)]
-struct WriterLimits {
-    ring_frames: usize,
-    write_timeout: Duration,
-    close_timeout: Duration,
 }
 
 /// Serves the conformance echo endpoint: every text or binary message comes back unchanged. It

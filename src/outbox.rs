@@ -134,16 +134,14 @@ impl Kick {
 
     /// Resolves once the connection has been kicked (at once if it already was).
     pub async fn kicked(&self) {
-        loop {
-            let notified = self.kicked.notified();
-            tokio::pin!(notified);
-            // Registered before the check, so a kick between the check and the wait wakes it.
-            notified.as_mut().enable();
-            if self.is_kicked() {
-                return;
-            }
-            notified.await;
+        // A `Notified` receives `notify_waiters` from the moment it is made, polled or not, and
+        // `kick` sets the code before it notifies: a kick after this line wakes the wait, one
+        // before it is seen by the check.
+        let notified = self.kicked.notified();
+        if self.is_kicked() {
+            return;
         }
+        notified.await;
     }
 
     /// Whether the connection was asked to close: one atomic load, where polling the
