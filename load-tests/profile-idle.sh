@@ -3,7 +3,8 @@
 # `valgrind --tool=dhat` with CONNS (default 2,000) authenticated, idle connections from
 # `giftd-load idle`, then the heap live at the peak grouped by allocation site and divided by
 # CONNS (load-tests/dhat-live.py). Writes load-tests/results/profiles/issue13/dhat-idle-<CONNS>.txt.
-# JOIN=1 makes every connection a viewer of one room instead (giftd-load fanout at 1 gift/s).
+# JOIN=1 makes every connection a viewer of one room instead (giftd-load fanout at 1 gift/s for
+# 5 s), written to dhat-viewers-<CONNS>.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONNS=${CONNS:-2000}
