@@ -19,10 +19,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// The columns of `pk_battles` both backends select, in the order their row mappings read them.
+/// The columns of `pk_battles` both backends select, in the order [`PkBattle::from_row`] reads
+/// them.
 pub(crate) const COLUMNS: &str = "battle_id, challenger_room, challenger, challenger_score_coins,
     opponent_room, opponent, opponent_score_coins, status, created_ms, answer_by_ms, duration_ms,
     started_ms, ends_ms, ended_ms, reason, winner";
+
+/// A row of [`COLUMNS`] as a backend reads it, by column index.
+pub(crate) trait PkRow {
+    type Error;
+    fn text(&self, i: usize) -> std::result::Result<Option<String>, Self::Error>;
+    fn int(&self, i: usize) -> std::result::Result<Option<i64>, Self::Error>;
+}
 
 /// Where a battle is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,6 +203,41 @@ pub enum PkChange {
 }
 
 impl PkBattle {
+    /// The battle in a row of [`COLUMNS`]; the schema's `NOT NULL` and `CHECK`s make every
+    /// expectation here hold.
+    pub(crate) fn from_row<R: PkRow>(r: &R) -> std::result::Result<PkBattle, R::Error> {
+        let text = |i| -> std::result::Result<String, R::Error> {
+            Ok(r.text(i)?.expect("a NOT NULL column"))
+        };
+        let coins = |i| -> std::result::Result<u64, R::Error> {
+            Ok(r.int(i)?.expect("a NOT NULL column") as u64)
+        };
+        let ms =
+            |i| -> std::result::Result<Option<u64>, R::Error> { Ok(r.int(i)?.map(|v| v as u64)) };
+        Ok(PkBattle {
+            battle_id: text(0)?,
+            challenger: PkSide {
+                room: text(1)?,
+                streamer: text(2)?,
+                score_coins: coins(3)?,
+            },
+            opponent: PkSide {
+                room: text(4)?,
+                streamer: text(5)?,
+                score_coins: coins(6)?,
+            },
+            status: PkStatus::parse(&text(7)?).expect("the schema checks a battle's status"),
+            created_ms: coins(8)?,
+            answer_by_ms: coins(9)?,
+            duration_ms: coins(10)?,
+            started_ms: ms(11)?,
+            ends_ms: ms(12)?,
+            ended_ms: ms(13)?,
+            reason: r.text(14)?.as_deref().and_then(PkEndReason::parse),
+            winner: r.text(15)?,
+        })
+    }
+
     /// Whether `room` is one of the battle's two rooms.
     pub fn has_room(&self, room: &str) -> bool {
         self.challenger.room == room || self.opponent.room == room

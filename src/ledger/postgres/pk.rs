@@ -16,7 +16,7 @@ use tokio_postgres::Row;
 use super::{pg, pool_error};
 use crate::error::{Error, Result};
 use crate::ledger::now_ms;
-use crate::ledger::pk::{PkBattle, PkChallenge, PkChange, PkEndReason, PkSide, PkStatus, COLUMNS};
+use crate::ledger::pk::{PkBattle, PkChallenge, PkChange, PkEndReason, PkRow, PkStatus, COLUMNS};
 
 /// The migration that adds battles (appended to the backend's list).
 pub(super) const MIGRATION: &str = r#"
@@ -69,31 +69,13 @@ CREATE TRIGGER gifts_add_to_pk_scores AFTER INSERT ON gifts
     EXECUTE FUNCTION giftd_add_to_pk_scores();
 "#;
 
-fn battle_of(r: &Row) -> PkBattle {
-    let opt = |i: usize| r.get::<_, Option<i64>>(i).map(|v| v as u64);
-    let status: String = r.get(7);
-    let reason: Option<String> = r.get(14);
-    PkBattle {
-        battle_id: r.get(0),
-        challenger: PkSide {
-            room: r.get(1),
-            streamer: r.get(2),
-            score_coins: r.get::<_, i64>(3) as u64,
-        },
-        opponent: PkSide {
-            room: r.get(4),
-            streamer: r.get(5),
-            score_coins: r.get::<_, i64>(6) as u64,
-        },
-        status: PkStatus::parse(&status).expect("the schema checks a battle's status"),
-        created_ms: r.get::<_, i64>(8) as u64,
-        answer_by_ms: r.get::<_, i64>(9) as u64,
-        duration_ms: r.get::<_, i64>(10) as u64,
-        started_ms: opt(11),
-        ends_ms: opt(12),
-        ended_ms: opt(13),
-        reason: reason.as_deref().and_then(PkEndReason::parse),
-        winner: r.get(15),
+impl PkRow for Row {
+    type Error = tokio_postgres::Error;
+    fn text(&self, i: usize) -> std::result::Result<Option<String>, tokio_postgres::Error> {
+        self.try_get(i)
+    }
+    fn int(&self, i: usize) -> std::result::Result<Option<i64>, tokio_postgres::Error> {
+        self.try_get(i)
     }
 }
 
@@ -111,7 +93,7 @@ pub(super) async fn read(
         .await
         .map_err(pg)?;
     let row = client.query_opt(&stmt, &[&battle_id]).await.map_err(pg)?;
-    Ok(row.as_ref().map(battle_of))
+    row.as_ref().map(PkBattle::from_row).transpose().map_err(pg)
 }
 
 /// Records a challenge; see [`crate::ledger::Ledger::pk_create`].

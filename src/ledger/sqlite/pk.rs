@@ -9,7 +9,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use super::Db;
 use crate::error::{Error, Result};
 use crate::ledger::now_ms;
-use crate::ledger::pk::{PkBattle, PkChallenge, PkChange, PkEndReason, PkSide, PkStatus, COLUMNS};
+use crate::ledger::pk::{PkBattle, PkChallenge, PkChange, PkEndReason, PkRow, PkStatus, COLUMNS};
 
 pub(super) const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS pk_battles (
@@ -55,34 +55,14 @@ pub(super) enum PkWrite {
     Change(String, PkChange),
 }
 
-fn battle_of(r: &Row<'_>) -> rusqlite::Result<PkBattle> {
-    let opt = |i: usize| -> rusqlite::Result<Option<u64>> {
-        Ok(r.get::<_, Option<i64>>(i)?.map(|v| v as u64))
-    };
-    let status: String = r.get(7)?;
-    let reason: Option<String> = r.get(14)?;
-    Ok(PkBattle {
-        battle_id: r.get(0)?,
-        challenger: PkSide {
-            room: r.get(1)?,
-            streamer: r.get(2)?,
-            score_coins: r.get::<_, i64>(3)? as u64,
-        },
-        opponent: PkSide {
-            room: r.get(4)?,
-            streamer: r.get(5)?,
-            score_coins: r.get::<_, i64>(6)? as u64,
-        },
-        status: PkStatus::parse(&status).expect("the schema checks a battle's status"),
-        created_ms: r.get::<_, i64>(8)? as u64,
-        answer_by_ms: r.get::<_, i64>(9)? as u64,
-        duration_ms: r.get::<_, i64>(10)? as u64,
-        started_ms: opt(11)?,
-        ends_ms: opt(12)?,
-        ended_ms: opt(13)?,
-        reason: reason.as_deref().and_then(PkEndReason::parse),
-        winner: r.get(15)?,
-    })
+impl PkRow for Row<'_> {
+    type Error = rusqlite::Error;
+    fn text(&self, i: usize) -> rusqlite::Result<Option<String>> {
+        self.get(i)
+    }
+    fn int(&self, i: usize) -> rusqlite::Result<Option<i64>> {
+        self.get(i)
+    }
 }
 
 /// The battle `battle_id`, as committed.
@@ -91,7 +71,7 @@ pub(super) fn read(conn: &Connection, battle_id: &str) -> Result<Option<PkBattle
         "SELECT {COLUMNS} FROM pk_battles WHERE battle_id = ?1"
     ))
     .db()?
-    .query_row(params![battle_id], battle_of)
+    .query_row(params![battle_id], |r| PkBattle::from_row(r))
     .optional()
     .db()
 }
