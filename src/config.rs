@@ -407,11 +407,17 @@ pub struct LedgerConfig {
     /// PostgreSQL connection, as a URL (`postgres://user@host:5432/db?options=-csearch_path%3Dgiftd`)
     /// or `key=value` pairs. The schema is the first on the search path; migrations run at start.
     pub postgres_url: String,
-    /// Connections to PostgreSQL per node: the writer's and concurrent balance reads.
+    /// Connections to PostgreSQL per node: the writers' and concurrent balance reads. More than
+    /// `postgres_writers`.
     pub postgres_pool_max: usize,
+    /// Writer tasks per node, each group-committing its own batches on its own connection, so
+    /// one batch is decided while another commits. A user's requests always go to the same
+    /// writer. 1 to 16.
+    pub postgres_writers: usize,
     /// Requests folded into one group commit at most.
     pub batch_max: usize,
-    /// Requests waiting for the ledger writer; beyond this, callers wait.
+    /// Requests waiting for the ledger writer (the PostgreSQL writers share it); beyond this,
+    /// callers wait.
     pub queue_max: usize,
     /// Deadline of every ledger call. A write not started by then is dropped and its caller told
     /// `ledger_unavailable` (nothing charged); one already started is answered by its commit.
@@ -430,6 +436,7 @@ impl Default for LedgerConfig {
             path: PathBuf::from("giftd.db"),
             postgres_url: "postgres://postgres@127.0.0.1:5432/giftd".to_owned(),
             postgres_pool_max: 8,
+            postgres_writers: 2,
             batch_max: 1024,
             queue_max: 16_384,
             call_timeout_ms: 5_000,
@@ -935,7 +942,19 @@ impl LedgerConfig {
         c.at_least("ledger.queue_max", self.queue_max, 1);
         c.between("ledger.call_timeout_ms", self.call_timeout_ms, 10, 600_000);
         if self.backend == LedgerBackend::Postgres {
-            c.at_least("ledger.postgres_pool_max", self.postgres_pool_max, 2);
+            c.between(
+                "ledger.postgres_writers",
+                self.postgres_writers,
+                1,
+                crate::ledger::postgres::WRITERS_MAX,
+            );
+            c.need(self.postgres_pool_max > self.postgres_writers, || {
+                format!(
+                    "ledger.postgres_pool_max ({}) must be more than ledger.postgres_writers ({}): \
+                     reads need a connection beside the writers'",
+                    self.postgres_pool_max, self.postgres_writers
+                )
+            });
             if let Err(e) = self.postgres_url.parse::<tokio_postgres::Config>() {
                 c.0.push(format!("ledger.postgres_url is not a PostgreSQL URL: {e}"));
             }
@@ -1133,6 +1152,14 @@ mod tests {
             ("[ledger]\npath = \"\"", "ledger.path"),
             ("[ledger]\nbatch_max = 0", "ledger.batch_max"),
             ("[ledger]\nqueue_max = 0", "ledger.queue_max"),
+            (
+                "[ledger]\nbackend = \"postgres\"\npostgres_writers = 0",
+                "ledger.postgres_writers",
+            ),
+            (
+                "[ledger]\nbackend = \"postgres\"\npostgres_writers = 8\npostgres_pool_max = 8",
+                "ledger.postgres_pool_max (8) must be more than ledger.postgres_writers (8)",
+            ),
             ("[split]\nstreamer_share_bps_default = 10001", "split.streamer_share_bps_default"),
             ("[split.streamer_share_bps]\nstar = 10001", "split.streamer_share_bps.star"),
             ("[limits.user.gifts]\nper_sec = 0.0\nburst = 1", "limits.user.gifts"),

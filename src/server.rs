@@ -95,6 +95,7 @@ pub async fn open_ledger(config: &Config, metrics: &Metrics) -> Result<Arc<dyn L
                 queue_max: l.queue_max,
                 call_timeout_ms: l.call_timeout_ms,
                 pool_max: l.postgres_pool_max,
+                writers: l.postgres_writers,
             };
             Arc::new(PostgresLedger::open(options, metrics.ledger_commit_seconds.clone()).await?)
         }

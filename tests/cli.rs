@@ -151,6 +151,7 @@ async fn audit_checks_a_postgres_ledger_and_finds_a_forged_balance() {
         queue_max: 16,
         call_timeout_ms: 5_000,
         pool_max: 2,
+        writers: 1,
     };
     let histogram =
         prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("t", "t")).unwrap();

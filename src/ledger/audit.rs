@@ -11,8 +11,9 @@
 //! 2. Every transaction has entries, and its entries sum to zero (double entry).
 //! 3. All balances sum to zero (money is conserved: what left the external accounts is in
 //!    wallets, stores, streamers or the platform).
-//! 4. Every account's balance equals the sum of its entries, and every entry names an existing
-//!    account and transaction.
+//! 4. Every account's balance equals the sum of its entries, every entry names an existing
+//!    account and transaction, and every record (gift, top-up, refund, red packet, grab) names
+//!    an existing transaction of its kind.
 //! 5. No balance other than an external account's is negative.
 //! 6. No idempotency key was applied twice.
 //! 7. Every gift's shares sum to its price, and its entries match its shares: the sender was
@@ -83,6 +84,21 @@ const CHECKS: &[(&str, &str)] = &[
         "entry names no existing account or transaction",
         "SELECT e.txn_id, e.account FROM entries e WHERE NOT EXISTS (SELECT 1 FROM accounts a WHERE a.account = e.account)
             OR NOT EXISTS (SELECT 1 FROM txns t WHERE t.txn_id = e.txn_id)",
+    ),
+    (
+        // Neither backend checks this per row (SQLite runs without foreign keys; the PostgreSQL
+        // writer inserts a record with its transaction, without a per-row trigger).
+        "record names no transaction of its kind (table, txn)",
+        "SELECT 'gifts', r.txn_id FROM gifts r WHERE NOT EXISTS
+             (SELECT 1 FROM txns t WHERE t.txn_id = r.txn_id AND t.kind = 'gift')
+         UNION ALL SELECT 'topups', r.txn_id FROM topups r WHERE NOT EXISTS
+             (SELECT 1 FROM txns t WHERE t.txn_id = r.txn_id AND t.kind = 'topup')
+         UNION ALL SELECT 'refunds', r.txn_id FROM refunds r WHERE NOT EXISTS
+             (SELECT 1 FROM txns t WHERE t.txn_id = r.txn_id AND t.kind = 'refund')
+         UNION ALL SELECT 'packets', r.txn_id FROM packets r WHERE NOT EXISTS
+             (SELECT 1 FROM txns t WHERE t.txn_id = r.txn_id AND t.kind = 'packet')
+         UNION ALL SELECT 'packet_grabs', r.txn_id FROM packet_grabs r WHERE NOT EXISTS
+             (SELECT 1 FROM txns t WHERE t.txn_id = r.txn_id AND t.kind = 'grab')",
     ),
     (
         "negative balance",
@@ -361,6 +377,33 @@ mod tests {
         let text = report.violations.join("\n");
         assert!(text.contains("money not conserved"), "{text}");
         assert!(text.contains("account balance differs"), "{text}");
+    }
+
+    #[test]
+    fn detects_a_record_without_its_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.db");
+        let conn = open_connection(&path).unwrap();
+        conn.execute_batch(
+            "INSERT INTO txns(txn_id, kind, actor, idem_key, payload_sha256, created_ms) VALUES (1, 'topup', 'store', 'p', 'd', 0);
+             INSERT INTO accounts VALUES ('external:web', -10, 1), ('wallet:v:web', 10, 0);
+             INSERT INTO entries(txn_id, account, amount_coins, channel) VALUES (1, 'external:web', -10, 'web'), (1, 'wallet:v:web', 10, 'web');
+             INSERT INTO topups(txn_id, user, channel, coins, balance_coins) VALUES (1, 'v', 'web', 10, 10);",
+        )
+        .unwrap();
+        assert!(audit(&path).unwrap().violations.is_empty());
+        // A top-up record that claims the transaction of a gift.
+        conn.execute_batch(
+            "INSERT INTO txns(txn_id, kind, actor, idem_key, payload_sha256, created_ms) VALUES (2, 'gift', 'v', 'k', 'd', 0);
+             INSERT INTO entries(txn_id, account, amount_coins, channel) VALUES (2, 'wallet:v:web', -1, 'web'), (2, 'wallet:v:web', 1, 'web');
+             INSERT INTO topups(txn_id, user, channel, coins, balance_coins) VALUES (2, 'v', 'web', 1, 10);",
+        )
+        .unwrap();
+        let text = audit(&path).unwrap().violations.join("\n");
+        assert!(
+            text.contains("record names no transaction of its kind (table, txn): topups, 2"),
+            "{text}"
+        );
     }
 
     #[tokio::test]
