@@ -141,21 +141,10 @@ fn check_config_checks_the_ledger_backend() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_checks_a_postgres_ledger_and_finds_a_forged_balance() {
     use giftd::gift::{Channel, StoreFees};
-    use giftd::ledger::postgres::{PostgresLedger, PostgresOptions};
     use giftd::ledger::{GiftPurpose, GiftRequest, Ledger, SplitPolicy, TopUpRequest};
 
     let schema = support::ledger::PgSchema::create();
-    let options = PostgresOptions {
-        url: schema.url.clone(),
-        batch_max: 16,
-        queue_max: 16,
-        call_timeout_ms: 5_000,
-        pool_max: 2,
-        writers: 1,
-    };
-    let histogram =
-        prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("t", "t")).unwrap();
-    let ledger = PostgresLedger::open(options, histogram).await.unwrap();
+    let ledger = schema.ledger(16).await;
     let top_up = TopUpRequest {
         user: "v".into(),
         channel: Channel::Ios,

@@ -412,28 +412,14 @@ async fn an_unreachable_database_refuses_gifts_and_the_node_recovers_by_itself()
 /// array for each of them (a join filter: a million comparisons, 0.47 s per batch).
 #[tokio::test]
 async fn noting_gift_seqs_reads_the_array_once_under_a_generic_plan() {
-    use giftd::ledger::postgres::{connect, PostgresLedger, PostgresOptions, NOTE_GIFT_SEQS};
+    use giftd::ledger::postgres::{connect, NOTE_GIFT_SEQS};
     use giftd::ledger::Ledger;
 
     const NOTED: usize = 1_000;
     const GIFTS: usize = 20_000;
     let schema = support::ledger::PgSchema::create();
-    let options = PostgresOptions {
-        url: schema.url.clone(),
-        batch_max: 16,
-        queue_max: 16,
-        call_timeout_ms: 10_000,
-        pool_max: 2,
-        writers: 1,
-    };
-    let histogram = prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("t", "t"))
-        .expect("histogram");
     // Opening migrates the schema.
-    PostgresLedger::open(options, histogram)
-        .await
-        .unwrap()
-        .close()
-        .await;
+    schema.ledger(16).await.close().await;
     let client = connect(&schema.url).await.unwrap();
     // Not analyzed since, like a busy ledger whose statistics lag its newest gifts: this is how
     // the old statement's plan went wrong under load.
@@ -491,21 +477,10 @@ async fn noting_gift_seqs_reads_the_array_once_under_a_generic_plan() {
 #[tokio::test]
 async fn a_wallet_topped_up_and_spent_within_one_batch_is_still_an_account() {
     use giftd::config::Config;
-    use giftd::ledger::postgres::{PostgresLedger, PostgresOptions};
     use giftd::ledger::{GiftPurpose, GiftRequest, Ledger, SplitPolicy, TopUpRequest};
 
     let schema = support::ledger::PgSchema::create();
-    let options = PostgresOptions {
-        url: schema.url.clone(),
-        batch_max: 1024,
-        queue_max: 4096,
-        call_timeout_ms: 10_000,
-        pool_max: 4,
-        writers: 1,
-    };
-    let histogram = prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("t", "t"))
-        .expect("histogram");
-    let ledger = PostgresLedger::open(options, histogram).await.unwrap();
+    let ledger = schema.ledger(1024).await;
     let split = Config::default().split;
     let policy = SplitPolicy {
         store_fees: split.store_fee_bps,

@@ -356,8 +356,9 @@ mod tests {
         SqliteLedger::open(options, histogram).unwrap()
     }
 
-    #[test]
-    fn detects_a_forged_balance() {
+    /// A SQLite ledger file holding one top-up of 10 coins to `v` on web, written by hand, that
+    /// audits clean; its directory, path and an open connection to it.
+    fn one_top_up() -> (tempfile::TempDir, std::path::PathBuf, Connection) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("l.db");
         let conn = open_connection(&path).unwrap();
@@ -369,6 +370,12 @@ mod tests {
         )
         .unwrap();
         assert!(audit(&path).unwrap().violations.is_empty());
+        (dir, path, conn)
+    }
+
+    #[test]
+    fn detects_a_forged_balance() {
+        let (_dir, path, conn) = one_top_up();
         conn.execute_batch(
             "UPDATE accounts SET balance_coins = 1000 WHERE account = 'wallet:v:web'",
         )
@@ -381,17 +388,7 @@ mod tests {
 
     #[test]
     fn detects_a_record_without_its_transaction() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("l.db");
-        let conn = open_connection(&path).unwrap();
-        conn.execute_batch(
-            "INSERT INTO txns(txn_id, kind, actor, idem_key, payload_sha256, created_ms) VALUES (1, 'topup', 'store', 'p', 'd', 0);
-             INSERT INTO accounts VALUES ('external:web', -10, 1), ('wallet:v:web', 10, 0);
-             INSERT INTO entries(txn_id, account, amount_coins, channel) VALUES (1, 'external:web', -10, 'web'), (1, 'wallet:v:web', 10, 'web');
-             INSERT INTO topups(txn_id, user, channel, coins, balance_coins) VALUES (1, 'v', 'web', 10, 10);",
-        )
-        .unwrap();
-        assert!(audit(&path).unwrap().violations.is_empty());
+        let (_dir, path, conn) = one_top_up();
         // A top-up record that claims the transaction of a gift.
         conn.execute_batch(
             "INSERT INTO txns(txn_id, kind, actor, idem_key, payload_sha256, created_ms) VALUES (2, 'gift', 'v', 'k', 'd', 0);

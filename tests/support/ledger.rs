@@ -127,6 +127,23 @@ impl PgSchema {
         let url = format!("{base}{sep}options=-csearch_path%3D{name}&application_name={name}");
         PgSchema { name, url }
     }
+
+    /// A PostgreSQL ledger on this schema (migrated as it opens) with one writer, so requests
+    /// sent together share its batches of up to `batch_max`.
+    pub async fn ledger(&self, batch_max: usize) -> giftd::ledger::postgres::PostgresLedger {
+        use giftd::ledger::postgres::{PostgresLedger, PostgresOptions};
+        let options = PostgresOptions {
+            url: self.url.clone(),
+            batch_max,
+            queue_max: 4 * batch_max,
+            call_timeout_ms: 10_000,
+            pool_max: 2,
+            writers: 1,
+        };
+        let histogram =
+            prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("t", "t")).unwrap();
+        PostgresLedger::open(options, histogram).await.unwrap()
+    }
 }
 
 impl Drop for PgSchema {
