@@ -19,17 +19,25 @@
 //! `server.close_timeout_ms` to read that far; if it does not, the socket is reset (`socket.rs`)
 //! rather than closed, so a stream never ends cleanly inside a frame.
 //!
+//! **Memory.** Both tasks live as long as the connection, mostly idle, so what their futures keep
+//! across a wait is paid by every connection (`BENCHMARKS.md`, "What an idle connection keeps").
+//! Each loop therefore waits in one `poll_fn` over its sources in order of precedence (a
+//! `select!` keeps a future per branch), is an `async` block rather than an `async fn` (which
+//! keeps its arguments twice), looks up through the app what it can look up again, and boxes
+//! each command and every wait that is rarely needed.
+//!
 //! The loops are generic over a `Sink` and a `Stream` of WebSocket messages, so unit tests drive
 //! them through channels under paused time.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::broadcast;
-use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
@@ -43,11 +51,11 @@ use crate::bounds::{STALL_CHECK, WRITE_BATCH_FRAMES_MAX};
 use crate::config::ServerConfig;
 use crate::error::{CloseCode, Error};
 use crate::metrics::{Metrics, OutKind};
-use crate::outbox::{Kick, Outbound, Outbox, OutboxReceiver};
+use crate::outbox::{Kick, Outbound, Outbox, OutboxReceiver, Waiter};
 use crate::protocol::server::{self, ServerMessage};
 use crate::protocol::{EventFrame, Frame};
 use crate::room::hub::Subscription;
-use crate::session::{InFlight, Session};
+use crate::session::{Finished, InFlight, Session};
 use crate::socket::ResetOnDrop;
 
 /// The WebSocket settings every connection (and the conformance echo endpoint) uses.
@@ -72,7 +80,7 @@ pub fn serve<S>(
     identity: Option<Box<Identity>>,
     peer: SocketAddr,
     reset: ResetOnDrop,
-) -> impl std::future::Future<Output = ()> + Send
+) -> impl Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -99,7 +107,7 @@ fn start<Si, St>(
     identity: Option<Box<Identity>>,
     conn: u64,
     reset: ResetOnDrop,
-) -> impl std::future::Future<Output = ()> + Send
+) -> impl Future<Output = ()> + Send
 where
     Si: Sink<Message, Error = tungstenite::Error> + Unpin + Send + 'static,
     St: Stream<Item = Result<Message, tungstenite::Error>> + Unpin + Send,
@@ -124,103 +132,142 @@ where
         session.authenticate(*identity);
         outbox.push(OutKind::Welcome, welcome);
     }
-    run(stream, app, session, outbox, writer)
+    // An `async` block, not an `async fn`: an `async fn` copies its arguments into its body's
+    // locals and keeps room for both (192 bytes in every connection's future), where a block
+    // uses what it captured in place.
+    let mut stream = stream;
+    async move {
+        let code = read_loop(&mut stream, &mut session, &app, &outbox).await;
+        outbox.kick(code);
+        session.end();
+        drop(session);
+        let _ = writer.await;
+        let code = outbox.kick_switch().code();
+        tracing::debug!(close = %code, "connection closed");
+        app.metrics
+            .connections_closed
+            .with_label_values(&[code.reason()])
+            .inc();
+        app.metrics.connections.dec();
+    }
 }
 
-/// Reads a started connection until it closes, then waits for its writer to finish.
-async fn run<St>(
-    mut stream: St,
-    app: Arc<App>,
-    mut session: Session,
-    outbox: Outbox,
-    writer: JoinHandle<()>,
-) where
-    St: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
-{
-    let code = read_loop(&mut stream, &mut session, &app, &outbox).await;
-    outbox.kick(code);
-    session.end();
-    drop(session);
-    let _ = writer.await;
-    let code = outbox.kick_switch().code();
-    tracing::debug!(close = %code, "connection closed");
-    app.metrics
-        .connections_closed
-        .with_label_values(&[code.reason()])
-        .inc();
-    app.metrics.connections.dec();
+/// What woke a reader.
+enum Woke {
+    /// The connection must close with this code.
+    Close(CloseCode),
+    /// A gift in flight was answered.
+    Finished(Finished),
+    /// The outbox has room for the next command's replies again.
+    Room,
+    /// The client's next frame, or the end of its stream.
+    Read(Option<Result<Message, tungstenite::Error>>),
 }
 
-async fn read_loop<St>(
-    stream: &mut St,
-    session: &mut Session,
-    app: &App,
-    outbox: &Outbox,
-) -> CloseCode
+/// Reads the client's frames until the connection must close, and says why. Not an `async fn`,
+/// for the reason given in [`start`].
+#[allow(clippy::manual_async_fn)]
+fn read_loop<'a, St>(
+    stream: &'a mut St,
+    session: &'a mut Session,
+    app: &'a App,
+    outbox: &'a Outbox,
+) -> impl Future<Output = CloseCode> + 'a
 where
     St: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
 {
-    let kick = outbox.kick_switch();
-    // Registered once: a fresh wait per iteration would take the `Notify`'s lock each time.
-    let kicked = kick.kicked();
-    let shutdown = app.shutdown.cancelled();
-    tokio::pin!(kicked, shutdown);
-    // The auth deadline exists only until the connection authenticates.
-    let timeout = Duration::from_millis(app.config.server.handshake_timeout_ms);
-    let mut auth_deadline = session
-        .identity()
-        .is_none()
-        .then(|| Box::pin(tokio::time::sleep(timeout)));
-    // Gifts still committing; see `session.rs`. Answered as each finishes, and all of them
-    // before the connection ends, so a gift being committed still gets its receipt.
-    let mut in_flight = InFlight::default();
-    let in_flight_max = app.config.server.gifts_in_flight_max;
-    let code = loop {
-        if session.identity().is_some() {
-            auth_deadline = None;
-        }
-        // The next command is read only when its replies, and those of the gifts in flight, fit
-        // in the outbox (see `outbox.rs`).
-        let running = in_flight.len();
-        let room = outbox.has_room_for_commands(running + 1);
-        let read = room && running < in_flight_max;
-        // Made only while the outbox is full, and boxed: an idle connection's future keeps no
-        // room for a wait it rarely needs.
-        let mut room_wait = (!room).then(|| Box::pin(outbox.room_for_commands(running + 1)));
-        let next = tokio::select! {
-            biased;
-            _ = &mut kicked => break kick.code(),
-            _ = &mut shutdown => break CloseCode::GoingAway,
-            _ = async { auth_deadline.as_mut().expect("checked by the guard").await }, if auth_deadline.is_some() => {
-                break CloseCode::AuthTimeout
+    // What the loop below keeps across its wait is in every idle connection's future, so it
+    // keeps only what it cannot look up again (the close switch and the bounds are looked up
+    // where used).
+    async move {
+        let shutdown = app.shutdown.cancelled();
+        tokio::pin!(shutdown);
+        // The auth deadline exists only until the connection authenticates.
+        let mut auth_deadline = session.identity().is_none().then(|| {
+            let timeout = Duration::from_millis(app.config.server.handshake_timeout_ms);
+            Box::pin(tokio::time::sleep(timeout))
+        });
+        // Gifts still committing; see `session.rs`. Answered as each finishes, and all of them
+        // before the connection ends, so a gift being committed still gets its receipt.
+        let mut in_flight = InFlight::default();
+        let code = loop {
+            if session.identity().is_some() {
+                auth_deadline = None;
             }
-            done = in_flight.next(), if running > 0 => {
-                match session.finish(done) {
-                    Some(code) => break code,
-                    None => continue,
+            // The next command is read only when its replies, and those of the gifts in flight, fit
+            // in the outbox (see `outbox.rs`).
+            let running = in_flight.len();
+            let room = outbox.has_room_for_commands(running + 1);
+            let read = room && running < app.config.server.gifts_in_flight_max;
+            // Made only while the outbox is full, and boxed: an idle connection's future keeps no
+            // room for a wait it rarely needs.
+            let mut room_wait = (!room).then(|| Box::pin(outbox.room_for_commands(running + 1)));
+            // One poll of every wait in order of precedence, rather than a `select!`, which keeps a
+            // future per branch in every idle connection's future.
+            let woke = std::future::poll_fn(|cx| {
+                if let Poll::Ready(code) = outbox.kick_switch().poll_kicked(Waiter::Reader, cx) {
+                    return Poll::Ready(Woke::Close(code));
                 }
+                if shutdown.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Woke::Close(CloseCode::GoingAway));
+                }
+                if let Some(deadline) = auth_deadline.as_mut() {
+                    if deadline.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Woke::Close(CloseCode::AuthTimeout));
+                    }
+                }
+                if running > 0 {
+                    if let Poll::Ready(done) = in_flight.poll_next(cx) {
+                        return Poll::Ready(Woke::Finished(done));
+                    }
+                }
+                if let Some(wait) = room_wait.as_mut() {
+                    if wait.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Woke::Room);
+                    }
+                }
+                if read {
+                    if let Poll::Ready(next) = stream.poll_next_unpin(cx) {
+                        return Poll::Ready(Woke::Read(next));
+                    }
+                }
+                Poll::Pending
+            })
+            .await;
+            drop(room_wait);
+            // A text frame's command runs boxed, so the idle connection's future does not carry the
+            // largest command's state; the frame moves into the box, and `woke` is gone before the
+            // `.await`, so the future keeps no room for either.
+            // `woke` moves whole into the block, so none of it is kept across the `.await` below.
+            #[allow(clippy::blocks_in_conditions)]
+            let command = match { woke } {
+                Woke::Read(Some(Ok(Message::Text(text)))) => {
+                    let (session, in_flight) = (&mut *session, &mut in_flight);
+                    Ok(Box::pin(async move {
+                        session.handle_text(text.as_str(), in_flight).await
+                    }))
+                }
+                Woke::Close(code) => Err(Some(code)),
+                Woke::Finished(done) => Err(session.finish(done)),
+                Woke::Room => Err(None),
+                Woke::Read(None) => Err(Some(CloseCode::Normal)),
+                Woke::Read(Some(Ok(Message::Binary(_)))) => Err(session.reject_binary()),
+                Woke::Read(Some(Ok(Message::Close(_)))) => Err(Some(CloseCode::Normal)),
+                Woke::Read(Some(Ok(_))) => Err(None),
+                Woke::Read(Some(Err(e))) => Err(Some(read_error(e, outbox, app))),
+            };
+            let verdict = match command {
+                Ok(command) => command.await,
+                Err(verdict) => verdict,
+            };
+            if let Some(code) = verdict {
+                break code;
             }
-            _ = async { room_wait.as_mut().expect("checked by the guard").await }, if room_wait.is_some() => continue,
-            next = stream.next(), if read => next,
         };
-        let verdict = match next {
-            None => Some(CloseCode::Normal),
-            // Boxed so the idle connection's future does not carry the largest command's state.
-            Some(Ok(Message::Text(text))) => {
-                Box::pin(session.handle_text(text.as_str(), &mut in_flight)).await
-            }
-            Some(Ok(Message::Binary(_))) => session.reject_binary(),
-            Some(Ok(Message::Close(_))) => Some(CloseCode::Normal),
-            Some(Ok(_)) => None,
-            Some(Err(e)) => Some(read_error(e, outbox, app)),
-        };
-        if let Some(code) = verdict {
-            break code;
-        }
-    };
-    // Bounded by the ledger's call deadline.
-    Box::pin(session.drain(&mut in_flight)).await;
-    code
+        // Bounded by the ledger's call deadline.
+        Box::pin(session.drain(&mut in_flight)).await;
+        code
+    }
 }
 
 /// Maps a WebSocket read failure to a close code, telling the client why where it can still hear.
@@ -388,72 +435,80 @@ fn collect(
     Ok(())
 }
 
-async fn write_loop<Si>(mut sink: Si, rx: OutboxReceiver, app: Arc<App>, reset: ResetOnDrop)
+/// Writes a connection's frames until it is kicked or its socket fails. Not an `async fn`, for
+/// the reason given in [`start`].
+#[allow(clippy::manual_async_fn)]
+fn write_loop<Si>(
+    mut sink: Si,
+    rx: OutboxReceiver,
+    app: Arc<App>,
+    reset: ResetOnDrop,
+) -> impl Future<Output = ()> + Send
 where
-    Si: Sink<Message, Error = tungstenite::Error> + Unpin,
+    Si: Sink<Message, Error = tungstenite::Error> + Unpin + Send + 'static,
 {
-    // The metrics and the bounds are read through the app, not copied into this future: every
-    // idle connection keeps one.
-    let metrics = &app.metrics;
-    let mut ring: Option<Subscription> = None;
-    let mut batch: Vec<Frame> = Vec::new();
-    let kick = rx.kick_switch();
-    // Registered once: a fresh wait per iteration would take the `Notify`'s lock each time.
-    let kicked = kick.kicked();
-    tokio::pin!(kicked);
-    // Polling the kick's future takes its lock every time (2 % of the server's CPU at a million
-    // deliveries a second, as the writer wakes once per batch). Once polled, it stays registered
-    // and wakes this task when the connection is kicked, so after the first wait it is polled
-    // again only once `kick()` has set the code (one atomic load), which it does before it
-    // cancels the token. The check is inside the branch's future, not a `select!` precondition:
-    // a precondition is evaluated once per `select!`, so a wake-up would find the branch still
-    // disabled and the kick would be lost.
-    let mut first_wait = true;
-    // Whether the last write had to wait for the socket (the client's reading), as opposed to
-    // being taken at once: what tells a slow client from a slow node.
-    let mut socket_waited = false;
-    loop {
-        let step = tokio::select! {
-            biased;
-            _ = std::future::poll_fn(|cx| {
-                if first_wait || kick.is_kicked() {
-                    std::future::Future::poll(kicked.as_mut(), cx)
-                } else {
-                    std::task::Poll::Pending
-                }
-            }) => break,
-            item = rx.recv() => Step::Private(item),
-            r = next_ring(&mut ring) => Step::Ring(r),
-        };
-        first_wait = false;
-        let mut events = 0;
-        let collected = collect(
-            step,
-            &mut ring,
-            &mut batch,
-            &mut events,
-            socket_waited,
-            metrics,
-        );
-        if events > 0 {
-            metrics.fanout_deliveries.inc_by(events);
-            metrics.out(OutKind::Event, events);
-        }
-        match collected {
-            Ok(()) => {}
-            Err(fail) => {
-                finish(fail, kick);
-                break;
+    // What the loop below keeps across its wait is in every idle connection's future, so the
+    // metrics, the bounds and the close switch are looked up through the app and the outbox
+    // where used, not kept, and the batch exists only while there is something to write.
+    async move {
+        let mut ring: Option<Subscription> = None;
+        // Whether the last write had to wait for the socket (the client's reading), as opposed to
+        // being taken at once: what tells a slow client from a slow node.
+        let mut socket_waited = false;
+        loop {
+            // The kick, then the outbox, then the ring, in one poll: the kick and the outbox wake
+            // this task through its waker in the outbox (`outbox.rs`), so only the ring's wait is a
+            // future of its own.
+            let step = {
+                let ring_recv = next_ring(&mut ring);
+                tokio::pin!(ring_recv);
+                std::future::poll_fn(|cx| {
+                    if rx.kick_switch().poll_kicked(Waiter::Writer, cx).is_ready() {
+                        return Poll::Ready(None);
+                    }
+                    if let Poll::Ready(item) = rx.poll_recv(cx) {
+                        return Poll::Ready(Some(Step::Private(item)));
+                    }
+                    ring_recv.as_mut().poll(cx).map(|r| Some(Step::Ring(r)))
+                })
+                .await
+            };
+            // Moved whole (not matched in place), so the future keeps no room for it.
+            #[allow(clippy::blocks_in_conditions)]
+            let step = match { step } {
+                Some(step) => step,
+                None => break,
+            };
+            let metrics = &app.metrics;
+            let mut batch: Vec<Frame> = Vec::new();
+            let mut events = 0;
+            let collected = collect(
+                step,
+                &mut ring,
+                &mut batch,
+                &mut events,
+                socket_waited,
+                metrics,
+            );
+            if events > 0 {
+                metrics.fanout_deliveries.inc_by(events);
+                metrics.out(OutKind::Event, events);
             }
-        }
-        if batch.is_empty() {
-            continue;
-        }
-        // Feed the whole batch, then flush once: one socket write for a burst of events.
-        // Boxed: the timers and sink futures of a write in progress need not weigh on every idle
-        // connection's task.
-        let mut waited = false;
-        let outcome = Box::pin(async {
+            match collected {
+                Ok(()) => {}
+                Err(fail) => {
+                    finish(fail, rx.kick_switch());
+                    break;
+                }
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            // Feed the whole batch, then flush once: one socket write for a burst of events.
+            // Boxed: the timers and sink futures of a write in progress need not weigh on every idle
+            // connection's task.
+            let mut waited = false;
+            let outcome = Box::pin(async {
             let write = async {
                 for frame in batch.drain(..) {
                     sink.feed(Message::Text(frame)).await?;
@@ -473,61 +528,61 @@ where
                 _ = tokio::time::sleep(Duration::from_millis(app.config.server.write_timeout_ms)) => {
                     Err(WriteFail::Slow)
                 }
-                _ = &mut kicked => Ok(()),
+                _ = rx.kick_switch().kicked(Waiter::Writer) => Ok(()),
             }
         })
         .await;
-        socket_waited = waited;
-        // Idle connections keep no batch buffer; a busy one allocates one per write.
-        batch = Vec::new();
-        if let Err(fail) = outcome {
-            let socket_gone = matches!(fail, WriteFail::Socket);
-            finish(fail, kick);
-            if socket_gone {
-                return;
-            }
-            break;
-        }
-    }
-    let code = kick.code();
-    if code == CloseCode::SlowConsumer {
-        // Counted when detected, not when the close completes, which may take close_timeout.
-        metrics.slow_consumers.inc();
-    }
-    // Boxed, like the write phase: a connection closes once, and the close's futures need not
-    // weigh on every idle connection's task.
-    let close_timeout = Duration::from_millis(app.config.server.close_timeout_ms);
-    let closing = Box::pin(tokio::time::timeout(close_timeout, async {
-        // Frames queued before the close (the error that explains it, a receipt) go out first,
-        // unless the client is too slow to read them: then the close frame is what it needs.
-        // (A receipt it misses is answered again by resending the gift with the same key.)
-        while let Some(item) = rx.try_recv() {
-            if code == CloseCode::SlowConsumer {
-                continue;
-            }
-            if let Outbound::Frame(kind, frame) = item {
-                metrics.out(kind, 1);
-                sink.feed(Message::Text(frame)).await?;
+            socket_waited = waited;
+            if let Err(fail) = outcome {
+                let socket_gone = matches!(fail, WriteFail::Socket);
+                finish(fail, rx.kick_switch());
+                if socket_gone {
+                    return;
+                }
+                break;
             }
         }
-        let frame = CloseFrame {
-            code: WsCloseCode::from(code.code()),
-            reason: code.reason().into(),
-        };
-        // If the client closed first, tungstenite has already queued the echo of its close
-        // frame and refuses a second one; closing the sink then flushes that echo.
-        match sink.send(Message::Close(Some(frame))).await {
-            Ok(()) | Err(tungstenite::Error::Protocol(ProtocolError::SendAfterClosing)) => {}
-            Err(e) => return Err(e),
+        let code = rx.kick_switch().code();
+        let metrics = &app.metrics;
+        if code == CloseCode::SlowConsumer {
+            // Counted when detected, not when the close completes, which may take close_timeout.
+            metrics.slow_consumers.inc();
         }
-        sink.close().await
-    }))
-    .await;
-    if closing.is_err() {
-        // The client read neither the rest of the frame in progress nor the close frame in time.
-        // Reset the socket rather than end the stream wherever the kernel had got to.
-        reset.request();
-        metrics.close_resets.inc();
+        // Boxed, like the write phase: a connection closes once, and the close's futures need not
+        // weigh on every idle connection's task.
+        let close_timeout = Duration::from_millis(app.config.server.close_timeout_ms);
+        let closing = Box::pin(tokio::time::timeout(close_timeout, async {
+            // Frames queued before the close (the error that explains it, a receipt) go out first,
+            // unless the client is too slow to read them: then the close frame is what it needs.
+            // (A receipt it misses is answered again by resending the gift with the same key.)
+            while let Some(item) = rx.try_recv() {
+                if code == CloseCode::SlowConsumer {
+                    continue;
+                }
+                if let Outbound::Frame(kind, frame) = item {
+                    metrics.out(kind, 1);
+                    sink.feed(Message::Text(frame)).await?;
+                }
+            }
+            let frame = CloseFrame {
+                code: WsCloseCode::from(code.code()),
+                reason: code.reason().into(),
+            };
+            // If the client closed first, tungstenite has already queued the echo of its close
+            // frame and refuses a second one; closing the sink then flushes that echo.
+            match sink.send(Message::Close(Some(frame))).await {
+                Ok(()) | Err(tungstenite::Error::Protocol(ProtocolError::SendAfterClosing)) => {}
+                Err(e) => return Err(e),
+            }
+            sink.close().await
+        }))
+        .await;
+        if closing.is_err() {
+            // The client read neither the rest of the frame in progress nor the close frame in time.
+            // Reset the socket rather than end the stream wherever the kernel had got to.
+            reset.request();
+            metrics.close_resets.inc();
+        }
     }
 }
 

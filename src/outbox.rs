@@ -19,12 +19,18 @@
 //! The queue is a `VecDeque` that allocates only when something is queued, rather than a channel
 //! that allocates a block of slots up front: most of a viewer's life is idle, and thousands of
 //! idle connections should cost as little as possible. For the same reason the queue and the kill
-//! switch share one allocation, and the kill switch is a `Notify` beside the close code rather
-//! than a `CancellationToken` (which allocates a tree node of its own).
+//! switch share one allocation, and the connection's two tasks are woken through an
+//! [`AtomicWaker`] each in that allocation: a task registers its waker where the connection's
+//! state is, so its future keeps no wait of its own (a `Notify`'s wait is 80 bytes in every idle
+//! connection's future, and polling it takes a lock), and a push or a kick wakes it with one
+//! atomic swap.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use std::task::{Context, Poll};
+
+use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
 
 use crate::error::CloseCode;
@@ -57,7 +63,6 @@ pub struct Outbox {
 struct Queue {
     /// Held only to push or pop one item; never across `.await`.
     items: Mutex<Items>,
-    ready: Notify,
     /// Signalled when the writer takes an item, for a reader waiting for room.
     taken: Notify,
     frames_max: usize,
@@ -92,14 +97,14 @@ impl OutboxReceiver {
         &self.queue.kick
     }
 
-    /// The next queued item, waiting for one if there is none.
-    pub async fn recv(&self) -> Outbound {
-        loop {
-            if let Some(item) = self.try_recv() {
-                return item;
-            }
-            // A push between `try_recv` and here leaves a permit, so this cannot miss it.
-            self.queue.ready.notified().await;
+    /// The next item, registering the writer's waker if there is none yet. Called by the writer
+    /// task only: a push wakes the waker of the last task that called this.
+    pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Outbound> {
+        // Registered before looking, so a push after the look wakes this task.
+        self.queue.kick.writer.register(cx.waker());
+        match self.try_recv() {
+            Some(item) => Poll::Ready(item),
+            None => Poll::Pending,
         }
     }
 
@@ -117,35 +122,62 @@ impl OutboxReceiver {
     }
 }
 
-/// A connection's kill switch: the close code chosen by the first kick, and a wake-up for the
-/// tasks waiting for it.
+/// A connection's kill switch: the close code chosen by the first kick, and the wakers of the
+/// connection's two tasks. The writer's is also woken by every push.
 pub struct Kick {
     code: OnceLock<CloseCode>,
-    kicked: Notify,
+    reader: AtomicWaker,
+    writer: AtomicWaker,
+}
+
+/// Which of a connection's two tasks waits for a [`Kick`].
+#[derive(Clone, Copy, Debug)]
+pub enum Waiter {
+    /// The task that reads the client's frames (`connection.rs`).
+    Reader,
+    /// The task that writes to the client: the one that holds the [`OutboxReceiver`].
+    Writer,
 }
 
 impl Kick {
+    fn new() -> Kick {
+        Kick {
+            code: OnceLock::new(),
+            reader: AtomicWaker::new(),
+            writer: AtomicWaker::new(),
+        }
+    }
+
     /// Asks the connection to close with `code`. Only the first call chooses the code.
     pub fn kick(&self, code: CloseCode) {
         if self.code.set(code).is_ok() {
-            self.kicked.notify_waiters();
+            self.reader.wake();
+            self.writer.wake();
+        }
+    }
+
+    /// Ready with the close code once the connection has been kicked; until then, registers the
+    /// waiting task's waker, which the kick wakes. Each [`Waiter`] is one task: a second task
+    /// polling as the same waiter would take the first one's place.
+    pub fn poll_kicked(&self, waiter: Waiter, cx: &mut Context<'_>) -> Poll<CloseCode> {
+        // Registered before the check, and `kick` sets the code before it wakes: a kick after
+        // the check wakes this task, one before it is seen by the check.
+        match waiter {
+            Waiter::Reader => self.reader.register(cx.waker()),
+            Waiter::Writer => self.writer.register(cx.waker()),
+        }
+        match self.code.get() {
+            Some(code) => Poll::Ready(*code),
+            None => Poll::Pending,
         }
     }
 
     /// Resolves once the connection has been kicked (at once if it already was).
-    pub async fn kicked(&self) {
-        // A `Notified` receives `notify_waiters` from the moment it is made, polled or not, and
-        // `kick` sets the code before it notifies: a kick after this line wakes the wait, one
-        // before it is seen by the check.
-        let notified = self.kicked.notified();
-        if self.is_kicked() {
-            return;
-        }
-        notified.await;
+    pub async fn kicked(&self, waiter: Waiter) -> CloseCode {
+        std::future::poll_fn(|cx| self.poll_kicked(waiter, cx)).await
     }
 
-    /// Whether the connection was asked to close: one atomic load, where polling the
-    /// [`Kick::kicked`] future takes the `Notify`'s lock.
+    /// Whether the connection was asked to close: one atomic load.
     pub fn is_kicked(&self) -> bool {
         self.code.get().is_some()
     }
@@ -163,14 +195,10 @@ impl Outbox {
         assert!(frames_max >= 1 && bytes_max >= 1);
         let queue = Arc::new(Queue {
             items: Mutex::new(Items::default()),
-            ready: Notify::new(),
             taken: Notify::new(),
             frames_max,
             bytes_max,
-            kick: Kick {
-                code: OnceLock::new(),
-                kicked: Notify::new(),
-            },
+            kick: Kick::new(),
         });
         (
             Outbox {
@@ -207,7 +235,7 @@ impl Outbox {
             items.bytes += bytes;
             items.queue.push_back(item);
         }
-        self.queue.ready.notify_one();
+        self.queue.kick.writer.wake();
         true
     }
 
@@ -305,16 +333,44 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn kicked_wakes_a_waiter_and_resolves_at_once_after_a_kick() {
+    async fn a_kick_wakes_both_waiters_and_resolves_at_once_after() {
         let (outbox, rx) = Outbox::new(8, 1024);
-        let waiting = tokio::spawn(async move { rx.kick_switch().kicked().await });
+        let reader = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.kick_switch().kicked(Waiter::Reader).await }
+        });
+        let writer = tokio::spawn(async move { rx.kick_switch().kicked(Waiter::Writer).await });
         tokio::task::yield_now().await;
-        assert!(!waiting.is_finished());
+        assert!(!reader.is_finished() && !writer.is_finished());
         outbox.kick(CloseCode::SlowConsumer);
-        waiting.await.unwrap();
+        outbox.kick(CloseCode::Normal);
+        assert_eq!(reader.await.unwrap(), CloseCode::SlowConsumer);
+        assert_eq!(writer.await.unwrap(), CloseCode::SlowConsumer);
         // A waiter that comes after the kick does not wait, however often it asks.
-        outbox.kick_switch().kicked().await;
-        outbox.kick_switch().kicked().await;
+        let kick = outbox.kick_switch();
+        assert_eq!(kick.kicked(Waiter::Reader).await, CloseCode::SlowConsumer);
+        assert_eq!(kick.kicked(Waiter::Writer).await, CloseCode::SlowConsumer);
+    }
+
+    #[tokio::test]
+    async fn a_push_wakes_the_writer_waiting_for_an_item() {
+        let (outbox, rx) = Outbox::new(8, 1024);
+        let writer = tokio::spawn(async move {
+            let mut kinds = Vec::new();
+            for _ in 0..2 {
+                match std::future::poll_fn(|cx| rx.poll_recv(cx)).await {
+                    Outbound::Frame(kind, _) => kinds.push(kind),
+                    _ => unreachable!("only frames are pushed"),
+                }
+            }
+            kinds
+        });
+        tokio::task::yield_now().await;
+        assert!(!writer.is_finished());
+        assert!(outbox.push(OutKind::Ack, frame(1)));
+        tokio::task::yield_now().await;
+        assert!(outbox.push(OutKind::Error, frame(1)));
+        assert_eq!(writer.await.unwrap(), vec![OutKind::Ack, OutKind::Error]);
     }
 
     #[test]

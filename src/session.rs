@@ -35,6 +35,7 @@ pub(crate) use pk::{beat as beat_pk, end_for_close, learn as learn_pk};
 pub(crate) use rooms::entry_reply;
 
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -100,12 +101,12 @@ impl InFlight {
     }
 
     /// The next one to finish; pending forever while none runs.
-    pub async fn next(&mut self) -> Finished {
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Finished> {
         match self.running.as_mut() {
-            Some(running) if !running.is_empty() => {
-                running.next().await.expect("checked non-empty")
-            }
-            _ => std::future::pending().await,
+            Some(running) if !running.is_empty() => running
+                .poll_next_unpin(cx)
+                .map(|done| done.expect("checked non-empty")),
+            _ => Poll::Pending,
         }
     }
 }
@@ -255,7 +256,7 @@ impl Session {
     pub async fn drain(&mut self, in_flight: &mut InFlight) -> Option<CloseCode> {
         let mut code = None;
         while !in_flight.is_empty() {
-            let done = in_flight.next().await;
+            let done = std::future::poll_fn(|cx| in_flight.poll_next(cx)).await;
             code = code.or(self.finish(done));
         }
         code
