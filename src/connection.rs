@@ -7,10 +7,11 @@
 //!   event ring, feeding every frame that is ready and flushing once per batch, so a burst of room
 //!   events costs one socket write rather than one per event.
 //!
-//! Whoever decides the connection must end (the reader, the writer, a room, shutdown) kicks the
-//! outbox with a close code. The writer then writes what was already queued (such as the error
-//! that explains the close), sends the close frame, and stops. A reader on shutdown finishes the
-//! command in progress first, so a gift being committed still gets its receipt.
+//! Whoever decides the connection must end (the reader, the writer, a room) kicks the outbox with
+//! a close code. The writer then writes what was already queued (such as the error that explains
+//! the close), sends the close frame, and stops. Shutdown asks the reader instead
+//! (`App::shut_down`), which finishes the command in progress and the gifts in flight first, so a
+//! gift being committed still gets its receipt, then kicks with 1001.
 //!
 //! **Slow consumers.** A client is slow when its write makes no progress for
 //! `server.write_timeout_ms`, when it falls a whole room ring behind, or when its private queue
@@ -152,6 +153,13 @@ where
     }
 }
 
+/// Moves `value` whole. A coroutine keeps room across an `.await` for a local that was only
+/// matched apart (a part moved out still leaves the local alive), but not for one moved whole,
+/// so the loops below match what they receive through this.
+fn whole<T>(value: T) -> T {
+    value
+}
+
 /// What woke a reader.
 enum Woke {
     /// The connection must close with this code.
@@ -180,46 +188,54 @@ where
     // keeps only what it cannot look up again (the close switch and the bounds are looked up
     // where used).
     async move {
-        let shutdown = app.shutdown.cancelled();
-        tokio::pin!(shutdown);
-        // The auth deadline exists only until the connection authenticates.
-        let mut auth_deadline = session.identity().is_none().then(|| {
+        // Until the connection authenticates, it has a deadline, and it is in no registry that
+        // shutdown goes through (`App::shut_down`), so it also waits for shutdown itself; both
+        // waits are boxed together and exist only until then.
+        let mut unauthenticated = session.identity().is_none().then(|| {
             let timeout = Duration::from_millis(app.config.server.handshake_timeout_ms);
-            Box::pin(tokio::time::sleep(timeout))
+            Box::pin(async move {
+                tokio::select! {
+                    biased;
+                    _ = app.shutdown.cancelled() => CloseCode::GoingAway,
+                    _ = tokio::time::sleep(timeout) => CloseCode::AuthTimeout,
+                }
+            })
         });
+        // Authenticated, the connection is in the user registry, which shutdown goes through. A
+        // shutdown that went through it before the connection was there has cancelled the token.
+        let mut check_shutdown = unauthenticated.is_none();
         // Gifts still committing; see `session.rs`. Answered as each finishes, and all of them
         // before the connection ends, so a gift being committed still gets its receipt.
         let mut in_flight = InFlight::default();
         let code = loop {
-            if session.identity().is_some() {
-                auth_deadline = None;
+            if unauthenticated.is_some() && session.identity().is_some() {
+                unauthenticated = None;
+                check_shutdown = true;
+            }
+            if std::mem::take(&mut check_shutdown) && app.shutdown.is_cancelled() {
+                break CloseCode::GoingAway;
             }
             // The next command is read only when its replies, and those of the gifts in flight, fit
             // in the outbox (see `outbox.rs`).
-            let running = in_flight.len();
-            let room = outbox.has_room_for_commands(running + 1);
-            let read = room && running < app.config.server.gifts_in_flight_max;
+            let room = outbox.has_room_for_commands(in_flight.len() + 1);
+            let read = room && in_flight.len() < app.config.server.gifts_in_flight_max;
             // Made only while the outbox is full, and boxed: an idle connection's future keeps no
             // room for a wait it rarely needs.
-            let mut room_wait = (!room).then(|| Box::pin(outbox.room_for_commands(running + 1)));
+            let mut room_wait =
+                (!room).then(|| Box::pin(outbox.room_for_commands(in_flight.len() + 1)));
             // One poll of every wait in order of precedence, rather than a `select!`, which keeps a
             // future per branch in every idle connection's future.
             let woke = std::future::poll_fn(|cx| {
                 if let Poll::Ready(code) = outbox.kick_switch().poll_kicked(Waiter::Reader, cx) {
                     return Poll::Ready(Woke::Close(code));
                 }
-                if shutdown.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Woke::Close(CloseCode::GoingAway));
-                }
-                if let Some(deadline) = auth_deadline.as_mut() {
-                    if deadline.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Woke::Close(CloseCode::AuthTimeout));
+                if let Some(wait) = unauthenticated.as_mut() {
+                    if let Poll::Ready(code) = wait.as_mut().poll(cx) {
+                        return Poll::Ready(Woke::Close(code));
                     }
                 }
-                if running > 0 {
-                    if let Poll::Ready(done) = in_flight.poll_next(cx) {
-                        return Poll::Ready(Woke::Finished(done));
-                    }
+                if let Poll::Ready(done) = in_flight.poll_next(cx) {
+                    return Poll::Ready(Woke::Finished(done));
                 }
                 if let Some(wait) = room_wait.as_mut() {
                     if wait.as_mut().poll(cx).is_ready() {
@@ -236,11 +252,9 @@ where
             .await;
             drop(room_wait);
             // A text frame's command runs boxed, so the idle connection's future does not carry the
-            // largest command's state; the frame moves into the box, and `woke` is gone before the
-            // `.await`, so the future keeps no room for either.
-            // `woke` moves whole into the block, so none of it is kept across the `.await` below.
-            #[allow(clippy::blocks_in_conditions)]
-            let command = match { woke } {
+            // largest command's state; the frame moves into the box, and `woke` moves whole into
+            // the match, so the future keeps no room for either across the `.await` below.
+            let command = match whole(woke) {
                 Woke::Read(Some(Ok(Message::Text(text)))) => {
                     let (session, in_flight) = (&mut *session, &mut in_flight);
                     Ok(Box::pin(async move {
@@ -256,7 +270,7 @@ where
                 Woke::Read(Some(Ok(_))) => Err(None),
                 Woke::Read(Some(Err(e))) => Err(Some(read_error(e, outbox, app))),
             };
-            let verdict = match command {
+            let verdict = match whole(command) {
                 Ok(command) => command.await,
                 Err(verdict) => verdict,
             };
@@ -473,9 +487,7 @@ where
                 })
                 .await
             };
-            // Moved whole (not matched in place), so the future keeps no room for it.
-            #[allow(clippy::blocks_in_conditions)]
-            let step = match { step } {
+            let step = match whole(step) {
                 Some(step) => step,
                 None => break,
             };
@@ -721,6 +733,36 @@ mod tests {
         assert_eq!(close_code(out.last()), Some(4001));
     }
 
+    /// Everything `conn` is sent until it is closed, failing rather than hanging if it never is.
+    async fn all_within_a_minute(conn: Driven) -> Vec<Message> {
+        let (out, _) = tokio::time::timeout(Duration::from_secs(60), conn.all())
+            .await
+            .expect("the connection was closed");
+        out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_closes_a_connection_that_has_not_authenticated_with_1001() {
+        let app = app(|c| c.server.handshake_timeout_ms = 120_000);
+        let conn = drive(&app, None, 16);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        app.shut_down();
+        let out = all_within_a_minute(conn).await;
+        assert_eq!(close_code(out.last()), Some(1001));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_registered_after_shutdown_went_through_the_users_closes_1001() {
+        // Shutdown tells authenticated connections through the user registry; this one is
+        // registered after that, and must see the cancelled token itself.
+        let app = app(|_| {});
+        app.shut_down();
+        let conn = drive(&app, Some(("bob", Role::Viewer)), 16);
+        let out = all_within_a_minute(conn).await;
+        assert_eq!(texts(&out)[0]["type"], "welcome");
+        assert_eq!(close_code(out.last()), Some(1001));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn message_auth_gets_an_ack_and_no_welcome_and_cancels_the_deadline() {
         let app = app(|_| {});
@@ -731,7 +773,7 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(60)).await;
         conn.send(r#"{"type":"ping","id":2}"#);
         tokio::time::sleep(Duration::from_millis(10)).await;
-        app.shutdown.cancel();
+        app.shut_down();
         let (out, _) = conn.all().await;
         let frames = texts(&out);
         assert_eq!(frames[0]["type"], "ack");
@@ -784,7 +826,7 @@ mod tests {
             }
         }
         assert_eq!(app.metrics.slow_consumers.get(), 0);
-        app.shutdown.cancel();
+        app.shut_down();
         let (out, _) = conn.all().await;
         assert_eq!(close_code(out.last()), Some(1001));
     }

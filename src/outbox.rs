@@ -26,6 +26,7 @@
 //! atomic swap.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use std::task::{Context, Poll};
@@ -122,10 +123,12 @@ impl OutboxReceiver {
     }
 }
 
-/// A connection's kill switch: the close code chosen by the first kick, and the wakers of the
-/// connection's two tasks. The writer's is also woken by every push.
+/// A connection's kill switch: the close code chosen by the first kick, the node's request that
+/// the connection end for shutdown, and the wakers of the connection's two tasks. The writer's
+/// is also woken by every push.
 pub struct Kick {
     code: OnceLock<CloseCode>,
+    shutting_down: AtomicBool,
     reader: AtomicWaker,
     writer: AtomicWaker,
 }
@@ -143,6 +146,7 @@ impl Kick {
     fn new() -> Kick {
         Kick {
             code: OnceLock::new(),
+            shutting_down: AtomicBool::new(false),
             reader: AtomicWaker::new(),
             writer: AtomicWaker::new(),
         }
@@ -156,9 +160,18 @@ impl Kick {
         }
     }
 
-    /// Ready with the close code once the connection has been kicked; until then, registers the
-    /// waiting task's waker, which the kick wakes. Each [`Waiter`] is one task: a second task
-    /// polling as the same waiter would take the first one's place.
+    /// Asks the connection to end because the node is shutting down: its reader stops reading,
+    /// answers the command in progress and the gifts in flight, then kicks the connection with
+    /// 1001 itself. The writer is not told, so it still writes those answers.
+    pub fn shut_down(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+        self.reader.wake();
+    }
+
+    /// Ready with the close code once the connection has been kicked (for the reader, also with
+    /// 1001 once [`Kick::shut_down`] was called); until then, registers the waiting task's waker,
+    /// which the kick wakes. Each [`Waiter`] is one task: a second task polling as the same
+    /// waiter would take the first one's place.
     pub fn poll_kicked(&self, waiter: Waiter, cx: &mut Context<'_>) -> Poll<CloseCode> {
         // Registered before the check, and `kick` sets the code before it wakes: a kick after
         // the check wakes this task, one before it is seen by the check.
@@ -168,6 +181,11 @@ impl Kick {
         }
         match self.code.get() {
             Some(code) => Poll::Ready(*code),
+            None if matches!(waiter, Waiter::Reader)
+                && self.shutting_down.load(Ordering::Acquire) =>
+            {
+                Poll::Ready(CloseCode::GoingAway)
+            }
             None => Poll::Pending,
         }
     }
@@ -270,6 +288,7 @@ impl Outbox {
 mod tests {
     use super::*;
     use crate::error::tests::ALL_CLOSE_CODES;
+    use tokio::task::JoinHandle;
 
     fn frame(bytes: usize) -> Frame {
         Frame::from("x".repeat(bytes))
@@ -332,15 +351,25 @@ mod tests {
         assert!(!outbox.has_room_for_commands(1));
     }
 
-    #[tokio::test]
-    async fn a_kick_wakes_both_waiters_and_resolves_at_once_after() {
-        let (outbox, rx) = Outbox::new(8, 1024);
+    /// The connection's two tasks, each waiting for the kick, and already waiting when this
+    /// returns.
+    async fn waiting_for_the_kick(
+        outbox: &Outbox,
+        rx: OutboxReceiver,
+    ) -> (JoinHandle<CloseCode>, JoinHandle<CloseCode>) {
         let reader = tokio::spawn({
             let outbox = outbox.clone();
             async move { outbox.kick_switch().kicked(Waiter::Reader).await }
         });
         let writer = tokio::spawn(async move { rx.kick_switch().kicked(Waiter::Writer).await });
         tokio::task::yield_now().await;
+        (reader, writer)
+    }
+
+    #[tokio::test]
+    async fn a_kick_wakes_both_waiters_and_resolves_at_once_after() {
+        let (outbox, rx) = Outbox::new(8, 1024);
+        let (reader, writer) = waiting_for_the_kick(&outbox, rx).await;
         assert!(!reader.is_finished() && !writer.is_finished());
         outbox.kick(CloseCode::SlowConsumer);
         outbox.kick(CloseCode::Normal);
@@ -350,6 +379,24 @@ mod tests {
         let kick = outbox.kick_switch();
         assert_eq!(kick.kicked(Waiter::Reader).await, CloseCode::SlowConsumer);
         assert_eq!(kick.kicked(Waiter::Writer).await, CloseCode::SlowConsumer);
+    }
+
+    #[tokio::test]
+    async fn shutdown_wakes_the_reader_only_and_chooses_no_code() {
+        let (outbox, rx) = Outbox::new(8, 1024);
+        let (reader, writer) = waiting_for_the_kick(&outbox, rx).await;
+        outbox.kick_switch().shut_down();
+        assert_eq!(reader.await.unwrap(), CloseCode::GoingAway);
+        tokio::task::yield_now().await;
+        assert!(
+            !writer.is_finished(),
+            "the writer still writes the last answers"
+        );
+        assert!(!outbox.is_kicked());
+        assert!(outbox.push(OutKind::Ack, frame(1)));
+        // The reader kicks once it has answered; the writer follows.
+        outbox.kick(CloseCode::GoingAway);
+        assert_eq!(writer.await.unwrap(), CloseCode::GoingAway);
     }
 
     #[tokio::test]

@@ -124,7 +124,6 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
-    let token = CancellationToken::new();
     let grace = Duration::from_millis(config.server.shutdown_grace_ms);
     let cluster = match config.cluster.enabled() {
         true => Some(Cluster::connect(&config, metrics.clone()).await?),
@@ -135,7 +134,7 @@ pub async fn serve(
         ledger.clone(),
         cluster,
         metrics,
-        token.clone(),
+        CancellationToken::new(),
     ));
     if app.cluster.is_some() {
         Cluster::start(&app).await?;
@@ -182,7 +181,7 @@ pub async fn serve(
     let _ = admin_loop.await;
     let deadline = Instant::now() + grace;
     tracing::info!(connections = app.metrics.connections.get(), "shutting down");
-    token.cancel();
+    app.shut_down();
     tracker.close();
     if tokio::time::timeout_at(deadline, tracker.wait())
         .await

@@ -82,12 +82,13 @@ pub struct Finished {
 /// gift.
 #[derive(Default)]
 pub struct InFlight {
-    running: Option<FuturesUnordered<BoxFuture<'static, Finished>>>,
+    /// Boxed: an idle connection's future keeps a pointer, not the set.
+    running: Option<Box<FuturesUnordered<BoxFuture<'static, Finished>>>>,
 }
 
 impl InFlight {
     pub fn len(&self) -> usize {
-        self.running.as_ref().map_or(0, FuturesUnordered::len)
+        self.running.as_ref().map_or(0, |running| running.len())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -95,9 +96,7 @@ impl InFlight {
     }
 
     fn push(&mut self, command: BoxFuture<'static, Finished>) {
-        self.running
-            .get_or_insert_with(FuturesUnordered::new)
-            .push(command);
+        self.running.get_or_insert_with(Box::default).push(command);
     }
 
     /// The next one to finish; pending forever while none runs.
