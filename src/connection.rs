@@ -470,18 +470,15 @@ where
         // being taken at once: what tells a slow client from a slow node.
         let mut socket_waited = false;
         loop {
-            // The kick, then the outbox, then the ring, in one poll: the kick and the outbox wake
-            // this task through its waker in the outbox (`outbox.rs`), so only the ring's wait is a
-            // future of its own.
+            // The kick, then the outbox, then the ring, in one poll: the outbox answers for the
+            // kick and for its items, waking this task through its waker in the outbox
+            // (`outbox.rs`), so only the ring's wait is a future of its own.
             let step = {
                 let ring_recv = next_ring(&mut ring);
                 tokio::pin!(ring_recv);
                 std::future::poll_fn(|cx| {
-                    if rx.kick_switch().poll_kicked(Waiter::Writer, cx).is_ready() {
-                        return Poll::Ready(None);
-                    }
                     if let Poll::Ready(item) = rx.poll_recv(cx) {
-                        return Poll::Ready(Some(Step::Private(item)));
+                        return Poll::Ready(item.map(Step::Private));
                     }
                     ring_recv.as_mut().poll(cx).map(|r| Some(Step::Ring(r)))
                 })
@@ -517,33 +514,34 @@ where
                 continue;
             }
             // Feed the whole batch, then flush once: one socket write for a burst of events.
-            // Boxed: the timers and sink futures of a write in progress need not weigh on every idle
-            // connection's task.
+            // Boxed: the timers and sink futures of a write in progress need not weigh on every
+            // idle connection's task.
             let mut waited = false;
             let outcome = Box::pin(async {
-            let write = async {
-                for frame in batch.drain(..) {
-                    sink.feed(Message::Text(frame)).await?;
+                let write = async {
+                    for frame in batch.drain(..) {
+                        sink.feed(Message::Text(frame)).await?;
+                    }
+                    sink.flush().await
+                };
+                tokio::pin!(write);
+                // Pending only while the socket is full: the kernel holds what the client has not
+                // read.
+                let write = std::future::poll_fn(|cx| {
+                    let poll = std::future::Future::poll(write.as_mut(), cx);
+                    waited |= poll.is_pending();
+                    poll
+                });
+                let write_timeout = Duration::from_millis(app.config.server.write_timeout_ms);
+                let ring_frames = app.config.rooms.room_ring_frames;
+                tokio::select! {
+                    r = write => r.map_err(WriteFail::from),
+                    _ = ring_overrun(&ring, ring_frames) => Err(WriteFail::Slow),
+                    _ = tokio::time::sleep(write_timeout) => Err(WriteFail::Slow),
+                    _ = rx.kick_switch().kicked(Waiter::Writer) => Ok(()),
                 }
-                sink.flush().await
-            };
-            tokio::pin!(write);
-            // Pending only while the socket is full: the kernel holds what the client has not read.
-            let write = std::future::poll_fn(|cx| {
-                let poll = std::future::Future::poll(write.as_mut(), cx);
-                waited |= poll.is_pending();
-                poll
-            });
-            tokio::select! {
-                r = write => r.map_err(WriteFail::from),
-                _ = ring_overrun(&ring, app.config.rooms.room_ring_frames) => Err(WriteFail::Slow),
-                _ = tokio::time::sleep(Duration::from_millis(app.config.server.write_timeout_ms)) => {
-                    Err(WriteFail::Slow)
-                }
-                _ = rx.kick_switch().kicked(Waiter::Writer) => Ok(()),
-            }
-        })
-        .await;
+            })
+            .await;
             socket_waited = waited;
             if let Err(fail) = outcome {
                 let socket_gone = matches!(fail, WriteFail::Socket);
@@ -590,8 +588,8 @@ where
         }))
         .await;
         if closing.is_err() {
-            // The client read neither the rest of the frame in progress nor the close frame in time.
-            // Reset the socket rather than end the stream wherever the kernel had got to.
+            // The client read neither the rest of the frame in progress nor the close frame in
+            // time. Reset the socket rather than end the stream wherever the kernel had got to.
             reset.request();
             metrics.close_resets.inc();
         }

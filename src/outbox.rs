@@ -28,7 +28,6 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-
 use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
@@ -98,13 +97,19 @@ impl OutboxReceiver {
         &self.queue.kick
     }
 
-    /// The next item, registering the writer's waker if there is none yet. Called by the writer
-    /// task only: a push wakes the waker of the last task that called this.
-    pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Outbound> {
-        // Registered before looking, so a push after the look wakes this task.
-        self.queue.kick.writer.register(cx.waker());
+    /// The next item, or `None` once the connection has been kicked; until then, registers the
+    /// writer's waker, which a push or a kick wakes. Called by the writer task only: a wake-up
+    /// goes to the last task that called this.
+    pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Outbound>> {
+        // One registration for both, before looking: a push or a kick after the look wakes
+        // this task.
+        let kick = &self.queue.kick;
+        kick.writer.register(cx.waker());
+        if kick.is_kicked() {
+            return Poll::Ready(None);
+        }
         match self.try_recv() {
-            Some(item) => Poll::Ready(item),
+            Some(item) => Poll::Ready(Some(item)),
             None => Poll::Pending,
         }
     }
@@ -400,12 +405,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_push_wakes_the_writer_waiting_for_an_item() {
+    async fn a_push_wakes_the_writer_waiting_for_an_item_and_a_kick_ends_them() {
         let (outbox, rx) = Outbox::new(8, 1024);
         let writer = tokio::spawn(async move {
             let mut kinds = Vec::new();
-            for _ in 0..2 {
-                match std::future::poll_fn(|cx| rx.poll_recv(cx)).await {
+            while let Some(item) = std::future::poll_fn(|cx| rx.poll_recv(cx)).await {
+                match item {
                     Outbound::Frame(kind, _) => kinds.push(kind),
                     _ => unreachable!("only frames are pushed"),
                 }
@@ -417,6 +422,9 @@ mod tests {
         assert!(outbox.push(OutKind::Ack, frame(1)));
         tokio::task::yield_now().await;
         assert!(outbox.push(OutKind::Error, frame(1)));
+        tokio::task::yield_now().await;
+        assert!(!writer.is_finished());
+        outbox.kick(CloseCode::Normal);
         assert_eq!(writer.await.unwrap(), vec![OutKind::Ack, OutKind::Error]);
     }
 
