@@ -78,7 +78,8 @@ pub struct ServerConfig {
     /// Initial WebSocket read buffer per connection; it grows only while a large message arrives.
     /// At least 64.
     pub ws_read_buffer_bytes: usize,
-    /// Bytes buffered per connection before a write is pushed to the socket. At least 1024.
+    /// Bytes of frames a connection's writer queues before it writes them to the socket and
+    /// queues more (`websocket.rs`). At least 1024.
     pub ws_write_buffer_bytes: usize,
     /// Kernel send buffer of each client socket (`SO_SNDBUF`), in bytes: what the kernel may hold
     /// for a client that stopped reading before giftd's writer stalls. 4096 to 16777216.

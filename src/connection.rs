@@ -2,7 +2,8 @@
 //!
 //! A connection is two tasks:
 //! - the **reader** (this task) reads frames, enforces the auth deadline and hands text frames to
-//!   its [`Session`];
+//!   its [`Session`]; it answers a ping with a pong, and a close frame with its echo, through the
+//!   outbox (`websocket.rs` explains why tungstenite does not);
 //! - the **writer** drains the connection's bounded [`Outbox`] (private frames) and its room's
 //!   event ring, feeding every frame that is ready and flushing once per batch, so a burst of room
 //!   events costs one socket write rather than one per event.
@@ -30,67 +31,51 @@
 //! The loops are generic over a `Sink` and a `Stream` of WebSocket messages, so unit tests drive
 //! them through channels under paused time.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::broadcast;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
 
 use crate::app::App;
 use crate::auth::Identity;
 use crate::bounds::{STALL_CHECK, WRITE_BATCH_FRAMES_MAX};
-use crate::config::ServerConfig;
 use crate::error::{CloseCode, Error};
 use crate::metrics::{Metrics, OutKind};
 use crate::outbox::{Kick, Outbound, Outbox, OutboxReceiver, Waiter};
 use crate::protocol::server::{self, ServerMessage};
-use crate::protocol::{EventFrame, Frame};
+use crate::protocol::EventFrame;
 use crate::room::hub::Subscription;
 use crate::session::{Finished, InFlight, Session};
 use crate::socket::ResetOnDrop;
-
-/// The WebSocket settings every connection (and the conformance echo endpoint) uses.
-pub fn ws_config(server: &ServerConfig) -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(server.ws_read_buffer_bytes)
-        .write_buffer_size(server.ws_write_buffer_bytes)
-        .max_write_buffer_size(
-            server.ws_write_buffer_bytes + server.message_bytes_max.max(64 * 1024) * 4,
-        )
-        .max_message_size(Some(server.message_bytes_max))
-        .max_frame_size(Some(server.message_bytes_max))
-}
+use crate::websocket::{FrameWriter, WsReader};
 
 /// Serves one upgraded WebSocket until it closes.
 ///
-/// Not an `async fn`: it splits the socket and starts the writer before the connection's
-/// long-lived future exists, so that future holds only what the reader needs (see [`start`]).
-pub fn serve<S>(
-    ws: WebSocketStream<S>,
+/// Not an `async fn`: it starts the writer before the connection's long-lived future exists, so
+/// that future holds only what the reader needs (see [`start`]).
+pub fn serve(
+    reader: WsReader,
+    writer: FrameWriter,
     app: Arc<App>,
     identity: Option<Box<Identity>>,
     peer: SocketAddr,
     reset: ResetOnDrop,
-) -> impl Future<Output = ()> + Send
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+) -> impl Future<Output = ()> + Send {
     let conn = app.next_conn_id();
     let span = tracing::info_span!("conn", id = conn, %peer, user = tracing::field::Empty, room = tracing::field::Empty);
-    let (sink, stream) = ws.split();
     // Entered while the connection starts: the writer's task and the session's user field
     // belong to the connection's span.
-    let reader = span.in_scope(|| start(sink, stream, app, identity, conn, reset));
+    let reader = span.in_scope(|| start(writer, reader, app, identity, conn, reset));
     reader.instrument(span)
 }
 
@@ -266,7 +251,16 @@ where
                 Woke::Room => Err(None),
                 Woke::Read(None) => Err(Some(CloseCode::Normal)),
                 Woke::Read(Some(Ok(Message::Binary(_)))) => Err(session.reject_binary()),
-                Woke::Read(Some(Ok(Message::Close(_)))) => Err(Some(CloseCode::Normal)),
+                // tungstenite's own answers to these are discarded (`websocket.rs`); the writer
+                // sends them, in turn with everything else.
+                Woke::Read(Some(Ok(Message::Ping(payload)))) => {
+                    outbox.send(Outbound::Control(Message::Pong(payload)));
+                    Err(None)
+                }
+                Woke::Read(Some(Ok(Message::Close(echo)))) => {
+                    outbox.send(Outbound::Control(Message::Close(echo)));
+                    Err(Some(CloseCode::Normal))
+                }
                 Woke::Read(Some(Ok(_))) => Err(None),
                 Woke::Read(Some(Err(e))) => Err(Some(read_error(e, outbox, app))),
             };
@@ -320,10 +314,15 @@ async fn next_ring(
 }
 
 /// Adds a room event to the batch unless the member already has it.
-fn take_event(event: EventFrame, through_seq: u64, batch: &mut Vec<Frame>, events: &mut u64) {
+fn take_event(
+    event: EventFrame,
+    through_seq: u64,
+    batch: &mut VecDeque<Message>,
+    events: &mut u64,
+) {
     if event.seq > through_seq {
         *events += 1;
-        batch.push(event.bytes);
+        batch.push_back(Message::Text(event.bytes));
     }
 }
 
@@ -380,7 +379,7 @@ fn node_is_behind(s: &Subscription, metrics: &Metrics) {
 fn collect(
     step: Step,
     ring: &mut Option<Subscription>,
-    batch: &mut Vec<Frame>,
+    batch: &mut VecDeque<Message>,
     events: &mut u64,
     socket_waited: bool,
     metrics: &Metrics,
@@ -388,11 +387,12 @@ fn collect(
     match step {
         Step::Private(Outbound::Frame(kind, frame)) => {
             metrics.out(kind, 1);
-            batch.push(frame);
+            batch.push_back(Message::Text(frame));
         }
+        Step::Private(Outbound::Control(message)) => batch.push_back(message),
         Step::Private(Outbound::Replay(missed)) => {
             *events += missed.len() as u64;
-            batch.extend(missed.into_iter().map(|e| e.bytes));
+            batch.extend(missed.into_iter().map(|e| Message::Text(e.bytes)));
         }
         Step::Private(Outbound::Subscribe(s)) => *ring = Some(s),
         Step::Private(Outbound::Unsubscribe) => {
@@ -489,7 +489,7 @@ where
                 None => break,
             };
             let metrics = &app.metrics;
-            let mut batch: Vec<Frame> = Vec::new();
+            let mut batch = VecDeque::new();
             let mut events = 0;
             let collected = collect(
                 step,
@@ -514,35 +514,20 @@ where
                 continue;
             }
             // Feed the whole batch, then flush once: one socket write for a burst of events.
-            // Boxed: the timers and sink futures of a write in progress need not weigh on every
-            // idle connection's task.
-            let mut waited = false;
-            let outcome = Box::pin(async {
-                let write = async {
-                    for frame in batch.drain(..) {
-                        sink.feed(Message::Text(frame)).await?;
-                    }
-                    sink.flush().await
-                };
-                tokio::pin!(write);
-                // Pending only while the socket is full: the kernel holds what the client has not
-                // read.
-                let write = std::future::poll_fn(|cx| {
-                    let poll = std::future::Future::poll(write.as_mut(), cx);
-                    waited |= poll.is_pending();
-                    poll
-                });
-                let write_timeout = Duration::from_millis(app.config.server.write_timeout_ms);
-                let ring_frames = app.config.rooms.room_ring_frames;
-                tokio::select! {
-                    r = write => r.map_err(WriteFail::from),
-                    _ = ring_overrun(&ring, ring_frames) => Err(WriteFail::Slow),
-                    _ = tokio::time::sleep(write_timeout) => Err(WriteFail::Slow),
-                    _ = rx.kick_switch().kicked(Waiter::Writer) => Ok(()),
-                }
-            })
-            .await;
-            socket_waited = waited;
+            // First as far as the socket takes it at once, which is nearly always all of it.
+            // Only a socket that is full needs the write timeout and the ring-overrun check: two
+            // timers and a boxed future, which a write taken at once never makes.
+            let at_once =
+                std::future::poll_fn(|cx| Poll::Ready(write_at_once(&mut sink, &mut batch, cx)));
+            // Whether the socket made the writer wait.
+            let outcome = match whole(at_once.await) {
+                Ok(true) => Ok(false),
+                Ok(false) => Box::pin(write_waiting(&mut sink, &mut batch, &ring, &rx, &app))
+                    .await
+                    .map(|()| true),
+                Err(e) => Err(WriteFail::from(e)),
+            };
+            socket_waited = matches!(outcome, Ok(true));
             if let Err(fail) = outcome {
                 let socket_gone = matches!(fail, WriteFail::Socket);
                 finish(fail, rx.kick_switch());
@@ -569,9 +554,13 @@ where
                 if code == CloseCode::SlowConsumer {
                     continue;
                 }
-                if let Outbound::Frame(kind, frame) = item {
-                    metrics.out(kind, 1);
-                    sink.feed(Message::Text(frame)).await?;
+                match item {
+                    Outbound::Frame(kind, frame) => {
+                        metrics.out(kind, 1);
+                        sink.feed(Message::Text(frame)).await?;
+                    }
+                    Outbound::Control(message) => sink.feed(message).await?,
+                    Outbound::Replay(_) | Outbound::Subscribe(_) | Outbound::Unsubscribe => {}
                 }
             }
             let frame = CloseFrame {
@@ -596,6 +585,61 @@ where
     }
 }
 
+/// Feeds `batch` into `sink` and flushes, as far as the socket takes it without waiting: true
+/// once everything is written; false if the socket is full, with what was not fed still in
+/// `batch`, in order.
+fn write_at_once<Si>(
+    sink: &mut Si,
+    batch: &mut VecDeque<Message>,
+    cx: &mut Context<'_>,
+) -> Result<bool, tungstenite::Error>
+where
+    Si: Sink<Message, Error = tungstenite::Error> + Unpin,
+{
+    while !batch.is_empty() {
+        match sink.poll_ready_unpin(cx) {
+            Poll::Ready(ready) => ready?,
+            Poll::Pending => return Ok(false),
+        }
+        if let Some(message) = batch.pop_front() {
+            sink.start_send_unpin(message)?;
+        }
+    }
+    match sink.poll_flush_unpin(cx) {
+        Poll::Ready(flushed) => flushed.map(|()| true),
+        Poll::Pending => Ok(false),
+    }
+}
+
+/// Writes the rest of a batch to a socket that is full. The client is slow if the write takes
+/// longer than `server.write_timeout_ms`, or if the ring is about to overwrite events it has not
+/// been sent; a kick ends the wait.
+async fn write_waiting<Si>(
+    sink: &mut Si,
+    batch: &mut VecDeque<Message>,
+    ring: &Option<Subscription>,
+    rx: &OutboxReceiver,
+    app: &App,
+) -> Result<(), WriteFail>
+where
+    Si: Sink<Message, Error = tungstenite::Error> + Unpin,
+{
+    let write = async {
+        for message in batch.drain(..) {
+            sink.feed(message).await?;
+        }
+        sink.flush().await
+    };
+    let write_timeout = Duration::from_millis(app.config.server.write_timeout_ms);
+    let ring_frames = app.config.rooms.room_ring_frames;
+    tokio::select! {
+        written = write => written.map_err(WriteFail::from),
+        _ = ring_overrun(ring, ring_frames) => Err(WriteFail::Slow),
+        _ = tokio::time::sleep(write_timeout) => Err(WriteFail::Slow),
+        _ = rx.kick_switch().kicked(Waiter::Writer) => Ok(()),
+    }
+}
+
 fn finish(fail: WriteFail, kick: &Kick) {
     match fail {
         WriteFail::Slow => kick.kick(CloseCode::SlowConsumer),
@@ -605,24 +649,24 @@ fn finish(fail: WriteFail, kick: &Kick) {
 }
 
 /// Serves the conformance echo endpoint: every text or binary message comes back unchanged. It
-/// runs with exactly the production WebSocket configuration and touches no room or money.
-pub async fn echo<S>(mut ws: WebSocketStream<S>)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    while let Some(Ok(msg)) = ws.next().await {
-        let reply = match msg {
-            Message::Text(_) | Message::Binary(_) => msg,
-            Message::Close(_) => break,
-            _ => continue,
+/// runs over exactly the production WebSocket layer (`websocket.rs`) and touches no room or money.
+pub async fn echo(mut reader: WsReader, mut writer: FrameWriter) {
+    while let Some(read) = reader.next().await {
+        let reply = match read {
+            Ok(message @ (Message::Text(_) | Message::Binary(_))) => message,
+            // What tungstenite would have answered itself (`websocket.rs`).
+            Ok(Message::Ping(payload)) => Message::Pong(payload),
+            Ok(Message::Close(echo)) => Message::Close(echo),
+            Ok(_) => continue,
+            // A client that broke the protocol gets a close frame without a code.
+            Err(_) => Message::Close(None),
         };
-        if ws.send(reply).await.is_err() {
-            return;
+        let closing = matches!(reply, Message::Close(_));
+        if writer.send(reply).await.is_err() || closing {
+            break;
         }
     }
-    // Flushes the echo of the client's close frame that tungstenite queued (`close(None)` would
-    // fail with SendAfterClosing and drop it).
-    let _ = SinkExt::close(&mut ws).await;
+    let _ = SinkExt::close(&mut writer).await;
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! separate listeners by `server.rs`.
 //!
 //! The upgrade is done by hand on hyper's connection so that the socket goes straight into
-//! `tokio-tungstenite` with giftd's own [`crate::connection::ws_config`], and so the handshake can
+//! giftd's WebSocket layer (`websocket.rs`) with giftd's own limits, and so the handshake can
 //! refuse a foreign `Origin` or a bad token with a plain HTTP status before any WebSocket exists.
 //! HTTP errors use the same JSON shape and codes as WebSocket errors.
 
@@ -24,8 +24,6 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role as WsRole;
-use tokio_tungstenite::WebSocketStream;
 
 use crate::app::App;
 use crate::auth::check_user_id;
@@ -39,8 +37,8 @@ use crate::ledger::{RefundReason, RefundRequest, TopUpRequest, UserLimits};
 use crate::metrics::OutKind;
 use crate::protocol::server::{encode, ServerMessage};
 use crate::server::Tracker;
-use crate::socket::ResetOnDrop;
-use crate::throttle::Throttled;
+use crate::socket::{ClientSocket, ResetOnDrop};
+use crate::websocket::{self, FrameWriter, WsReader, WsSettings};
 
 /// The TCP connection's slot under the accept limit. An upgraded WebSocket takes it over from
 /// the HTTP connection, so the slot is held until the WebSocket closes.
@@ -120,7 +118,7 @@ fn upgrade_key(headers: &HeaderMap) -> Result<&HeaderValue, &'static str> {
 }
 
 /// Takes the socket from hyper once the 101 response is out and runs `serve` on it as a
-/// WebSocket, holding the connection's slots (`held`) until it ends.
+/// WebSocket (`websocket.rs`), holding the connection's slots (`held`) until it ends.
 fn upgrade<F, Fut>(
     mut req: Request,
     tracker: &Tracker,
@@ -128,9 +126,7 @@ fn upgrade<F, Fut>(
     held: impl Send + 'static,
     serve: F,
 ) where
-    F: FnOnce(WebSocketStream<Throttled<TokioIo<hyper::upgrade::Upgraded>>>) -> Fut
-        + Send
-        + 'static,
+    F: FnOnce(WsReader, FrameWriter) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let slot = req
@@ -138,25 +134,28 @@ fn upgrade<F, Fut>(
         .get::<ConnSlot>()
         .and_then(|s| s.0.lock().ok()?.take());
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let inbound = (server.inbound_bytes_per_sec, server.inbound_burst_bytes);
-    let config = connection::ws_config(server);
+    let settings = WsSettings::new(server);
     // Two tasks: this one waits for the upgrade, then hands the connection to a task of its own
     // that holds its slots and the connection's future only. A task's future keeps room for
     // everything its code ever held, so one task for both would carry the upgrade's leftovers
     // (the WebSocket settings, the upgrade future, the `serve` closure) for the connection's life.
     let connections = tracker.clone();
     tracker.spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let io = Throttled::new(TokioIo::new(upgraded), inbound.0, inbound.1);
-                let ws = WebSocketStream::from_raw_socket(io, WsRole::Server, Some(config)).await;
-                // `map` rather than an `async` block: a block would keep both the future it
-                // captured and the one it awaits.
-                let connection = serve(ws).map(move |()| drop((slot, held)));
-                connections.spawn(connection);
-            }
-            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
-        }
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => return tracing::debug!(error = %e, "upgrade failed"),
+        };
+        // The public listener serves every connection over a `ClientSocket` (`server.rs`);
+        // hyper gives it back with whatever it read past the upgrade request.
+        let Ok(parts) = upgraded.downcast::<TokioIo<ClientSocket>>() else {
+            return tracing::error!("an upgraded connection was not a client socket");
+        };
+        let socket = parts.io.into_inner();
+        let (reader, writer) = websocket::open(socket, parts.read_buf, settings).await;
+        // `map` rather than an `async` block: a block would keep both the future it
+        // captured and the one it awaits.
+        let connection = serve(reader, writer).map(move |()| drop((slot, held)));
+        connections.spawn(connection);
     });
 }
 
@@ -257,7 +256,7 @@ async fn ws_upgrade(
         &tracker,
         &settings.config.server,
         ws_permit,
-        move |ws| connection::serve(ws, app, identity, peer, reset),
+        move |reader, writer| connection::serve(reader, writer, app, identity, peer, reset),
     );
     switching_protocols(&key)
 }

@@ -35,3 +35,4 @@ pub mod shutdown;
 pub mod socket;
 pub mod telemetry;
 pub mod throttle;
+pub mod websocket;

@@ -26,12 +26,13 @@
 //! atomic swap.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::error::CloseCode;
 use crate::metrics::OutKind;
@@ -53,6 +54,9 @@ pub enum Outbound {
     Subscribe(Subscription),
     /// Forward what the room already sent, then stop.
     Unsubscribe,
+    /// Write a control frame: the pong to a client's ping, or the echo of its close frame
+    /// (`websocket.rs`).
+    Control(Message),
 }
 
 #[derive(Clone)]
@@ -63,6 +67,9 @@ pub struct Outbox {
 struct Queue {
     /// Held only to push or pop one item; never across `.await`.
     items: Mutex<Items>,
+    /// How many items `items` holds, changed under its lock: the writer, woken for a room event
+    /// far more often than for a private frame, sees an empty queue without taking the lock.
+    queued: AtomicUsize,
     /// Signalled when the writer takes an item, for a reader waiting for room.
     taken: Notify,
     frames_max: usize,
@@ -80,6 +87,7 @@ struct Items {
 fn frame_bytes(item: &Outbound) -> usize {
     match item {
         Outbound::Frame(_, frame) => frame.len(),
+        Outbound::Control(message) => message.len(),
         // Replayed frames are shared with the room's history (bounded by its own config), so
         // they cost this queue no memory of their own.
         Outbound::Replay(_) | Outbound::Subscribe(_) | Outbound::Unsubscribe => 0,
@@ -115,8 +123,15 @@ impl OutboxReceiver {
     }
 
     pub fn try_recv(&self) -> Option<Outbound> {
+        // A push after this load wakes the writer (`poll_recv` registered it before looking).
+        if self.queue.queued.load(Ordering::Acquire) == 0 {
+            return None;
+        }
         let mut items = self.queue.items.lock().unwrap_or_else(|p| p.into_inner());
         let item = items.queue.pop_front()?;
+        self.queue
+            .queued
+            .store(items.queue.len(), Ordering::Release);
         items.bytes -= frame_bytes(&item);
         self.queue.taken.notify_one();
         if items.queue.is_empty() && items.queue.capacity() > 0 {
@@ -218,6 +233,7 @@ impl Outbox {
         assert!(frames_max >= 1 && bytes_max >= 1);
         let queue = Arc::new(Queue {
             items: Mutex::new(Items::default()),
+            queued: AtomicUsize::new(0),
             taken: Notify::new(),
             frames_max,
             bytes_max,
@@ -257,6 +273,9 @@ impl Outbox {
             }
             items.bytes += bytes;
             items.queue.push_back(item);
+            self.queue
+                .queued
+                .store(items.queue.len(), Ordering::Release);
         }
         self.queue.kick.writer.wake();
         true

@@ -586,7 +586,10 @@ mod tests {
         loop {
             match rx.try_recv().expect("a reply") {
                 Outbound::Frame(_, f) => return serde_json::from_str(f.as_str()).unwrap(),
-                Outbound::Replay(_) | Outbound::Subscribe(_) | Outbound::Unsubscribe => continue,
+                Outbound::Replay(_)
+                | Outbound::Subscribe(_)
+                | Outbound::Unsubscribe
+                | Outbound::Control(_) => continue,
             }
         }
     }

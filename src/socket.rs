@@ -23,7 +23,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use socket2::{SockRef, TcpKeepalive};
@@ -88,6 +88,43 @@ impl ClientSocket {
     pub fn reset_handle(&self) -> ResetOnDrop {
         self.reset.clone()
     }
+
+    /// Reads through a shared reference, so that a WebSocket's reader and writer
+    /// (`websocket.rs`) each use the socket without a lock: tokio keeps a separate waker for
+    /// each direction.
+    pub fn poll_read_shared(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            ready!(self.tcp.poll_read_ready(cx))?;
+            // A would-block clears the readiness, so the next poll registers the waker again.
+            match self.tcp.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    /// Writes through a shared reference; see [`ClientSocket::poll_read_shared`].
+    pub fn poll_write_vectored_shared(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.tcp.poll_write_ready(cx))?;
+            match self.tcp.try_write_vectored(bufs) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
+    }
 }
 
 impl Drop for ClientSocket {
@@ -140,11 +177,12 @@ impl AsyncWrite for ClientSocket {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    async fn pair(send_buffer_bytes: usize) -> (ClientSocket, TcpStream) {
+    /// A server socket as giftd sets it up, and the client's end.
+    pub(crate) async fn pair(send_buffer_bytes: usize) -> (ClientSocket, TcpStream) {
         let options = SocketOptions {
             send_buffer_bytes,
             keepalive_idle: Some(Duration::from_secs(60)),

@@ -460,6 +460,44 @@ async fn client_close_handshake_is_answered() {
     assert_eq!(closed.code, 1000, "{closed:?}");
 }
 
+#[tokio::test]
+async fn a_ping_is_answered_with_its_payload_in_turn_with_the_replies() {
+    use futures_util::{SinkExt, StreamExt};
+    let server = TestServer::start().await;
+    let mut ws = server.viewer("alice").await.into_inner();
+    ws.send(Message::text(r#"{"type":"ping","id":1}"#))
+        .await
+        .unwrap();
+    ws.send(Message::Ping(b"are you there"[..].into()))
+        .await
+        .unwrap();
+    ws.send(Message::text(r#"{"type":"ping","id":2}"#))
+        .await
+        .unwrap();
+    // The pong comes between the two acks, as the client sent them, each frame whole.
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a reply in time")
+            .expect("the connection stays open")
+            .unwrap();
+        match msg {
+            Message::Pong(payload) => {
+                seen.push(format!("pong {}", String::from_utf8_lossy(&payload)))
+            }
+            Message::Text(t) => {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                if v["type"] == "ack" {
+                    seen.push(format!("ack {}", v["id"]));
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(seen, ["ack 1", "pong are you there", "ack 2"]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Roles and ownership.
 

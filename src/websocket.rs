@@ -1,0 +1,602 @@
+//! The WebSocket over a client's socket once the upgrade is done: tungstenite reads it, giftd
+//! writes it.
+//!
+//! **Writing.** Server frames are not masked, so a frame is a header that depends only on the
+//! payload's length (2, 4 or 10 bytes) followed by the payload itself. A room event's payload is
+//! its encoded bytes, encoded once and shared by every member (`protocol.rs`), so
+//! [`FrameWriter`] writes each frame as its header, made on the stack, and the shared payload,
+//! with one vectored write for a whole batch: nothing is copied or framed again per viewer, and
+//! nothing stays allocated once a batch is out. (tungstenite copies every payload into a
+//! per-connection write buffer, frames it there, and never shrinks that buffer: a viewer that once
+//! took a large join snapshot kept up to 16 KiB of it for life.)
+//!
+//! **Reading** stays with tungstenite: the framing rules, masking, fragments, UTF-8 and size
+//! limits, which the Autobahn cases check (`scripts/conformance.sh`). It reads through
+//! [`ReadSide`], the same socket shared by reference, so the connection's reader and writer need
+//! no lock between them (tokio-tungstenite's `split` puts the whole WebSocket behind one lock that
+//! every poll of either half takes).
+//!
+//! **One writer.** tungstenite answers a ping (with a pong) and a close frame (with its echo) by
+//! writing to its stream itself. `ReadSide` discards those writes, and whoever reads sends the same
+//! answers through the [`FrameWriter`] instead (`connection.rs`): a pong with the ping's payload,
+//! and the close frame as tungstenite returned it, which is the echo it would have sent. So every
+//! byte on the wire comes from the one writer, in whole frames.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use futures_util::Sink;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_tungstenite::tungstenite::error::ProtocolError;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::config::ServerConfig;
+use crate::socket::ClientSocket;
+use crate::throttle::Throttled;
+
+/// The reading half of a client's WebSocket: tungstenite over the shared socket, within the
+/// connection's inbound byte budget (`throttle.rs`). Boxed: it lives as long as the connection,
+/// and the connection's reader future stays small without it.
+pub type WsReader = Pin<Box<WebSocketStream<Throttled<ReadSide>>>>;
+
+/// The most slices one vectored write passes to the kernel (Linux takes up to 1,024): two per
+/// frame, so a batch of up to 32 frames goes in one system call.
+const SLICES_PER_WRITE_MAX: usize = 64;
+
+/// The largest payload of a control frame (RFC 6455, 5.5).
+const CONTROL_PAYLOAD_BYTES_MAX: usize = 125;
+
+const OPCODE_TEXT: u8 = 0x1;
+const OPCODE_BINARY: u8 = 0x2;
+const OPCODE_CLOSE: u8 = 0x8;
+const OPCODE_PING: u8 = 0x9;
+const OPCODE_PONG: u8 = 0xA;
+
+/// How each client WebSocket is set up, from `server.*`.
+#[derive(Debug, Clone, Copy)]
+pub struct WsSettings {
+    /// tungstenite's reading limits.
+    pub read: WebSocketConfig,
+    pub inbound_bytes_per_sec: u64,
+    pub inbound_burst_bytes: u64,
+    /// Bytes of frames a [`FrameWriter`] queues before the next frame waits for a write.
+    pub write_buffer_bytes: usize,
+}
+
+impl WsSettings {
+    pub fn new(server: &ServerConfig) -> WsSettings {
+        WsSettings {
+            read: WebSocketConfig::default()
+                .read_buffer_size(server.ws_read_buffer_bytes)
+                .max_message_size(Some(server.message_bytes_max))
+                .max_frame_size(Some(server.message_bytes_max)),
+            inbound_bytes_per_sec: server.inbound_bytes_per_sec,
+            inbound_burst_bytes: server.inbound_burst_bytes,
+            write_buffer_bytes: server.ws_write_buffer_bytes,
+        }
+    }
+}
+
+/// Takes over an upgraded client socket. `read_ahead` is what the HTTP layer read past the
+/// upgrade request (a client may send its first frame without waiting for the 101); the reader
+/// gets it first.
+pub async fn open(
+    socket: ClientSocket,
+    read_ahead: Bytes,
+    settings: WsSettings,
+) -> (WsReader, FrameWriter) {
+    let socket = Arc::new(socket);
+    let read_side = ReadSide {
+        socket: socket.clone(),
+        read_ahead: Bytes::new(),
+    }
+    .with_read_ahead(read_ahead);
+    let throttled = Throttled::new(
+        read_side,
+        settings.inbound_bytes_per_sec,
+        settings.inbound_burst_bytes,
+    );
+    let reader =
+        WebSocketStream::from_raw_socket(throttled, Role::Server, Some(settings.read)).await;
+    (
+        Box::pin(reader),
+        FrameWriter::new(socket, settings.write_buffer_bytes),
+    )
+}
+
+/// The socket as tungstenite's reader sees it: reads come from the shared socket (after what the
+/// HTTP layer read ahead); writes are discarded, because the [`FrameWriter`] sends every answer
+/// (see the module's documentation).
+pub struct ReadSide {
+    socket: Arc<ClientSocket>,
+    /// Empty, and then no allocation, once read: the HTTP layer's bytes are a slice of its whole
+    /// read buffer (kilobytes), which an empty slice of it would keep for the connection's life.
+    read_ahead: Bytes,
+}
+
+impl ReadSide {
+    fn with_read_ahead(mut self, read_ahead: Bytes) -> ReadSide {
+        self.read_ahead = read_ahead;
+        self.let_go_if_read();
+        self
+    }
+
+    fn let_go_if_read(&mut self) {
+        if self.read_ahead.is_empty() {
+            self.read_ahead = Bytes::new();
+        }
+    }
+}
+
+impl AsyncRead for ReadSide {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.read_ahead.is_empty() {
+            let n = this.read_ahead.len().min(buf.remaining());
+            buf.put_slice(&this.read_ahead.split_to(n));
+            this.let_go_if_read();
+            return Poll::Ready(Ok(()));
+        }
+        this.socket.poll_read_shared(cx, buf)
+    }
+}
+
+impl AsyncWrite for ReadSide {
+    /// tungstenite's automatic pong or close echo: sent by the writer instead.
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// One frame waiting to be written: its header and its payload, shared with whoever else sends
+/// the same bytes.
+struct Pending {
+    header: [u8; 10],
+    header_bytes: u8,
+    payload: Bytes,
+}
+
+impl Pending {
+    /// A final (unfragmented) frame of `opcode` carrying `payload`.
+    fn frame(opcode: u8, payload: Bytes) -> Pending {
+        let mut header = [0; 10];
+        header[0] = 0x80 | opcode;
+        let len = payload.len();
+        let header_bytes = if len < 126 {
+            header[1] = len as u8;
+            2
+        } else if let Ok(len) = u16::try_from(len) {
+            header[1] = 126;
+            header[2..4].copy_from_slice(&len.to_be_bytes());
+            4
+        } else {
+            header[1] = 127;
+            header[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+            10
+        };
+        Pending {
+            header,
+            header_bytes,
+            payload,
+        }
+    }
+
+    /// A frame formatted elsewhere, written as it is.
+    fn formatted(bytes: Bytes) -> Pending {
+        Pending {
+            header: [0; 10],
+            header_bytes: 0,
+            payload: bytes,
+        }
+    }
+
+    fn header(&self) -> &[u8] {
+        &self.header[..usize::from(self.header_bytes)]
+    }
+
+    fn len(&self) -> usize {
+        usize::from(self.header_bytes) + self.payload.len()
+    }
+}
+
+/// The payload of a close frame: the code, then the reason; empty for a close without a code.
+fn close_payload(frame: Option<CloseFrame>) -> Bytes {
+    let Some(frame) = frame else {
+        return Bytes::new();
+    };
+    let reason = Bytes::from(frame.reason);
+    let mut payload = Vec::with_capacity(2 + reason.len());
+    payload.extend_from_slice(&u16::from(frame.code).to_be_bytes());
+    payload.extend_from_slice(&reason);
+    Bytes::from(payload)
+}
+
+/// Writes WebSocket frames to a client's socket: a `Sink` of messages that queues each as its
+/// header and shared payload, and writes the queue with vectored writes on flush.
+pub struct FrameWriter {
+    socket: Arc<ClientSocket>,
+    /// Allocated only while frames wait.
+    frames: VecDeque<Pending>,
+    /// Bytes of the first frame in `frames` already written.
+    written_bytes: usize,
+    /// Bytes in `frames` not yet written.
+    pending_bytes: usize,
+    write_buffer_bytes: usize,
+    /// A close frame was queued; nothing may follow it.
+    closing: bool,
+}
+
+impl FrameWriter {
+    fn new(socket: Arc<ClientSocket>, write_buffer_bytes: usize) -> FrameWriter {
+        FrameWriter {
+            socket,
+            frames: VecDeque::new(),
+            written_bytes: 0,
+            pending_bytes: 0,
+            write_buffer_bytes,
+            closing: false,
+        }
+    }
+
+    fn push(&mut self, frame: Pending) {
+        self.pending_bytes += frame.len();
+        self.frames.push_back(frame);
+    }
+
+    /// Writes everything queued.
+    fn poll_write_queued(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.frames.is_empty() {
+            let mut slices = [IoSlice::new(&[]); SLICES_PER_WRITE_MAX];
+            let mut used = 0;
+            let mut skip = self.written_bytes;
+            'frames: for frame in &self.frames {
+                for part in [frame.header(), &frame.payload[..]] {
+                    if skip >= part.len() {
+                        skip -= part.len();
+                        continue;
+                    }
+                    if used == SLICES_PER_WRITE_MAX {
+                        break 'frames;
+                    }
+                    slices[used] = IoSlice::new(&part[skip..]);
+                    skip = 0;
+                    used += 1;
+                }
+            }
+            let written = ready!(self.socket.poll_write_vectored_shared(cx, &slices[..used]))?;
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.wrote(written);
+        }
+        // Idle connections hold no queue memory.
+        self.frames = VecDeque::new();
+        Poll::Ready(Ok(()))
+    }
+
+    /// Drops what the socket took from the front of the queue.
+    fn wrote(&mut self, written: usize) {
+        assert!(
+            written <= self.pending_bytes,
+            "the socket took more than was given"
+        );
+        self.pending_bytes -= written;
+        let mut into_front = self.written_bytes + written;
+        while let Some(front) = self.frames.front() {
+            if into_front < front.len() {
+                break;
+            }
+            into_front -= front.len();
+            self.frames.pop_front();
+        }
+        self.written_bytes = into_front;
+    }
+}
+
+impl Sink<Message> for FrameWriter {
+    type Error = tungstenite::Error;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        let this = self.get_mut();
+        if this.pending_bytes >= this.write_buffer_bytes {
+            ready!(this.poll_write_queued(cx))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn start_send(self: Pin<&mut Self>, message: Message) -> Result<(), Self::Error> {
+        let this = self.get_mut();
+        if this.closing {
+            return Err(tungstenite::Error::Protocol(
+                ProtocolError::SendAfterClosing,
+            ));
+        }
+        let (opcode, payload) = match message {
+            Message::Text(text) => (OPCODE_TEXT, Bytes::from(text)),
+            Message::Binary(bytes) => (OPCODE_BINARY, bytes),
+            Message::Ping(bytes) => (OPCODE_PING, bytes),
+            Message::Pong(bytes) => (OPCODE_PONG, bytes),
+            Message::Close(frame) => (OPCODE_CLOSE, close_payload(frame)),
+            Message::Frame(frame) => {
+                let mut formatted = Vec::with_capacity(frame.len());
+                frame.format(&mut formatted)?;
+                this.push(Pending::formatted(Bytes::from(formatted)));
+                return Ok(());
+            }
+        };
+        if opcode >= OPCODE_CLOSE && payload.len() > CONTROL_PAYLOAD_BYTES_MAX {
+            return Err(tungstenite::Error::Protocol(
+                ProtocolError::ControlFrameTooBig,
+            ));
+        }
+        this.closing = opcode == OPCODE_CLOSE;
+        this.push(Pending::frame(opcode, payload));
+        Ok(())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.get_mut()
+            .poll_write_queued(cx)
+            .map_err(tungstenite::Error::Io)
+    }
+
+    /// Writes what is queued. The socket itself closes when both halves are gone, as the
+    /// connection ends (`socket.rs` decides between a close and a reset).
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.poll_flush(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::socket::SocketOptions;
+    use futures_util::{SinkExt, StreamExt};
+    use std::time::Duration;
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+    fn settings(write_buffer_bytes: usize) -> WsSettings {
+        WsSettings {
+            read: WebSocketConfig::default(),
+            inbound_bytes_per_sec: 1 << 30,
+            inbound_burst_bytes: 1 << 30,
+            write_buffer_bytes,
+        }
+    }
+
+    /// A server end taken over by [`open`] and a tungstenite client on the other end of a real
+    /// loopback socket; the client sends `early` right after connecting, before the server opens.
+    async fn pair(
+        send_buffer_bytes: usize,
+        write_buffer_bytes: usize,
+        early: &[u8],
+    ) -> (WsReader, FrameWriter, WebSocketStream<TcpStream>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let options = SocketOptions {
+            send_buffer_bytes,
+            keepalive_idle: None,
+        };
+        let socket = ClientSocket::new(server, options).unwrap();
+        let (reader, writer) = open(
+            socket,
+            Bytes::copy_from_slice(early),
+            settings(write_buffer_bytes),
+        )
+        .await;
+        let client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        (reader, writer, client)
+    }
+
+    fn text_of(len: usize, seed: usize) -> String {
+        (0..len)
+            .map(|i| char::from(b'a' + ((i + seed) % 26) as u8))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn every_payload_length_class_reaches_a_standard_client_whole_and_in_order() {
+        let (_reader, mut writer, mut client) = pair(1 << 20, 16 * 1024, b"").await;
+        // 2-, 4- and 10-byte headers, at their edges.
+        let lengths = [0, 1, 125, 126, 127, 65_535, 65_536, 300_000];
+        for (i, &len) in lengths.iter().enumerate() {
+            writer.feed(Message::text(text_of(len, i))).await.unwrap();
+        }
+        writer.feed(Message::binary(vec![7u8; 200])).await.unwrap();
+        writer
+            .feed(Message::Pong(Bytes::from_static(b"p")))
+            .await
+            .unwrap();
+        writer.flush().await.unwrap();
+        for (i, &len) in lengths.iter().enumerate() {
+            match client.next().await.unwrap().unwrap() {
+                Message::Text(t) => assert_eq!(t.as_str(), text_of(len, i), "length {len}"),
+                other => panic!("expected text of {len} bytes, got {other:?}"),
+            }
+        }
+        assert_eq!(
+            client.next().await.unwrap().unwrap(),
+            Message::binary(vec![7u8; 200])
+        );
+        assert_eq!(
+            client.next().await.unwrap().unwrap(),
+            Message::Pong(Bytes::from_static(b"p"))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_batch_larger_than_one_write_and_the_socket_buffer_arrives_whole() {
+        // A 4 KiB send buffer and 500 frames: many partial writes, each ending anywhere in a
+        // header or a payload, and more frames than one vectored write takes.
+        let (_reader, mut writer, mut client) = pair(4096, 1 << 30, b"").await;
+        let frames: Vec<String> = (0..500).map(|i| text_of(1 + i * 7 % 700, i)).collect();
+        let sent = frames.clone();
+        let write = tokio::spawn(async move {
+            for f in sent {
+                writer.feed(Message::text(f)).await.unwrap();
+            }
+            assert!(writer.pending_bytes > 100_000);
+            writer.flush().await.unwrap();
+            assert!(writer.frames.is_empty() && writer.frames.capacity() == 0);
+            assert_eq!(writer.pending_bytes, 0);
+            writer
+        });
+        for f in &frames {
+            match client.next().await.unwrap().unwrap() {
+                Message::Text(t) => assert_eq!(t.as_str(), f),
+                other => panic!("expected text, got {other:?}"),
+            }
+        }
+        write.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_write_buffer_bound_writes_before_queueing_more() {
+        let (_reader, mut writer, mut client) = pair(1 << 20, 1000, b"").await;
+        for i in 0..3 {
+            writer.feed(Message::text(text_of(600, i))).await.unwrap();
+        }
+        // The second and third frames each found 1,000 or more bytes queued and wrote them first.
+        assert_eq!(writer.pending_bytes, 604);
+        writer.flush().await.unwrap();
+        for i in 0..3 {
+            assert_eq!(
+                client.next().await.unwrap().unwrap(),
+                Message::text(text_of(600, i))
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_close_frame_is_the_last_frame() {
+        let (_reader, mut writer, mut client) = pair(1 << 20, 16 * 1024, b"").await;
+        let close = CloseFrame {
+            code: CloseCode::from(4000),
+            reason: "slow".into(),
+        };
+        writer
+            .send(Message::Close(Some(close.clone())))
+            .await
+            .unwrap();
+        let after = writer.send(Message::text("late")).await;
+        assert!(matches!(
+            after,
+            Err(tungstenite::Error::Protocol(
+                ProtocolError::SendAfterClosing
+            ))
+        ));
+        assert_eq!(
+            client.next().await.unwrap().unwrap(),
+            Message::Close(Some(close))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_control_frame_over_125_bytes_is_refused() {
+        let (_reader, mut writer, _client) = pair(1 << 20, 16 * 1024, b"").await;
+        let too_big = Message::Pong(Bytes::from(vec![0u8; 126]));
+        assert!(matches!(
+            writer.send(too_big).await,
+            Err(tungstenite::Error::Protocol(
+                ProtocolError::ControlFrameTooBig
+            ))
+        ));
+        assert_eq!(writer.pending_bytes, 0);
+    }
+
+    #[tokio::test]
+    async fn what_was_read_ahead_is_let_go_once_read_or_if_empty() {
+        let (socket, _client) = crate::socket::tests::pair(4096).await;
+        let socket = Arc::new(socket);
+        // The HTTP layer's buffer, of which it hands over a slice.
+        let http_buffer = Bytes::from(vec![7u8; 8192]);
+        let side = |read_ahead: Bytes| {
+            ReadSide {
+                socket: socket.clone(),
+                read_ahead: Bytes::new(),
+            }
+            .with_read_ahead(read_ahead)
+        };
+        let _empty = side(http_buffer.slice(8192..));
+        assert!(
+            http_buffer.is_unique(),
+            "an empty read-ahead holds the HTTP buffer"
+        );
+        let mut unread = side(http_buffer.slice(8000..));
+        assert!(!http_buffer.is_unique());
+        let mut read = Vec::new();
+        let mut chunk = [0u8; 128];
+        while read.len() < 192 {
+            let mut buf = ReadBuf::new(&mut chunk);
+            std::future::poll_fn(|cx| Pin::new(&mut unread).poll_read(cx, &mut buf))
+                .await
+                .unwrap();
+            read.extend_from_slice(buf.filled());
+        }
+        assert_eq!(read, vec![7u8; 192]);
+        assert!(
+            http_buffer.is_unique(),
+            "the reader still holds the HTTP buffer"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_reader_gets_what_was_read_ahead_first_and_its_automatic_answers_go_nowhere() {
+        // A masked client frame ("early") that arrived with the upgrade request.
+        let mask = [0x12, 0x34, 0x56, 0x78];
+        let mut early = vec![0x81, 0x80 | 5];
+        early.extend_from_slice(&mask);
+        early.extend(b"early".iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        let (mut reader, mut writer, mut client) = pair(1 << 20, 16 * 1024, &early).await;
+        assert_eq!(
+            reader.next().await.unwrap().unwrap(),
+            Message::text("early")
+        );
+        client
+            .send(Message::Ping(Bytes::from_static(b"hi")))
+            .await
+            .unwrap();
+        client.send(Message::text("after")).await.unwrap();
+        assert_eq!(
+            reader.next().await.unwrap().unwrap(),
+            Message::Ping(Bytes::from_static(b"hi"))
+        );
+        assert_eq!(
+            reader.next().await.unwrap().unwrap(),
+            Message::text("after")
+        );
+        // tungstenite's automatic pong was discarded: the first frame the client gets is the
+        // one the writer sends.
+        writer.send(Message::text("first")).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), client.next())
+            .await
+            .unwrap();
+        assert_eq!(got.unwrap().unwrap(), Message::text("first"));
+    }
+}
