@@ -35,7 +35,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
@@ -514,15 +514,21 @@ where
                 continue;
             }
             // Feed the whole batch, then flush once: one socket write for a burst of events.
-            // First as far as the socket takes it at once, which is nearly always all of it.
-            // Only a socket that is full needs the write timeout and the ring-overrun check: two
-            // timers and a boxed future, which a write taken at once never makes.
-            let at_once =
-                std::future::poll_fn(|cx| Poll::Ready(write_at_once(&mut sink, &mut batch, cx)));
+            // First as far as the socket takes it at once, which is nearly always all of it: a
+            // plain call, not an `.await`, so the batch is kept across no wait but the one below,
+            // into which it moves. Its waker does nothing, because a socket that is full is then
+            // waited for with the task's own. Only that wait needs the write timeout and the
+            // ring-overrun check: two timers and a boxed future, which a viewer that keeps up
+            // never costs.
+            let at_once = write_at_once(
+                &mut sink,
+                &mut batch,
+                &mut Context::from_waker(Waker::noop()),
+            );
             // Whether the socket made the writer wait.
-            let outcome = match whole(at_once.await) {
+            let outcome = match at_once {
                 Ok(true) => Ok(false),
-                Ok(false) => Box::pin(write_waiting(&mut sink, &mut batch, &ring, &rx, &app))
+                Ok(false) => Box::pin(write_waiting(&mut sink, whole(batch), &ring, &rx, &app))
                     .await
                     .map(|()| true),
                 Err(e) => Err(WriteFail::from(e)),
@@ -616,7 +622,7 @@ where
 /// been sent; a kick ends the wait.
 async fn write_waiting<Si>(
     sink: &mut Si,
-    batch: &mut VecDeque<Message>,
+    mut batch: VecDeque<Message>,
     ring: &Option<Subscription>,
     rx: &OutboxReceiver,
     app: &App,
