@@ -32,7 +32,9 @@ use bytes::Bytes;
 use futures_util::Sink;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::error::ProtocolError;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 
@@ -52,11 +54,8 @@ const SLICES_PER_WRITE_MAX: usize = 64;
 /// The largest payload of a control frame (RFC 6455, 5.5).
 const CONTROL_PAYLOAD_BYTES_MAX: usize = 125;
 
-const OPCODE_TEXT: u8 = 0x1;
-const OPCODE_BINARY: u8 = 0x2;
-const OPCODE_CLOSE: u8 = 0x8;
-const OPCODE_PING: u8 = 0x9;
-const OPCODE_PONG: u8 = 0xA;
+/// The longest header of an unmasked frame: 2 bytes, then a 64-bit length.
+const HEADER_BYTES_MAX: usize = 10;
 
 /// How each client WebSocket is set up, from `server.*`.
 #[derive(Debug, Clone, Copy)]
@@ -173,43 +172,26 @@ impl AsyncWrite for ReadSide {
 /// One frame waiting to be written: its header and its payload, shared with whoever else sends
 /// the same bytes.
 struct Pending {
-    header: [u8; 10],
+    header: [u8; HEADER_BYTES_MAX],
     header_bytes: u8,
     payload: Bytes,
 }
 
 impl Pending {
-    /// A final (unfragmented) frame of `opcode` carrying `payload`.
-    fn frame(opcode: u8, payload: Bytes) -> Pending {
-        let mut header = [0; 10];
-        header[0] = 0x80 | opcode;
-        let len = payload.len();
-        let header_bytes = if len < 126 {
-            header[1] = len as u8;
-            2
-        } else if let Ok(len) = u16::try_from(len) {
-            header[1] = 126;
-            header[2..4].copy_from_slice(&len.to_be_bytes());
-            4
-        } else {
-            header[1] = 127;
-            header[2..10].copy_from_slice(&(len as u64).to_be_bytes());
-            10
+    /// A frame with `header`, never masked (a server's frames are not), carrying `payload`.
+    fn new(header: FrameHeader, payload: Bytes) -> Result<Pending, tungstenite::Error> {
+        let header = FrameHeader {
+            mask: None,
+            ..header
         };
-        Pending {
-            header,
-            header_bytes,
+        let length = payload.len() as u64;
+        let mut bytes = [0; HEADER_BYTES_MAX];
+        header.format(length, &mut &mut bytes[..])?;
+        Ok(Pending {
+            header: bytes,
+            header_bytes: header.len(length) as u8,
             payload,
-        }
-    }
-
-    /// A frame formatted elsewhere, written as it is.
-    fn formatted(bytes: Bytes) -> Pending {
-        Pending {
-            header: [0; 10],
-            header_bytes: 0,
-            payload: bytes,
-        }
+        })
     }
 
     fn header(&self) -> &[u8] {
@@ -221,16 +203,12 @@ impl Pending {
     }
 }
 
-/// The payload of a close frame: the code, then the reason; empty for a close without a code.
-fn close_payload(frame: Option<CloseFrame>) -> Bytes {
-    let Some(frame) = frame else {
-        return Bytes::new();
-    };
-    let reason = Bytes::from(frame.reason);
-    let mut payload = Vec::with_capacity(2 + reason.len());
-    payload.extend_from_slice(&u16::from(frame.code).to_be_bytes());
-    payload.extend_from_slice(&reason);
-    Bytes::from(payload)
+/// The header of a whole (unfragmented) frame of `opcode`.
+fn whole_frame(opcode: OpCode) -> FrameHeader {
+    FrameHeader {
+        opcode,
+        ..FrameHeader::default()
+    }
 }
 
 /// Writes WebSocket frames to a client's socket: a `Sink` of messages that queues each as its
@@ -333,26 +311,26 @@ impl Sink<Message> for FrameWriter {
                 ProtocolError::SendAfterClosing,
             ));
         }
-        let (opcode, payload) = match message {
-            Message::Text(text) => (OPCODE_TEXT, Bytes::from(text)),
-            Message::Binary(bytes) => (OPCODE_BINARY, bytes),
-            Message::Ping(bytes) => (OPCODE_PING, bytes),
-            Message::Pong(bytes) => (OPCODE_PONG, bytes),
-            Message::Close(frame) => (OPCODE_CLOSE, close_payload(frame)),
-            Message::Frame(frame) => {
-                let mut formatted = Vec::with_capacity(frame.len());
-                frame.format(&mut formatted)?;
-                this.push(Pending::formatted(Bytes::from(formatted)));
-                return Ok(());
+        let (header, payload) = match message {
+            Message::Text(text) => (whole_frame(OpCode::Data(Data::Text)), Bytes::from(text)),
+            Message::Binary(bytes) => (whole_frame(OpCode::Data(Data::Binary)), bytes),
+            Message::Ping(bytes) => (whole_frame(OpCode::Control(Control::Ping)), bytes),
+            Message::Pong(bytes) => (whole_frame(OpCode::Control(Control::Pong)), bytes),
+            Message::Close(close) => {
+                let frame = Frame::close(close);
+                (frame.header().clone(), frame.into_payload())
             }
+            Message::Frame(frame) => (frame.header().clone(), frame.into_payload()),
         };
-        if opcode >= OPCODE_CLOSE && payload.len() > CONTROL_PAYLOAD_BYTES_MAX {
-            return Err(tungstenite::Error::Protocol(
-                ProtocolError::ControlFrameTooBig,
-            ));
+        if let OpCode::Control(control) = header.opcode {
+            if payload.len() > CONTROL_PAYLOAD_BYTES_MAX {
+                return Err(tungstenite::Error::Protocol(
+                    ProtocolError::ControlFrameTooBig,
+                ));
+            }
+            this.closing = control == Control::Close;
         }
-        this.closing = opcode == OPCODE_CLOSE;
-        this.push(Pending::frame(opcode, payload));
+        this.push(Pending::new(header, payload)?);
         Ok(())
     }
 
@@ -372,11 +350,11 @@ impl Sink<Message> for FrameWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::socket::SocketOptions;
     use futures_util::{SinkExt, StreamExt};
     use std::time::Duration;
-    use tokio::net::{TcpListener, TcpStream};
+    use tokio::net::TcpStream;
     use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
     fn settings(write_buffer_bytes: usize) -> WsSettings {
         WsSettings {
@@ -388,22 +366,13 @@ mod tests {
     }
 
     /// A server end taken over by [`open`] and a tungstenite client on the other end of a real
-    /// loopback socket; the client sends `early` right after connecting, before the server opens.
+    /// loopback socket; `early` stands for what the HTTP layer read past the upgrade request.
     async fn pair(
         send_buffer_bytes: usize,
         write_buffer_bytes: usize,
         early: &[u8],
     ) -> (WsReader, FrameWriter, WebSocketStream<TcpStream>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        let options = SocketOptions {
-            send_buffer_bytes,
-            keepalive_idle: None,
-        };
-        let socket = ClientSocket::new(server, options).unwrap();
+        let (socket, client) = crate::socket::tests::pair(send_buffer_bytes).await;
         let (reader, writer) = open(
             socket,
             Bytes::copy_from_slice(early),
@@ -433,6 +402,8 @@ mod tests {
             .feed(Message::Pong(Bytes::from_static(b"p")))
             .await
             .unwrap();
+        let raw = Frame::message("raw", OpCode::Data(Data::Text), true);
+        writer.feed(Message::Frame(raw)).await.unwrap();
         writer.flush().await.unwrap();
         for (i, &len) in lengths.iter().enumerate() {
             match client.next().await.unwrap().unwrap() {
@@ -448,6 +419,7 @@ mod tests {
             client.next().await.unwrap().unwrap(),
             Message::Pong(Bytes::from_static(b"p"))
         );
+        assert_eq!(client.next().await.unwrap().unwrap(), Message::text("raw"));
     }
 
     #[tokio::test]
