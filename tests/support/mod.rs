@@ -130,7 +130,8 @@ impl TestServer {
         let stopped: Stopped = Box::pin(async {
             let _ = stopped.await;
         });
-        let task = tokio::spawn(serve(listeners, config.clone(), stopped));
+        let mut task = tokio::spawn(serve(listeners, config.clone(), stopped));
+        started(admin_addr, &mut task).await;
         TestServer {
             addr,
             admin_addr,
@@ -141,7 +142,31 @@ impl TestServer {
             pg: None,
         }
     }
+}
 
+/// Waits until the server's admin listener answers, so a test's first request meets a serving
+/// node. A node that could not start (its ledger or NATS failing) drops its listeners, which
+/// resets every connection waiting in their backlog; the test then fails here with the node's
+/// own error instead of a "connection reset" on its first request.
+async fn started(admin_addr: SocketAddr, task: &mut JoinHandle<giftd::error::Result<()>>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::time::Instant::now() < deadline {
+        if task.is_finished() {
+            match task.await {
+                Ok(Ok(())) => panic!("the server returned before serving"),
+                Ok(Err(e)) => panic!("the server failed to start: {e}"),
+                Err(e) => panic!("the server's task failed to start: {e}"),
+            }
+        }
+        if let Ok((200, _)) = try_http(admin_addr, "GET", "/healthz", None, None).await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the server did not serve /healthz within 30 s");
+}
+
+impl TestServer {
     /// Triggers a graceful shutdown and waits for the server to return.
     pub async fn shutdown(&mut self) {
         if let Some(stop) = self.stop.take() {
