@@ -151,7 +151,7 @@ fn upgrade<F, Fut>(
             return tracing::error!("an upgraded connection was not a client socket");
         };
         let socket = parts.io.into_inner();
-        let (reader, writer) = websocket::open(socket, parts.read_buf, settings).await;
+        let (reader, writer) = websocket::open(socket, parts.read_buf, settings);
         // `map` rather than an `async` block: a block would keep both the future it
         // captured and the one it awaits.
         let connection = serve(reader, writer).map(move |()| drop((slot, held)));

@@ -14,38 +14,62 @@
 //! limits, which the Autobahn cases check (`scripts/conformance.sh`). It reads through
 //! [`ReadSide`], the same socket shared by reference, so the connection's reader and writer need
 //! no lock between them (tokio-tungstenite's `split` puts the whole WebSocket behind one lock that
-//! every poll of either half takes).
+//! every poll of either half takes). [`WsReader`] drives tungstenite's non-blocking `read` itself,
+//! lending it the polling task's waker ([`TaskRead`]): tokio-tungstenite's stream does the same
+//! through two shared waker proxies, 126 bytes more in every connection.
 //!
 //! **One writer.** tungstenite answers a ping (with a pong) and a close frame (with its echo) by
-//! writing to its stream itself. `ReadSide` discards those writes, and whoever reads sends the same
-//! answers through the [`FrameWriter`] instead (`connection.rs`): a pong with the ping's payload,
-//! and the close frame as tungstenite returned it, which is the echo it would have sent. So every
-//! byte on the wire comes from the one writer, in whole frames.
+//! writing to its stream itself. [`TaskRead`] discards those writes, and whoever reads sends the
+//! same answers through the [`FrameWriter`] instead (`connection.rs`): a pong with the ping's
+//! payload, and the close frame as tungstenite returned it, which is the echo it would have sent.
+//! So every byte on the wire comes from the one writer, in whole frames.
 
 use std::collections::VecDeque;
-use std::io::{self, IoSlice};
+use std::io::{self, IoSlice, Read, Write};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Waker};
 
 use bytes::Bytes;
-use futures_util::Sink;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use futures_util::{Sink, Stream};
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::{self, Message, WebSocket};
 
 use crate::config::ServerConfig;
 use crate::socket::ClientSocket;
 use crate::throttle::Throttled;
 
-/// The reading half of a client's WebSocket: tungstenite over the shared socket, within the
-/// connection's inbound byte budget (`throttle.rs`). Boxed: it lives as long as the connection,
-/// and the connection's reader future stays small without it.
-pub type WsReader = Pin<Box<WebSocketStream<Throttled<ReadSide>>>>;
+/// The reading half of a client's WebSocket: a `Stream` of the messages tungstenite reads from
+/// the shared socket, within the connection's inbound byte budget (`throttle.rs`). Boxed: it
+/// lives as long as the connection, and the connection's reader future stays small without it.
+pub struct WsReader {
+    ws: Box<WebSocket<TaskRead>>,
+}
+
+impl Stream for WsReader {
+    type Item = Result<Message, tungstenite::Error>;
+
+    /// One non-blocking `read`: a message, or `WouldBlock` once the socket (or the inbound
+    /// budget) has nothing more, by which time the task is registered to be woken.
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let ws = &mut *self.get_mut().ws;
+        ws.get_mut().lend(cx.waker());
+        match ws.read() {
+            Ok(message) => Poll::Ready(Some(Ok(message))),
+            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                Poll::Pending
+            }
+            Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                Poll::Ready(None)
+            }
+            Err(e) => Poll::Ready(Some(Err(e))),
+        }
+    }
+}
 
 /// The most slices one vectored write passes to the kernel (Linux takes up to 1,024): two per
 /// frame, so a batch of up to 32 frames goes in one system call.
@@ -85,7 +109,7 @@ impl WsSettings {
 /// Takes over an upgraded client socket. `read_ahead` is what the HTTP layer read past the
 /// upgrade request (a client may send its first frame without waiting for the 101); the reader
 /// gets it first.
-pub async fn open(
+pub fn open(
     socket: ClientSocket,
     read_ahead: Bytes,
     settings: WsSettings,
@@ -101,17 +125,61 @@ pub async fn open(
         settings.inbound_bytes_per_sec,
         settings.inbound_burst_bytes,
     );
-    let reader =
-        WebSocketStream::from_raw_socket(throttled, Role::Server, Some(settings.read)).await;
+    let read = TaskRead {
+        inner: throttled,
+        waker: Waker::noop().clone(),
+    };
+    let ws = WebSocket::from_raw_socket(read, Role::Server, Some(settings.read));
     (
-        Box::pin(reader),
+        WsReader { ws: Box::new(ws) },
         FrameWriter::new(socket, settings.write_buffer_bytes),
     )
 }
 
-/// The socket as tungstenite's reader sees it: reads come from the shared socket (after what the
-/// HTTP layer read ahead); writes are discarded, because the [`FrameWriter`] sends every answer
+/// tungstenite's stream: its reads poll the socket (through the inbound budget) with the waker
+/// of the task that polls the [`WsReader`], so a read the socket cannot answer yet is
+/// `WouldBlock` to tungstenite and a wake-up for that task once it can; its writes are discarded
 /// (see the module's documentation).
+pub struct TaskRead {
+    inner: Throttled<ReadSide>,
+    /// The waker of the last task that polled the reader.
+    waker: Waker,
+}
+
+impl TaskRead {
+    /// Takes the polling task's waker, unless it is the one already held (the usual case: one
+    /// task reads the connection for its whole life).
+    fn lend(&mut self, waker: &Waker) {
+        if !self.waker.will_wake(waker) {
+            self.waker = waker.clone();
+        }
+    }
+}
+
+impl Read for TaskRead {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut cx = Context::from_waker(&self.waker);
+        let mut buf = ReadBuf::new(buf);
+        match Pin::new(&mut self.inner).poll_read(&mut cx, &mut buf) {
+            Poll::Ready(Ok(())) => Ok(buf.filled().len()),
+            Poll::Ready(Err(e)) => Err(e),
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+}
+
+impl Write for TaskRead {
+    /// tungstenite's automatic pong or close echo: sent by the writer instead.
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What the reader reads: the shared socket, after what the HTTP layer read ahead.
 pub struct ReadSide {
     socket: Arc<ClientSocket>,
     /// Empty, and then no allocation, once read: the HTTP layer's bytes are a slice of its whole
@@ -147,25 +215,6 @@ impl AsyncRead for ReadSide {
             return Poll::Ready(Ok(()));
         }
         this.socket.poll_read_shared(cx, buf)
-    }
-}
-
-impl AsyncWrite for ReadSide {
-    /// tungstenite's automatic pong or close echo: sent by the writer instead.
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Poll::Ready(Ok(data.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
     }
 }
 
@@ -355,6 +404,7 @@ mod tests {
     use tokio::net::TcpStream;
     use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
     use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::WebSocketStream;
 
     fn settings(write_buffer_bytes: usize) -> WsSettings {
         WsSettings {
@@ -377,8 +427,7 @@ mod tests {
             socket,
             Bytes::copy_from_slice(early),
             settings(write_buffer_bytes),
-        )
-        .await;
+        );
         let client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
         (reader, writer, client)
     }
