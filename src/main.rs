@@ -16,6 +16,11 @@ use giftd::config::Config;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
+/// jemalloc, unless built without the `jemalloc` feature (`Cargo.toml` says why).
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Exit code for a bad configuration, as in sysexits' EX_USAGE.
 const EXIT_CONFIG: u8 = 64;
 
