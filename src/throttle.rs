@@ -17,10 +17,12 @@ use tokio::time::{Instant, Sleep};
 /// Wraps a socket so that reads stay within `bytes_per_sec`, with bursts up to `burst_bytes`.
 pub struct Throttled<S> {
     inner: S,
-    tokens: f64,
-    last: Instant,
-    bytes_per_sec: f64,
-    burst_bytes: f64,
+    /// When the budget is whole again. Reading n bytes moves it n byte-times later, from no
+    /// earlier than now (a token bucket kept as one instant: the generic cell rate algorithm).
+    full_at: Instant,
+    secs_per_byte: f64,
+    /// How far ahead of now `full_at` may be while one byte of budget is left.
+    debt_secs_max: f64,
     /// Allocated only while the connection is over its budget.
     wait: Option<Pin<Box<Sleep>>>,
 }
@@ -28,20 +30,20 @@ pub struct Throttled<S> {
 impl<S> Throttled<S> {
     pub fn new(inner: S, bytes_per_sec: u64, burst_bytes: u64) -> Throttled<S> {
         assert!(bytes_per_sec > 0 && burst_bytes > 0);
+        let secs_per_byte = 1.0 / bytes_per_sec as f64;
         Throttled {
             inner,
-            tokens: burst_bytes as f64,
-            last: Instant::now(),
-            bytes_per_sec: bytes_per_sec as f64,
-            burst_bytes: burst_bytes as f64,
+            full_at: Instant::now(),
+            secs_per_byte,
+            debt_secs_max: (burst_bytes - 1) as f64 * secs_per_byte,
             wait: None,
         }
     }
 
-    fn refill(&mut self, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.bytes_per_sec).min(self.burst_bytes);
-        self.last = now;
+    /// From when a byte of budget is left.
+    fn ready_at(&self) -> Instant {
+        let debt_max = Duration::from_secs_f64(self.debt_secs_max);
+        self.full_at.checked_sub(debt_max).unwrap_or(self.full_at)
     }
 }
 
@@ -52,23 +54,24 @@ impl<S: AsyncRead + Unpin> AsyncRead for Throttled<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
-        loop {
+        let now = loop {
             if let Some(wait) = this.wait.as_mut() {
                 ready!(wait.as_mut().poll(cx));
                 this.wait = None;
             }
-            this.refill(Instant::now());
-            if this.tokens >= 1.0 {
-                break;
+            let now = Instant::now();
+            let ready_at = this.ready_at();
+            if now >= ready_at {
+                break now;
             }
-            let short = (1.0 - this.tokens) / this.bytes_per_sec;
-            this.wait = Some(Box::pin(tokio::time::sleep(Duration::from_secs_f64(short))));
-        }
+            this.wait = Some(Box::pin(tokio::time::sleep_until(ready_at)));
+        };
         // A read may overdraw the budget by up to one buffer; the debt delays the next read, so
         // the average rate holds.
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
-        this.tokens -= (buf.filled().len() - before) as f64;
+        let read = (buf.filled().len() - before) as f64;
+        this.full_at = this.full_at.max(now) + Duration::from_secs_f64(read * this.secs_per_byte);
         Poll::Ready(Ok(()))
     }
 }

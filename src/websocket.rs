@@ -108,7 +108,8 @@ impl WsSettings {
 
 /// Takes over an upgraded client socket. `read_ahead` is what the HTTP layer read past the
 /// upgrade request (a client may send its first frame without waiting for the 101); the reader
-/// gets it first.
+/// gets it first. It is copied into tungstenite's read buffer: the HTTP layer's bytes are a
+/// slice of its whole read buffer (kilobytes), which even an empty slice kept would keep alive.
 pub fn open(
     socket: ClientSocket,
     read_ahead: Bytes,
@@ -117,9 +118,7 @@ pub fn open(
     let socket = Arc::new(socket);
     let read_side = ReadSide {
         socket: socket.clone(),
-        read_ahead: Bytes::new(),
-    }
-    .with_read_ahead(read_ahead);
+    };
     let throttled = Throttled::new(
         read_side,
         settings.inbound_bytes_per_sec,
@@ -129,7 +128,12 @@ pub fn open(
         inner: throttled,
         waker: Waker::noop().clone(),
     };
-    let ws = WebSocket::from_raw_socket(read, Role::Server, Some(settings.read));
+    let ws = WebSocket::from_partially_read(
+        read,
+        read_ahead.to_vec(),
+        Role::Server,
+        Some(settings.read),
+    );
     (
         WsReader { ws: Box::new(ws) },
         FrameWriter::new(socket, settings.write_buffer_bytes),
@@ -179,26 +183,9 @@ impl Write for TaskRead {
     }
 }
 
-/// What the reader reads: the shared socket, after what the HTTP layer read ahead.
+/// What the reader reads: the socket it shares with the [`FrameWriter`].
 pub struct ReadSide {
     socket: Arc<ClientSocket>,
-    /// Empty, and then no allocation, once read: the HTTP layer's bytes are a slice of its whole
-    /// read buffer (kilobytes), which an empty slice of it would keep for the connection's life.
-    read_ahead: Bytes,
-}
-
-impl ReadSide {
-    fn with_read_ahead(mut self, read_ahead: Bytes) -> ReadSide {
-        self.read_ahead = read_ahead;
-        self.let_go_if_read();
-        self
-    }
-
-    fn let_go_if_read(&mut self) {
-        if self.read_ahead.is_empty() {
-            self.read_ahead = Bytes::new();
-        }
-    }
 }
 
 impl AsyncRead for ReadSide {
@@ -207,14 +194,7 @@ impl AsyncRead for ReadSide {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.read_ahead.is_empty() {
-            let n = this.read_ahead.len().min(buf.remaining());
-            buf.put_slice(&this.read_ahead.split_to(n));
-            this.let_go_if_read();
-            return Poll::Ready(Ok(()));
-        }
-        this.socket.poll_read_shared(cx, buf)
+        self.socket.poll_read_shared(cx, buf)
     }
 }
 
@@ -552,39 +532,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn what_was_read_ahead_is_let_go_once_read_or_if_empty() {
-        let (socket, _client) = crate::socket::tests::pair(4096).await;
-        let socket = Arc::new(socket);
+    async fn what_was_read_ahead_is_copied_and_the_http_buffer_let_go() {
         // The HTTP layer's buffer, of which it hands over a slice.
         let http_buffer = Bytes::from(vec![7u8; 8192]);
-        let side = |read_ahead: Bytes| {
-            ReadSide {
-                socket: socket.clone(),
-                read_ahead: Bytes::new(),
-            }
-            .with_read_ahead(read_ahead)
-        };
-        let _empty = side(http_buffer.slice(8192..));
-        assert!(
-            http_buffer.is_unique(),
-            "an empty read-ahead holds the HTTP buffer"
-        );
-        let mut unread = side(http_buffer.slice(8000..));
-        assert!(!http_buffer.is_unique());
-        let mut read = Vec::new();
-        let mut chunk = [0u8; 128];
-        while read.len() < 192 {
-            let mut buf = ReadBuf::new(&mut chunk);
-            std::future::poll_fn(|cx| Pin::new(&mut unread).poll_read(cx, &mut buf))
-                .await
-                .unwrap();
-            read.extend_from_slice(buf.filled());
+        for from in [8192, 8000] {
+            let (socket, _client) = crate::socket::tests::pair(4096).await;
+            let _open = open(socket, http_buffer.slice(from..), settings(16 * 1024));
+            assert!(http_buffer.is_unique(), "a reader holds the HTTP buffer");
         }
-        assert_eq!(read, vec![7u8; 192]);
-        assert!(
-            http_buffer.is_unique(),
-            "the reader still holds the HTTP buffer"
-        );
     }
 
     #[tokio::test]
