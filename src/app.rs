@@ -96,10 +96,10 @@ impl App {
     /// Starts a graceful shutdown: cancels [`App::shutdown`] and asks every authenticated
     /// connection to end after answering what it is doing (`Kick::shut_down` in `outbox.rs`).
     /// Its connections are found here rather than each waiting for the token, because such a
-    /// wait is 80 bytes in every idle connection's future. A connection that has not authenticated yet is in no
-    /// registry, so it waits for the token itself until it authenticates, then checks the token
-    /// once more (`connection.rs`): whichever of this method and its registration came first,
-    /// one of them sees the other.
+    /// wait is 80 bytes in every idle connection's future. A connection that has not
+    /// authenticated yet is in no registry, so it waits for the token itself until it
+    /// authenticates, then checks the token once more (`connection.rs`): whichever of this
+    /// method and its registration came first, one of them sees the other.
     pub fn shut_down(&self) {
         self.shutdown.cancel();
         for entry in self.users.iter() {

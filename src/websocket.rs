@@ -151,12 +151,10 @@ pub struct TaskRead {
 }
 
 impl TaskRead {
-    /// Takes the polling task's waker, unless it is the one already held (the usual case: one
-    /// task reads the connection for its whole life).
+    /// Takes the polling task's waker. `clone_from` clones only if it is not the one already
+    /// held: one task reads the connection for its whole life.
     fn lend(&mut self, waker: &Waker) {
-        if !self.waker.will_wake(waker) {
-            self.waker = waker.clone();
-        }
+        self.waker.clone_from(waker);
     }
 }
 
