@@ -106,7 +106,9 @@ where
         server_config.outbox_frames_max,
         server_config.outbox_bytes_max,
     );
-    let writer = tokio::spawn(write_loop(sink, rx, app.clone(), reset).in_current_span());
+    // Not in the connection's span: the writer logs nothing, and a span is 40 bytes in every
+    // connection's task and an enter and exit at every wake-up.
+    let writer = tokio::spawn(write_loop(sink, rx, app.clone(), reset));
 
     let mut session = Session::new(app.clone(), conn, outbox.clone());
     if let Some(identity) = identity {
@@ -304,12 +306,19 @@ enum Step {
     Ring(Result<EventFrame, broadcast::error::RecvError>),
 }
 
-async fn next_ring(
+/// The next event of the member's room, if the ring has one; `None` if it has none yet or the
+/// connection is in no room. The writer waits for the ring's events through its waker in the
+/// outbox, which the room's hub wakes after each event it delivers (`room/hub.rs`), rather than
+/// through a receive future of its own (80 bytes in every connection's writer).
+fn try_ring(
     ring: &mut Option<Subscription>,
-) -> Result<EventFrame, broadcast::error::RecvError> {
-    match ring {
-        Some(s) => s.ring.recv().await,
-        None => std::future::pending().await,
+) -> Option<Result<EventFrame, broadcast::error::RecvError>> {
+    use broadcast::error::{RecvError, TryRecvError};
+    match ring.as_mut()?.ring.try_recv() {
+        Ok(event) => Some(Ok(event)),
+        Err(TryRecvError::Empty) => None,
+        Err(TryRecvError::Lagged(lost)) => Some(Err(RecvError::Lagged(lost))),
+        Err(TryRecvError::Closed) => Some(Err(RecvError::Closed)),
     }
 }
 
@@ -463,131 +472,148 @@ where
 {
     // What the loop below keeps across its wait is in every idle connection's future, so the
     // metrics, the bounds and the close switch are looked up through the app and the outbox
-    // where used, not kept, and the batch exists only while there is something to write.
+    // where used, not kept; the batch exists only while there is something to write, and the
+    // room's subscription only until the loop ends (a block of its own, so that the close below
+    // keeps no room for it).
     async move {
-        let mut ring: Option<Subscription> = None;
-        // Whether the last write had to wait for the socket (the client's reading), as opposed to
-        // being taken at once: what tells a slow client from a slow node.
-        let mut socket_waited = false;
-        loop {
-            // The kick, then the outbox, then the ring, in one poll: the outbox answers for the
-            // kick and for its items, waking this task through its waker in the outbox
-            // (`outbox.rs`), so only the ring's wait is a future of its own.
-            let step = {
-                let ring_recv = next_ring(&mut ring);
-                tokio::pin!(ring_recv);
-                std::future::poll_fn(|cx| {
-                    if let Poll::Ready(item) = rx.poll_recv(cx) {
-                        return Poll::Ready(item.map(Step::Private));
-                    }
-                    ring_recv.as_mut().poll(cx).map(|r| Some(Step::Ring(r)))
+        {
+            let mut ring: Option<Subscription> = None;
+            // Whether the last write had to wait for the socket (the client's reading), as opposed
+            // to being taken at once: what tells a slow client from a slow node.
+            let mut socket_waited = false;
+            loop {
+                // The kick, then the outbox, then the ring, in one poll. The outbox answers for the
+                // kick and for its items, and registers this task's waker there (`outbox.rs`),
+                // which a push, a kick or the room's next event wakes; so the writer waits in no
+                // future of its own.
+                let step = std::future::poll_fn(|cx| match rx.poll_recv(cx) {
+                    Poll::Ready(item) => Poll::Ready(item.map(Step::Private)),
+                    Poll::Pending => match try_ring(&mut ring) {
+                        Some(event) => Poll::Ready(Some(Step::Ring(event))),
+                        None => Poll::Pending,
+                    },
                 })
-                .await
-            };
-            let step = match whole(step) {
-                Some(step) => step,
-                None => break,
-            };
-            let metrics = &app.metrics;
-            let mut batch = VecDeque::new();
-            let mut events = 0;
-            let collected = collect(
-                step,
-                &mut ring,
-                &mut batch,
-                &mut events,
-                socket_waited,
-                metrics,
-            );
-            if events > 0 {
-                metrics.fanout_deliveries.inc_by(events);
-                metrics.out(OutKind::Event, events);
-            }
-            match collected {
-                Ok(()) => {}
-                Err(fail) => {
-                    finish(fail, rx.kick_switch());
+                .await;
+                let step = match whole(step) {
+                    Some(step) => step,
+                    None => break,
+                };
+                // Everything up to the wait for a full socket happens in this block, whose value is
+                // that wait: the batch moves into it, and this future keeps room for neither.
+                let outcome = {
+                    let metrics = &app.metrics;
+                    let mut batch = VecDeque::new();
+                    let mut events = 0;
+                    let collected = collect(
+                        step,
+                        &mut ring,
+                        &mut batch,
+                        &mut events,
+                        socket_waited,
+                        metrics,
+                    );
+                    if events > 0 {
+                        metrics.fanout_deliveries.inc_by(events);
+                        metrics.out(OutKind::Event, events);
+                    }
+                    if let Err(fail) = collected {
+                        finish(fail, rx.kick_switch());
+                        break;
+                    }
+                    if batch.is_empty() {
+                        continue;
+                    }
+                    // Feed the whole batch, then flush once: one socket write for a burst of
+                    // events. First as far as the socket takes it at once, which is nearly always
+                    // all of it: a plain call, not an `.await`. Its waker does nothing, because a
+                    // socket that is full is then waited for with the task's own. Only that wait
+                    // needs the write timeout and the ring-overrun check: two timers and a boxed
+                    // future, which a viewer that keeps up never costs.
+                    let at_once = write_at_once(
+                        &mut sink,
+                        &mut batch,
+                        &mut Context::from_waker(Waker::noop()),
+                    );
+                    match at_once {
+                        Ok(true) => {
+                            socket_waited = false;
+                            continue;
+                        }
+                        Ok(false) => Box::pin(write_waiting(&mut sink, batch, &ring, &rx, &app)),
+                        Err(e) => {
+                            if finish(WriteFail::from(e), rx.kick_switch()) {
+                                return;
+                            }
+                            break;
+                        }
+                    }
+                }
+                .await;
+                // The socket made the writer wait.
+                socket_waited = true;
+                if let Err(fail) = outcome {
+                    if finish(fail, rx.kick_switch()) {
+                        return;
+                    }
                     break;
                 }
             }
-            if batch.is_empty() {
-                continue;
-            }
-            // Feed the whole batch, then flush once: one socket write for a burst of events.
-            // First as far as the socket takes it at once, which is nearly always all of it: a
-            // plain call, not an `.await`, so the batch is kept across no wait but the one below,
-            // into which it moves. Its waker does nothing, because a socket that is full is then
-            // waited for with the task's own. Only that wait needs the write timeout and the
-            // ring-overrun check: two timers and a boxed future, which a viewer that keeps up
-            // never costs.
-            let at_once = write_at_once(
-                &mut sink,
-                &mut batch,
-                &mut Context::from_waker(Waker::noop()),
-            );
-            // Whether the socket made the writer wait.
-            let outcome = match at_once {
-                Ok(true) => Ok(false),
-                Ok(false) => Box::pin(write_waiting(&mut sink, whole(batch), &ring, &rx, &app))
-                    .await
-                    .map(|()| true),
-                Err(e) => Err(WriteFail::from(e)),
-            };
-            socket_waited = matches!(outcome, Ok(true));
-            if let Err(fail) = outcome {
-                let socket_gone = matches!(fail, WriteFail::Socket);
-                finish(fail, rx.kick_switch());
-                if socket_gone {
-                    return;
-                }
-                break;
-            }
-        }
-        let code = rx.kick_switch().code();
-        let metrics = &app.metrics;
-        if code == CloseCode::SlowConsumer {
-            // Counted when detected, not when the close completes, which may take close_timeout.
-            metrics.slow_consumers.inc();
         }
         // Boxed, like the write phase: a connection closes once, and the close's futures need not
         // weigh on every idle connection's task.
-        let close_timeout = Duration::from_millis(app.config.server.close_timeout_ms);
-        let closing = Box::pin(tokio::time::timeout(close_timeout, async {
-            // Frames queued before the close (the error that explains it, a receipt) go out first,
-            // unless the client is too slow to read them: then the close frame is what it needs.
-            // (A receipt it misses is answered again by resending the gift with the same key.)
-            while let Some(item) = rx.try_recv() {
-                if code == CloseCode::SlowConsumer {
-                    continue;
-                }
-                match item {
-                    Outbound::Frame(kind, frame) => {
-                        metrics.out(kind, 1);
-                        sink.feed(Message::Text(frame)).await?;
-                    }
-                    Outbound::Control(message) => sink.feed(message).await?,
-                    Outbound::Replay(_) | Outbound::Subscribe(_) | Outbound::Unsubscribe => {}
-                }
+        Box::pin(close(&mut sink, &rx, &app, &reset)).await;
+    }
+}
+
+/// Ends a connection whose writer stopped: writes what is still queued unless the client is
+/// slow, then the close frame, within `server.close_timeout_ms`; resets the socket if the client
+/// does not read that far in time.
+async fn close<Si>(sink: &mut Si, rx: &OutboxReceiver, app: &App, reset: &ResetOnDrop)
+where
+    Si: Sink<Message, Error = tungstenite::Error> + Unpin,
+{
+    let code = rx.kick_switch().code();
+    let metrics = &app.metrics;
+    if code == CloseCode::SlowConsumer {
+        // Counted when detected, not when the close completes, which may take close_timeout.
+        metrics.slow_consumers.inc();
+    }
+    let close_timeout = Duration::from_millis(app.config.server.close_timeout_ms);
+    let closing = tokio::time::timeout(close_timeout, async {
+        // Frames queued before the close (the error that explains it, a receipt) go out first,
+        // unless the client is too slow to read them: then the close frame is what it needs.
+        // (A receipt it misses is answered again by resending the gift with the same key.)
+        while let Some(item) = rx.try_recv() {
+            if code == CloseCode::SlowConsumer {
+                continue;
             }
-            let frame = CloseFrame {
-                code: WsCloseCode::from(code.code()),
-                reason: code.reason().into(),
-            };
-            // If the client closed first, tungstenite has already queued the echo of its close
-            // frame and refuses a second one; closing the sink then flushes that echo.
-            match sink.send(Message::Close(Some(frame))).await {
-                Ok(()) | Err(tungstenite::Error::Protocol(ProtocolError::SendAfterClosing)) => {}
-                Err(e) => return Err(e),
+            match item {
+                Outbound::Frame(kind, frame) => {
+                    metrics.out(kind, 1);
+                    sink.feed(Message::Text(frame)).await?;
+                }
+                Outbound::Control(message) => sink.feed(message).await?,
+                Outbound::Replay(_) | Outbound::Subscribe(_) | Outbound::Unsubscribe => {}
             }
-            sink.close().await
-        }))
-        .await;
-        if closing.is_err() {
-            // The client read neither the rest of the frame in progress nor the close frame in
-            // time. Reset the socket rather than end the stream wherever the kernel had got to.
-            reset.request();
-            metrics.close_resets.inc();
         }
+        let frame = CloseFrame {
+            code: WsCloseCode::from(code.code()),
+            reason: code.reason().into(),
+        };
+        // If the client closed first, tungstenite has already queued the echo of its close
+        // frame and refuses a second one; closing the sink then flushes that echo.
+        match sink.send(Message::Close(Some(frame))).await {
+            Ok(()) | Err(tungstenite::Error::Protocol(ProtocolError::SendAfterClosing)) => {}
+            Err(e) => return Err(e),
+        }
+        sink.close().await
+    })
+    .await;
+    if closing.is_err() {
+        // The client read neither the rest of the frame in progress nor the close frame in
+        // time. Reset the socket rather than end the stream wherever the kernel had got to.
+        reset.request();
+        metrics.close_resets.inc();
     }
 }
 
@@ -646,12 +672,15 @@ where
     }
 }
 
-fn finish(fail: WriteFail, kick: &Kick) {
+/// Kicks the connection for `fail`; true if its socket is gone, so there is no one to close it for.
+fn finish(fail: WriteFail, kick: &Kick) -> bool {
+    let socket_gone = matches!(fail, WriteFail::Socket);
     match fail {
         WriteFail::Slow => kick.kick(CloseCode::SlowConsumer),
         WriteFail::NodeBehind => kick.kick(CloseCode::Resync),
         WriteFail::Socket => kick.kick(CloseCode::Normal),
     }
+    socket_gone
 }
 
 /// Serves the conformance echo endpoint: every text or binary message comes back unchanged. It
@@ -713,7 +742,8 @@ mod tests {
             stream,
             app.app.clone(),
             identity,
-            1,
+            // Each its own, as on a server: a room knows its members by connection.
+            app.app.next_conn_id(),
             reset.clone(),
         ));
         Driven {

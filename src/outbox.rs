@@ -22,8 +22,9 @@
 //! switch share one allocation, and the connection's two tasks are woken through an
 //! [`AtomicWaker`] each in that allocation: a task registers its waker where the connection's
 //! state is, so its future keeps no wait of its own (a `Notify`'s wait is 80 bytes in every idle
-//! connection's future, and polling it takes a lock), and a push or a kick wakes it with one
-//! atomic swap.
+//! connection's future, and polling it takes a lock), and a push, a kick or a room event wakes
+//! the writer with one atomic swap; a kick, or the writer taking an item while the reader waits
+//! for room, wakes the reader.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -31,7 +32,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
-use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::error::CloseCode;
@@ -70,8 +70,9 @@ struct Queue {
     /// How many items `items` holds, changed under its lock: the writer, woken for a room event
     /// far more often than for a private frame, sees an empty queue without taking the lock.
     queued: AtomicUsize,
-    /// Signalled when the writer takes an item, for a reader waiting for room.
-    taken: Notify,
+    /// The reader waits for room ([`Outbox::room_for_commands`]): the writer wakes it through
+    /// its waker in `kick` as it takes items, until it finds room.
+    room_wanted: AtomicBool,
     frames_max: usize,
     bytes_max: usize,
     kick: Kick,
@@ -133,11 +134,16 @@ impl OutboxReceiver {
             .queued
             .store(items.queue.len(), Ordering::Release);
         items.bytes -= frame_bytes(&item);
-        self.queue.taken.notify_one();
         if items.queue.is_empty() && items.queue.capacity() > 0 {
             // Idle connections hold no queue memory; private frames are rare enough that
             // allocating again for the next one costs nothing that matters.
             items.queue = VecDeque::new();
+        }
+        drop(items);
+        // Loaded after the lock: a reader that set it before looking under the same lock either
+        // saw this take or is woken here (`Outbox::poll_room_for_commands`).
+        if self.queue.room_wanted.load(Ordering::Relaxed) {
+            self.queue.kick.reader.wake();
         }
         Some(item)
     }
@@ -234,7 +240,7 @@ impl Outbox {
         let queue = Arc::new(Queue {
             items: Mutex::new(Items::default()),
             queued: AtomicUsize::new(0),
-            taken: Notify::new(),
+            room_wanted: AtomicBool::new(false),
             frames_max,
             bytes_max,
             kick: Kick::new(),
@@ -286,20 +292,40 @@ impl Outbox {
         self.queue.kick.kick(code);
     }
 
-    /// Whether the queue can take the replies of `commands` more commands (at most
-    /// [`COMMAND_ITEMS_MAX`] items each: the next one, and the gifts still in flight) and is at
-    /// most half full in bytes.
-    pub fn has_room_for_commands(&self, commands: usize) -> bool {
-        let items = self.queue.items.lock().unwrap_or_else(|p| p.into_inner());
-        items.queue.len() + COMMAND_ITEMS_MAX * commands <= self.queue.frames_max
-            && items.bytes <= self.queue.bytes_max / 2
+    /// Wakes the writer to look at its room's ring: the room's hub calls this for every event it
+    /// delivers (`room/hub.rs`).
+    pub fn wake_writer(&self) {
+        self.queue.kick.writer.wake();
     }
 
-    /// Resolves once [`Outbox::has_room_for_commands`] holds.
+    /// Whether the queue can take the replies of `commands` more commands (at most
+    /// [`COMMAND_ITEMS_MAX`] items each: the next one, and the gifts still in flight) and is at
+    /// most half full in bytes. Asked by the reader only: finding room ends its wait for room.
+    pub fn has_room_for_commands(&self, commands: usize) -> bool {
+        let items = self.queue.items.lock().unwrap_or_else(|p| p.into_inner());
+        let room = items.queue.len() + COMMAND_ITEMS_MAX * commands <= self.queue.frames_max
+            && items.bytes <= self.queue.bytes_max / 2;
+        if room {
+            self.queue.room_wanted.store(false, Ordering::Relaxed);
+        }
+        room
+    }
+
+    /// Resolves once [`Outbox::has_room_for_commands`] holds. Awaited by the reader only: it
+    /// waits with the reader's waker in the kill switch (a `Notify` would be 32 bytes more in
+    /// every connection's outbox).
     pub async fn room_for_commands(&self, commands: usize) {
-        while !self.has_room_for_commands(commands) {
-            // A take between the check and here leaves a permit, so this cannot miss it.
-            self.queue.taken.notified().await;
+        std::future::poll_fn(|cx| self.poll_room_for_commands(commands, cx)).await
+    }
+
+    fn poll_room_for_commands(&self, commands: usize, cx: &mut Context<'_>) -> Poll<()> {
+        self.queue.kick.reader.register(cx.waker());
+        // Set before looking, and the look takes the queue's lock, which the writer's take
+        // holds: a take after the look sees the flag and wakes the reader.
+        self.queue.room_wanted.store(true, Ordering::Relaxed);
+        match self.has_room_for_commands(commands) {
+            true => Poll::Ready(()),
+            false => Poll::Pending,
         }
     }
 

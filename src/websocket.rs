@@ -248,7 +248,9 @@ pub struct FrameWriter {
     written_bytes: usize,
     /// Bytes in `frames` not yet written.
     pending_bytes: usize,
-    write_buffer_bytes: usize,
+    /// A `u32`, which with `closing` fills one word (the writer is in every connection's task):
+    /// a setting beyond 4 GiB is as good as no bound, and is taken as 4 GiB.
+    write_buffer_bytes: u32,
     /// A close frame was queued; nothing may follow it.
     closing: bool,
 }
@@ -260,7 +262,7 @@ impl FrameWriter {
             frames: VecDeque::new(),
             written_bytes: 0,
             pending_bytes: 0,
-            write_buffer_bytes,
+            write_buffer_bytes: u32::try_from(write_buffer_bytes).unwrap_or(u32::MAX),
             closing: false,
         }
     }
@@ -325,7 +327,7 @@ impl Sink<Message> for FrameWriter {
 
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         let this = self.get_mut();
-        if this.pending_bytes >= this.write_buffer_bytes {
+        if this.pending_bytes >= this.write_buffer_bytes as usize {
             ready!(this.poll_write_queued(cx))?;
         }
         Poll::Ready(Ok(()))

@@ -548,9 +548,14 @@ async fn viewers_and_other_streamers_cannot_act_as_the_room_owner() {
         .unwrap_err();
     assert_eq!(err["reason"], "room_exists");
 
-    // Nothing the intruders did reached the room; the owner still can.
+    // Nothing the intruders did reached the room; the owner still can. (The room's own beats,
+    // viewer counts and the leaderboards the gift above changed, may fall in this window.)
     let seen = room.assert_alive().await;
-    assert!(seen.iter().all(|e| e["kind"] == "viewers"), "{seen:?}");
+    assert!(
+        seen.iter()
+            .all(|e| e["kind"] == "viewers" || e["kind"] == "leaderboard"),
+        "{seen:?}"
+    );
     room.star
         .ok(json!({ "type": "answer", "question_id": qid, "text": "mine" }))
         .await;

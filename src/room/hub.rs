@@ -8,6 +8,12 @@
 //!
 //! The member map is behind a plain mutex held for short, synchronous sections only.
 //!
+//! **Waking writers.** A writer takes the ring's events with `try_recv` and waits for the next
+//! one with its waker in its connection's outbox, which [`Hub::deliver`] wakes for every member
+//! after each event, rather than with a receive future of the ring's own: that future would be
+//! 80 bytes in every connection's writer task, joined or not. A writer registers its waker before
+//! it looks at the ring, so an event delivered after the look wakes it.
+//!
 //! **Backlog.** The hub counts how far behind its members' writers are, without a lock or a
 //! per-member entry: every event delivered owes one take per member subscribed at that moment,
 //! and every writer counts the events it takes from the ring (sent, or given up on when it ends
@@ -108,6 +114,13 @@ impl Subscription {
     }
 }
 
+impl Drop for Hub {
+    /// A member still subscribed reads the ring's end (`Closed`) once woken, and lets go of it.
+    fn drop(&mut self) {
+        self.wake_members();
+    }
+}
+
 impl Drop for Subscription {
     /// What the member never took, it never will: it no longer counts as backlog.
     fn drop(&mut self) {
@@ -172,6 +185,16 @@ impl Hub {
                 i64::try_from(members).unwrap_or(i64::MAX),
                 Ordering::Relaxed,
             );
+            self.wake_members();
+        }
+    }
+
+    /// Wakes every member's writer to take what the ring holds for it (see the module doc). A
+    /// writer that is already awake, or has not been polled since its last wake-up, costs an
+    /// atomic swap.
+    fn wake_members(&self) {
+        for member in self.members().by_conn.values() {
+            member.outbox.wake_writer();
         }
     }
 
@@ -296,6 +319,8 @@ impl Hub {
 mod tests {
     use super::*;
     use crate::protocol::Frame;
+    use std::task::Poll;
+    use std::time::Duration;
 
     fn event(seq: u64) -> EventFrame {
         EventFrame {
@@ -368,6 +393,49 @@ mod tests {
             Err(broadcast::error::TryRecvError::Lagged(1))
         ));
         assert_eq!(ring.ring.try_recv().unwrap().seq, 3);
+    }
+
+    /// A writer waits for the ring with its waker in its outbox (`connection.rs`): each delivery
+    /// wakes it, and so does the hub's end, after which its ring reads as closed.
+    #[tokio::test]
+    async fn a_delivery_wakes_each_member_s_writer_and_so_does_the_hub_s_end() {
+        use broadcast::error::TryRecvError;
+        let hub = Hub::new(8, 10, 4);
+        let (outbox, rx) = Outbox::new(8, 1 << 20);
+        let mut subscription = hub.join(1, Role::Viewer, "bob", outbox).unwrap();
+        let writer = tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            loop {
+                // As the writer does: register through the outbox, then look at the ring.
+                let next = std::future::poll_fn(|cx| {
+                    assert!(rx.poll_recv(cx).is_pending(), "nothing is pushed or kicked");
+                    match subscription.ring.try_recv() {
+                        Err(TryRecvError::Empty) => Poll::Pending,
+                        other => Poll::Ready(other),
+                    }
+                })
+                .await;
+                match next {
+                    Ok(event) => seqs.push(event.seq),
+                    Err(TryRecvError::Closed) => return seqs,
+                    Err(e) => panic!("unexpected {e:?}"),
+                }
+            }
+        });
+        tokio::task::yield_now().await;
+        assert!(!writer.is_finished());
+        for seq in 1..=2 {
+            hub.deliver(event(seq));
+            // The writer takes the event and waits again.
+            tokio::task::yield_now().await;
+        }
+        assert!(!writer.is_finished());
+        drop(hub);
+        let seqs = tokio::time::timeout(Duration::from_secs(5), writer)
+            .await
+            .expect("the writer was woken")
+            .unwrap();
+        assert_eq!(seqs, vec![1, 2]);
     }
 
     #[test]
