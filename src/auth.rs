@@ -48,7 +48,9 @@ pub struct Claims {
 pub struct Identity {
     pub user: String,
     pub role: Role,
-    pub room: Option<String>,
+    /// A `Box<str>`, not a `String`: the identity is in every connection's task, and a room
+    /// scope is never grown.
+    pub room: Option<Box<str>>,
 }
 
 impl Identity {
@@ -66,7 +68,7 @@ impl Identity {
     /// Rejects use of a room-scoped token in another room.
     pub fn check_room(&self, room: &str) -> Result<()> {
         match &self.room {
-            Some(scoped) if scoped != room => Err(Error::TokenRoomMismatch),
+            Some(scoped) if &**scoped != room => Err(Error::TokenRoomMismatch),
             _ => Ok(()),
         }
     }
@@ -118,7 +120,7 @@ impl Authenticator {
         Ok(Identity {
             user: c.sub,
             role: c.role,
-            room: c.room,
+            room: c.room.map(String::into_boxed_str),
         })
     }
 

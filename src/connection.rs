@@ -25,8 +25,11 @@
 //! across a wait is paid by every connection (`BENCHMARKS.md`, "What an idle connection keeps").
 //! Each loop therefore waits in one `poll_fn` over its sources in order of precedence (a
 //! `select!` keeps a future per branch), is an `async` block rather than an `async fn` (which
-//! keeps its arguments twice), looks up through the app what it can look up again, and boxes
-//! each command and every wait that is rarely needed.
+//! keeps its arguments twice), looks up what it can look up again, and boxes each command and
+//! every wait that is rarely needed. The reader's state is one [`Reader`], so that its wait
+//! borrows one thing, and its loop is written out in its task's block rather than awaited as a
+//! future of its own. Each task is one allocation in 128-byte steps (384 B for the reader, 256 B
+//! for the writer), so a few bytes more in either future can cost 128 B per connection.
 //!
 //! The loops are generic over a `Sink` and a `Stream` of WebSocket messages, so unit tests drive
 //! them through channels under paused time.
@@ -34,6 +37,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -120,23 +124,79 @@ where
         session.authenticate(*identity);
         outbox.push(OutKind::Welcome, welcome);
     }
+    // Until the connection authenticates, it has a deadline, and it is in no registry that
+    // shutdown goes through (`App::shut_down`), so it also waits for shutdown itself; both waits
+    // are boxed together and exist only until then.
+    let unauthenticated = session.identity().is_none().then(|| {
+        let timeout = Duration::from_millis(app.config.server.handshake_timeout_ms);
+        let shutdown = app.shutdown.clone();
+        Box::pin(async move {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => CloseCode::GoingAway,
+                _ = tokio::time::sleep(timeout) => CloseCode::AuthTimeout,
+            }
+        })
+    });
+    let mut reader = Reader {
+        stream,
+        session,
+        in_flight: InFlight::default(),
+        unauthenticated,
+    };
     // An `async` block, not an `async fn`: an `async fn` copies its arguments into its body's
-    // locals and keeps room for both (192 bytes in every connection's future), where a block
-    // uses what it captured in place.
-    let mut stream = stream;
+    // locals and keeps room for both, where a block uses what it captured in place. The reader
+    // is its one capture beside the writer's handle (the app and the outbox are the session's),
+    // and the loop is written out here rather than awaited as a future of its own, which would
+    // keep a reference to the reader and room for its own state.
     async move {
-        let code = read_loop(&mut stream, &mut session, &app, &outbox).await;
-        outbox.kick(code);
-        session.end();
-        drop(session);
+        // What the loop keeps across its waits is in every idle connection's future, so it keeps
+        // only what it cannot look up again.
+        // Authenticated, the connection is in the user registry, which shutdown goes through. A
+        // shutdown that went through it before the connection was there has cancelled the token.
+        let mut check_shutdown = reader.unauthenticated.is_none();
+        let code = loop {
+            if reader.unauthenticated.is_some() && reader.session.identity().is_some() {
+                reader.unauthenticated = None;
+                check_shutdown = true;
+            }
+            if std::mem::take(&mut check_shutdown) && reader.session.app().shutdown.is_cancelled() {
+                break CloseCode::GoingAway;
+            }
+            let woke = std::future::poll_fn(|cx| reader.poll_woke(cx)).await;
+            // A text frame's command runs boxed, so the idle connection's future does not carry the
+            // largest command's state. The frame moves into the box and `woke` moves whole into
+            // the match, and every other wake-up is answered in the match, so the future keeps
+            // room for none of them across the command's `.await`.
+            let Reader {
+                session, in_flight, ..
+            } = &mut reader;
+            let command = match whole(woke) {
+                Woke::Read(Some(Ok(Message::Text(text)))) => {
+                    Box::pin(async move { session.handle_text(text.as_str(), in_flight).await })
+                }
+                other => match answer(other, session) {
+                    Some(code) => break code,
+                    None => continue,
+                },
+            };
+            if let Some(code) = command.await {
+                break code;
+            }
+        };
+        // Bounded by the ledger's call deadline.
+        Box::pin(reader.session.drain(&mut reader.in_flight)).await;
+        reader.session.outbox().kick(code);
+        reader.session.end();
         let _ = writer.await;
-        let code = outbox.kick_switch().code();
+        let code = reader.session.outbox().kick_switch().code();
         tracing::debug!(close = %code, "connection closed");
-        app.metrics
+        let metrics = &reader.session.app().metrics;
+        metrics
             .connections_closed
             .with_label_values(&[code.reason()])
             .inc();
-        app.metrics.connections.dec();
+        metrics.connections.dec();
     }
 }
 
@@ -147,136 +207,86 @@ fn whole<T>(value: T) -> T {
     value
 }
 
+/// What a connection's reader keeps for the connection's life, in one place, so that its wait
+/// borrows one thing (a closure's borrows are 8 bytes each in every connection's future).
+struct Reader<St, A> {
+    stream: St,
+    session: Session,
+    /// Gifts still committing; see `session.rs`. Answered as each finishes, and all of them
+    /// before the connection ends, so a gift being committed still gets its receipt.
+    in_flight: InFlight,
+    /// The auth deadline and the wait for shutdown, until the connection authenticates.
+    unauthenticated: Option<Pin<Box<A>>>,
+}
+
 /// What woke a reader.
 enum Woke {
     /// The connection must close with this code.
     Close(CloseCode),
     /// A gift in flight was answered.
     Finished(Finished),
-    /// The outbox has room for the next command's replies again.
-    Room,
     /// The client's next frame, or the end of its stream.
     Read(Option<Result<Message, tungstenite::Error>>),
 }
 
-/// Reads the client's frames until the connection must close, and says why. Not an `async fn`,
-/// for the reason given in [`start`].
-#[allow(clippy::manual_async_fn)]
-fn read_loop<'a, St>(
-    stream: &'a mut St,
-    session: &'a mut Session,
-    app: &'a App,
-    outbox: &'a Outbox,
-) -> impl Future<Output = CloseCode> + 'a
+impl<St, A> Reader<St, A>
 where
     St: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+    A: Future<Output = CloseCode>,
 {
-    // What the loop below keeps across its wait is in every idle connection's future, so it
-    // keeps only what it cannot look up again (the close switch and the bounds are looked up
-    // where used).
-    async move {
-        // Until the connection authenticates, it has a deadline, and it is in no registry that
-        // shutdown goes through (`App::shut_down`), so it also waits for shutdown itself; both
-        // waits are boxed together and exist only until then.
-        let mut unauthenticated = session.identity().is_none().then(|| {
-            let timeout = Duration::from_millis(app.config.server.handshake_timeout_ms);
-            Box::pin(async move {
-                tokio::select! {
-                    biased;
-                    _ = app.shutdown.cancelled() => CloseCode::GoingAway,
-                    _ = tokio::time::sleep(timeout) => CloseCode::AuthTimeout,
-                }
-            })
-        });
-        // Authenticated, the connection is in the user registry, which shutdown goes through. A
-        // shutdown that went through it before the connection was there has cancelled the token.
-        let mut check_shutdown = unauthenticated.is_none();
-        // Gifts still committing; see `session.rs`. Answered as each finishes, and all of them
-        // before the connection ends, so a gift being committed still gets its receipt.
-        let mut in_flight = InFlight::default();
-        let code = loop {
-            if unauthenticated.is_some() && session.identity().is_some() {
-                unauthenticated = None;
-                check_shutdown = true;
+    /// One poll of every wait in order of precedence, rather than a `select!`, which keeps a
+    /// future per branch in every idle connection's future. The next command is read only when
+    /// its replies, and those of the gifts in flight, fit in the outbox (`outbox.rs`), and fewer
+    /// than `server.gifts_in_flight_max` gifts are in flight.
+    fn poll_woke(&mut self, cx: &mut Context<'_>) -> Poll<Woke> {
+        let outbox = self.session.outbox();
+        if let Poll::Ready(code) = outbox.kick_switch().poll_kicked(Waiter::Reader, cx) {
+            return Poll::Ready(Woke::Close(code));
+        }
+        if let Some(wait) = self.unauthenticated.as_mut() {
+            if let Poll::Ready(code) = wait.as_mut().poll(cx) {
+                return Poll::Ready(Woke::Close(code));
             }
-            if std::mem::take(&mut check_shutdown) && app.shutdown.is_cancelled() {
-                break CloseCode::GoingAway;
-            }
-            // The next command is read only when its replies, and those of the gifts in flight, fit
-            // in the outbox (see `outbox.rs`).
-            let room = outbox.has_room_for_commands(in_flight.len() + 1);
-            let read = room && in_flight.len() < app.config.server.gifts_in_flight_max;
-            // Made only while the outbox is full, and boxed: an idle connection's future keeps no
-            // room for a wait it rarely needs.
-            let mut room_wait =
-                (!room).then(|| Box::pin(outbox.room_for_commands(in_flight.len() + 1)));
-            // One poll of every wait in order of precedence, rather than a `select!`, which keeps a
-            // future per branch in every idle connection's future.
-            let woke = std::future::poll_fn(|cx| {
-                if let Poll::Ready(code) = outbox.kick_switch().poll_kicked(Waiter::Reader, cx) {
-                    return Poll::Ready(Woke::Close(code));
-                }
-                if let Some(wait) = unauthenticated.as_mut() {
-                    if let Poll::Ready(code) = wait.as_mut().poll(cx) {
-                        return Poll::Ready(Woke::Close(code));
-                    }
-                }
-                if let Poll::Ready(done) = in_flight.poll_next(cx) {
-                    return Poll::Ready(Woke::Finished(done));
-                }
-                if let Some(wait) = room_wait.as_mut() {
-                    if wait.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Woke::Room);
-                    }
-                }
-                if read {
-                    if let Poll::Ready(next) = stream.poll_next_unpin(cx) {
-                        return Poll::Ready(Woke::Read(next));
-                    }
-                }
-                Poll::Pending
-            })
-            .await;
-            drop(room_wait);
-            // A text frame's command runs boxed, so the idle connection's future does not carry the
-            // largest command's state; the frame moves into the box, and `woke` moves whole into
-            // the match, so the future keeps no room for either across the `.await` below.
-            let command = match whole(woke) {
-                Woke::Read(Some(Ok(Message::Text(text)))) => {
-                    let (session, in_flight) = (&mut *session, &mut in_flight);
-                    Ok(Box::pin(async move {
-                        session.handle_text(text.as_str(), in_flight).await
-                    }))
-                }
-                Woke::Close(code) => Err(Some(code)),
-                Woke::Finished(done) => Err(session.finish(done)),
-                Woke::Room => Err(None),
-                Woke::Read(None) => Err(Some(CloseCode::Normal)),
-                Woke::Read(Some(Ok(Message::Binary(_)))) => Err(session.reject_binary()),
-                // tungstenite's own answers to these are discarded (`websocket.rs`); the writer
-                // sends them, in turn with everything else.
-                Woke::Read(Some(Ok(Message::Ping(payload)))) => {
-                    outbox.send(Outbound::Control(Message::Pong(payload)));
-                    Err(None)
-                }
-                Woke::Read(Some(Ok(Message::Close(echo)))) => {
-                    outbox.send(Outbound::Control(Message::Close(echo)));
-                    Err(Some(CloseCode::Normal))
-                }
-                Woke::Read(Some(Ok(_))) => Err(None),
-                Woke::Read(Some(Err(e))) => Err(Some(read_error(e, outbox, app))),
-            };
-            let verdict = match whole(command) {
-                Ok(command) => command.await,
-                Err(verdict) => verdict,
-            };
-            if let Some(code) = verdict {
-                break code;
-            }
-        };
-        // Bounded by the ledger's call deadline.
-        Box::pin(session.drain(&mut in_flight)).await;
-        code
+        }
+        if let Poll::Ready(done) = self.in_flight.poll_next(cx) {
+            return Poll::Ready(Woke::Finished(done));
+        }
+        let in_flight = self.in_flight.len();
+        if in_flight >= self.session.app().config.server.gifts_in_flight_max
+            || outbox
+                .poll_room_for_commands(in_flight + 1, cx)
+                .is_pending()
+        {
+            return Poll::Pending;
+        }
+        self.stream.poll_next_unpin(cx).map(Woke::Read)
+    }
+}
+
+/// Answers a wake-up other than a command: the code to close with, if the connection must.
+fn answer(woke: Woke, session: &mut Session) -> Option<CloseCode> {
+    match woke {
+        Woke::Close(code) => Some(code),
+        Woke::Finished(done) => session.finish(done),
+        Woke::Read(None) => Some(CloseCode::Normal),
+        Woke::Read(Some(Ok(Message::Binary(_)))) => session.reject_binary(),
+        // tungstenite's own answers to these are discarded (`websocket.rs`); the writer sends
+        // them, in turn with everything else.
+        Woke::Read(Some(Ok(Message::Ping(payload)))) => {
+            session
+                .outbox()
+                .send(Outbound::Control(Message::Pong(payload)));
+            None
+        }
+        Woke::Read(Some(Ok(Message::Close(echo)))) => {
+            session
+                .outbox()
+                .send(Outbound::Control(Message::Close(echo)));
+            Some(CloseCode::Normal)
+        }
+        // A pong, or a raw frame: nothing to answer. (Text frames are commands, run by the loop.)
+        Woke::Read(Some(Ok(_))) => None,
+        Woke::Read(Some(Err(e))) => Some(read_error(e, session.outbox(), session.app())),
     }
 }
 

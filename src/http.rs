@@ -22,7 +22,7 @@ use futures_util::FutureExt;
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::app::App;
@@ -117,13 +117,48 @@ fn upgrade_key(headers: &HeaderMap) -> Result<&HeaderValue, &'static str> {
         .ok_or("missing Sec-WebSocket-Key")
 }
 
+/// The slots a WebSocket holds until it closes: its TCP connection's under the accept limit
+/// (`ConnSlot`; absent for in-process callers) and its own under `server.connections_max`
+/// (absent for the echo endpoint). Each permit is forgotten and given back by this guard, which
+/// keeps two pointers where the two permits were 32 bytes in every connection's task.
+struct Slots {
+    tcp: Option<Arc<Semaphore>>,
+    ws: Option<Arc<Semaphore>>,
+}
+
+impl Slots {
+    fn new(tcp: Option<OwnedSemaphorePermit>, ws: Option<OwnedSemaphorePermit>) -> Slots {
+        Slots {
+            tcp: tcp.map(Slots::hold),
+            ws: ws.map(Slots::hold),
+        }
+    }
+
+    /// Takes over a permit of one slot, as every limit here acquires.
+    fn hold(permit: OwnedSemaphorePermit) -> Arc<Semaphore> {
+        assert_eq!(permit.num_permits(), 1, "a connection holds one slot");
+        let semaphore = permit.semaphore().clone();
+        permit.forget();
+        semaphore
+    }
+}
+
+impl Drop for Slots {
+    fn drop(&mut self) {
+        for semaphore in [&self.tcp, &self.ws].into_iter().flatten() {
+            semaphore.add_permits(1);
+        }
+    }
+}
+
 /// Takes the socket from hyper once the 101 response is out and runs `serve` on it as a
-/// WebSocket (`websocket.rs`), holding the connection's slots (`held`) until it ends.
+/// WebSocket (`websocket.rs`), holding the connection's slots (`ws_slot`, and the TCP
+/// connection's) until it ends.
 fn upgrade<F, Fut>(
     mut req: Request,
     tracker: &Tracker,
     server: &ServerConfig,
-    held: impl Send + 'static,
+    ws_slot: Option<OwnedSemaphorePermit>,
     serve: F,
 ) where
     F: FnOnce(WsReader, FrameWriter) -> Fut + Send + 'static,
@@ -154,7 +189,8 @@ fn upgrade<F, Fut>(
         let (reader, writer) = websocket::open(socket, parts.read_buf, settings);
         // `map` rather than an `async` block: a block would keep both the future it
         // captured and the one it awaits.
-        let connection = serve(reader, writer).map(move |()| drop((slot, held)));
+        let slots = Slots::new(slot, ws_slot);
+        let connection = serve(reader, writer).map(move |()| drop(slots));
         connections.spawn(connection);
     });
 }
@@ -255,7 +291,7 @@ async fn ws_upgrade(
         req,
         &tracker,
         &settings.config.server,
-        ws_permit,
+        Some(ws_permit),
         move |reader, writer| connection::serve(reader, writer, app, identity, peer, reset),
     );
     switching_protocols(&key)
@@ -266,7 +302,7 @@ async fn echo_upgrade(State((app, tracker)): AppState, req: Request) -> Response
         Ok(key) => key.clone(),
         Err(msg) => return bad_upgrade(msg),
     };
-    upgrade(req, &tracker, &app.config.server, (), connection::echo);
+    upgrade(req, &tracker, &app.config.server, None, connection::echo);
     switching_protocols(&key)
 }
 

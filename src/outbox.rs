@@ -11,7 +11,7 @@
 //!
 //! A connection's own replies are different: a client that pipelines many commands is not slow
 //! just because their acks are queued. So the connection's reader reads the next command only
-//! when the outbox has room for its replies ([`Outbox::room_for_commands`]); until then the
+//! when the outbox has room for its replies ([`Outbox::poll_room_for_commands`]); until then the
 //! client's commands wait in its socket, and TCP slows the client down instead of giftd dropping
 //! it. Any task holding an `Outbox` can close the
 //! connection with a close code; the first code set wins.
@@ -70,7 +70,7 @@ struct Queue {
     /// How many items `items` holds, changed under its lock: the writer, woken for a room event
     /// far more often than for a private frame, sees an empty queue without taking the lock.
     queued: AtomicUsize,
-    /// The reader waits for room ([`Outbox::room_for_commands`]): the writer wakes it through
+    /// The reader waits for room ([`Outbox::poll_room_for_commands`]): the writer wakes it through
     /// its waker in `kick` as it takes items, until it finds room.
     room_wanted: AtomicBool,
     frames_max: usize,
@@ -311,14 +311,11 @@ impl Outbox {
         room
     }
 
-    /// Resolves once [`Outbox::has_room_for_commands`] holds. Awaited by the reader only: it
-    /// waits with the reader's waker in the kill switch (a `Notify` would be 32 bytes more in
-    /// every connection's outbox).
-    pub async fn room_for_commands(&self, commands: usize) {
-        std::future::poll_fn(|cx| self.poll_room_for_commands(commands, cx)).await
-    }
-
-    fn poll_room_for_commands(&self, commands: usize, cx: &mut Context<'_>) -> Poll<()> {
+    /// Ready once [`Outbox::has_room_for_commands`] holds; until then, registers the waiting
+    /// task's waker as the reader's in the kill switch, which the writer wakes as it takes items
+    /// (a `Notify` would be 32 bytes more in every connection's outbox). Polled by the reader
+    /// only.
+    pub fn poll_room_for_commands(&self, commands: usize, cx: &mut Context<'_>) -> Poll<()> {
         self.queue.kick.reader.register(cx.waker());
         // Set before looking, and the look takes the queue's lock, which the writer's take
         // holds: a take after the look sees the flag and wakes the reader.
@@ -389,7 +386,7 @@ mod tests {
         assert!(!outbox.has_room_for_commands(1));
         let waiting = tokio::spawn({
             let outbox = outbox.clone();
-            async move { outbox.room_for_commands(1).await }
+            async move { std::future::poll_fn(|cx| outbox.poll_room_for_commands(1, cx)).await }
         });
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished());

@@ -170,6 +170,15 @@ impl Session {
         }
     }
 
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    /// The connection's outbox.
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
     pub fn identity(&self) -> Option<&Identity> {
         self.identity.as_ref()
     }
