@@ -150,10 +150,9 @@ where
     // and the loop is written out here rather than awaited as a future of its own, which would
     // keep a reference to the reader and room for its own state.
     async move {
-        // What the loop keeps across its waits is in every idle connection's future, so it keeps
-        // only what it cannot look up again.
         // Authenticated, the connection is in the user registry, which shutdown goes through. A
-        // shutdown that went through it before the connection was there has cancelled the token.
+        // shutdown that went through it before the connection was there has cancelled the token,
+        // so the loop checks the token once then.
         let mut check_shutdown = reader.unauthenticated.is_none();
         let code = loop {
             if reader.unauthenticated.is_some() && reader.session.identity().is_some() {

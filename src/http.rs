@@ -688,6 +688,25 @@ mod tests {
     use axum::body::Body;
     use tower::ServiceExt;
 
+    #[test]
+    fn slots_give_their_permits_back_when_dropped() {
+        let tcp = Arc::new(Semaphore::new(1));
+        let ws = Arc::new(Semaphore::new(2));
+        let slots = Slots::new(
+            Some(tcp.clone().try_acquire_owned().unwrap()),
+            Some(ws.clone().try_acquire_owned().unwrap()),
+        );
+        assert_eq!((tcp.available_permits(), ws.available_permits()), (0, 1));
+        drop(slots);
+        assert_eq!((tcp.available_permits(), ws.available_permits()), (1, 2));
+        // The echo endpoint holds no slot of its own.
+        drop(Slots::new(
+            Some(tcp.clone().try_acquire_owned().unwrap()),
+            None,
+        ));
+        assert_eq!((tcp.available_permits(), ws.available_permits()), (1, 2));
+    }
+
     /// schemathesis found `26.0` refused although it is the whole number 26.
     #[test]
     fn caps_are_null_or_whole_coins_within_the_bound() {

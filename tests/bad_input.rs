@@ -77,14 +77,12 @@ async fn malformed_messages_get_codes_and_the_connection_survives() {
 #[tokio::test]
 async fn connections_over_the_maximum_get_503() {
     let server = TestServer::start_with(|c| c.server.connections_max = 2).await;
-    let _a = server.viewer("a").await;
+    let a = server.viewer("a").await;
     let _b = server.viewer("b").await;
-    let err = support::Client::connect(
-        &server.url(),
-        Some(&server.token("c", giftd::auth::Role::Viewer)),
-    )
-    .await
-    .err();
+    let token = server.token("c", giftd::auth::Role::Viewer);
+    let err = support::Client::connect(&server.url(), Some(&token))
+        .await
+        .err();
     match err {
         Some(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 503),
         other => panic!("expected a 503, got {other:?}"),
@@ -94,6 +92,21 @@ async fn connections_over_the_maximum_get_503() {
         text.contains(r#"giftd_connections_rejected_total{reason="connections_max"} 1"#),
         "{text}"
     );
+    // A connection that closes gives its slot back (`http.rs`, `Slots`), once the server has
+    // seen it close.
+    drop(a);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match support::Client::connect(&server.url(), Some(&token)).await {
+            Ok(_) => break,
+            Err(tokio_tungstenite::tungstenite::Error::Http(r))
+                if r.status() == 503 && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("the closed connection's slot never came back: {e:?}"),
+        }
+    }
 }
 
 #[tokio::test]
