@@ -283,7 +283,7 @@ impl Outbox {
                 .queued
                 .store(items.queue.len(), Ordering::Release);
         }
-        self.queue.kick.writer.wake();
+        self.wake_writer();
         true
     }
 
@@ -292,23 +292,19 @@ impl Outbox {
         self.queue.kick.kick(code);
     }
 
-    /// Wakes the writer to look at its room's ring: the room's hub calls this for every event it
-    /// delivers (`room/hub.rs`).
+    /// Wakes the writer: for a push, and for every event the room's hub delivers, to look at its
+    /// room's ring (`room/hub.rs`).
     pub fn wake_writer(&self) {
         self.queue.kick.writer.wake();
     }
 
     /// Whether the queue can take the replies of `commands` more commands (at most
     /// [`COMMAND_ITEMS_MAX`] items each: the next one, and the gifts still in flight) and is at
-    /// most half full in bytes. Asked by the reader only: finding room ends its wait for room.
+    /// most half full in bytes.
     pub fn has_room_for_commands(&self, commands: usize) -> bool {
         let items = self.queue.items.lock().unwrap_or_else(|p| p.into_inner());
-        let room = items.queue.len() + COMMAND_ITEMS_MAX * commands <= self.queue.frames_max
-            && items.bytes <= self.queue.bytes_max / 2;
-        if room {
-            self.queue.room_wanted.store(false, Ordering::Relaxed);
-        }
-        room
+        items.queue.len() + COMMAND_ITEMS_MAX * commands <= self.queue.frames_max
+            && items.bytes <= self.queue.bytes_max / 2
     }
 
     /// Ready once [`Outbox::has_room_for_commands`] holds; until then, registers the waiting
@@ -320,10 +316,12 @@ impl Outbox {
         // Set before looking, and the look takes the queue's lock, which the writer's take
         // holds: a take after the look sees the flag and wakes the reader.
         self.queue.room_wanted.store(true, Ordering::Relaxed);
-        match self.has_room_for_commands(commands) {
-            true => Poll::Ready(()),
-            false => Poll::Pending,
+        if !self.has_room_for_commands(commands) {
+            return Poll::Pending;
         }
+        // Found: the writer's takes need not wake the reader any more.
+        self.queue.room_wanted.store(false, Ordering::Relaxed);
+        Poll::Ready(())
     }
 
     pub fn is_kicked(&self) -> bool {
